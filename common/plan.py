@@ -1,0 +1,180 @@
+"""Kernel-wise quantization plans: per layer, one weight bit-width per output channel and one activation bit-width."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .errors import PlanError
+from .fileio import atomic_write_text
+from .network import NetworkSpec
+
+MIN_BITS = 1
+MAX_BITS = 8
+
+
+def _check_bits(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PlanError(f"{what} must be an integer, got {value!r}")
+    if not MIN_BITS <= value <= MAX_BITS:
+        raise PlanError(f"{what} = {value} is out of range [{MIN_BITS}, {MAX_BITS}]")
+    return value
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Bit-widths of one layer: ``weight_bits[c]`` for output channel ``c``; ``act_bits`` for its input activations."""
+
+    name: str
+    weight_bits: tuple[int, ...]
+    act_bits: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight_bits", tuple(self.weight_bits))
+        if not self.weight_bits:
+            raise PlanError(f"layer {self.name!r}: weight_bits is empty")
+        for c, bits in enumerate(self.weight_bits):
+            _check_bits(bits, f"layer {self.name!r}: weight_bits[{c}]")
+        _check_bits(self.act_bits, f"layer {self.name!r}: act_bits")
+
+    @property
+    def mean_weight_bits(self) -> float:
+        return sum(self.weight_bits) / len(self.weight_bits)
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """A validated plan for every layer of one network, in the network's order."""
+
+    layers: tuple[LayerPlan, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        names = [layer.name for layer in self.layers]
+        if len(set(names)) != len(names):
+            raise PlanError(f"plan names a layer twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def for_network(cls, network: NetworkSpec, layers: Iterable[LayerPlan]) -> "QuantPlan":
+        plan = cls(tuple(layers))
+        plan.check(network)
+        return plan
+
+    @classmethod
+    def uniform(cls, network: NetworkSpec, weight_bits: int, act_bits: int) -> "QuantPlan":
+        return cls.layerwise(network, [(weight_bits, act_bits)] * len(network))
+
+    @classmethod
+    def layerwise(cls, network: NetworkSpec, bits: Sequence[tuple[int, int]]) -> "QuantPlan":
+        """One (weight_bits, act_bits) pair per layer, applied to every kernel of the layer."""
+        if len(bits) != len(network):
+            raise PlanError(f"layer-wise plan has {len(bits)} entries but network {network.name!r} has {len(network)} layers")
+        return cls.for_network(
+            network, (LayerPlan(l.name, (w,) * l.c_out, a) for l, (w, a) in zip(network.layers, bits))
+        )
+
+    def check(self, network: NetworkSpec) -> None:
+        """Raise ``PlanError`` naming the first mismatch between this plan and ``network``."""
+        plan_names = [layer.name for layer in self.layers]
+        if plan_names != list(network.names):
+            missing = [n for n in network.names if n not in plan_names]
+            unknown = [n for n in plan_names if n not in network.names]
+            detail = []
+            if missing:
+                detail.append(f"missing layers {missing[:5]}")
+            if unknown:
+                detail.append(f"unknown layers {unknown[:5]}")
+            if not detail:
+                detail.append("layers are in a different order")
+            raise PlanError(f"plan does not fit network {network.name!r}: " + "; ".join(detail))
+        for lp, spec in zip(self.layers, network.layers):
+            if len(lp.weight_bits) != spec.c_out:
+                raise PlanError(
+                    f"layer {spec.name!r}: plan has {len(lp.weight_bits)} kernel bit-widths but the layer has {spec.c_out} output channels"
+                )
+
+    # -- access -------------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, key: int | str) -> LayerPlan:
+        if isinstance(key, str):
+            for layer in self.layers:
+                if layer.name == key:
+                    return layer
+            raise PlanError(f"plan has no layer {key!r}")
+        return self.layers[key]
+
+    def replace(self, name: str, layer: LayerPlan) -> "QuantPlan":
+        self[name]
+        return QuantPlan(tuple(layer if l.name == name else l for l in self.layers))
+
+    # -- summary figures ----------------------------------------------------------------------------------------
+    def size_bits(self, network: NetworkSpec) -> int:
+        """Model size in bits: every kernel's weights at that kernel's bit-width."""
+        self.check(network)
+        return sum(spec.kernel_size * sum(lp.weight_bits) for lp, spec in zip(self.layers, network.layers))
+
+    def average_weight_bits(self, network: NetworkSpec) -> float:
+        """Average weight bit-width, weighted by weight count."""
+        return self.size_bits(network) / network.total_weights
+
+    def average_act_bits(self) -> float:
+        return sum(l.act_bits for l in self.layers) / len(self.layers)
+
+    # -- serialisation ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "autoq-plan/1",
+            "hash": self.hash,
+            "layers": [{"name": l.name, "act_bits": l.act_bits, "weight_bits": list(l.weight_bits)} for l in self.layers],
+        }
+
+    @property
+    def hash(self) -> str:
+        body = json.dumps([[l.name, l.act_bits, list(l.weight_bits)] for l in self.layers], separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "QuantPlan":
+        if not isinstance(data, Mapping) or not isinstance(data.get("layers"), list):
+            raise PlanError("plan JSON must be an object with a 'layers' list")
+        layers = []
+        for i, entry in enumerate(data["layers"]):
+            if not isinstance(entry, Mapping) or not {"name", "act_bits", "weight_bits"} <= entry.keys():
+                raise PlanError(f"plan layer #{i} must have 'name', 'act_bits' and 'weight_bits', got {entry!r}")
+            if not isinstance(entry["weight_bits"], list):
+                raise PlanError(f"plan layer {entry['name']!r}: 'weight_bits' must be a list")
+            layers.append(LayerPlan(str(entry["name"]), tuple(entry["weight_bits"]), entry["act_bits"]))
+        plan = cls(tuple(layers))
+        if "hash" in data and data["hash"] != plan.hash:
+            raise PlanError(f"plan hash {data['hash']!r} does not match its contents ({plan.hash}): the file was edited or corrupted")
+        return plan
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "QuantPlan":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"plan is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "QuantPlan":
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise PlanError(f"cannot read plan {path}: {exc.strerror}") from None
+        try:
+            return cls.from_json(text)
+        except PlanError as exc:
+            raise PlanError(f"{path}: {exc}") from None

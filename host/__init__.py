@@ -1,0 +1,1 @@
+"""Workstation side: network extraction, quantizer, tasks, cost backends, search, CLI. Needs the ``[host]`` extra."""

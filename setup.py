@@ -1,0 +1,62 @@
+"""autoq-hil: kernel-wise mixed-precision quantization search with a PYNQ-Z1 in the loop.
+
+The top-level folders map into the ``autoq`` namespace (``host/`` -> ``autoq.host`` ...). The base install is what
+the board needs (numpy, pyserial); ``[host]`` adds the workstation stack; ``[test]`` the test tools.
+"""
+from setuptools import setup
+
+PACKAGE_DIRS = {
+    "autoq.common": "common",
+    "autoq.host": "host",
+    "autoq.overlay": "overlay",
+    "autoq.hls": "hls",
+    "autoq.bitstreams": "bitstreams",
+    "autoq.calibration": "calibration",
+}
+
+
+def package_folders() -> dict[str, str]:
+    """Every folder with an ``__init__.py`` under the mapped folders, keyed by its dotted package name."""
+    import os
+
+    found = {}
+    for package, folder in PACKAGE_DIRS.items():
+        for root, _dirs, files in os.walk(folder):
+            if "__init__.py" in files:
+                rel = os.path.relpath(root, folder)
+                found[package if rel == "." else f"{package}.{rel.replace(os.sep, '.')}"] = root
+    return found
+
+
+HOST = [
+    "torch==2.13.0",
+    "onnx>=1.17",
+    "onnxruntime>=1.20",
+    "onnxscript>=0.5",
+    "hls4ml>=1.1",
+    "scikit-learn>=1.4",
+    "scipy>=1.11",
+    "matplotlib>=3.8",
+    "tqdm>=4.60",
+]
+
+setup(
+    name="autoq-hil",
+    version="0.1.0",
+    description=__doc__.splitlines()[0],
+    python_requires=">=3.10",
+    packages=sorted(package_folders()),
+    package_dir=package_folders(),
+    package_data={
+        "autoq.bitstreams": ["*/*.json", "*/*.bit", "*/*.hwh", "*/*.sha256"],
+        "autoq.calibration": ["*.json"],
+        "autoq.hls": ["*.h", "*.hpp", "*.cpp", "*.tcl", "Makefile", "*/*.h", "*/*.hpp", "*/*.cpp", "*/*.tcl"],
+        "autoq.host": ["tasks/data/*"],
+    },
+    install_requires=["numpy>=1.24", "pyserial>=3.5"],
+    extras_require={
+        "host": HOST,
+        "test": HOST + ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["autoq = autoq.host.cli:main"]},
+)
