@@ -30,6 +30,7 @@ class Provenance:
     calibrated: bool = True
     timestamp: float = field(default_factory=time.time)
     software_version: str = SOFTWARE_VERSION
+    detail: str = ""  # free text, e.g. a replayed measurement's original source and trace record
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

@@ -1,0 +1,325 @@
+"""Fit the analytic model's *global* parameters to per-layer measurements, and say how well it predicts.
+
+The timing parameters (``ScheduleParams``: DRAM and result efficiencies, per-layer/per-tile/per-pass overheads)
+are fitted by robust least squares (``scipy.optimize.least_squares``, ``soft_l1`` loss on the log of
+predicted/measured latency). Never one parameter per layer. Optionally (``search_overlay``) the overlay's structure
+is searched too: array dims Dm, Dn, Dk, DRAM bytes/cycle and the batch lowering (``per_image_convs``) by coordinate
+descent over a discrete grid, each candidate scored at the fit's starting points; for data from another overlay, such as a
+published lookup table. The structure is chosen once on all data; cross-validation refits the timing parameters.
+
+Errors are absolute percentage errors of latency: in-sample, k-fold over samples, and leave-one-layer-out (every
+measurement of one layer held out together). Baselines are printed beside them: ``c * MACs * wbits * abits`` with
+one global ``c``, and ``c_layer * wbits * abits`` with one constant per layer (the naive table scaling).
+Energy, when measured, is fitted after latency by non-negative least squares on relative error:
+``E = idle_power * t + e_op * binary_ops + e_byte * dram_bytes``.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+from scipy.optimize import least_squares, nnls
+
+from autoq.common.errors import AutoQError
+from autoq.overlay.manifest import OverlayConfig
+from autoq.overlay.resources import DEVICES, estimate
+from autoq.overlay.schedule import LayerEntry, ScheduleParams, table_cycles, tile_table
+from autoq.overlay.tiling import OperandError
+
+from .costmodel import CalibrationParams, EnergyParams, today
+from .measurements import Dataset
+
+FREE_PARAMETERS = ("dram_efficiency", "result_efficiency", "layer_overhead_cycles", "tile_overhead_cycles",
+                   "pass_overhead_cycles")
+# least-squares coordinates: efficiencies in log space, overheads as they are
+_LOWER = np.array([math.log(0.02), math.log(0.02), 0.0, 0.0, 0.0])
+_UPPER = np.array([0.0, math.log(1e4), 1e7, 1e4, 64.0])
+_STARTS = (np.array([0.0, math.log(1e3), 0.0, 0.0, 0.0]),
+           np.array([math.log(0.8), math.log(0.8), 100.0, 2.0, 0.5]),
+           np.array([math.log(0.5), math.log(50.0), 1000.0, 0.0, 0.0]))
+STRUCTURE_GRID = {  # in the order coordinate descent visits them: bandwidth first, it decides what is memory-bound
+    "dram_ports": (1, 2, 4, 8, 16),
+    "per_image_convs": (False, True),
+    "dk": (32, 64, 128, 256, 512),
+    "dm": (4, 8, 16, 32, 64),
+    "dn": (4, 8, 16, 32, 64),
+}
+SOFT_L1_SCALE = 0.05  # residuals (log ratio) beyond ~5% count linearly, not squared
+
+
+class FitError(AutoQError, ValueError):
+    """The measurements cannot be fitted (too few, or they do not fit the overlay)."""
+
+
+class ErrorFigures(NamedTuple):
+    mape: float  # mean absolute percentage error, in percent
+    max_ape: float
+    n: int
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mape_percent": round(self.mape, 4), "max_ape_percent": round(self.max_ape, 4), "samples": self.n}
+
+
+def error_figures(predicted: np.ndarray, measured: np.ndarray) -> ErrorFigures:
+    ape = np.abs(predicted / measured - 1) * 100
+    return ErrorFigures(float(ape.mean()), float(ape.max()), int(ape.size))
+
+
+class Structure(NamedTuple):
+    overlay: OverlayConfig
+    per_image_convs: bool
+
+    def describe(self) -> str:
+        o = self.overlay
+        return (f"Dm={o.dm} Dn={o.dn} Dk={o.dk} dram={o.dram_bytes_per_cycle:g}B/cycle "
+                f"lowering={'per-image' if self.per_image_convs else 'batched'}")
+
+
+class _Predictor:
+    """Tile tables of every sample under one structure; predicts all samples' cycles for any timing parameters."""
+
+    def __init__(self, dataset: Dataset, structure: Structure):
+        self.structure = structure
+        by_batch: dict[int, list[int]] = defaultdict(list)
+        for i, sample in enumerate(dataset.samples):
+            by_batch[sample.batch].append(i)
+        self.parts = []
+        for batch, indices in sorted(by_batch.items()):
+            entries = [LayerEntry(dataset.samples[i].layer, dataset.samples[i].weight_bits, dataset.samples[i].act_bits)
+                       for i in indices]
+            try:
+                table = tile_table(entries, structure.overlay, batch, True, structure.per_image_convs)
+            except (OperandError, ValueError) as exc:
+                raise FitError(f"measurements do not fit overlay {structure.overlay.name!r}: {exc}") from None
+            self.parts.append((np.array(indices), table))
+        self.size = len(dataset.samples)
+
+    def cycles(self, params: ScheduleParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(total cycles, binary ops, DRAM bytes) per sample."""
+        total, ops, dram = np.empty(self.size), np.empty(self.size), np.empty(self.size)
+        for indices, table in self.parts:
+            cycles = table_cycles(table, self.structure.overlay, params)
+            total[indices], ops[indices], dram[indices] = cycles.total, cycles.binary_ops, cycles.dram_bytes
+        return total, ops, dram
+
+    def seconds(self, params: ScheduleParams) -> np.ndarray:
+        return self.cycles(params)[0] / self.structure.overlay.clock_hz
+
+
+def _params(x: np.ndarray, per_image_convs: bool) -> ScheduleParams:
+    return ScheduleParams(float(min(1.0, math.exp(x[0]))), float(math.exp(x[1])), float(x[2]), float(x[3]), float(x[4]),
+                          per_image_convs)
+
+
+def _vector(params: ScheduleParams) -> np.ndarray:
+    return np.array([math.log(params.dram_efficiency), math.log(params.result_efficiency), params.layer_overhead_cycles,
+                     params.tile_overhead_cycles, params.pass_overhead_cycles])
+
+
+def _fit_timing(predictor: _Predictor, measured: np.ndarray, train: np.ndarray, starts: Sequence[np.ndarray],
+                max_nfev: int) -> tuple[ScheduleParams, float]:
+    """Best timing parameters on the ``train`` samples over the given starting points, with their training MAPE."""
+    per_image = predictor.structure.per_image_convs
+    log_measured = np.log(measured[train])
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        return np.log(predictor.seconds(_params(x, per_image))[train]) - log_measured
+
+    best: tuple[ScheduleParams, float] | None = None
+    for x0 in starts:
+        # the per-tile ceilings make the cost piecewise constant: finite differences need steps of ~1%
+        solution = least_squares(residuals, np.clip(x0, _LOWER, _UPPER), bounds=(_LOWER, _UPPER), loss="soft_l1",
+                                 f_scale=SOFT_L1_SCALE, diff_step=1e-2, max_nfev=max_nfev, x_scale="jac")
+        params = _params(solution.x, per_image)
+        mape = error_figures(predictor.seconds(params)[train], measured[train]).mape
+        if best is None or mape < best[1]:
+            best = (params, mape)
+    assert best is not None
+    return best
+
+
+def _fit_energy(measured_energy: np.ndarray, seconds: np.ndarray, ops: np.ndarray, dram: np.ndarray) -> EnergyParams | None:
+    have = np.isfinite(measured_energy)
+    if have.sum() < 3:
+        return None
+    design = np.stack([seconds[have], ops[have], dram[have]], axis=1) / measured_energy[have, None]
+    scale = design.max(axis=0)
+    scale[scale == 0] = 1.0
+    solution, _ = nnls(design / scale, np.ones(int(have.sum())))
+    idle, e_op, e_byte = solution / scale
+    return EnergyParams(float(idle), float(e_op), float(e_byte))
+
+
+def _baselines(dataset: Dataset, measured: np.ndarray) -> dict[str, dict[str, float]]:
+    """Naive scalings, each fitted in log space (the geometric mean of measured/basis)."""
+    wa = np.array([np.mean(s.weight_bits) * s.act_bits for s in dataset.samples])
+    macs_wa = wa * np.array([s.layer.macs(s.batch) for s in dataset.samples])
+    global_c = math.exp(float(np.mean(np.log(measured / macs_wa))))
+    keys = np.array([s.key for s in dataset.samples])
+    per_layer = np.empty_like(measured)
+    for key in np.unique(keys):
+        mask = keys == key
+        per_layer[mask] = math.exp(float(np.mean(np.log(measured[mask] / wa[mask])))) * wa[mask]
+    return {
+        "c*MACs*wbits*abits (1 global c)": error_figures(global_c * macs_wa, measured).to_dict(),
+        "c_layer*wbits*abits (1 c per layer)": error_figures(per_layer, measured).to_dict(),
+    }
+
+
+def _with_structure(template: OverlayConfig, choice: dict) -> Structure:
+    overlay = template.with_changes(dm=choice["dm"], dn=choice["dn"], dk=choice["dk"], dram_ports=choice["dram_ports"])
+    if not estimate(overlay).fits:  # a bigger array than the template's part: the smallest listed device that holds it
+        for family in DEVICES:
+            candidate = overlay.with_changes(part=family)
+            if estimate(candidate).fits:
+                overlay = candidate
+                break
+    return Structure(overlay, choice["per_image_convs"])
+
+
+def search_structure(dataset: Dataset, template: OverlayConfig, per_image_convs: bool,
+                     progress: Callable[[str], None] = lambda _: None, max_sweeps: int = 4) -> tuple[Structure, list[dict]]:
+    """Coordinate descent over ``STRUCTURE_GRID`` from the template; a candidate's score is its best MAPE over the
+    fit's starting points of the timing parameters (cheap: no fit per candidate)."""
+    measured = np.array([s.latency_s for s in dataset.samples])
+    choice = {"dm": template.dm, "dn": template.dn, "dk": template.dk, "dram_ports": template.dram_ports,
+              "per_image_convs": per_image_convs}
+    scores: dict[tuple, float] = {}
+    log: list[dict] = []
+
+    def score(candidate: dict) -> float:
+        key = tuple(candidate[k] for k in STRUCTURE_GRID)
+        if key not in scores:
+            structure = _with_structure(template, candidate)
+            predictor = _Predictor(dataset, structure)
+            mape = min(error_figures(predictor.seconds(_params(x, candidate["per_image_convs"])), measured).mape
+                       for x in _STARTS)
+            scores[key] = mape
+            log.append({"structure": structure.describe(), "part": structure.overlay.part, "mape_percent": round(mape, 3)})
+            progress(f"  {structure.describe():60s} MAPE {mape:7.2f}%")
+        return scores[key]
+
+    def neighbours(choice: dict, axis: str) -> list[dict]:
+        """Every value of one axis; for ``shape``, the array's aspect ratio at equal size (Dm/2 x 2Dn, 2Dm x Dn/2)."""
+        if axis != "shape":
+            return [{**choice, axis: value} for value in STRUCTURE_GRID[axis]]
+        reshaped = [{**choice, "dm": choice["dm"] // 2, "dn": choice["dn"] * 2},
+                    {**choice, "dm": choice["dm"] * 2, "dn": choice["dn"] // 2}]
+        return [c for c in reshaped if c["dm"] in STRUCTURE_GRID["dm"] and c["dn"] in STRUCTURE_GRID["dn"]]
+
+    best = score(choice)
+    for _ in range(max_sweeps):
+        improved = False
+        for axis in (*STRUCTURE_GRID, "shape"):
+            for candidate in neighbours(choice, axis):
+                if (mape := score(candidate)) < best - 1e-9:
+                    best, choice, improved = mape, candidate, True
+        if not improved:
+            break
+    return _with_structure(template, choice), log
+
+
+@dataclass(frozen=True)
+class FitResult:
+    structure: Structure
+    schedule: ScheduleParams
+    energy: EnergyParams | None
+    in_sample: ErrorFigures
+    kfold: ErrorFigures
+    leave_one_layer_out: ErrorFigures
+    energy_in_sample: ErrorFigures | None
+    baselines: dict[str, dict[str, float]]
+    folds: int
+    search_log: tuple[dict, ...]
+
+    def figures(self) -> dict:
+        return {
+            "latency_in_sample": self.in_sample.to_dict(),
+            f"latency_{self.folds}fold": self.kfold.to_dict(),
+            "latency_leave_one_layer_out": self.leave_one_layer_out.to_dict(),
+            "energy_in_sample": self.energy_in_sample.to_dict() if self.energy_in_sample else None,
+            "baselines": self.baselines,
+            "structure": self.structure.describe(),
+            "structure_search": list(self.search_log),
+        }
+
+
+def fit(dataset: Dataset, template: OverlayConfig, search_overlay: bool = False, per_image_convs: bool = False,
+        folds: int = 5, seed: int = 0, progress: Callable[[str], None] = lambda _: None) -> FitResult:
+    """Fit ``dataset`` (see the module docstring). ``template`` is the overlay (or the search's starting point)."""
+    keys = dataset.layer_keys
+    if len(dataset.samples) < 2 * len(FREE_PARAMETERS):
+        raise FitError(f"{len(dataset.samples)} measurements are too few to fit {len(FREE_PARAMETERS)} parameters")
+    if len(keys) < 2:
+        raise FitError("measurements of at least two different layers are needed (leave-one-layer-out)")
+    if folds < 2 or folds > len(dataset.samples):
+        raise FitError(f"folds must be between 2 and the number of measurements ({len(dataset.samples)}), got {folds}")
+    measured = np.array([s.latency_s for s in dataset.samples])
+    log: list[dict] = []
+    if search_overlay:
+        progress("searching the overlay structure (coordinate descent; short fit per candidate):")
+        structure, log = search_structure(dataset, template, per_image_convs, progress)
+    else:
+        structure = Structure(template, per_image_convs)
+    predictor = _Predictor(dataset, structure)
+    everything = np.ones(measured.size, dtype=bool)
+    progress(f"fitting timing parameters on {measured.size} measurements ({structure.describe()})")
+    params, _ = _fit_timing(predictor, measured, everything, _STARTS, max_nfev=60)
+    seconds = predictor.seconds(params)
+    warm = (_vector(params),)
+
+    held_out = np.empty_like(measured)
+    rng = np.random.default_rng(seed)
+    fold_of = rng.permutation(measured.size) % folds
+    for fold in range(folds):
+        test = fold_of == fold
+        fold_params, _ = _fit_timing(predictor, measured, ~test, warm, max_nfev=25)
+        held_out[test] = predictor.seconds(fold_params)[test]
+    kfold = error_figures(held_out, measured)
+    progress(f"{folds}-fold cross-validation: MAPE {kfold.mape:.2f}%")
+
+    sample_keys = np.array([s.key for s in dataset.samples])
+    for key in keys:
+        test = sample_keys == key
+        layer_params, _ = _fit_timing(predictor, measured, ~test, warm, max_nfev=25)
+        held_out[test] = predictor.seconds(layer_params)[test]
+    lolo = error_figures(held_out, measured)
+    progress(f"leave-one-layer-out ({len(keys)} layers): MAPE {lolo.mape:.2f}%")
+
+    _, ops, dram = predictor.cycles(params)
+    measured_energy = np.array([s.energy_j for s in dataset.samples])
+    energy = _fit_energy(measured_energy, measured, ops, dram)
+    energy_figures = None
+    if energy is not None:
+        have = np.isfinite(measured_energy)
+        predicted_energy = energy.idle_power_w * seconds + energy.energy_per_binary_op_j * ops + energy.energy_per_dram_byte_j * dram
+        energy_figures = error_figures(predicted_energy[have], measured_energy[have])
+    return FitResult(structure, params, energy, error_figures(seconds, measured), kfold, lolo, energy_figures,
+                     _baselines(dataset, measured), folds, tuple(log))
+
+
+def calibration_from_fit(result: FitResult, dataset: Dataset, base: CalibrationParams, calibration_id: str,
+                         bundled: OverlayConfig | None) -> CalibrationParams:
+    """The calibration file of a fit. Energy parameters not measured are kept from ``base`` (and say so); the fitted
+    overlay is carried in the file unless it is the ``bundled`` one."""
+    overlay = result.structure.overlay
+    carried = None if bundled is not None and overlay.build_hash == bundled.build_hash else overlay.with_changes(
+        name=f"{calibration_id}-overlay")
+    notes = [f"latency fitted on {dataset.source}: {len(dataset.samples)} measurements of {len(dataset.layer_keys)} layers"]
+    if result.energy is None:
+        notes.append(f"energy parameters not measured: kept from calibration {base.id!r} (calibrated={base.calibrated})")
+    return CalibrationParams(
+        id=calibration_id,
+        source=dataset.source,
+        overlay_build_hash=overlay.build_hash,
+        date=today(),
+        calibrated=True,
+        schedule=result.schedule,
+        energy=result.energy or base.energy,
+        overlay=carried,
+        fit=result.figures(),
+        notes=tuple(notes),
+    )

@@ -1,0 +1,1 @@
+"""Cost backends opened by URI through ``autoq.common.backend.open_backend``."""

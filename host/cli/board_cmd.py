@@ -1,0 +1,129 @@
+"""``autoq board serve`` (on the board, or ``--emulate`` anywhere) and ``autoq board info URI``."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import Any
+
+DEFAULT_TCP = "127.0.0.1:7700"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    board = subparsers.add_parser("board", help="serve the overlay to hosts, or query a board")
+    commands = board.add_subparsers(dest="board_command", required=True, metavar="ACTION")
+
+    serve = commands.add_parser("serve", help="answer measurement requests on TCP and/or a serial link")
+    serve.add_argument("--emulate", action="store_true", help="use the emulated device instead of the FPGA (any machine)")
+    serve.add_argument("--tcp", metavar="HOST:PORT", help=f"listen on TCP (default {DEFAULT_TCP} when no --serial)")
+    serve.add_argument("--serial", metavar="DEVICE", help="serve on a serial port, e.g. /dev/ttyPS1")
+    serve.add_argument("--baud", type=int, default=115200, help="serial baud rate (default 115200)")
+    serve.add_argument("--key-file", metavar="FILE", help="shared HMAC key; required to listen beyond loopback")
+    serve.add_argument("--overlay", default=None, help="overlay to load from the board's bitstreams/ (default pynq_z1)")
+    serve.add_argument("--busy-wait", type=float, default=60.0, metavar="S",
+                       help="how long a request waits for the engine before a 'busy' answer (default 60)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every link and bad request")
+    serve.set_defaults(handler=serve_handler)
+
+    info = commands.add_parser("info", help="print a board's manifest, sensors and protocol version")
+    info.add_argument("uri", help="tcp://HOST:PORT[?key=FILE], serial:///dev/X?baud=N, or emulated")
+    info.add_argument("--json", action="store_true", help="print the raw answer as JSON")
+    info.set_defaults(handler=info_handler)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    from autoq.overlay.daemon import DaemonError
+
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise DaemonError(f"--tcp wants HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def serve_handler(args: argparse.Namespace) -> int:
+    import logging
+
+    from autoq.overlay.board import open_board
+    from autoq.overlay.daemon import Daemon, DaemonError
+    from autoq.overlay.manifest import DEFAULT_OVERLAY
+    from autoq.overlay.protocol import ProtocolError, load_key
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="autoq board: %(message)s")
+    try:
+        key = load_key(args.key_file) if args.key_file else None
+    except ProtocolError as exc:
+        raise DaemonError(str(exc)) from None
+    tcp = args.tcp or (None if args.serial else DEFAULT_TCP)
+    if tcp:  # refuse before touching the hardware
+        host, port = _host_port(tcp)
+    board = open_board(emulate=args.emulate, overlay=args.overlay or DEFAULT_OVERLAY)
+    daemon = Daemon(board, key=key, busy_wait_s=args.busy_wait)
+    links = []
+    serial_port = None
+    try:
+        if tcp:
+            bound = daemon.listen_tcp(host, port)
+            links.append(f"tcp {bound[0]}:{bound[1]}")
+        if args.serial:
+            serial_port = _open_serial(args.serial, args.baud)
+            daemon.attach_serial(serial_port)
+            links.append(f"serial {args.serial} at {args.baud} baud")
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: daemon.stop())
+        info = board.info()
+        print(
+            f"autoq board: serving overlay {info['overlay']['name']} ({info['source']}) on {', '.join(links)}"
+            + ("; HMAC key required" if key else ""),
+            flush=True,
+        )
+        while not daemon.wait(timeout=1.0):
+            pass
+    finally:
+        daemon.shutdown()
+        if serial_port is not None:
+            serial_port.close()
+        board.close()
+    print("autoq board: stopped", flush=True)
+    return 0
+
+
+def _open_serial(device: str, baud: int) -> Any:
+    import serial
+
+    from autoq.overlay.daemon import POLL_S, DaemonError
+
+    try:
+        return serial.serial_for_url(device, baudrate=baud, timeout=POLL_S)
+    except (serial.SerialException, ValueError) as exc:
+        raise DaemonError(f"cannot open serial port {device}: {exc}") from None
+
+
+def info_handler(args: argparse.Namespace) -> int:
+    from autoq.common.backend import open_backend
+    from autoq.common.errors import BackendError
+
+    backend = open_backend(args.uri)
+    try:
+        if not hasattr(backend, "info"):
+            raise BackendError(f"{args.uri!r} is not a board: use tcp://, serial:// or emulated")
+        info = backend.info()
+    finally:
+        backend.close()
+    if args.json:
+        json.dump(info, sys.stdout, indent=1)
+        print()
+        return 0
+    overlay = info["overlay"]
+    print(f"board:            {info['board_id']} ({info['source']})")
+    print(f"protocol version: {info['protocol_version']}")
+    print(f"overlay:          {overlay['name']}  build {overlay['build_hash']}  vlnv {overlay['vlnv']}")
+    print(f"array:            {overlay['dm']} x {overlay['dn']} x {overlay['dk']} at {overlay['clock_mhz']:g} MHz, "
+          f"max {overlay['max_bits']} bits, part {overlay['part']}")
+    print(f"overlays:         {', '.join(info['overlays']) or '-'}")
+    print(f"measures:         {', '.join(info['measures'])}")
+    sensors = info["sensors"]
+    print(f"sensors:          {len(sensors)}")
+    for sensor in sensors:
+        print(f"  - {sensor['name']}: {sensor['kind']}")
+    return 0

@@ -1,0 +1,98 @@
+"""``autoq calibrate INPUT... -o OUT.json``: fit the analytic cost model to measurements and report its error.
+
+INPUT is a per-layer measurement CSV (format in ``autoq.calibration.measurements``) or a trace database
+(``.sqlite``). ``--lookup-table FILE.npy --arch NAME --batch N`` fits a HAQ-style table
+(``[layer, wbits-1, abits-1]``, cycles) of another overlay; with ``--search-overlay`` (implied for a lookup table)
+the overlay's structure is searched as well and the calibration file carries it, so ``--backend model:OUT.json``
+uses it as is.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from autoq.host.cli.inspect_cmd import positive_int
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("calibrate", help="fit the analytic cost model to measurements",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="measurement CSV or trace database (.sqlite)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.json", help="calibration file to write")
+    parser.add_argument("--lookup-table", metavar="FILE.npy", help="HAQ-style latency table [layer, wbits-1, abits-1]")
+    parser.add_argument("--arch", help="network of the lookup table (built-in name, e.g. mobilenet_v2)")
+    parser.add_argument("--batch", type=positive_int, help="batch size the lookup table was measured at")
+    parser.add_argument("--overlay", default="pynq_z1", help="overlay the measurements come from, or the search's start "
+                                                             "(bundled name or manifest path; default pynq_z1)")
+    parser.add_argument("--search-overlay", action="store_true",
+                        help="also search array dims, DRAM width and batch lowering (default for --lookup-table)")
+    parser.add_argument("--per-image-convs", action="store_true",
+                        help="without a search: the runtime runs conv layers image by image")
+    parser.add_argument("--folds", type=positive_int, default=5, help="k of k-fold cross-validation (default 5)")
+    parser.add_argument("--id", dest="calibration_id", help="calibration id (default: the output file's stem)")
+    parser.add_argument("--json", action="store_true", help="print the fit figures as JSON")
+    parser.set_defaults(handler=run)
+
+
+def _lookup_dataset(args: argparse.Namespace, clock_hz: float):
+    from autoq.calibration.measurements import MeasurementError, samples_from_lookup_table
+    from autoq.host.models.resolve import spec_for
+
+    if not args.arch or not args.batch:
+        raise MeasurementError("--lookup-table needs --arch NAME and --batch N")
+    network = spec_for(args.arch)
+    return samples_from_lookup_table(args.lookup_table, network.layers, args.batch, clock_hz, args.arch)
+
+
+def _line(label: str, figures: dict[str, Any]) -> str:
+    return f"  {label:38s} MAPE {figures['mape_percent']:8.2f}%   max {figures['max_ape_percent']:8.2f}%"
+
+
+def render(report: dict[str, Any], path: str, overlay: dict[str, Any] | None) -> str:
+    fit = report["fit"]
+    folds = next(k for k in fit if k.endswith("fold") and k.startswith("latency_"))
+    lines = [
+        f"calibration {report['id']!r} from {report['source']}",
+        f"structure: {fit['structure']}" + (f" (carried overlay, part {overlay['part']})" if overlay else ""),
+        "latency error (absolute percentage):",
+        _line("in-sample", fit["latency_in_sample"]),
+        _line(folds.replace("latency_", "").replace("fold", "-fold cross-validated"), fit[folds]),
+        _line("leave-one-layer-out", fit["latency_leave_one_layer_out"]),
+    ]
+    lines += [_line(f"baseline {name}", figures) for name, figures in fit["baselines"].items()]
+    if fit["energy_in_sample"]:
+        lines.append(_line("energy, in-sample", fit["energy_in_sample"]))
+    lines.append("parameters: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in report["schedule"].items()))
+    lines.append(f"wrote {path}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from autoq.calibration.costmodel import load_default_calibration
+    from autoq.calibration.fit import calibration_from_fit, fit
+    from autoq.calibration.measurements import MeasurementError, load_samples, merge
+    from autoq.overlay.manifest import load_overlay
+
+    template = load_overlay(args.overlay)
+    datasets = [load_samples(path) for path in args.inputs]
+    if args.lookup_table:
+        datasets.append(_lookup_dataset(args, template.clock_hz))
+    elif args.arch or args.batch:
+        raise MeasurementError("--arch and --batch describe a --lookup-table; give one")
+    if not datasets:
+        raise MeasurementError("give measurement inputs (CSV or trace) and/or --lookup-table FILE.npy")
+    dataset = merge(datasets)
+    progress = (lambda _: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
+    result = fit(dataset, template, search_overlay=args.search_overlay or bool(args.lookup_table),
+                 per_image_convs=args.per_image_convs, folds=args.folds, progress=progress)
+    calibration_id = args.calibration_id or Path(args.output).stem
+    bundled = None if Path(args.overlay).suffix == ".json" else template
+    calibration = calibration_from_fit(result, dataset, load_default_calibration(), calibration_id, bundled)
+    calibration.save(args.output)
+    report = calibration.to_dict()
+    print(json.dumps(report, indent=1) if args.json else render(report, args.output, report["overlay"]))
+    return 0

@@ -1,0 +1,103 @@
+"""``autoq search``: search kernel-wise quantization plans (AutoQ's hierarchical DDPG, or a baseline) and write a
+results folder (best plans, Pareto fronts, bit-width heatmap, summary.md), checkpointing after every episode.
+
+With no arguments: the bundled digits task, the analytic ``model`` cost backend, the AutoQ agent, a latency
+budget of half the uniform 8-bit plan, 300 episodes (about 10 minutes on 2 cores), results in runs/search.
+
+Budgets: ``--latency-budget 3ms`` / ``250us`` / ``0.5x`` (fraction of the uniform 8-bit plan), ``--energy-budget
+40mJ`` / ``0.5x``; or ``--accuracy-guaranteed`` with reward psi_acc*acc - psi_l*lat/lat_8bit - psi_e*E/E_8bit.
+``--resume`` continues the search in --out exactly where its last checkpoint left it.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from autoq.common.backend import DEFAULT_BACKEND
+
+    parser = subparsers.add_parser("search", help="search kernel-wise quantization plans (AutoQ, HAQ, baselines)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Defaults are None so that --resume can tell the options given from those left out (see resolve_config).
+    parser.add_argument("--agent", choices=("autoq", "haq", "random", "uniform", "greedy"), help="search agent (default autoq)")
+    parser.add_argument("--model", help="'digits' (default), a built-in model name, or a .pt state dict with --arch")
+    parser.add_argument("--arch", help="architecture of a .pt/.pth state dict")
+    parser.add_argument("--data", metavar="PATH", help="ImageFolder-style directory or .npz (x, y); default: digits data")
+    parser.add_argument("--backend", metavar="URI", help=f"cost backend (default {DEFAULT_BACKEND}): model[:calib.json], "
+                        "emulated, tcp://host:port, serial:///dev/X, replay:trace.sqlite")
+    parser.add_argument("--episodes", type=_positive_int, metavar="N", help="episodes (default 300)")
+    parser.add_argument("--seed", type=_non_negative_int, metavar="S", help="seed of every generator (default 0)")
+    parser.add_argument("--out", default="runs/search", metavar="DIR", help="results and checkpoint folder (default runs/search)")
+    parser.add_argument("--record", metavar="FILE", help="append every measurement to this SQLite trace")
+    parser.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")
+    reward = parser.add_mutually_exclusive_group()
+    reward.add_argument("--latency-budget", metavar="X", help="latency budget: 3ms, 250us, or 0.5x of the 8-bit plan (default 0.5x)")
+    reward.add_argument("--energy-budget", metavar="X", help="energy budget: 40mJ, 0.1J, or 0.5x of the 8-bit plan")
+    reward.add_argument("--accuracy-guaranteed", action="store_true", help="no budget: reward accuracy against normalised cost")
+    parser.add_argument("--psi-acc", type=_non_negative_float, default=2.0, help="accuracy weight (accuracy-guaranteed; default 2)")
+    parser.add_argument("--psi-latency", type=_non_negative_float, default=0.5, help="latency weight (accuracy-guaranteed; default 0.5)")
+    parser.add_argument("--psi-energy", type=_non_negative_float, default=0.5, help="energy weight (accuracy-guaranteed; default 0.5)")
+    parser.add_argument("--finetune-steps", type=_non_negative_int, metavar="N", help="SGD steps before each accuracy (default 0)")
+    parser.add_argument("--min-bits", type=_positive_int, metavar="B", help="narrowest bit-width the search may pick (default 2)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def reward_setting(args: argparse.Namespace):
+    """The reward setting the options ask for, or None when they name none."""
+    from autoq.host.search.rewards import BudgetSpec, RewardSetting
+
+    if args.latency_budget is not None:
+        return RewardSetting.resource_constrained(BudgetSpec.parse("latency", args.latency_budget))
+    if args.energy_budget is not None:
+        return RewardSetting.resource_constrained(BudgetSpec.parse("energy", args.energy_budget))
+    if args.accuracy_guaranteed:
+        return RewardSetting.accuracy_guaranteed(args.psi_acc, args.psi_latency, args.psi_energy)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from autoq.host.search.runner import resolve_config, run_search
+
+    given = {
+        "agent": args.agent, "model": args.model, "arch": args.arch, "data": args.data, "backend": args.backend,
+        "episodes": args.episodes, "seed": args.seed, "reward": reward_setting(args),
+        "finetune_steps": args.finetune_steps, "min_bits": args.min_bits,
+    }
+    config = resolve_config(args.out, {k: v for k, v in given.items() if v is not None}, args.resume)
+    torch.set_num_threads(1)  # small MLPs on a shared 2-core machine: threads only contend (and results stay bit-exact)
+    result = run_search(config, args.out, resume=args.resume, record=args.record, progress=not args.no_progress)
+    best = result.best
+    print(f"{config.agent}: {len(result.records)} episodes; best plan (episode {best.episode}): accuracy {best.accuracy:.4f}, "
+          f"latency {best.measurement.latency_s * 1e3:.4g} ms, energy {best.measurement.energy_j * 1e3:.4g} mJ")
+    print(f"results: {result.files['summary'].parent}")
+    return 0

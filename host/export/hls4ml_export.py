@@ -1,0 +1,215 @@
+"""Export a plan-quantized torch model to an hls4ml project whose C simulation reproduces it.
+
+hls4ml has one precision per layer tensor, not per output channel. Of the two ways to map a kernel-wise plan onto
+it — split each layer into one layer per bit-width group, or give the layer its widest kernel's width — this export
+**rounds up to the layer's maximum**, and loses nothing by it: each layer runs in the *integer domain*, where a
+``b``-bit kernel's integer levels (``|q| <= 2^(b-1)-1``) are exactly representable in ``ap_int<B>`` for any
+``B >= b``. The narrower kernels' saving is a property of the bit-serial overlay (fewer bit-planes), not of a
+dataflow HLS design whose multipliers are sized per layer anyway; splitting would multiply the layers and add a
+concatenation and a channel permutation for no change in the numbers.
+
+Each quantized conv/linear layer becomes three hls4ml layers:
+
+1. ``<layer>_quant`` (BatchNormalization, scale ``1/s_x``): the input activation quantizer. Its result type is
+   ``ap_ufixed<a,a,AP_RND_CONV,AP_SAT>`` (unsigned inputs) or ``ap_fixed<a,a,AP_RND_CONV,AP_SAT_SYM>`` (signed),
+   i.e. the integer level ``clamp(round_half_even(x/s_x))`` the torch quantizer computes.
+2. ``<layer>_int`` (Conv2D/Dense): the integer weight levels in ``ap_int<B>``, ``B = max(2, max kernel bits)``
+   (1-bit kernels are bipolar +-1, which needs two bits), no bias; accumulator and result ``ap_int<n>`` with ``n``
+   from the largest possible ``sum |q| * max|level|`` of any kernel, so the integer product is exact.
+3. ``<layer>_scale`` (BatchNormalization): the per-kernel scales ``w_scale[c] * s_x`` and the float bias, in
+   ``ap_fixed`` with ``SCALE_SIGNIFICANT_BITS`` significant bits; the result has ``RESULT_FRACTION_BITS``
+   fractional bits and enough integer bits for the largest reachable value.
+
+So weights, activation levels and accumulators are bit-exact; the only inexact steps are the fixed-point scale,
+bias and dequantized result (relative error ~2^-20, absolute ~2^-16). Those can move a value that lies within that
+distance of a rounding boundary of the *next* layer's activation quantizer to the neighbouring level — rarely, and
+by one level. The tolerance the test states follows from that.
+
+Pooling between layers stays in the real domain (``adaptive_avg_pool2d(x, 1)``, which hls4ml does not parse,
+becomes an ``AvgPool2d`` over the whole map); its precision is ``DEFAULT_PRECISION``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoq.common.errors import AutoQError
+from autoq.common.plan import QuantPlan
+
+if TYPE_CHECKING:
+    import torch
+    from torch import fx, nn
+
+    from autoq.host.quant.quantizer import QuantizedModel
+
+SCALE_SIGNIFICANT_BITS = 24
+RESULT_FRACTION_BITS = 16
+DEFAULT_PRECISION = "ap_fixed<32,16>"
+INPUT_PRECISION = "ap_fixed<32,12>"
+
+
+class HlsExportError(AutoQError, RuntimeError):
+    """The model or plan cannot be exported to hls4ml (unsupported layer, activation mode, or hls4ml failure)."""
+
+
+@dataclass(frozen=True)
+class LayerPrecision:
+    """The ap types chosen for one quantized layer (see the module docstring)."""
+
+    name: str
+    input_scale: str  # 1/s_x of the quantize layer
+    input: str  # the activation levels
+    weight: str
+    accumulator: str
+    scale: str  # w_scale * s_x of the scale layer
+    bias: str
+    result: str
+
+
+def _integer_bits(magnitude: float) -> int:
+    """Integer bits (sign included) of a signed fixed-point type that holds +-``magnitude``."""
+    return max(1, math.floor(math.log2(magnitude)) + 2) if magnitude > 0 else 1
+
+
+def _fixed_with_significant_bits(values: "torch.Tensor", significant: int) -> str:
+    """An ap_fixed type holding every value in ``values`` with ``significant`` bits of relative precision."""
+    magnitudes = values.abs()
+    nonzero = magnitudes[magnitudes > 0]
+    if not len(nonzero):
+        return "ap_fixed<2,1>"
+    integer = _integer_bits(float(nonzero.max()))
+    fraction = max(0, significant - math.floor(math.log2(float(nonzero.min()))) - 1)
+    return f"ap_fixed<{integer + fraction},{integer}>"
+
+
+def _activation_type(bits: int, signed: bool, layer: str) -> str:
+    if signed and bits == 1:
+        raise HlsExportError(
+            f"layer {layer!r}: a signed 1-bit input is bipolar (sign(x)), which no ap_fixed rounding mode expresses; "
+            "give this layer's input 2 bits or more"
+        )
+    if signed:
+        return f"ap_fixed<{bits},{bits},AP_RND_CONV,AP_SAT_SYM>"
+    return f"ap_ufixed<{bits},{bits},AP_RND_CONV,AP_SAT>"
+
+
+def _batchnorm(channels: int, spatial: bool, scale: "torch.Tensor", bias: "torch.Tensor") -> "nn.Module":
+    """A BatchNorm computing ``x * scale + bias`` exactly (mean 0, variance 1, epsilon 0)."""
+    import torch
+    from torch import nn
+
+    bn = (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(channels, eps=0.0).eval()
+    with torch.no_grad():
+        bn.weight.copy_(scale)
+        bn.bias.copy_(bias)
+    return bn
+
+
+def integer_domain_model(qmodel: "QuantizedModel", example: "torch.Tensor") -> tuple["fx.GraphModule", dict[str, LayerPrecision]]:
+    """The quantized model rewritten as quant -> integer layer -> scale for every quantized layer (module docstring).
+
+    Returns the rewritten float ``GraphModule`` (which computes what the hls4ml project computes, up to the fixed-point
+    rounding of scales and results) and the precisions chosen per layer, keyed by hls4ml layer name prefix.
+    """
+    import torch
+    from torch import fx, nn
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    from autoq.host.quant.quantizer import activation_levels
+
+    if not qmodel.calibrated:
+        raise HlsExportError("the quantized model's activations are not calibrated; calibrate it before exporting")
+    with qmodel.float_mode():
+        try:
+            traced = fx.symbolic_trace(qmodel.model)
+        except Exception as exc:  # torch.fx raises many types for untraceable control flow
+            raise HlsExportError(f"cannot trace the model for hls4ml export: {exc}") from None
+        with torch.no_grad():
+            ShapeProp(traced).propagate(example)
+
+    graph = fx.Graph()
+    root = nn.Module()
+    env: dict[fx.Node, fx.Node] = {}
+    precisions: dict[str, LayerPrecision] = {}
+    modules = dict(traced.named_modules())
+
+    def add(name: str, module: nn.Module, arg: fx.Node) -> fx.Node:
+        root.add_module(name, module)
+        return graph.call_module(name, (arg,))
+
+    for node in traced.graph.nodes:
+        if node.op == "call_module" and node.target in qmodel.quantizers:
+            name = node.target
+            safe = name.replace(".", "_")
+            source = modules[name]
+            quantizer = qmodel.quantizers[name]
+            bits, signed = quantizer.act_bits, quantizer.act_signed
+            act_type = _activation_type(bits, signed, name)
+            act_scale = qmodel.integer_activation_scale(name)
+            values, w_scale = qmodel.integer_weights(name)
+            spatial = isinstance(source, nn.Conv2d)
+            c_in = source.in_channels if spatial else source.in_features
+            c_out = len(w_scale)
+
+            max_level = max(abs(v) for v in activation_levels(bits, signed))
+            weight_bits = max(2, int(quantizer.weight_bits.max()))
+            row_bound = values.flatten(1).abs().sum(1).double() * max_level  # largest |accumulator| per kernel
+            acc_bits = _integer_bits(float(row_bound.max()))
+            scale = w_scale.double() * act_scale
+            bias = source.bias.detach().double() if source.bias is not None else torch.zeros(c_out, dtype=torch.float64)
+            result_bound = float((row_bound * scale.abs() + bias.abs()).max())
+            result_integer = _integer_bits(result_bound)
+
+            if spatial:
+                integer = nn.Conv2d(
+                    c_in, c_out, source.kernel_size, source.stride, source.padding, source.dilation, source.groups, bias=False
+                )
+            else:
+                integer = nn.Linear(c_in, c_out, bias=False)
+            with torch.no_grad():
+                integer.weight.copy_(values.to(torch.float32))
+
+            quant = add(f"{safe}_quant", _batchnorm(c_in, spatial, torch.full((c_in,), 1.0 / act_scale), torch.zeros(c_in)), env[node.args[0]])
+            acc = add(f"{safe}_int", integer, quant)
+            env[node] = add(f"{safe}_scale", _batchnorm(c_out, spatial, scale.float(), bias.float()), acc)
+            precisions[safe] = LayerPrecision(
+                name=name,
+                input_scale=_fixed_with_significant_bits(torch.tensor([1.0 / act_scale]), SCALE_SIGNIFICANT_BITS),
+                input=act_type,
+                weight=f"ap_int<{weight_bits}>",
+                accumulator=f"ap_int<{acc_bits}>",
+                scale=_fixed_with_significant_bits(scale, SCALE_SIGNIFICANT_BITS),
+                bias=_fixed_with_significant_bits(bias, SCALE_SIGNIFICANT_BITS),
+                result=f"ap_fixed<{result_integer + RESULT_FRACTION_BITS},{result_integer}>",
+            )
+        elif node.op == "call_module" and isinstance(modules[node.target], (nn.Conv2d, nn.Linear)):
+            raise HlsExportError(f"layer {node.target!r} is not quantized; the hls4ml export needs every conv/linear layer quantized")
+        elif _is_global_average_pool(node, modules):
+            height, width = node.args[0].meta["tensor_meta"].shape[-2:]
+            env[node] = add(f"global_pool_{len(env)}", nn.AvgPool2d((height, width)), env[node.args[0]])
+        else:
+            env[node] = graph.node_copy(node, lambda n: env[n])
+            if node.op in ("call_module", "get_attr"):
+                target = node.target
+                owner = modules[target] if node.op == "call_module" else None
+                if owner is not None and not hasattr(root, target.replace(".", "_")):
+                    root.add_module(target.replace(".", "_"), owner)
+                    env[node].target = target.replace(".", "_")
+    for new in graph.nodes:
+        new.type = None  # string annotations (``from __future__ import annotations``) break pickling, which hls4ml does
+    return fx.GraphModule(root, graph), precisions
+
+
+def _is_global_average_pool(node: "fx.Node", modules: dict[str, Any]) -> bool:
+    import torch.nn.functional as F
+    from torch import nn
+
+    if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+    elif node.op == "call_module" and isinstance(modules[node.target], nn.AdaptiveAvgPool2d):
+        size = modules[node.target].output_size
+    else:
+        return False
+    return size in (1, (1, 1), [1, 1])

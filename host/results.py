@@ -1,0 +1,267 @@
+"""The results folder of a search: best plans, Pareto fronts, a bit-width heatmap and a summary.
+
+``write_results`` writes, into ``out_dir``:
+
+- ``best_<criterion>.plan.json`` for each criterion in ``CRITERIA`` (loadable with ``QuantPlan.load`` and
+  ``autoq export --plan``) and ``best_plans.json``, an index with each best plan's figures;
+- ``episodes.csv``: every episode's figures;
+- ``pareto_latency.{csv,png}``, ``pareto_energy.{csv,png}``: the non-dominated episodes for accuracy (higher is
+  better) against latency or energy (lower is better);
+- ``bits_heatmap.png``: the best plan's weight bit-width of every kernel (layers x kernels);
+- ``summary.md``.
+
+Plots use matplotlib's Agg canvas directly (no pyplot, no global backend switch). Every file is written atomically.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from autoq.common.errors import AutoQError
+from autoq.common.fileio import atomic_write_bytes, atomic_write_text
+from autoq.common.measurement import Measurement
+from autoq.common.network import NetworkSpec
+from autoq.common.plan import QuantPlan
+
+
+@dataclass(frozen=True)
+class EpisodeRecord:
+    """What one search episode produced: its plan, the plan's accuracy and cost, and the reward the agent got."""
+
+    episode: int
+    plan: QuantPlan
+    accuracy: float
+    measurement: Measurement
+    reward: float
+    agent: str
+
+
+Key = Callable[[EpisodeRecord], tuple]
+
+# criterion -> (what it means, sort key: the smallest key is the best record; ties go to the earliest episode)
+CRITERIA: dict[str, tuple[str, Key]] = {
+    "reward": ("highest reward", lambda r: (-r.reward, -r.accuracy, r.measurement.latency_s, r.episode)),
+    "accuracy": ("highest accuracy", lambda r: (-r.accuracy, r.measurement.latency_s, r.episode)),
+    "latency": ("lowest latency", lambda r: (r.measurement.latency_s, -r.accuracy, r.episode)),
+    "energy": ("lowest energy", lambda r: (r.measurement.energy_j, -r.accuracy, r.episode)),
+}
+COSTS: dict[str, tuple[str, float, Callable[[EpisodeRecord], float]]] = {
+    # cost -> (axis label, display scale, value in SI units)
+    "latency": ("latency (ms)", 1e3, lambda r: r.measurement.latency_s),
+    "energy": ("energy (mJ)", 1e3, lambda r: r.measurement.energy_j),
+}
+EPISODE_COLUMNS = (
+    "episode", "agent", "plan_hash", "accuracy", "latency_s", "energy_j", "avg_power_w", "reward",
+    "avg_weight_bits", "avg_act_bits", "source",
+)
+
+
+def best_record(records: Sequence[EpisodeRecord], criterion: str) -> EpisodeRecord:
+    if criterion not in CRITERIA:
+        raise AutoQError(f"unknown criterion {criterion!r}; choose one of {sorted(CRITERIA)}")
+    if not records:
+        raise AutoQError("no episodes: nothing is best")
+    return min(records, key=CRITERIA[criterion][1])
+
+
+def pareto_front(records: Sequence[EpisodeRecord], cost: Callable[[EpisodeRecord], float]) -> list[EpisodeRecord]:
+    """The records no other record beats on both accuracy (higher) and ``cost`` (lower), by increasing cost.
+
+    Of records with equal accuracy and cost, only the earliest episode is kept.
+    """
+    front: list[EpisodeRecord] = []
+    for record in sorted(records, key=lambda r: (cost(r), -r.accuracy, r.episode)):
+        if not front or record.accuracy > front[-1].accuracy:
+            front.append(record)
+    return front
+
+
+def write_results(
+    out_dir: str | Path,
+    network: NetworkSpec,
+    records: Sequence[EpisodeRecord],
+    run_info: Mapping[str, object] | None = None,
+) -> dict[str, Path]:
+    """Write the results folder (see the module docstring); returns the written files by role.
+
+    ``run_info`` (agent, backend, seed, budget, ...) is listed at the top of ``summary.md`` and in ``best_plans.json``.
+    """
+    if not records:
+        raise AutoQError("no episodes to write results for")
+    for record in records:
+        record.plan.check(network)
+        if record.measurement.plan_hash != record.plan.hash:
+            raise AutoQError(f"episode {record.episode}: its measurement is of plan {record.measurement.plan_hash}, not {record.plan.hash}")
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AutoQError(f"cannot create results folder {out}: {exc.strerror}") from None
+    info = {k: str(v) for k, v in (run_info or {}).items()}
+    written: dict[str, Path] = {}
+
+    best = {name: best_record(records, name) for name in CRITERIA}
+    index = {"network": network.name, "network_hash": network.hash, "run": info, "best": {}}
+    for name, record in best.items():
+        path = out / f"best_{name}.plan.json"
+        record.plan.save(path)
+        written[f"best_{name}"] = path
+        index["best"][name] = {"meaning": CRITERIA[name][0], "plan_file": path.name, **_figures(network, record)}
+    written["best_plans"] = _write_text(out / "best_plans.json", json.dumps(index, indent=1) + "\n")
+    written["episodes"] = _write_text(out / "episodes.csv", _csv(network, records))
+
+    fronts = {}
+    for cost_name, (label, scale, cost) in COSTS.items():
+        fronts[cost_name] = front = pareto_front(records, cost)
+        written[f"pareto_{cost_name}_csv"] = _write_text(out / f"pareto_{cost_name}.csv", _csv(network, front))
+        written[f"pareto_{cost_name}_png"] = _write_bytes(
+            out / f"pareto_{cost_name}.png", _pareto_png(records, front, cost, label, scale, network.name)
+        )
+    written["heatmap"] = _write_bytes(out / "bits_heatmap.png", _heatmap_png(network, best["reward"]))
+    written["summary"] = _write_text(out / "summary.md", _summary_md(network, records, best, fronts, info, written))
+    return written
+
+
+# -- tables -----------------------------------------------------------------------------------------------------------
+def _figures(network: NetworkSpec, r: EpisodeRecord) -> dict[str, object]:
+    m = r.measurement
+    return {
+        "episode": r.episode,
+        "agent": r.agent,
+        "plan_hash": r.plan.hash,
+        "accuracy": r.accuracy,
+        "latency_s": m.latency_s,
+        "energy_j": m.energy_j,
+        "avg_power_w": m.avg_power_w,
+        "reward": r.reward,
+        "avg_weight_bits": r.plan.average_weight_bits(network),
+        "avg_act_bits": r.plan.average_act_bits(),
+        "source": m.provenance.source,
+    }
+
+
+def _csv(network: NetworkSpec, records: Sequence[EpisodeRecord]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, EPISODE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in _figures(network, record).items()})
+    return out.getvalue()
+
+
+def _summary_md(network, records, best, fronts, info, written) -> str:
+    top = best["reward"]
+    f = _figures(network, top)
+    lines = [f"# Search results: {network.name}", ""]
+    if info:
+        lines += ["| run | |", "|---|---|", *(f"| {k} | {v} |" for k, v in info.items()), ""]
+    lines += [
+        f"{len(records)} episodes ({', '.join(sorted({r.agent for r in records}))}); network {network.name} "
+        f"({network.hash}, {len(network)} layers, {network.total_weights} weights).",
+        "",
+        f"## Best plan (highest reward): episode {top.episode}, plan {top.plan.hash}",
+        "",
+        f"- accuracy: {top.accuracy:.4f}",
+        f"- latency: {f['latency_s'] * 1e3:.4f} ms",
+        f"- energy: {f['energy_j'] * 1e3:.4f} mJ",
+        f"- average weight bits: {f['avg_weight_bits']:.3f}; average activation bits: {f['avg_act_bits']:.3f}",
+        f"- reward: {top.reward:.6g}; cost measured by: {f['source']}",
+        f"- plan: `{written['best_reward'].name}`; kernel bit-widths: `{written['heatmap'].name}`",
+        "",
+        "## Best by criterion",
+        "",
+        "| criterion | episode | accuracy | latency (ms) | energy (mJ) | avg weight bits | avg act bits | reward | plan |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, record in best.items():
+        g = _figures(network, record)
+        lines.append(
+            f"| {CRITERIA[name][0]} | {record.episode} | {record.accuracy:.4f} | {g['latency_s'] * 1e3:.4f} | "
+            f"{g['energy_j'] * 1e3:.4f} | {g['avg_weight_bits']:.3f} | {g['avg_act_bits']:.3f} | {record.reward:.6g} | "
+            f"`{written['best_' + name].name}` |"
+        )
+    for cost_name, front in fronts.items():
+        label, scale, cost = COSTS[cost_name]
+        lines += [
+            "",
+            f"## Pareto front: accuracy against {cost_name} ({len(front)} of {len(records)} episodes)",
+            "",
+            f"`pareto_{cost_name}.csv`, `pareto_{cost_name}.png`",
+            "",
+            f"| {label} | accuracy | episode | avg weight bits |",
+            "|---|---|---|---|",
+            *(
+                f"| {cost(r) * scale:.4f} | {r.accuracy:.4f} | {r.episode} | {r.plan.average_weight_bits(network):.3f} |"
+                for r in front
+            ),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# -- plots ------------------------------------------------------------------------------------------------------------
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _pareto_png(records, front, cost, label, scale, title) -> bytes:
+    fig = _figure(6.4, 4.4)
+    ax = fig.add_subplot()
+    ax.scatter([cost(r) * scale for r in records], [r.accuracy for r in records], s=14, c="0.65", label="episodes")
+    xs, ys = [cost(r) * scale for r in front], [r.accuracy for r in front]
+    ax.step(xs, ys, where="post", color="tab:red", linewidth=1.2)
+    ax.scatter(xs, ys, s=28, color="tab:red", zorder=3, label=f"Pareto front ({len(front)})")
+    ax.set_xlabel(label)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}: accuracy against {label.split(' ')[0]}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def _heatmap_png(network: NetworkSpec, record: EpisodeRecord) -> bytes:
+    import matplotlib
+    import numpy as np
+    from matplotlib.colors import BoundaryNorm
+
+    width = max(layer.c_out for layer in network)
+    bits = np.full((len(network), width), np.nan)
+    for row, lp in enumerate(record.plan.layers):
+        bits[row, : len(lp.weight_bits)] = lp.weight_bits
+    fig = _figure(min(16.0, 4.0 + width / 12), min(20.0, 1.6 + 0.32 * len(network)))
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["viridis"].resampled(8).with_extremes(bad="white")
+    image = ax.imshow(np.ma.masked_invalid(bits), aspect="auto", interpolation="nearest", cmap=cmap,
+                      norm=BoundaryNorm(np.arange(0.5, 9.5), cmap.N))
+    ax.set_yticks(range(len(network)), [f"{lp.name} (a{lp.act_bits})" for lp in record.plan.layers], fontsize=7)
+    ax.set_xlabel("kernel (output channel)")
+    ax.set_title(
+        f"{network.name}: weight bits per kernel, episode {record.episode} "
+        f"(avg {record.plan.average_weight_bits(network):.2f} bits)", fontsize=9
+    )
+    fig.colorbar(image, ax=ax, ticks=range(1, 9), label="weight bits")
+    return _png(fig)
+
+
+def _write_text(path: Path, text: str) -> Path:
+    atomic_write_text(path, text)
+    return path
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    atomic_write_bytes(path, data)
+    return path

@@ -1,0 +1,128 @@
+"""AutoQ's hierarchical agent (Lou et al., ICLR 2020): two DDPG actor-critics.
+
+* High-level controller (HLC), once per layer: the activation QBN and a *goal*, the average weight QBN the layer's
+  kernels should reach. Its transitions follow the layers (gamma = 1) and carry the episode's extrinsic reward.
+* Low-level controller (LLC), per kernel: the kernel's weight QBN, conditioned on the goal. A layer's kernels are
+  acted on in one batched forward pass (kernel index and weight scale are features), so an episode costs two
+  network calls per layer. Each kernel decision is a one-step transition whose reward is shaped: goal completion
+  (minus the distance between the goal and the layer's achieved average, scaled to [-1, 0]) mixed with the
+  extrinsic reward.
+
+Defaults are the paper's (actor lr 1e-4, critic lr 1e-3, batch 64, replay 2000, noise 0.5 held for the first
+quarter of the learning episodes, then decayed exponentially, goal_max = action_max = 8), with the schedule
+compressed from the paper's 400 episodes into the episodes the search has.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from autoq.host.rl.actor_critic import ActorCritic, ActorCriticConfig
+from autoq.host.rl.noise import NoiseSchedule, truncated_normal
+
+from ..env import KERNEL_OBS_DIM, LAYER_OBS_DIM, EpisodeOutcome, QuantEnv
+from .base import Agent, generator_state, restore_generator
+
+
+@dataclass(frozen=True)
+class AutoQConfig:
+    episodes: int
+    hidden: tuple[int, ...] = (300, 300)
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    batch_size: int = 64
+    buffer_size: int = 2000
+    tau: float = 0.01
+    baseline_alpha: float = 0.5
+    noise_sigma: float = 0.5
+    final_noise_sigma: float = 0.025  # 0.5 * 0.99**300: where the paper's 300 decayed episodes end
+    constant_noise_fraction: float = 0.25  # the paper's 100 of 400 episodes
+    warmup_fraction: float = 0.05  # random episodes before learning (fills the replay buffers)
+    goal_mix: float = 0.5  # LLC reward = goal_mix * goal completion + (1 - goal_mix) * extrinsic
+    reward_scale: float = 10.0  # extrinsic reward x 10 = HAQ's 0.1 per accuracy percentage point
+    hlc_updates_per_layer: int = 1
+    llc_updates_per_layer: int = 4
+
+    @property
+    def warmup_episodes(self) -> int:
+        return max(1, round(self.episodes * self.warmup_fraction))
+
+    def noise(self) -> NoiseSchedule:
+        learning = max(1, self.episodes - self.warmup_episodes)
+        constant = round(learning * self.constant_noise_fraction)
+        return NoiseSchedule.decaying_to(self.noise_sigma, self.final_noise_sigma, constant, max(1, learning - constant - 1))
+
+
+class AutoQAgent(Agent):
+    name: ClassVar[str] = "autoq"
+
+    def __init__(self, config: AutoQConfig, num_layers: int, seed: int) -> None:
+        self.config = config
+        shared = dict(
+            hidden=config.hidden, actor_lr=config.actor_lr, critic_lr=config.critic_lr, batch_size=config.batch_size,
+            buffer_size=config.buffer_size, tau=config.tau, baseline_alpha=config.baseline_alpha,
+        )
+        # Learn as soon as two episodes' worth of layer decisions exist; a 5-layer net would otherwise wait 13 episodes.
+        self.hlc = ActorCritic(ActorCriticConfig.ddpg(LAYER_OBS_DIM, 2, gamma=1.0, learning_starts=min(config.batch_size, 2 * num_layers), **shared))
+        self.llc = ActorCritic(ActorCriticConfig.ddpg(KERNEL_OBS_DIM, 1, gamma=0.0, learning_starts=config.batch_size, **shared))
+        self.noise = config.noise()
+        self.rng = np.random.default_rng(seed)
+
+    def run_episode(self, env: QuantEnv, episode: int) -> EpisodeOutcome:
+        cfg = self.config
+        learning = episode >= cfg.warmup_episodes
+        sigma = self.noise.sigma_at(episode - cfg.warmup_episodes)
+        layer_states, layer_actions, kernel_states, kernel_actions = [], [], [], []
+        observation = env.reset()
+        while True:
+            if learning:
+                layer_action = truncated_normal(self.hlc.act(observation)[0], sigma, self.rng)
+            else:
+                layer_action = self.rng.uniform(size=2)
+            act_action, goal_action = layer_action
+            kernels = env.kernel_observations(goal_action, act_action)
+            if learning:
+                weight_actions = truncated_normal(self.llc.act(kernels)[:, 0], sigma, self.rng)
+            else:
+                weight_actions = self.rng.uniform(size=len(kernels))
+            layer_states.append(observation)
+            layer_actions.append(layer_action)
+            kernel_states.append(kernels)
+            kernel_actions.append(weight_actions)
+            result = env.step(act_action, weight_actions)
+            if result.outcome is not None:
+                break
+            observation = result.observation
+        outcome = result.outcome
+        self._remember(env, outcome, layer_states, layer_actions, kernel_states, kernel_actions)
+        if learning:
+            for _ in range(cfg.hlc_updates_per_layer * len(layer_states)):
+                self.hlc.update(self.rng)
+            for _ in range(cfg.llc_updates_per_layer * len(layer_states)):
+                self.llc.update(self.rng)
+        return outcome
+
+    def _remember(self, env, outcome, layer_states, layer_actions, kernel_states, kernel_actions) -> None:
+        cfg = self.config
+        extrinsic = cfg.reward_scale * outcome.reward
+        states = np.stack(layer_states)
+        next_states = np.concatenate([states[1:], np.zeros_like(states[:1])])
+        dones = np.zeros(len(states))
+        dones[-1] = 1.0
+        self.hlc.remember(states, np.stack(layer_actions), extrinsic, next_states, dones)
+        span = env.max_bits - env.min_bits
+        for layer_plan, layer_action, kernels, actions in zip(outcome.proposed.layers, layer_actions, kernel_states, kernel_actions):
+            goal = env.goal_of(layer_action[1])
+            goal_completion = -abs(goal - layer_plan.mean_weight_bits) / span if span else 0.0
+            reward = cfg.goal_mix * goal_completion + (1.0 - cfg.goal_mix) * extrinsic
+            self.llc.remember(kernels, actions[:, None], reward, kernels, 1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": asdict(self.config), "hlc": self.hlc.state_dict(), "llc": self.llc.state_dict(), "rng": generator_state(self.rng)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.hlc.load_state_dict(state["hlc"])
+        self.llc.load_state_dict(state["llc"])
+        restore_generator(self.rng, state["rng"])

@@ -1,0 +1,107 @@
+"""HAQ's layer-wise agent (Wang et al., CVPR 2019), the baseline AutoQ is compared with.
+
+One DDPG actor-critic, two steps per layer (weight QBN, then activation QBN; a flag in the state tells them apart,
+and the previous action is part of the state). Every transition of an episode gets the final reward, HAQ's
+``0.1 * (acc_quant - acc_full)`` per percentage point in the resource-constrained setting (the extrinsic reward
+otherwise), with a moving-average reward baseline; gamma 1, tau 0.01, hidden 300/300; random warm-up episodes,
+then truncated-normal noise sigma 0.5 decayed 0.99 per episode. The paper's 600-episode schedule (20 warm-up) is
+compressed into the episodes the search has. Budget enforcement is the environment's (HAQ's rule).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from autoq.host.rl.actor_critic import ActorCritic, ActorCriticConfig
+from autoq.host.rl.noise import NoiseSchedule, truncated_normal
+
+from ..env import LAYER_OBS_DIM, EpisodeOutcome, QuantEnv
+from ..rewards import haq_reward
+from .base import Agent, generator_state, restore_generator
+
+PAPER_EPISODES = 600
+PAPER_WARMUP = 20
+
+
+@dataclass(frozen=True)
+class HAQConfig:
+    episodes: int
+    hidden: tuple[int, ...] = (300, 300)
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    batch_size: int = 64
+    buffer_size: int = 2000
+    tau: float = 0.01
+    baseline_alpha: float = 0.5
+    noise_sigma: float = 0.5
+    noise_decay: float = 0.99  # per paper episode
+    reward_scale: float = 10.0  # for the accuracy-guaranteed setting: extrinsic reward x 10
+
+    @property
+    def warmup_episodes(self) -> int:
+        return max(1, round(self.episodes * PAPER_WARMUP / PAPER_EPISODES))
+
+    def noise(self) -> NoiseSchedule:
+        return NoiseSchedule(self.noise_sigma, 0, self.noise_decay ** (PAPER_EPISODES / self.episodes))
+
+
+class HAQAgent(Agent):
+    name: ClassVar[str] = "haq"
+    STATE_DIM = LAYER_OBS_DIM + 2  # + weight/activation flag + previous action
+
+    def __init__(self, config: HAQConfig, num_layers: int, seed: int) -> None:
+        self.config = config
+        self.ddpg = ActorCritic(
+            ActorCriticConfig.ddpg(
+                self.STATE_DIM, 1, hidden=config.hidden, actor_lr=config.actor_lr, critic_lr=config.critic_lr,
+                batch_size=config.batch_size, buffer_size=config.buffer_size, tau=config.tau, gamma=1.0,
+                baseline_alpha=config.baseline_alpha, learning_starts=min(config.batch_size, 4 * num_layers),
+            )
+        )
+        self.noise = config.noise()
+        self.rng = np.random.default_rng(seed)
+
+    def _action(self, state: np.ndarray, learning: bool, sigma: float) -> float:
+        if not learning:
+            return float(self.rng.uniform())
+        return float(truncated_normal(self.ddpg.act(state)[0], sigma, self.rng)[0])
+
+    def run_episode(self, env: QuantEnv, episode: int) -> EpisodeOutcome:
+        learning = episode >= self.config.warmup_episodes
+        sigma = self.noise.sigma_at(episode - self.config.warmup_episodes)
+        states, actions = [], []
+        observation, previous = env.reset(), 1.0
+        while True:
+            weight_state = np.concatenate([observation, [0.0, previous]]).astype(np.float32)
+            weight_action = self._action(weight_state, learning, sigma)
+            act_state = np.concatenate([observation, [1.0, weight_action]]).astype(np.float32)
+            act_action = self._action(act_state, learning, sigma)
+            states += [weight_state, act_state]
+            actions += [weight_action, act_action]
+            previous = act_action
+            result = env.step(act_action, weight_action)
+            if result.outcome is not None:
+                break
+            observation = result.observation
+        outcome = result.outcome
+        if env.objective.setting.constrained:
+            reward = haq_reward(outcome.accuracy, env.objective.full_accuracy)
+        else:
+            reward = self.config.reward_scale * outcome.reward
+        stacked = np.stack(states)
+        dones = np.zeros(len(stacked))
+        dones[-1] = 1.0
+        self.ddpg.remember(stacked, np.array(actions)[:, None], reward, np.concatenate([stacked[1:], np.zeros_like(stacked[:1])]), dones)
+        if learning:
+            for _ in range(len(stacked)):
+                self.ddpg.update(self.rng)
+        return outcome
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": asdict(self.config), "ddpg": self.ddpg.state_dict(), "rng": generator_state(self.rng)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ddpg.load_state_dict(state["ddpg"])
+        restore_generator(self.rng, state["rng"])

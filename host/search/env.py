@@ -1,0 +1,271 @@
+"""``QuantEnv``: the search as a pure state machine over layers and, within a layer, their kernels.
+
+An episode visits the network's layers in order. At each layer the agent gives one continuous action in [0, 1]
+for the activation bits and one per kernel (output channel) for the weight bits; the environment projects them
+to bit-widths (HAQ's ``round(b_min - 0.5 + a * (b_max - b_min + 1))``). After the last layer it builds the
+``QuantPlan``, lowers bits until the plan meets the budget (HAQ's rule, from the last layer, activations first,
+the widest kernels of a layer first), measures accuracy with the injected evaluator and cost with the injected
+``CostBackend``, and computes the extrinsic reward. Agents that pick whole plans call ``evaluate`` directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence
+
+import numpy as np
+
+from autoq.common.backend import CostBackend
+from autoq.common.measurement import Measurement
+from autoq.common.network import LayerSpec, NetworkSpec
+from autoq.common.plan import MAX_BITS, MIN_BITS, LayerPlan, QuantPlan
+
+from .rewards import CostPoint, Objective, RewardSetting, SearchError
+
+
+class Evaluator(Protocol):
+    def accuracy(self, plan: QuantPlan, finetune_steps: int = 0) -> float: ...
+
+    def full_precision_accuracy(self) -> float: ...
+
+
+#: Static per-layer features, each min-max normalised over the network's layers (HAQ's state).
+LAYER_FEATURES: tuple[str, ...] = (
+    "layer_index", "c_in", "c_out", "kernel_size", "stride", "feature_map", "depthwise", "linear", "weights",
+)
+#: Layer observation = static features + the previous layer's activation and mean weight actions.
+LAYER_OBS_DIM = len(LAYER_FEATURES) + 2
+#: Kernel observation = static layer features + kernel index, kernel weight scale, the layer's goal and activation action.
+KERNEL_OBS_DIM = len(LAYER_FEATURES) + 4
+
+
+def _raw_layer_features(index: int, layer: LayerSpec) -> list[float]:
+    return [
+        index, layer.c_in, layer.c_out, layer.kernel[0] * layer.kernel[1], layer.stride[0],
+        layer.in_hw[0] * layer.in_hw[1], float(layer.kind == "depthwise"), float(layer.kind == "linear"), layer.weights,
+    ]
+
+
+def _min_max(table: np.ndarray) -> np.ndarray:
+    """Scale each column to [0, 1]; a constant column becomes 0."""
+    low, high = table.min(axis=0), table.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    return (table - low) / span
+
+
+@dataclass(frozen=True)
+class EpisodeOutcome:
+    """One scored plan: ``plan`` is what was evaluated (after budget enforcement), ``proposed`` what the agent chose."""
+
+    plan: QuantPlan
+    proposed: QuantPlan
+    accuracy: float
+    measurement: Measurement
+    reward: float
+    cost: CostPoint
+    fits: bool
+
+
+class StepResult(NamedTuple):
+    observation: np.ndarray | None  # the next layer's observation; None once the episode is over
+    act_bits: int
+    weight_bits: tuple[int, ...]
+    outcome: EpisodeOutcome | None  # set on the last layer's step
+
+
+class QuantEnv:
+    def __init__(
+        self,
+        network: NetworkSpec,
+        evaluator: Evaluator,
+        backend: CostBackend,
+        setting: RewardSetting,
+        *,
+        min_bits: int = 2,
+        max_bits: int = MAX_BITS,
+        finetune_steps: int = 0,
+        kernel_scales: Mapping[str, Sequence[float]] | None = None,
+        batch: int = 1,
+    ) -> None:
+        if not MIN_BITS <= min_bits <= max_bits <= MAX_BITS:
+            raise SearchError(f"bit range must satisfy {MIN_BITS} <= min_bits <= max_bits <= {MAX_BITS}, got [{min_bits}, {max_bits}]")
+        if finetune_steps < 0 or batch < 1:
+            raise SearchError(f"finetune_steps must be >= 0 and batch >= 1, got {finetune_steps} and {batch}")
+        self.network = network
+        self.evaluator = evaluator
+        self.backend = backend
+        self.min_bits, self.max_bits = min_bits, max_bits
+        self.finetune_steps = finetune_steps
+        self.batch = batch
+        self.measure_calls = 0
+        self._layer_table = _min_max(np.array([_raw_layer_features(i, l) for i, l in enumerate(network)], np.float64))
+        self.kernel_scales = self._checked_scales(kernel_scales or {})
+        self._kernel_features = [_min_max(scales[:, None])[:, 0] for scales in self.kernel_scales]
+        self._accuracy_memo: dict[str, float] = {}
+        self.reset()
+        reference = CostPoint.of(self.measure(QuantPlan.uniform(network, max_bits, max_bits)))
+        floor = CostPoint.of(self.measure(QuantPlan.uniform(network, min_bits, min_bits)))
+        self.objective: Objective = setting.resolve(
+            reference, floor, evaluator.full_precision_accuracy(), f"all weights and activations at {min_bits} bits"
+        )
+
+    def _checked_scales(self, scales: Mapping[str, Sequence[float]]) -> tuple[np.ndarray, ...]:
+        """Per-kernel weight scales by layer (zeros where not given), e.g. each kernel's largest absolute weight."""
+        unknown = sorted(set(scales) - set(self.network.names))
+        if unknown:
+            raise SearchError(f"kernel scales name layers the network lacks: {unknown[:5]}")
+        out = []
+        for layer in self.network:
+            values = np.asarray(scales.get(layer.name, np.zeros(layer.c_out)), np.float64)
+            if values.shape != (layer.c_out,):
+                raise SearchError(f"layer {layer.name!r}: {values.size} kernel scales for {layer.c_out} kernels")
+            out.append(values)
+        return tuple(out)
+
+    # -- projection between actions in [0, 1] and bit-widths ---------------------------------------------------
+    def bits_of(self, actions: Any) -> np.ndarray:
+        lo, hi = self.min_bits, self.max_bits
+        return np.clip(np.round(lo - 0.5 + np.asarray(actions, np.float64) * (hi - lo + 1)), lo, hi).astype(int)
+
+    def action_of(self, bits: Any) -> np.ndarray:
+        """The action at the centre of each bit-width's interval (inverse of ``bits_of``)."""
+        lo, hi = self.min_bits, self.max_bits
+        return (np.asarray(bits, np.float64) - lo + 0.5) / (hi - lo + 1)
+
+    def goal_of(self, action: float) -> float:
+        """A goal action as a target average weight bit-width (continuous, not rounded)."""
+        lo, hi = self.min_bits, self.max_bits
+        return float(np.clip(lo - 0.5 + action * (hi - lo + 1), lo, hi))
+
+    # -- the state machine ------------------------------------------------------------------------------------
+    @property
+    def layer_index(self) -> int:
+        return self._position
+
+    @property
+    def layer(self) -> LayerSpec:
+        if self.done:
+            raise SearchError("the episode is over; call reset()")
+        return self.network[self._position]
+
+    @property
+    def done(self) -> bool:
+        return self._position >= len(self.network)
+
+    def reset(self) -> np.ndarray:
+        self._position = 0
+        self._act_bits: list[int] = []
+        self._weight_bits: list[tuple[int, ...]] = []
+        self._previous = (1.0, 1.0)
+        return self.observation()
+
+    def observation(self) -> np.ndarray:
+        """Current layer's observation, shape ``(LAYER_OBS_DIM,)``, every entry in [0, 1]."""
+        return np.concatenate([self._layer_table[self._position], self._previous]).astype(np.float32)
+
+    def kernel_observations(self, goal_action: float, act_action: float) -> np.ndarray:
+        """One row per kernel of the current layer, shape ``(c_out, KERNEL_OBS_DIM)``, every entry in [0, 1]."""
+        c_out = self.layer.c_out
+        rows = np.empty((c_out, KERNEL_OBS_DIM), np.float32)
+        rows[:, : len(LAYER_FEATURES)] = self._layer_table[self._position]
+        rows[:, -4] = np.arange(c_out) / max(1, c_out - 1)
+        rows[:, -3] = self._kernel_features[self._position]
+        rows[:, -2] = np.clip(goal_action, 0.0, 1.0)
+        rows[:, -1] = np.clip(act_action, 0.0, 1.0)
+        return rows
+
+    def step(self, act_action: float, weight_actions: Any) -> StepResult:
+        """Set the current layer's bits; ``weight_actions`` has one entry per kernel, or a single one for all."""
+        layer = self.layer
+        weight_actions = np.asarray(weight_actions, np.float64).reshape(-1)
+        if weight_actions.size == 1:
+            weight_actions = np.repeat(weight_actions, layer.c_out)
+        if weight_actions.size != layer.c_out:
+            raise SearchError(f"layer {layer.name!r}: {weight_actions.size} weight actions for {layer.c_out} kernels")
+        act_bits = int(self.bits_of(act_action))
+        weight_bits = tuple(int(b) for b in self.bits_of(weight_actions))
+        self._act_bits.append(act_bits)
+        self._weight_bits.append(weight_bits)
+        self._previous = (float(self.action_of(act_bits)), float(self.action_of(np.mean(weight_bits))))
+        self._position += 1
+        if not self.done:
+            return StepResult(self.observation(), act_bits, weight_bits, None)
+        proposed = QuantPlan.for_network(
+            self.network, (LayerPlan(l.name, w, a) for l, w, a in zip(self.network, self._weight_bits, self._act_bits))
+        )
+        return StepResult(None, act_bits, weight_bits, self.evaluate(proposed))
+
+    # -- scoring --------------------------------------------------------------------------------------------------
+    def measure(self, plan: QuantPlan) -> Measurement:
+        self.measure_calls += 1
+        return self.backend.measure(self.network, plan, self.batch)
+
+    def evaluate(self, plan: QuantPlan) -> EpisodeOutcome:
+        """Enforce the budget on ``plan``, then score it: accuracy, cost, reward. Ends the episode."""
+        plan.check(self.network)
+        final, measurement = self.enforce_budget(plan)
+        cost = CostPoint.of(measurement)
+        accuracy = self.accuracy(final)
+        self._position = len(self.network)
+        return EpisodeOutcome(
+            final, plan, accuracy, measurement, self.objective.reward(accuracy, cost), cost, self.objective.fits(cost)
+        )
+
+    def accuracy(self, plan: QuantPlan) -> float:
+        """Evaluator accuracy, memoised by plan hash (the memo is part of the state, so resumed runs see the same values)."""
+        if plan.hash not in self._accuracy_memo:
+            self._accuracy_memo[plan.hash] = float(self.evaluator.accuracy(plan, finetune_steps=self.finetune_steps))
+        return self._accuracy_memo[plan.hash]
+
+    def enforce_budget(self, plan: QuantPlan) -> tuple[QuantPlan, Measurement]:
+        """Lower bits until ``plan`` meets the budget: sweep layers from the last, each time first the activation
+        bits by one, then the layer's widest kernels by one, measuring after every change (HAQ, made kernel-wise)."""
+        measurement = self.measure(plan)
+        if self.objective.fits(CostPoint.of(measurement)):
+            return plan, measurement
+        acts = [l.act_bits for l in plan.layers]
+        weights = [np.array(l.weight_bits) for l in plan.layers]
+        while True:
+            changed = False
+            for i in reversed(range(len(acts))):
+                for lower in (self._lower_act, self._lower_widest):
+                    if not lower(acts, weights, i):
+                        continue
+                    changed = True
+                    plan = QuantPlan(tuple(LayerPlan(l.name, tuple(int(b) for b in w), a) for l, w, a in zip(self.network, weights, acts)))
+                    measurement = self.measure(plan)
+                    if self.objective.fits(CostPoint.of(measurement)):
+                        return plan, measurement
+            if not changed:  # every bit at the floor, which resolve() checked fits; only a drifting backend gets here
+                return plan, measurement
+
+    def _lower_act(self, acts: list[int], weights: list[np.ndarray], i: int) -> bool:
+        if acts[i] <= self.min_bits:
+            return False
+        acts[i] -= 1
+        return True
+
+    def _lower_widest(self, acts: list[int], weights: list[np.ndarray], i: int) -> bool:
+        widest = weights[i].max()
+        if widest <= self.min_bits:
+            return False
+        weights[i][weights[i] == widest] -= 1
+        return True
+
+    # -- checkpointing --------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "position": self._position,
+            "act_bits": list(self._act_bits),
+            "weight_bits": [list(w) for w in self._weight_bits],
+            "previous": list(self._previous),
+            "accuracy_memo": dict(self._accuracy_memo),
+            "measure_calls": self.measure_calls,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._position = int(state["position"])
+        self._act_bits = [int(a) for a in state["act_bits"]]
+        self._weight_bits = [tuple(int(b) for b in w) for w in state["weight_bits"]]
+        self._previous = (float(state["previous"][0]), float(state["previous"][1]))
+        self._accuracy_memo = {str(k): float(v) for k, v in state["accuracy_memo"].items()}
+        self.measure_calls = int(state["measure_calls"])

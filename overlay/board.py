@@ -1,0 +1,329 @@
+"""The board-side service: one engine (real or emulated), its bitstream registry, sensors, and the measurement of
+a plan's layers. ``autoq board serve`` serves it over the wire; the in-process ``emulated`` backend calls it
+directly, so both run the same code.
+
+Bitstreams are loaded only by name from the board's own ``bitstreams/`` folder, never uploaded. A build folder
+``bitstreams/<name>/`` holds ``manifest.json`` (self-checked by its build hash) and, once built, ``<name>.bit`` and
+``<name>.hwh``, each of which must be listed with its SHA-256 in ``checksums.sha256`` (``sha256sum`` format) and
+match it. Imports numpy and the board-side modules only; pynq only when a real bitstream is loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import platform
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from autoq.calibration.costmodel import CalibrationParams, load_default_calibration
+from autoq.common.errors import AutoQError
+from autoq.common.measurement import LayerCost, Measurement, Provenance
+from autoq.common.network import LayerSpec, NetworkSpec
+from autoq.common.plan import QuantPlan
+
+from .bitserial import WORD_BITS
+from .driver import BusEngine, EngineDriver, LayerJob
+from .emulated import EmulatedEngine, EmulatedPowerSensor
+from .layout import descriptor as layout_descriptor
+from .layout import schedule_blocks, tile_table
+from .manifest import DEFAULT_OVERLAY, ManifestError, OverlayConfig, bitstreams_dir
+from .measure import Clock, MeasureSettings, PowerSensor, ProtocolResult, RunRecord, run_protocol
+from .protocol import ProtocolError
+from .resources import estimate
+from .schedule import PACKED_GROUPS
+
+CHECKSUMS = "checksums.sha256"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class BoardError(AutoQError, RuntimeError):
+    """The board cannot measure as asked (no pynq, no engine in the bitstream, ...)."""
+
+
+class BitstreamError(ProtocolError):
+    """A named overlay is unknown, or one of its files fails its checksum (``code`` says which)."""
+
+
+@dataclass(frozen=True)
+class OverlayBuild:
+    """One verified build folder: its manifest and, when built, its bitstream and hardware handoff files."""
+
+    name: str
+    config: OverlayConfig
+    folder: Path
+    bitstream: Path | None
+    hwh: Path | None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class BitstreamRegistry:
+    """The overlays under one ``bitstreams/`` folder, by name."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else bitstreams_dir()
+
+    def names(self) -> list[str]:
+        return sorted(p.parent.name for p in self.root.glob("*/manifest.json"))
+
+    def resolve(self, name: str) -> OverlayBuild:
+        """The verified build ``name``; unknown names, bad manifests and checksum mismatches raise ``BitstreamError``."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise BitstreamError("unknown_overlay", f"overlay name {name!r} is not a plain name (letters, digits, _ . -)")
+        folder = self.root / name
+        if not (folder / "manifest.json").is_file():
+            raise BitstreamError("unknown_overlay", f"no overlay named {name!r} in {self.root}; known: {self.names()}")
+        try:
+            config = OverlayConfig.load(folder / "manifest.json")
+        except ManifestError as exc:
+            raise BitstreamError("checksum_mismatch", f"overlay {name!r}: {exc}") from None
+        built = {suffix: folder / f"{name}{suffix}" for suffix in (".bit", ".hwh")}
+        present = {suffix: path for suffix, path in built.items() if path.is_file()}
+        if present:
+            self._verify(name, folder, list(present.values()))
+        if ".bit" in present and ".hwh" not in present:
+            raise BitstreamError("checksum_mismatch", f"overlay {name!r}: {name}.bit has no {name}.hwh next to it")
+        return OverlayBuild(name, config, folder, present.get(".bit"), present.get(".hwh"))
+
+    def _verify(self, name: str, folder: Path, files: Sequence[Path]) -> None:
+        listing = folder / CHECKSUMS
+        if not listing.is_file():
+            raise BitstreamError("checksum_mismatch", f"overlay {name!r} has no {CHECKSUMS}: refusing unverified bitstream files")
+        recorded: dict[str, str] = {}
+        for line in listing.read_text().splitlines():
+            if line.strip():
+                digest, _, filename = line.strip().partition(" ")
+                recorded[filename.strip().lstrip("*")] = digest.lower()
+        for path in files:
+            if path.name not in recorded:
+                raise BitstreamError("checksum_mismatch", f"overlay {name!r}: {path.name} is not listed in {CHECKSUMS}")
+            actual = _sha256(path)
+            if actual != recorded[path.name]:
+                raise BitstreamError(
+                    "checksum_mismatch",
+                    f"overlay {name!r}: {path.name} has SHA-256 {actual[:16]}..., {CHECKSUMS} says {recorded[path.name][:16]}...",
+                )
+
+
+def timing_job(layer: LayerSpec, weight_bits: Sequence[int], act_bits: int, overlay: OverlayConfig, batch: int) -> LayerJob:
+    """A ``LayerJob`` with the descriptor and tile table of ``layout.build_job`` and zeroed operand buffers of the
+    sizes it packs: what a cost measurement runs (the engine's timing does not depend on operand values)."""
+    bits = np.asarray(weight_bits, dtype=np.int64)
+    blocks = schedule_blocks(layer, bits, act_bits, overlay, batch)
+    groups, m, k, n = layer.gemm(batch)
+    words = lambda k_eff: -(-k_eff // overlay.dk) * overlay.dk // WORD_BITS
+    weight_words = act_words = 0
+    for block in blocks:
+        packed = block.group == PACKED_GROUPS
+        act_words += 0 if packed else n * act_bits * words(k)
+        for tile in block.row_tiles:
+            k_eff = k * tile.channels.size if packed else k
+            weight_words += tile.channels.size * tile.bits * words(k_eff)
+            act_words += n * act_bits * words(k_eff) if packed else 0
+    buffers = {
+        "weights": np.zeros(weight_words, np.uint64),
+        "activations": np.zeros(act_words, np.uint64),
+        "results": np.zeros((batch, layer.c_out, *layer.out_hw), np.int32),
+        "tiles": tile_table(blocks, bits, overlay.dm),
+    }
+    num_tiles = sum(len(block.row_tiles) for block in blocks)
+    return LayerJob(layer.name, layout_descriptor(layer, act_bits, batch, num_tiles), buffers)
+
+
+@dataclass
+class EngineSession:
+    """An attached engine with the sensors and time base that go with it."""
+
+    driver: EngineDriver
+    sensors: list[PowerSensor]
+    clock: Clock
+    detail: str
+    close: Callable[[], None] = lambda: None
+    calibration_id: str = ""
+    calibrated: bool = True
+
+
+EngineFactory = Callable[[OverlayBuild], EngineSession]
+
+
+def emulated_factory(calibration: CalibrationParams | None = None, compute: bool = False) -> EngineFactory:
+    """Engines on the emulated device: cycle counters from the schedule, power from the analytic energy model of
+    ``calibration`` (default: the bundled one), virtual time."""
+
+    def open_engine(build: OverlayBuild) -> EngineSession:
+        params = calibration or load_default_calibration()
+        device = EmulatedEngine(build.config, params, compute=compute)
+        driver = BusEngine(device, device.allocate)
+        driver.attach(build.config)
+        what = "bit-exact reference engine on the data" if compute else "timing only, data path not run"
+        return EngineSession(
+            driver, [EmulatedPowerSensor(device)], Clock(device.now, device.idle),
+            f"emulated device: cycle counters from the schedule model ({what}); power from the analytic energy model "
+            f"of calibration {params.id!r}",
+            device.ddr.release,
+            params.id,
+            params.calibrated,
+        )
+
+    return open_engine
+
+
+def pynq_factory(sensors: Sequence[PowerSensor] = ()) -> EngineFactory:
+    """Engines on the FPGA through pynq: the build's bitstream is downloaded and its engine IP attached."""
+
+    def open_engine(build: OverlayBuild) -> EngineSession:
+        try:
+            import pynq
+        except ImportError:
+            raise BoardError("pynq is not installed here: run on a PYNQ board image, or serve with --emulate") from None
+        if build.bitstream is None:
+            raise BitstreamError("unknown_overlay", f"overlay {build.name!r} has no {build.name}.bit built yet in {build.folder}")
+        overlay = pynq.Overlay(str(build.bitstream))
+        names = [name for name, ip in overlay.ip_dict.items() if ip.get("type") == build.config.vlnv]
+        if len(names) != 1:
+            raise BoardError(f"bitstream {build.bitstream.name} has {len(names)} engines of type {build.config.vlnv}, expected 1")
+        driver = getattr(overlay, names[0])
+        if not isinstance(driver, EngineDriver):
+            raise BoardError(f"pynq bound {type(driver).__name__} to {build.config.vlnv}, not the bit-serial engine driver")
+        driver.attach(build.config)
+        return EngineSession(driver, list(sensors), Clock(), f"FPGA engine {names[0]} of {build.bitstream.name}")
+
+    return open_engine
+
+
+EMULATED_SETTINGS = MeasureSettings(warmup_runs=1, min_runs=3, min_window_s=0.0, idle_window_s=0.05, sample_period_s=0.01)
+"""The emulated device is deterministic and its sensor exact: a few runs cover it."""
+
+
+class Board:
+    """The board-side service the daemon and the ``emulated`` backend call: info, load_overlay, measure."""
+
+    def __init__(self, factory: EngineFactory, source: str, overlay: str = DEFAULT_OVERLAY,
+                 registry: BitstreamRegistry | None = None, settings: MeasureSettings = MeasureSettings(),
+                 board_id: str | None = None):
+        self.factory, self.source, self.settings = factory, source, settings
+        self.registry = registry or BitstreamRegistry()
+        self.board_id = board_id or f"{source}@{platform.node() or 'localhost'}"
+        self.build: OverlayBuild | None = None
+        self.session: EngineSession | None = None
+        self.load_overlay(overlay)
+
+    @classmethod
+    def emulated(cls, overlay: str = DEFAULT_OVERLAY, calibration: CalibrationParams | None = None,
+                 registry: BitstreamRegistry | None = None, settings: MeasureSettings = EMULATED_SETTINGS) -> "Board":
+        return cls(emulated_factory(calibration), "emulated", overlay, registry, settings)
+
+    # -- requests ------------------------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        session, build = self._session(), self.build
+        return {
+            "source": self.source,
+            "board_id": self.board_id,
+            "overlay": build.config.to_dict(),
+            "bitstream": build.bitstream.name if build.bitstream else None,
+            "overlays": self.registry.names(),
+            "hardware": dict(session.driver.hardware.values) if session.driver.hardware else {},
+            "sensors": [{"name": s.name, "kind": getattr(s, "kind", type(s).__name__)} for s in session.sensors],
+            "measures": ["latency", "resources"] + (["energy", "power"] if session.sensors else []),
+            "settings": asdict(self.settings),
+            "detail": session.detail,
+        }
+
+    def load_overlay(self, name: str) -> dict[str, Any]:
+        """Load ``name`` from the registry (verified) and attach its engine; the previous one is closed."""
+        build = self.registry.resolve(name)
+        session = self.factory(build)
+        if self.session is not None:
+            self.session.close()
+        self.build, self.session = build, session
+        return {"overlay": build.config.to_dict(), "bitstream": build.bitstream.name if build.bitstream else None}
+
+    def measure(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1) -> Measurement:
+        """Run every layer of ``plan`` on the engine under the measurement protocol."""
+        plan.check(network)
+        session, config = self._session(), self.build.config
+        driver = session.driver
+        prepared = [
+            driver.prepare(timing_job(layer, lp.weight_bits, lp.act_bits, config, batch))
+            for layer, lp in zip(network.layers, plan.layers)
+        ]
+        try:
+            def run_once() -> RunRecord:
+                counters = [driver.run(p) for p in prepared]
+                return RunRecord(sum(c.total for c in counters) / config.clock_hz, counters)
+
+            result = run_protocol(run_once, session.sensors, self.settings, session.clock)
+        finally:
+            for p in prepared:
+                driver.release(p)
+        return self._assemble(network, plan, batch, result, session)
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def _session(self) -> EngineSession:
+        if self.session is None or self.build is None:
+            raise BoardError("no overlay is loaded")
+        return self.session
+
+    def _assemble(self, network: NetworkSpec, plan: QuantPlan, batch: int, result: ProtocolResult,
+                  session: EngineSession) -> Measurement:
+        """Per-layer medians of the cycle counters; energy = idle + idle-subtracted (dynamic) power over latency."""
+        config = self.build.config
+        latency = result.latency.median
+        dynamic_j = result.energy_per_inference_j
+        idle_w = result.idle_power
+        layers = []
+        for i, layer in enumerate(network.layers):
+            runs = np.array([[c.fetch, c.execute, c.result, c.total] for c in (r.detail[i] for r in result.runs)])
+            fetch, execute, res, total = (int(v) for v in np.median(runs, axis=0))
+            stages = {"fetch": fetch, "execute": execute, "result": res}
+            seconds = total / config.clock_hz
+            share = seconds / latency if latency > 0 else 0.0
+            layers.append(LayerCost(
+                layer.name, seconds, idle_w * seconds + dynamic_j * share, max(stages, key=stages.get),
+                {**stages, "overhead": total - max(stages.values()), "total": total},
+            ))
+        samples = result.samples()
+        samples["dynamic_energy_j"] = [dynamic_j]
+        measured_power = bool(session.sensors)
+        return Measurement(
+            network_hash=network.hash,
+            plan_hash=plan.hash,
+            batch=batch,
+            latency_s=latency,
+            energy_j=idle_w * latency + dynamic_j if measured_power else 0.0,
+            avg_power_w=result.avg_power,
+            idle_power_w=idle_w,
+            layers=tuple(layers),
+            provenance=Provenance(
+                source=self.source,
+                overlay_build_hash=session.driver.hardware.build_hash,
+                board_id=self.board_id,
+                calibration_id=session.calibration_id,
+                calibrated=session.calibrated,
+                detail=f"{session.detail}; {result.summary()}"
+                + ("" if measured_power else "; no power sensor: energy and power not measured"),
+            ),
+            resources=estimate(config).to_dict(),
+            samples=samples,
+        )
+
+
+def open_board(emulate: bool, overlay: str = DEFAULT_OVERLAY, sensors: Sequence[PowerSensor] = ()) -> Board:
+    """The board ``autoq board serve`` serves: the emulated device, or the FPGA through pynq."""
+    if emulate:
+        return Board.emulated(overlay)
+    return Board(pynq_factory(sensors), "board", overlay)

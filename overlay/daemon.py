@@ -1,0 +1,237 @@
+"""``autoq board serve``: answers framed requests (see ``protocol``) on TCP and/or a serial link.
+
+Requests (header ``type``; JSON payload where noted), each answered by ``result`` (JSON payload) or ``error``
+(``code`` + ``message``), with the request's ``id`` echoed:
+
+- ``hello`` / ``info``: the board's manifest, sensors, overlays and protocol version;
+- ``measure``: payload ``{"network": NetworkSpec dict, "plan": QuantPlan dict, "batch": int}`` -> Measurement dict;
+- ``load_overlay``: header ``name`` -> the loaded manifest (by name from the board's own ``bitstreams/`` only).
+
+The engine runs one measurement (or overlay load) at a time; a request that cannot get it within
+``busy_wait_s`` is answered ``busy``. A shared key is required to listen beyond loopback. Standard library only.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+from autoq.common.errors import AutoQError, PlanError, SpecError
+from autoq.common.measurement import Measurement
+from autoq.common.network import NetworkSpec
+from autoq.common.plan import QuantPlan
+
+from .protocol import (
+    PROTOCOL_VERSION,
+    Codec,
+    FrameError,
+    FrameLimits,
+    FrameReader,
+    LinkClosed,
+    Message,
+    ProtocolError,
+    error_message,
+    make_message,
+)
+
+log = logging.getLogger("autoq.board")
+POLL_S = 0.25  # how often idle links look at the shutdown flag
+
+
+class BoardService(Protocol):
+    """What the daemon serves; ``autoq.overlay.board.Board`` implements it."""
+
+    def info(self) -> dict[str, Any]: ...
+
+    def measure(self, network: NetworkSpec, plan: QuantPlan, batch: int) -> Measurement: ...
+
+    def load_overlay(self, name: str) -> dict[str, Any]: ...
+
+
+class DaemonError(AutoQError, RuntimeError):
+    """The daemon cannot start as configured (e.g. listening beyond loopback without a key)."""
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` resolves to is a loopback address."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        raise DaemonError(f"cannot resolve listen address {host!r}: {exc}") from None
+    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+@dataclass
+class Daemon:
+    """Serves one ``BoardService`` on any number of links until ``shutdown()``."""
+
+    board: BoardService
+    key: bytes | None = None
+    limits: FrameLimits = field(default_factory=FrameLimits)
+    busy_wait_s: float = 60.0
+    _engine: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _threads: list[threading.Thread] = field(default_factory=list, init=False)
+    _sockets: list[socket.socket] = field(default_factory=list, init=False)
+
+    # -- links --------------------------------------------------------------------------------------------------
+    def listen_tcp(self, host: str = "127.0.0.1", port: int = 7700) -> tuple[str, int]:
+        """Start accepting on ``host:port`` (port 0 picks a free one); returns the bound address."""
+        if not self.key and not is_loopback(host):
+            raise DaemonError(
+                f"refusing to listen on {host}:{port} beyond loopback without a shared key: pass --key-file "
+                "(and give the host the same key, tcp://...?key=FILE)"
+            )
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server = socket.socket(family, socket.SOCK_STREAM)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            server.bind((host, port))
+        except OSError as exc:
+            server.close()
+            raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        server.listen(8)
+        server.settimeout(POLL_S)
+        self._sockets.append(server)
+        self._spawn(self._accept_loop, server, name=f"tcp-accept-{port}")
+        return server.getsockname()[:2]
+
+    def attach_serial(self, link: Any) -> None:
+        """Serve on an open pyserial ``Serial`` (CRC on every frame; its ``timeout`` should be short)."""
+        codec = Codec(self.key, crc=True, limits=self.limits)
+        self._spawn(self._serve_link, serial_recv(link), link.write, codec, f"serial {link.port}", name="serial")
+
+    def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
+        thread = threading.Thread(target=target, args=args, name=f"autoq-board-{name}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self, server: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            conn.settimeout(POLL_S)
+            codec = Codec(self.key, crc=False, limits=self.limits)
+            self._spawn(self._serve_connection, conn, codec, f"tcp {peer[0]}:{peer[1]}", name=f"tcp-{peer[1]}")
+
+    def _serve_connection(self, conn: socket.socket, codec: Codec, peer: str) -> None:
+        with conn:
+            self._serve_link(conn.recv, conn.sendall, codec, peer)
+
+    def _serve_link(self, recv: Callable[[int], bytes], send: Callable[[bytes], Any], codec: Codec, peer: str) -> None:
+        """Read, answer, repeat: every bad frame or request gets an error answer and the link stays up."""
+        reader = FrameReader(recv, codec)
+        log.info("serving %s", peer)
+        while not self._stop.is_set():
+            try:
+                request = reader.read()
+            except TimeoutError:
+                continue
+            except LinkClosed:
+                break
+            except FrameError as exc:
+                log.warning("%s: %s: %s", peer, exc.code, exc)
+                answer = error_message(exc.code, str(exc), exc.request_id)
+            except OSError as exc:
+                log.warning("%s: link failed: %s", peer, exc)
+                break
+            else:
+                answer = self.handle(request)
+            try:
+                send(codec.encode(answer))
+            except OSError as exc:
+                log.warning("%s: cannot answer: %s", peer, exc)
+                break
+        log.info("done serving %s", peer)
+
+    # -- requests -----------------------------------------------------------------------------------------------
+    def handle(self, request: Message) -> Message:
+        """The answer to one decoded request; never raises."""
+        handlers = {"hello": self._info, "info": self._info, "measure": self._measure, "load_overlay": self._load_overlay}
+        handler = handlers.get(request.type)
+        if handler is None:
+            return error_message("bad_request", f"unknown request type {request.type!r}; known: {sorted(handlers)}", request.id)
+        try:
+            body = handler(request)
+        except ProtocolError as exc:
+            return error_message(exc.code, str(exc), request.id)
+        except (SpecError, PlanError) as exc:
+            return error_message("bad_network" if isinstance(exc, SpecError) else "bad_plan", str(exc), request.id)
+        except AutoQError as exc:
+            return error_message("device_error", str(exc), request.id)
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the daemon down; the client gets the message
+            log.exception("request %s failed", request.type)
+            return error_message("internal", f"{type(exc).__name__}: {exc}", request.id)
+        return make_message({"type": "result", "id": request.id, "request": request.type}, body)
+
+    def _info(self, _request: Message) -> dict[str, Any]:
+        return {**self.board.info(), "protocol_version": PROTOCOL_VERSION, "authenticated": bool(self.key)}
+
+    def _measure(self, request: Message) -> dict[str, Any]:
+        body = request.json_payload()
+        if not isinstance(body, dict) or not {"network", "plan"} <= body.keys():
+            raise ProtocolError("bad_request", "measure needs a JSON payload with 'network', 'plan' and optional 'batch'")
+        batch = body.get("batch", 1)
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ProtocolError("bad_request", f"measure: batch must be a positive integer, got {batch!r}")
+        if not isinstance(body["network"], dict):
+            raise SpecError("measure: 'network' must be a NetworkSpec object")
+        network = NetworkSpec.from_dict(body["network"])
+        plan = QuantPlan.from_dict(body["plan"])
+        plan.check(network)
+        with self._hold_engine("measure"):
+            return self.board.measure(network, plan, batch).to_dict()
+
+    def _load_overlay(self, request: Message) -> dict[str, Any]:
+        name = request.header.get("name")
+        if not isinstance(name, str) or not name:
+            raise ProtocolError("bad_request", "load_overlay needs a header field 'name' (an overlay in the board's bitstreams/)")
+        with self._hold_engine("load_overlay"):
+            return self.board.load_overlay(name)
+
+    @contextmanager
+    def _hold_engine(self, what: str) -> Iterator[None]:
+        if not self._engine.acquire(timeout=self.busy_wait_s):
+            raise ProtocolError("busy", f"{what}: the engine stayed busy with another request for {self.busy_wait_s:g} s; retry later")
+        try:
+            yield
+        finally:
+            self._engine.release()
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until ``shutdown()``; True once stopped."""
+        return self._stop.wait(timeout)
+
+    def stop(self) -> None:
+        """Ask every link to finish (safe from a signal handler); ``shutdown()`` then waits for them."""
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        """Stop accepting, let the current request finish, close every link."""
+        self._stop.set()
+        for server in self._sockets:
+            server.close()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=max(self.busy_wait_s, 5.0))
+
+
+def serial_recv(link: Any) -> Callable[[int], bytes]:
+    """``recv(n)`` over a pyserial port: waits up to the port's timeout for one byte, then takes what is there."""
+
+    def recv(size: int) -> bytes:
+        data = link.read(max(1, min(size, link.in_waiting)))
+        if not data:
+            raise TimeoutError("serial link idle")
+        return data
+
+    return recv

@@ -1,0 +1,206 @@
+"""The engine's AXI-Lite register map, derived from the overlay manifest (board side: standard library only).
+
+The layout follows what Vitis HLS generates for an ``s_axilite`` bundle, and ``hls/codegen.py`` pins every
+argument to these offsets with ``#pragma HLS INTERFACE s_axilite ... offset=``, so the Python map and the
+hardware cannot disagree:
+
+- ``0x00`` control (``ap_start``/``ap_done``/``ap_idle``/``ap_ready``/``auto_restart`` bits), ``0x04`` global
+  interrupt enable, ``0x08`` interrupt enable, ``0x0C`` interrupt status;
+- then the arguments, each 32-bit one in an 8-byte slot (data word + HLS's reserved/``ap_vld`` word) and each
+  64-bit one in a 12-byte slot (low word, high word, reserved/``ap_vld`` word), in this order: the header
+  (``magic``, ``regmap_version``, ``command``, ``status``: at the same offsets in every version, so a driver can identify any
+  build), the rest of the hardware-config/ID block, the layer descriptor, the DDR buffer addresses, and the
+  per-stage cycle counters.
+
+The ID block and the cycle counters are HLS output registers: they hold what the engine wrote on its last run,
+so a driver runs ``command = CMD_IDENTIFY`` once (no DDR traffic) before reading the ID block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Literal, Mapping
+
+from autoq.overlay.manifest import ManifestError, OverlayConfig
+
+REGMAP_VERSION = 1
+MAGIC = 0x41514253  # "AQBS": AutoQ bit-serial engine
+
+CMD_IDENTIFY = 0
+CMD_RUN = 1
+
+# Values of the ``status`` register after a run.
+STATUS_OK = 0
+STATUS_BAD_COMMAND = 1
+STATUS_BAD_DESCRIPTOR = 2
+STATUS_BAD_TABLE = 3
+STATUS_BUFFER_OVERFLOW = 4
+
+# Bits of the control register at 0x00, as Vitis HLS lays them out.
+AP_START = 1 << 0
+AP_DONE = 1 << 1
+AP_IDLE = 1 << 2
+AP_READY = 1 << 3
+AUTO_RESTART = 1 << 7
+
+Access = Literal["ro", "rw", "wo"]
+Section = Literal["control", "header", "id", "descriptor", "buffers", "counters"]
+
+ARGS_BASE = 0x10
+SLOT_BYTES = {32: 8, 64: 12}
+
+
+@dataclass(frozen=True)
+class Register:
+    """One AXI-Lite register. 64-bit registers span two 32-bit words, low word first."""
+
+    name: str
+    offset: int
+    width: int
+    access: Access
+    section: Section
+    doc: str
+
+    @property
+    def word_offsets(self) -> tuple[int, ...]:
+        return tuple(self.offset + 4 * i for i in range(self.width // 32))
+
+    def split(self, value: int) -> tuple[int, ...]:
+        """The 32-bit words to write for ``value``, in ``word_offsets`` order."""
+        if not 0 <= value < 1 << self.width:
+            raise ValueError(f"register {self.name}: {value!r} does not fit in {self.width} unsigned bits")
+        return tuple((value >> (32 * i)) & 0xFFFFFFFF for i in range(self.width // 32))
+
+    def join(self, words: tuple[int, ...] | list[int]) -> int:
+        """The value read back from ``words`` (in ``word_offsets`` order)."""
+        if len(words) != self.width // 32:
+            raise ValueError(f"register {self.name}: expected {self.width // 32} words, got {len(words)}")
+        return sum((w & 0xFFFFFFFF) << (32 * i) for i, w in enumerate(words))
+
+
+# (name, width, access, section, doc) in address order; offsets are assigned by ``RegisterMap.from_overlay``.
+_CONTROL: tuple[tuple[str, int, Access, Section, str, int], ...] = (
+    ("control", 32, "rw", "control", "ap_start (bit 0), ap_done (1, clear on read), ap_idle (2), ap_ready (3), auto_restart (7)", 0x00),
+    ("gie", 32, "rw", "control", "global interrupt enable (bit 0)", 0x04),
+    ("ier", 32, "rw", "control", "interrupt enable: ap_done (bit 0), ap_ready (bit 1)", 0x08),
+    ("isr", 32, "rw", "control", "interrupt status, toggle on write", 0x0C),
+)
+_ARGS_V1: tuple[tuple[str, int, Access, Section, str], ...] = (
+    ("magic", 32, "ro", "header", f"constant {MAGIC:#010x} ('AQBS') once the engine has run"),
+    ("regmap_version", 32, "ro", "header", "version of this register layout"),
+    ("command", 32, "rw", "header", f"{CMD_IDENTIFY} = identify (write the ID block only), {CMD_RUN} = run the described layer"),
+    ("status", 32, "ro", "header", "0 when the last run completed, else the STATUS_* code of what it rejected"),
+    ("dm", 32, "ro", "id", "rows (output channels) of the dot-product array"),
+    ("dn", 32, "ro", "id", "columns (output pixels) of the dot-product array"),
+    ("dk", 32, "ro", "id", "bits ANDed and popcounted per unit per cycle"),
+    ("max_bits", 32, "ro", "id", "largest weight/activation bit-width the engine accepts"),
+    ("acc_bits", 32, "ro", "id", "accumulator width in bits"),
+    ("lhs_mem_words", 32, "ro", "id", "weight buffer depth per array row, in dk-bit words"),
+    ("rhs_mem_words", 32, "ro", "id", "activation buffer depth per array column, in dk-bit words"),
+    ("result_mem_words", 32, "ro", "id", "result buffer depth per unit"),
+    ("build_hash_lo", 32, "ro", "id", "build hash (16 hex digits), low 32 bits"),
+    ("build_hash_hi", 32, "ro", "id", "build hash (16 hex digits), high 32 bits"),
+    ("c_in", 32, "rw", "descriptor", "input channels"),
+    ("c_out", 32, "rw", "descriptor", "output channels"),
+    ("groups", 32, "rw", "descriptor", "convolution groups (c_in for depthwise)"),
+    ("kh", 32, "rw", "descriptor", "kernel height"),
+    ("kw", 32, "rw", "descriptor", "kernel width"),
+    ("stride_h", 32, "rw", "descriptor", "vertical stride"),
+    ("stride_w", 32, "rw", "descriptor", "horizontal stride"),
+    ("pad_h", 32, "rw", "descriptor", "zero padding above and below"),
+    ("pad_w", 32, "rw", "descriptor", "zero padding left and right"),
+    ("in_h", 32, "rw", "descriptor", "input height"),
+    ("in_w", 32, "rw", "descriptor", "input width"),
+    ("out_h", 32, "rw", "descriptor", "output height"),
+    ("out_w", 32, "rw", "descriptor", "output width"),
+    ("batch", 32, "rw", "descriptor", "images per run"),
+    ("abits", 32, "rw", "descriptor", "activation bit-width (unsigned)"),
+    ("num_tiles", 32, "rw", "descriptor", "entries (row tiles) in the tile table"),
+    ("weights_addr", 64, "rw", "buffers", "DDR address of the packed weight bit-planes, row tile by row tile (uint64)"),
+    ("activations_addr", 64, "rw", "buffers", "DDR address of the activations (uint8, NCHW)"),
+    ("results_addr", 64, "rw", "buffers", "DDR address of the results (int32, NCHW, original channel order)"),
+    ("tiles_addr", 64, "rw", "buffers", "DDR address of the tile table (uint32): per row tile its group, bits, channels"),
+    ("cycles_fetch", 64, "ro", "counters", "cycles the fetch stage scheduled on the last run"),
+    ("cycles_execute", 64, "ro", "counters", "cycles the execute stage scheduled on the last run"),
+    ("cycles_result", 64, "ro", "counters", "cycles the result stage scheduled on the last run"),
+    ("cycles_total", 64, "ro", "counters", "cycles of the last run, stages overlapped, overheads included"),
+)
+_LAYOUTS = {1: _ARGS_V1}
+
+
+@dataclass(frozen=True)
+class RegisterMap:
+    """The register layout of one overlay build plus the values its ID block reports."""
+
+    version: int
+    registers: tuple[Register, ...]
+    id_values: Mapping[str, int]
+
+    @classmethod
+    def from_overlay(cls, cfg: OverlayConfig) -> "RegisterMap":
+        """The map for ``cfg`` (deterministic: equal manifests give equal maps)."""
+        if cfg.regmap_version not in _LAYOUTS:
+            raise ManifestError(
+                f"overlay {cfg.name!r}: regmap_version {cfg.regmap_version} is not supported here "
+                f"(known: {sorted(_LAYOUTS)})"
+            )
+        registers = [Register(name, offset, width, access, section, doc) for name, width, access, section, doc, offset in _CONTROL]
+        offset = ARGS_BASE
+        for name, width, access, section, doc in _LAYOUTS[cfg.regmap_version]:
+            registers.append(Register(name, offset, width, access, section, doc))
+            offset += SLOT_BYTES[width]
+        return cls(cfg.regmap_version, tuple(registers), _id_values(cfg))
+
+    def __getitem__(self, name: str) -> Register:
+        for reg in self.registers:
+            if reg.name == name:
+                return reg
+        raise KeyError(f"register map v{self.version} has no register {name!r}")
+
+    def __iter__(self) -> Iterator[Register]:
+        return iter(self.registers)
+
+    def __contains__(self, name: object) -> bool:
+        return any(reg.name == name for reg in self.registers)
+
+    def offset(self, name: str) -> int:
+        return self[name].offset
+
+    def section(self, section: Section) -> tuple[Register, ...]:
+        return tuple(reg for reg in self.registers if reg.section == section)
+
+    def locate(self, offset: int) -> tuple[Register, int]:
+        """The register holding the 32-bit word at ``offset`` and that word's index within it."""
+        for reg in self.registers:
+            if offset in reg.word_offsets:
+                return reg, reg.word_offsets.index(offset)
+        raise KeyError(f"register map v{self.version}: no register word at offset {offset:#x}")
+
+    @property
+    def span(self) -> int:
+        """Bytes of address space the map occupies (last slot included), rounded up to a power of two."""
+        last = self.registers[-1]
+        end = last.offset + SLOT_BYTES[last.width]
+        return 1 << (end - 1).bit_length()
+
+
+def _id_values(cfg: OverlayConfig) -> dict[str, int]:
+    try:
+        build_hash = int(cfg.build_hash, 16)
+    except ValueError:
+        raise ManifestError(f"overlay {cfg.name!r}: build_hash {cfg.build_hash!r} is not hexadecimal") from None
+    if build_hash >= 1 << 64:
+        raise ManifestError(f"overlay {cfg.name!r}: build_hash {cfg.build_hash!r} is longer than 64 bits")
+    return {
+        "magic": MAGIC,
+        "regmap_version": cfg.regmap_version,
+        "dm": cfg.dm,
+        "dn": cfg.dn,
+        "dk": cfg.dk,
+        "max_bits": cfg.max_bits,
+        "acc_bits": cfg.acc_bits,
+        "lhs_mem_words": cfg.lhs_mem_words,
+        "rhs_mem_words": cfg.rhs_mem_words,
+        "result_mem_words": cfg.result_mem_words,
+        "build_hash_lo": build_hash & 0xFFFFFFFF,
+        "build_hash_hi": build_hash >> 32,
+    }

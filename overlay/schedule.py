@@ -1,0 +1,442 @@
+"""Schedule model of the bit-serial overlay: the one place where cycle formulas live.
+
+A layer runs as ``groups`` matrix products ``(M x K) @ (K x N)`` (``LayerSpec.gemm(batch)``). Rows (output
+channels) are cut into row tiles of at most ``Dm`` rows by ``tiling.tile_rows`` (sorted by weight bit-width when
+``grouped``; a tile runs at the largest width in it); columns into column tiles of ``Dn``; ``K`` into ``Dk``-bit
+words. Every (row tile, column tile) pair is one *tile* and passes through three overlapping stages:
+
+* **fetch**: weight and activation bit-planes move from DRAM at ``overlay.dram_bytes_per_cycle *
+  params.dram_efficiency``. Operands travel as BISMO lays them out: every row/column is padded to whole ``Dk``-bit
+  words, one copy per bit-plane. Weights are ``rows * kwords * Dk * wbits`` bits, activations
+  ``cols * kwords * Dk * abits`` bits.
+* **execute**: ``(kwords + pass_overhead) * wbits_tile * abits`` cycles: one pass per pair of bit-planes, each
+  streaming ``kwords`` words through the array plus the pipeline latency of one execute instruction.
+* **result**: the ``rows x cols`` accumulators (``overlay.acc_bits`` each) are written back at
+  ``overlay.dram_bytes_per_cycle * params.result_efficiency``.
+
+Reuse (decided per group, deterministically, from buffer sizes only):
+
+* *weight-stationary* (row tiles outer): consecutive row tiles whose weights fit the lhs buffer together
+  (``sum(kwords * wbits_tile) <= lhs_mem_words``) form a run; the run's weights are fetched with the first column
+  tile and stay while all column tiles stream past. A column tile's activations are fetched once per run, or once
+  for the whole group if all of them fit the rhs buffer (``col_tiles * kwords * abits <= rhs_mem_words``).
+* *activation-stationary* (column tiles outer): as many column tiles as fit the rhs buffer
+  (``kwords * abits`` words each) form a column block, fetched once; every row tile's weights are fetched once per
+  column block, or once in all if the group's weights fit the lhs buffer together.
+
+A row tile whose weights alone exceed the lhs buffer is streamed again for every column tile (likewise a column
+tile's activations for every row tile). The order that moves fewer bytes is used (weight-stationary on a tie).
+
+Depthwise-like layers (one output channel per group, ``groups > 1``) would leave ``Dm - 1`` rows of the array idle
+and fetch a nearly empty ``Dk``-bit word per column and group. They are *packed*: up to ``Dm`` channels (one from
+each of as many groups) share a row tile as a block-diagonal product with ``K_eff = rows * K`` (the im2col
+columns of those channels stacked), so a row tile's activations are its own and are never reused across row tiles.
+These layers come out bound by moving activations, as on BISMO.
+
+A layer's cycles are ``max(fetch, execute, result)`` stage totals (the stages overlap) plus
+``layer_overhead + tiles * tile_overhead``. ``layer_tiles`` yields the tiles in execution order (the reference
+engine, the HLS C-sim and the emulated device execute and count these); ``layer_cycles`` is the closed form,
+vectorised over row tiles and over the four kinds of column tile (see ``TileTable``), and equals the sum over
+``layer_tiles`` exactly. ``tile_table``/``table_cycles`` do the same for many layers at once and separate the
+parameter-free part (bytes, passes, tile counts) from the timing parameters, which calibration fits.
+
+Imports only numpy (and the numpy-only tiling): this runs on the board.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from autoq.common.errors import AutoQError
+from autoq.common.network import LayerSpec
+
+from .manifest import OverlayConfig
+from .tiling import check_bit_widths, tile_rows
+
+STAGES: tuple[str, ...] = ("fetch", "execute", "result")
+PACKED_GROUPS = -1
+"""``TileWork.group`` of a packed depthwise tile, whose rows come from several groups."""
+
+
+class ScheduleError(AutoQError, ValueError):
+    """Schedule parameters or a layer's bit-widths are invalid."""
+
+
+@dataclass(frozen=True)
+class ScheduleParams:
+    """The free global timing parameters of the schedule (what calibration fits).
+
+    ``dram_efficiency``: achieved fraction of the overlay's peak DRAM bytes/cycle for fetching operands.
+    ``result_efficiency``: the result stage's write bandwidth as a multiple of the overlay's DRAM bytes/cycle (it
+    writes through its own port, so it may exceed 1; a large value means write-back costs next to nothing).
+    ``layer_overhead_cycles``: fixed cost per layer (descriptor setup, start/finish handshake, pipeline drain).
+    ``tile_overhead_cycles``: fixed cost per tile (instruction issue and token synchronisation between stages).
+    ``pass_overhead_cycles``: execute-pipeline latency paid once per pair of bit-planes in a tile.
+    ``per_image_convs``: how the runtime lowers a batch. False: a conv layer is one product over all
+    ``batch * out_h * out_w`` columns. True: one product per image (im2col per image; weights fetched again for
+    every image, the last column tile of each image partial); linear layers always take the batch as columns.
+    """
+
+    dram_efficiency: float = 0.8
+    result_efficiency: float = 0.8
+    layer_overhead_cycles: float = 2000.0
+    tile_overhead_cycles: float = 8.0
+    pass_overhead_cycles: float = 2.0
+    per_image_convs: bool = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "per_image_convs":
+                if not isinstance(value, bool):
+                    raise ScheduleError(f"schedule parameter per_image_convs must be true or false, got {value!r}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ScheduleError(f"schedule parameter {f.name} must be a finite number, got {value!r}")
+            if value < 0:
+                raise ScheduleError(f"schedule parameter {f.name} must be >= 0, got {value!r}")
+        if not 0 < self.dram_efficiency <= 1:
+            raise ScheduleError(f"dram_efficiency must be in (0, 1], got {self.dram_efficiency!r}")
+        if self.result_efficiency <= 0:
+            raise ScheduleError(f"result_efficiency must be > 0, got {self.result_efficiency!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ScheduleParams":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ScheduleError(f"unknown schedule parameters {unknown}; known: {sorted(known)}")
+        try:
+            values = {k: v if k == "per_image_convs" else float(v) for k, v in data.items()}
+        except (TypeError, ValueError):
+            raise ScheduleError(f"schedule parameters must be numbers (per_image_convs true/false), got {data!r}") from None
+        return cls(**values)
+
+
+class TileWork(NamedTuple):
+    """One tile in execution order.
+
+    ``rows``: the layer's output channels (indices in ``0..c_out-1``, row ``r`` belongs to group
+    ``r // (c_out // groups)``) in array-row order; ``group``: their group, or ``PACKED_GROUPS`` for a packed
+    depthwise tile (one row per group). Columns ``col_start:col_stop`` of ``N = batch * out_h * out_w``.
+    """
+
+    group: int
+    rows: np.ndarray
+    col_start: int
+    col_stop: int
+    wbits: int
+    abits: int
+    fetch: int
+    execute: int
+    result: int
+
+
+class LayerCycles(NamedTuple):
+    """Stage totals, fixed overhead and total cycles of one layer; ``bound`` is the slowest stage.
+
+    ``dram_bytes`` (fetched plus written back) and ``binary_ops`` (2 per AND+popcount bit the array processes)
+    feed the energy model.
+    """
+
+    fetch: int
+    execute: int
+    result: int
+    overhead: int
+    total: int
+    bound: str
+    dram_bytes: int = 0
+    binary_ops: int = 0
+
+
+class LayerEntry(NamedTuple):
+    """One layer under one (kernel-wise) bit assignment: a row of a ``TileTable``."""
+
+    layer: LayerSpec
+    weight_bits: Sequence[int] | np.ndarray
+    act_bits: int
+
+
+class TileTable(NamedTuple):
+    """Tile costs of many layer entries that do not depend on ``ScheduleParams``, grouped into cells.
+
+    A cell is one row tile with one of four column-tile kinds (the first column tile; later tiles that start a
+    column block; later tiles that do not; the last, possibly partial, tile): every tile of a cell costs the same.
+    Arrays are ``(row tiles, 4)``, or ``(row tiles, 1)`` where the kind does not matter.
+    """
+
+    entry: np.ndarray  # entry index of each row tile (row tiles,)
+    count: np.ndarray  # tiles in each cell
+    fetch_bytes: np.ndarray
+    result_bytes: np.ndarray
+    kwords: np.ndarray  # (row tiles, 1)
+    passes: np.ndarray  # wbits_tile * abits, (row tiles, 1)
+    binary_ops: np.ndarray
+    entries: int
+    per_image_convs: bool
+
+
+class _Layout(NamedTuple):
+    """Row tiles of row blocks (one group each, or one packed depthwise layer) and the loop order chosen for each."""
+
+    block_entry: np.ndarray
+    block_group: np.ndarray
+    block_order: list[np.ndarray]  # original channels of each block in processing order
+    row_block: np.ndarray  # block of each row tile
+    rows: np.ndarray
+    bits: np.ndarray
+    activation_stationary: np.ndarray  # per block
+    columns_per_block: np.ndarray  # per block (column tiles per column block when activation-stationary)
+    row_block_first: np.ndarray  # per row tile: starts a row block (weight-stationary)
+    column_tiles: np.ndarray  # per block
+    images: int  # products run one after the other, one per image (1: the batch is one product)
+
+
+_KIND_FIRST = np.array([True, False, False, False])
+
+
+def _column_kinds(n: np.ndarray, dn: int, per_block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts a column block, width, count) of the four column-tile kinds for each block: arrays (blocks, 4)."""
+    tiles = -(-n // dn)
+    middle = np.maximum(tiles - 2, 0)
+    middle_block_firsts = middle // per_block
+    several = tiles > 1
+    block_first = np.stack([np.ones_like(several), np.ones_like(several), np.zeros_like(several),
+                            several & ((tiles - 1) % per_block == 0)], axis=1)
+    width = np.stack([np.minimum(n, dn), np.full_like(n, dn), np.full_like(n, dn), n - dn * (tiles - 1)], axis=1)
+    count = np.stack([np.ones_like(n), middle_block_firsts, middle - middle_block_firsts, several.astype(np.int64)], axis=1)
+    return block_first, width, count
+
+
+def _block_starts(words: np.ndarray, block_of_row: np.ndarray, capacity: int, needs_cut: np.ndarray) -> np.ndarray:
+    """Greedy cut of each block's consecutive row tiles into runs whose buffer words fit ``capacity``.
+
+    True where a run starts. A row tile larger than the buffer is a run of its own (its weights are streamed again
+    for every column tile). Only blocks flagged in ``needs_cut`` are walked; the others are one run.
+    """
+    starts = np.r_[True, block_of_row[1:] != block_of_row[:-1]]
+    cut_rows = np.flatnonzero(needs_cut[block_of_row])
+    used = 0
+    for r, need, first in zip(cut_rows.tolist(), words[cut_rows].tolist(), starts[cut_rows].tolist()):
+        if first or used + need > capacity:
+            starts[r], used = True, need
+        else:
+            used += need
+    return starts
+
+
+def _check_entry(entry: LayerEntry, overlay: OverlayConfig) -> np.ndarray:
+    layer, act_bits = entry.layer, entry.act_bits
+    bits = check_bit_widths(entry.weight_bits, f"layer {layer.name!r}: weight_bits", overlay.max_bits)
+    if bits.size != layer.c_out:
+        raise ScheduleError(f"layer {layer.name!r}: {bits.size} weight bit-widths for {layer.c_out} output channels")
+    if isinstance(act_bits, bool) or not isinstance(act_bits, (int, np.integer)) or not 1 <= act_bits <= overlay.max_bits:
+        raise ScheduleError(f"layer {layer.name!r}: act_bits must be an int in [1, {overlay.max_bits}], got {act_bits!r}")
+    return bits
+
+
+def _layout_and_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, batch: int, grouped: bool,
+                      per_image_convs: bool) -> tuple[_Layout, TileTable]:
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ScheduleError(f"batch must be a positive int, got {batch!r}")
+    if not entries:
+        raise ScheduleError("no layers to schedule")
+    dk, dn = overlay.dk, overlay.dn
+    b_entry, b_group, b_order, b_n, b_shared, b_abits, b_images = [], [], [], [], [], [], []
+    r_rows, r_bits, r_keff = [], [], []
+    for index, entry in enumerate(entries):
+        bits = _check_entry(entry, overlay)
+        images = batch if per_image_convs and entry.layer.kind != "linear" else 1
+        groups, m, k, n = entry.layer.gemm(batch // images)
+        packed = m == 1 and groups > 1
+        for g in [PACKED_GROUPS] if packed else range(groups):
+            tiling = tile_rows(bits if packed else bits[g * m:(g + 1) * m], overlay.dm, grouped)
+            b_entry.append(index), b_group.append(g), b_n.append(n), b_shared.append(not packed), b_images.append(images)
+            b_order.append(tiling.order if packed else tiling.order + g * m), b_abits.append(int(entry.act_bits))
+            r_rows.append(tiling.tile_rows), r_bits.append(tiling.tile_bits)
+            r_keff.append(tiling.tile_rows * k if packed else np.full(tiling.tile_rows.size, k, dtype=np.int64))
+    sizes = np.array([r.size for r in r_rows])
+    row_block = np.repeat(np.arange(sizes.size), sizes)
+    rows, bits, k_eff = np.concatenate(r_rows), np.concatenate(r_bits), np.concatenate(r_keff)
+    n, shared, abits = np.array(b_n, dtype=np.int64), np.array(b_shared), np.array(b_abits, dtype=np.int64)
+    kwords = -(-k_eff // dk)
+    weight_words = kwords * bits
+    first_row = np.r_[True, row_block[1:] != row_block[:-1]]
+    block_start = np.flatnonzero(first_row)
+    act_words = kwords[block_start] * abits  # per array column, shared activations
+    column_tiles = -(-n // dn)
+    weights_stay = weight_words <= overlay.lhs_mem_words
+    block_weight_words = np.add.reduceat(weight_words, block_start)
+    lhs, rhs = overlay.lhs_mem_words, overlay.rhs_mem_words
+    weight_bytes = (rows * kwords * dk * bits / 8)[:, None]
+    row_abits = abits[row_block][:, None]
+
+    def fetch_bytes(activation_stationary: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        per_block = np.maximum(1, rhs // act_words) if activation_stationary else column_tiles
+        block_first, width, count = _column_kinds(n, dn, per_block)
+        if activation_stationary:
+            row_run_first = first_row
+            weights_fetched = _KIND_FIRST | (block_first & (block_weight_words > lhs)[:, None])[row_block] | ~weights_stay[:, None]
+            acts_fetched = first_row[:, None] | (act_words > rhs)[row_block][:, None]
+        else:
+            row_run_first = _block_starts(weight_words, row_block, lhs, block_weight_words > lhs)
+            weights_fetched = _KIND_FIRST | ~weights_stay[:, None]
+            acts_refetched = (column_tiles * act_words > rhs)[row_block] & (row_run_first | (act_words > rhs)[row_block])
+            acts_fetched = (~shared[row_block] | first_row | acts_refetched)[:, None]
+        act_bytes = width[row_block] * kwords[:, None] * dk * row_abits / 8
+        total = weight_bytes * weights_fetched + act_bytes * acts_fetched
+        return total, width[row_block], count[row_block], row_run_first, per_block
+
+    ws_bytes, ws_width, ws_count, ws_runs, ws_per_block = fetch_bytes(False)
+    as_bytes, as_width, as_count, _, as_per_block = fetch_bytes(True)
+    per_block_total = lambda cells, count: np.bincount(row_block, (cells * count).sum(axis=1), minlength=sizes.size)
+    use_as = shared & (per_block_total(as_bytes, as_count) < per_block_total(ws_bytes, ws_count))
+    row_as = use_as[row_block][:, None]
+    width = np.where(row_as, as_width, ws_width)
+    count = np.where(row_as, as_count, ws_count) * np.array(b_images, dtype=np.int64)[row_block][:, None]
+    passes = (bits[:, None] * row_abits)
+    layout = _Layout(
+        np.array(b_entry), np.array(b_group), b_order, row_block, rows, bits, use_as,
+        np.where(use_as, as_per_block, ws_per_block), np.where(use_as[row_block], first_row, ws_runs), column_tiles,
+        b_images[0],
+    )
+    table = TileTable(
+        np.array(b_entry)[row_block], count,
+        np.where(row_as, as_bytes, ws_bytes),
+        rows[:, None] * width * overlay.acc_bits / 8,
+        kwords[:, None], passes,
+        2 * rows[:, None] * width * k_eff[:, None] * passes,
+        len(entries),
+        per_image_convs,
+    )
+    return layout, table
+
+
+def tile_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, batch: int = 1, grouped: bool = True,
+               per_image_convs: bool = False) -> TileTable:
+    """The tile costs of ``entries`` that do not depend on the timing parameters; evaluate them under any
+    ``ScheduleParams`` with the same ``per_image_convs`` with ``table_cycles``."""
+    return _layout_and_table(entries, overlay, batch, grouped, per_image_convs)[1]
+
+
+def _cell_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-tile (fetch, execute, result) cycles of every cell: the stage formulas."""
+    fetch = np.ceil(table.fetch_bytes / (overlay.dram_bytes_per_cycle * params.dram_efficiency))
+    execute = np.ceil((table.kwords + params.pass_overhead_cycles) * table.passes)
+    result = np.ceil(table.result_bytes / (overlay.dram_bytes_per_cycle * params.result_efficiency))
+    return fetch, np.broadcast_to(execute, fetch.shape), result
+
+
+class TableCycles(NamedTuple):
+    """Per-entry stage totals of a ``TileTable`` as float arrays (exact integers); ``bound`` indexes ``STAGES``."""
+
+    fetch: np.ndarray
+    execute: np.ndarray
+    result: np.ndarray
+    overhead: np.ndarray
+    total: np.ndarray
+    bound: np.ndarray
+    dram_bytes: np.ndarray
+    binary_ops: np.ndarray
+
+
+def table_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams) -> TableCycles:
+    """Cycles of every entry of ``table`` under ``params``, vectorised over all tiles of all entries."""
+    if table.per_image_convs != params.per_image_convs:
+        raise ScheduleError("tile table was built with per_image_convs="
+                            f"{table.per_image_convs} but the parameters say {params.per_image_convs}")
+    fetch, execute, result = _cell_cycles(table, overlay, params)
+    cells = np.broadcast_to(table.entry[:, None], table.count.shape).ravel()
+    count = table.count.ravel()
+    per_entry = lambda cycles: np.bincount(cells, cycles.ravel() * count, minlength=table.entries)
+    stages = np.stack([per_entry(fetch), per_entry(execute), per_entry(result)])
+    tiles = per_entry(np.ones(count.shape))
+    overhead = np.ceil(params.layer_overhead_cycles + tiles * params.tile_overhead_cycles)
+    bound = np.argmax(stages, axis=0)
+    return TableCycles(
+        *stages, overhead, stages.max(axis=0) + overhead, bound,
+        np.ceil(per_entry(np.broadcast_to(table.fetch_bytes + table.result_bytes, table.count.shape))),
+        per_entry(np.broadcast_to(table.binary_ops, table.count.shape)),
+    )
+
+
+def combine_stages(fetch: int, execute: int, result: int, tiles: int, params: ScheduleParams,
+                   dram_bytes: int = 0, binary_ops: int = 0) -> LayerCycles:
+    """Layer cycles from stage totals: the stages overlap, the fixed overheads add."""
+    overhead = int(np.ceil(params.layer_overhead_cycles + tiles * params.tile_overhead_cycles))
+    stages = (int(fetch), int(execute), int(result))
+    slowest = int(np.argmax(stages))
+    return LayerCycles(*stages, overhead, stages[slowest] + overhead, STAGES[slowest], int(dram_bytes), int(binary_ops))
+
+
+def network_cycles(entries: Sequence[LayerEntry], overlay: OverlayConfig, params: ScheduleParams, batch: int = 1,
+                   grouped: bool = True) -> list[LayerCycles]:
+    """``layer_cycles`` of many layers at once (one vectorised pass)."""
+    cycles = table_cycles(tile_table(entries, overlay, batch, grouped, params.per_image_convs), overlay, params)
+    return [
+        LayerCycles(int(cycles.fetch[i]), int(cycles.execute[i]), int(cycles.result[i]), int(cycles.overhead[i]),
+                    int(cycles.total[i]), STAGES[int(cycles.bound[i])], int(cycles.dram_bytes[i]), int(cycles.binary_ops[i]))
+        for i in range(len(entries))
+    ]
+
+
+def layer_cycles(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, act_bits: int, overlay: OverlayConfig,
+                 params: ScheduleParams, batch: int = 1, grouped: bool = True) -> LayerCycles:
+    """Closed-form cycles of one layer (equal to summing ``layer_tiles``), vectorised over tiles."""
+    return network_cycles([LayerEntry(layer, weight_bits, act_bits)], overlay, params, batch, grouped)[0]
+
+
+def layer_tiles(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, act_bits: int, overlay: OverlayConfig,
+                params: ScheduleParams, batch: int = 1, grouped: bool = True) -> Iterator[TileWork]:
+    """Every tile of the layer in execution order, with its per-stage cycles.
+
+    Images in order when ``params.per_image_convs`` lowers a conv layer image by image (columns of image ``i`` are
+    ``i * out_h * out_w`` onwards), then groups (row blocks) in order. Weight-stationary: for each run of row tiles whose weights share the lhs buffer,
+    for each column tile, each row tile of the run. Activation-stationary: for each column block, for each row
+    tile, each column tile of the block.
+    """
+    layout, table = _layout_and_table([LayerEntry(layer, weight_bits, act_bits)], overlay, batch, grouped,
+                                      params.per_image_convs)
+    fetch, execute, result = _cell_cycles(table, overlay, params)
+    n, dn = layer.gemm(batch // layout.images).n, overlay.dn
+    block_start = np.r_[0, np.cumsum(np.bincount(layout.row_block))]
+    blocks = [(image, block, order) for image in range(layout.images) for block, order in enumerate(layout.block_order)]
+    for image, block, order in blocks:
+        first, stop = int(block_start[block]), int(block_start[block + 1])
+        offsets = np.r_[0, np.cumsum(layout.rows[first:stop])]
+        col_tiles, per_block = int(layout.column_tiles[block]), int(layout.columns_per_block[block])
+
+        def tile(r: int, c: int) -> TileWork:
+            kind = 0 if c == 0 else 3 if c == col_tiles - 1 else 1 if c % per_block == 0 else 2
+            cell = first + r
+            return TileWork(
+                int(layout.block_group[block]), order[offsets[r]:offsets[r + 1]],
+                image * n + c * dn, image * n + min(n, (c + 1) * dn),
+                int(layout.bits[cell]), int(table.passes[cell, 0] // layout.bits[cell]),
+                int(fetch[cell, kind]), int(execute[cell, kind]), int(result[cell, kind]),
+            )
+
+        if layout.activation_stationary[block]:
+            for first_col in range(0, col_tiles, per_block):
+                for r in range(stop - first):
+                    for c in range(first_col, min(col_tiles, first_col + per_block)):
+                        yield tile(r, c)
+        else:
+            runs = np.flatnonzero(layout.row_block_first[first:stop]).tolist() + [stop - first]
+            for run_start, run_stop in zip(runs[:-1], runs[1:]):
+                for c in range(col_tiles):
+                    for r in range(run_start, run_stop):
+                        yield tile(r, c)
+
+
+def sum_tiles(tiles: Sequence[TileWork] | Iterator[TileWork], params: ScheduleParams) -> LayerCycles:
+    """Layer cycles from executed tiles (what a cycle counter accumulates); ``dram_bytes``/``binary_ops`` stay 0."""
+    fetch = execute = result = count = 0
+    for tile in tiles:
+        fetch, execute, result, count = fetch + tile.fetch, execute + tile.execute, result + tile.result, count + 1
+    return combine_stages(fetch, execute, result, count, params)

@@ -1,0 +1,81 @@
+"""Row tiling of a layer's weight matrix: which output channels share a Dm-row tile of the array.
+
+A tile runs ``max(weight bits in it) * act_bits`` bit-plane passes, so kernel-wise bit-widths only pay off when
+rows of equal width share tiles. ``tile_rows(..., grouped=True)`` sorts rows by bit-width (descending, stable)
+before cutting them into Dm-row tiles, which minimises the total passes: the k-th largest tile maximum can never
+be below the (k*Dm)-th largest row width, and descending chunks reach exactly that bound. ``grouped=False`` keeps
+the natural channel order (what a scheduler unaware of per-kernel bits would do).
+
+Imports only numpy: this runs on the board.
+"""
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from autoq.common.errors import AutoQError
+
+
+class OperandError(AutoQError, ValueError):
+    """Operands of the bit-serial engine (bit-widths, values, shapes) are out of range or inconsistent."""
+
+
+class RowTiling(NamedTuple):
+    """How the ``M`` rows of one weight matrix are cut into tiles of at most ``dm`` rows.
+
+    ``order[p]`` is the original row processed at position ``p``; tile ``t`` covers positions
+    ``offsets[t]:offsets[t] + tile_rows[t]``; ``tile_bits[t]`` is the largest weight bit-width in tile ``t``.
+    """
+
+    order: np.ndarray
+    tile_rows: np.ndarray
+    tile_bits: np.ndarray
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """First processing position of each tile."""
+        return np.concatenate(([0], np.cumsum(self.tile_rows)[:-1])).astype(np.int64)
+
+    @property
+    def weight_passes(self) -> int:
+        """Sum over tiles of their weight bit-planes: passes per activation bit-plane and column block."""
+        return int(self.tile_bits.sum())
+
+    def tiles(self) -> Iterator[tuple[np.ndarray, int]]:
+        """(original row indices, tile bit-width) for each tile, in processing order."""
+        for start, rows, bits in zip(self.offsets, self.tile_rows, self.tile_bits):
+            yield self.order[start:start + rows], int(bits)
+
+
+def check_bit_widths(bits: Sequence[int] | np.ndarray, what: str, max_bits: int = 64) -> np.ndarray:
+    """``bits`` as a 1-D int64 array; raises ``OperandError`` naming the first entry outside ``[1, max_bits]``."""
+    array = np.asarray(bits)
+    if array.ndim != 1 or array.size == 0:
+        raise OperandError(f"{what} must be a non-empty 1-D sequence of bit-widths, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise OperandError(f"{what} must hold integers, got dtype {array.dtype}")
+    bad = np.flatnonzero((array < 1) | (array > max_bits))
+    if bad.size:
+        raise OperandError(f"{what}[{bad[0]}] = {array[bad[0]]} is outside [1, {max_bits}]")
+    return array.astype(np.int64)
+
+
+def tile_rows(weight_bits: Sequence[int] | np.ndarray, dm: int, grouped: bool = True) -> RowTiling:
+    """Cut rows with the given weight bit-widths into tiles of ``dm`` rows (the last may be shorter).
+
+    ``grouped``: rows sorted by bit-width, widest first (stable, so equal widths keep channel order);
+    otherwise natural order.
+    """
+    bits = check_bit_widths(weight_bits, "weight_bits")
+    if isinstance(dm, bool) or not isinstance(dm, (int, np.integer)) or dm < 1:
+        raise OperandError(f"dm (rows per tile) must be a positive int, got {dm!r}")
+    rows = bits.size
+    order = np.argsort(-bits, kind="stable") if grouped else np.arange(rows)
+    order = order.astype(np.int64)
+    n_tiles = -(-rows // dm)
+    sizes = np.full(n_tiles, dm, dtype=np.int64)
+    sizes[-1] = rows - dm * (n_tiles - 1)
+    starts = np.arange(n_tiles, dtype=np.int64) * dm
+    tile_bits = np.maximum.reduceat(bits[order], starts)
+    return RowTiling(order, sizes, tile_bits.astype(np.int64))

@@ -1,0 +1,99 @@
+"""Deterministic stand-ins for the evaluator and the cost backend, for the search tests only.
+
+The toy cost follows the overlay's rule (kernels sorted by bit-width into ``TILE_ROWS``-row tiles, a tile costs its
+widest kernel's bits times the activation bits), so kernel-wise plans can really be cheaper; the toy accuracy
+loses ``importance * 4**-bits`` per kernel and activation, so some kernels matter more than others.
+"""
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+
+from autoq.common.backend import BackendInfo
+from autoq.common.measurement import LayerCost, Measurement, Provenance
+from autoq.common.network import LayerSpec, NetworkSpec
+from autoq.common.plan import QuantPlan
+
+TILE_ROWS = 4
+
+
+def toy_network() -> NetworkSpec:
+    return NetworkSpec(
+        "toy",
+        (
+            LayerSpec("conv1", "conv", 1, 8, 3, 1, 1, 1, (8, 8), (8, 8)),
+            LayerSpec("conv2", "conv", 8, 16, 3, 2, 1, 1, (8, 8), (4, 4)),
+            LayerSpec("dw", "depthwise", 16, 16, 3, 1, 1, 16, (4, 4), (4, 4)),
+            LayerSpec("fc", "linear", 16, 10),
+        ),
+        (1, 8, 8),
+    )
+
+
+def toy_kernel_scales(network: NetworkSpec) -> dict[str, np.ndarray]:
+    """Fixed per-kernel importances: a few kernels in each layer matter much more than the rest."""
+    rng = np.random.default_rng(1234)
+    return {layer.name: rng.lognormal(0.0, 1.0, layer.c_out) for layer in network}
+
+
+class ToyEvaluator:
+    def __init__(self, network: NetworkSpec, full_accuracy: float = 0.95) -> None:
+        self.network = network
+        self.full = full_accuracy
+        self.scales = toy_kernel_scales(network)
+        self.calls = 0
+
+    def full_precision_accuracy(self) -> float:
+        return self.full
+
+    def accuracy(self, plan: QuantPlan, finetune_steps: int = 0) -> float:
+        plan.check(self.network)
+        self.calls += 1
+        loss = 0.0
+        for layer, lp in zip(self.network, plan.layers):
+            s = self.scales[layer.name] ** 2
+            loss += 6.0 * float((s / s.sum() * 4.0 ** -np.array(lp.weight_bits, float)).sum())
+            loss += 3.0 * 4.0 ** -lp.act_bits
+        return max(0.0, self.full - loss)
+
+
+class ToyBackend:
+    def __init__(self, power_w: float = 2.0) -> None:
+        self.power_w = power_w
+        self.calls = 0
+        self.closed = False
+
+    def measure(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1) -> Measurement:
+        plan.check(network)
+        self.calls += 1
+        layers = []
+        for layer, lp in zip(network, plan.layers):
+            g = layer.gemm(batch)
+            bits = np.sort(np.array(lp.weight_bits))[::-1]
+            tiles = [int(bits[i : i + TILE_ROWS].max()) for i in range(0, len(bits), TILE_ROWS)]
+            cycles = sum(t * lp.act_bits for t in tiles) * g.k * g.n / 16 + 200
+            latency = cycles / 100e6
+            layers.append(LayerCost(layer.name, latency, latency * self.power_w, "execute", {"execute": int(cycles)}))
+        latency = sum(l.latency_s for l in layers)
+        return Measurement(network.hash, plan.hash, batch, latency, latency * self.power_w, self.power_w, 0.5,
+                           tuple(layers), Provenance("model", "toy", calibrated=False))
+
+    def describe(self) -> BackendInfo:
+        return BackendInfo("toy", "model", types.SimpleNamespace(dm=TILE_ROWS), ("latency", "energy"), "test double")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def toy_env(setting, **kwargs):
+    from autoq.host.search.env import QuantEnv
+
+    network = toy_network()
+    return QuantEnv(network, ToyEvaluator(network), ToyBackend(), setting,
+                    kernel_scales=kwargs.pop("kernel_scales", toy_kernel_scales(network)), **kwargs)
+
+
+if __name__ == "__main__":  # pragma: no cover - used by test_runner_resume as a subprocess
+    raise SystemExit(f"{sys.argv[0]} is a helper module, not a script")

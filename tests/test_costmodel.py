@@ -1,0 +1,171 @@
+"""Analytic cost model, calibration files, resources and the ``model`` backend."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from autoq.calibration.costmodel import (
+    AnalyticCostModel,
+    CalibrationError,
+    CalibrationParams,
+    default_calibration_path,
+    load_default_calibration,
+)
+from autoq.common.backend import open_backend
+from autoq.common.errors import BackendError, PlanError
+from autoq.common.network import LayerSpec, NetworkSpec
+from autoq.common.plan import LayerPlan, QuantPlan
+from autoq.overlay.manifest import ManifestError, OverlayConfig, bitstreams_dir, load_overlay
+from autoq.overlay.resources import device_capacity, estimate
+from autoq.overlay.schedule import layer_cycles
+
+
+def small_net() -> NetworkSpec:
+    return NetworkSpec(
+        "small",
+        (
+            LayerSpec("conv1", "conv", 3, 32, 3, 2, 1, 1, (64, 64), (32, 32)),
+            LayerSpec("dw", "depthwise", 32, 32, 3, 1, 1, 32, (32, 32), (32, 32)),
+            LayerSpec("pw", "conv", 32, 64, 1, 1, 0, 1, (32, 32), (32, 32)),
+            LayerSpec("fc", "linear", 64, 10),
+        ),
+        (3, 64, 64),
+    )
+
+
+@pytest.fixture(scope="module")
+def model() -> AnalyticCostModel:
+    return AnalyticCostModel(load_overlay(), load_default_calibration())
+
+
+def test_preset_manifest_fits_the_zynq_7020_with_room_for_the_shell():
+    overlay = load_overlay("pynq_z1")
+    assert overlay.build_hash == overlay.structural_hash()
+    res = estimate(overlay)
+    assert res.fits and res.lut == 29679 and res.bram36 == 65 and res.dsp == 0
+    assert res.utilisation["lut"] < 0.6 and res.utilisation["bram36"] < 0.5
+    assert overlay.peak_binary_ops_per_s == pytest.approx(6.5536e12)
+    too_big = overlay.with_changes(dm=16, dn=16)
+    assert not estimate(too_big).fits and estimate(too_big.with_changes(part="xcvu9p-flga2104-2-i")).fits
+    with pytest.raises(ManifestError, match="no resource capacity known for FPGA part 'xc9999'"):
+        device_capacity("xc9999")
+
+
+def test_measurement_adds_up_and_is_labelled_uncalibrated(model):
+    net = small_net()
+    plan = QuantPlan.uniform(net, 4, 6)
+    m = model.measure(net, plan, batch=2)
+    params = model.params
+    assert m.provenance.source == "model" and m.provenance.calibrated is False
+    assert m.provenance.calibration_id == "pynq_z1_default" and m.provenance.overlay_build_hash == model.overlay.build_hash
+    assert m.latency_s == pytest.approx(sum(l.latency_s for l in m.layers))
+    assert m.energy_j == pytest.approx(sum(l.energy_j for l in m.layers))
+    assert m.avg_power_w == pytest.approx(m.energy_j / m.latency_s)
+    assert params.energy.idle_power_w < m.avg_power_w < 5.0  # PYNQ-Z1 with BISMO: under 5 W at the wall
+    for spec, cost in zip(net.layers, m.layers):
+        cycles = layer_cycles(spec, [4] * spec.c_out, 6, model.overlay, params.schedule, batch=2)
+        assert cost.cycles["total"] == cycles.total and cost.bound == cycles.bound
+        assert cost.latency_s == pytest.approx(cycles.total / model.overlay.clock_hz)
+        expected = (params.energy.idle_power_w * cost.latency_s + params.energy.energy_per_binary_op_j * cycles.binary_ops
+                    + params.energy.energy_per_dram_byte_j * cycles.dram_bytes)
+        assert cost.energy_j == pytest.approx(expected)
+    assert m.resources["fits"] == 1.0 and m.resources["lut"] == 29679
+    assert m.layers[1].bound == "fetch"  # depthwise: moving activations
+
+
+def test_kernel_wise_plan_between_min_and_max_and_grouping_helps(model):
+    net = small_net()
+    rng = np.random.default_rng(0)
+    mixed_bits = tuple(int(b) for b in rng.permutation(np.repeat([2, 8], 32)))
+    mixed = QuantPlan.uniform(net, 8, 8).replace("pw", LayerPlan("pw", mixed_bits, 8))
+    low = QuantPlan.uniform(net, 8, 8).replace("pw", LayerPlan("pw", (2,) * 64, 8))
+    high = QuantPlan.uniform(net, 8, 8)
+    cost = {name: model.measure(net, plan, batch=4).layers[2].latency_s
+            for name, plan in (("mixed", mixed), ("low", low), ("high", high))}
+    assert cost["low"] < cost["mixed"] < cost["high"]
+    ungrouped = model.measure(net, mixed, batch=4, grouped=False).layers[2].latency_s
+    assert cost["mixed"] < 0.8 * ungrouped
+
+
+def test_plan_that_does_not_fit_the_network_is_rejected(model):
+    net = small_net()
+    other = NetworkSpec("other", (LayerSpec("x", "linear", 4, 4),), (4, 1, 1))
+    with pytest.raises(PlanError, match="plan does not fit network"):
+        model.measure(net, QuantPlan.uniform(other, 4, 4))
+
+
+def test_layer_table_matches_layer_cycles(model):
+    layers = small_net().layers
+    table = model.layer_table(layers, batch=3)
+    assert table.shape == (4, 8, 8)
+    for i, w, a in [(0, 1, 1), (1, 8, 2), (3, 5, 7)]:
+        assert table[i, w - 1, a - 1] == layer_cycles(layers[i], [w] * layers[i].c_out, a, model.overlay,
+                                                      model.params.schedule, batch=3).total
+
+
+def test_calibration_round_trip(tmp_path):
+    params = load_default_calibration()
+    assert params.calibrated is False and "UNCALIBRATED" in params.notes[0]
+    path = tmp_path / "cal.json"
+    params.save(path)
+    assert CalibrationParams.load(path) == params
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.pop("schedule"), r"missing fields \['schedule'\]"),
+        (lambda d: d.update(format="other/1"), "format must be 'autoq-calibration/1'"),
+        (lambda d: d["schedule"].update(dram_efficiency=2.0), r"dram_efficiency must be in \(0, 1\]"),
+        (lambda d: d["energy"].update(idle_power_w=-1), "idle_power_w must be a finite number >= 0"),
+        (lambda d: d.update(calibrated="yes"), "'calibrated' must be true or false"),
+        (lambda d: d["schedule"].update(warp=1), "unknown schedule parameters"),
+    ],
+)
+def test_malformed_calibration_is_a_clear_error(tmp_path, mutate, message):
+    data = json.loads(default_calibration_path().read_text())
+    mutate(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match=message):
+        CalibrationParams.load(path)
+    with pytest.raises(BackendError, match=message):
+        open_backend(f"model:{path}")
+
+
+def test_model_backend_uris(tmp_path):
+    backend = open_backend("model")
+    info = backend.describe()
+    assert info.source == "model" and info.overlay == load_overlay() and "UNCALIBRATED" in info.detail
+    net = small_net()
+    m = backend.measure(net, QuantPlan.uniform(net, 8, 8))
+    assert m.provenance.calibrated is False
+    backend.close()
+
+    with pytest.raises(BackendError, match="cannot read calibration"):
+        open_backend(f"model:{tmp_path / 'missing.json'}")
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(BackendError, match="is not valid JSON"):
+        open_backend(f"model:{tmp_path / 'junk.json'}")
+    with pytest.raises(BackendError, match="unknown cost backend 'nonsense"):
+        open_backend("nonsense:x")
+
+    # a calibration for another overlay build: refused unless it carries that overlay
+    other = load_overlay().with_changes(name="other", dm=4)
+    foreign = load_default_calibration().with_changes(id="foreign", overlay_build_hash=other.build_hash, calibrated=True)
+    foreign.save(tmp_path / "foreign.json")
+    with pytest.raises(BackendError, match=f"was made for overlay build {other.build_hash}"):
+        open_backend(f"model:{tmp_path / 'foreign.json'}")
+    foreign.with_changes(overlay=other).save(tmp_path / "carried.json")
+    carried = open_backend(f"model:{tmp_path / 'carried.json'}")
+    assert carried.describe().overlay == other
+    measured = carried.measure(net, QuantPlan.uniform(net, 8, 8))
+    assert measured.provenance.overlay_build_hash == other.build_hash and measured.provenance.calibrated is True
+
+
+def test_bundled_manifests_load():
+    names = sorted(p.name for p in bitstreams_dir().iterdir() if (p / "manifest.json").exists())
+    assert "pynq_z1" in names
+    assert isinstance(load_overlay("pynq_z1"), OverlayConfig)

@@ -1,0 +1,67 @@
+"""Evaluator on the bundled task: accuracy under plans, caching, fine-tune with exact restore, determinism."""
+import pytest
+import torch
+
+from autoq.common.errors import AutoQError, PlanError
+from autoq.common.plan import LayerPlan, QuantPlan
+from autoq.host.evaluate import Evaluator, EvaluatorConfig
+from autoq.host.tasks import load_task
+
+
+@pytest.fixture(scope="module")
+def task():
+    return load_task()
+
+
+@pytest.fixture(scope="module")
+def evaluator(task):
+    return Evaluator.for_task(task)
+
+
+def test_accuracy_follows_bits_and_eight_bits_matches_float(evaluator, task):
+    full = evaluator.full_precision_accuracy()
+    assert full > 0.9
+    eight = evaluator.accuracy(QuantPlan.uniform(task.network, 8, 8))
+    two = evaluator.accuracy(QuantPlan.uniform(task.network, 2, 2))
+    assert abs(eight - full) <= 2 / len(task.test)
+    assert two < full - 0.05
+    assert 0.0 <= two <= 1.0
+
+
+def test_results_are_cached_by_plan_hash(evaluator, task):
+    plan = QuantPlan.uniform(task.network, 5, 6)
+    first = evaluator.accuracy(plan)
+    count = evaluator.evaluations
+    same_plan = QuantPlan.from_json(plan.to_json())  # an equal plan built anew hits the cache too
+    assert evaluator.accuracy(same_plan) == first
+    assert evaluator.evaluations == count
+    evaluator.accuracy(plan.replace("fc", LayerPlan("fc", (5,) * 9 + (4,), 6)))
+    assert evaluator.evaluations == count + 1
+
+
+def test_finetune_restores_weights_bit_for_bit_and_is_deterministic(task):
+    evaluator = Evaluator.for_task(load_task(), config=EvaluatorConfig(finetune_batch_size=16))
+    model = evaluator.qmodel.model
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    plan = QuantPlan.uniform(task.network, 2, 2)
+    plain = evaluator.accuracy(plan)
+    tuned = evaluator.accuracy(plan, finetune_steps=8)
+    assert tuned != plain  # the fine-tune changed the model it measured
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not model.training
+    assert evaluator.accuracy(plan) == plain  # the cached 0-step result is still what the weights give
+    evaluator._cache.clear()
+    assert evaluator.accuracy(plan) == plain
+    assert evaluator.accuracy(plan, finetune_steps=8) == tuned  # same seed, same batches, same result
+
+
+def test_bad_requests(evaluator, task):
+    with pytest.raises(AutoQError, match="finetune_steps must be >= 0"):
+        evaluator.accuracy(QuantPlan.uniform(task.network, 4, 4), finetune_steps=-1)
+    wrong = QuantPlan(tuple(LayerPlan(l.name, (4,) * 3, 4) for l in task.network))
+    with pytest.raises(PlanError, match="layer 'conv1': plan has 3 kernel bit-widths but the layer has 32"):
+        evaluator.accuracy(wrong)
+    no_train = Evaluator(evaluator.qmodel, task.test)
+    with pytest.raises(AutoQError, match="fine-tuning needs a train split"):
+        no_train.accuracy(QuantPlan.uniform(task.network, 4, 4), finetune_steps=2)
