@@ -50,13 +50,13 @@ setup(
     package_data={
         "autoq.bitstreams": ["*/*.json", "*/*.bit", "*/*.hwh", "*/*.sha256"],
         "autoq.calibration": ["*.json"],
-        "autoq.hls": ["*.h", "*.hpp", "*.cpp", "*.tcl", "Makefile", "*/*.h", "*/*.hpp", "*/*.cpp", "*/*.tcl"],
+        "autoq.hls": ["*.h", "*.hpp", "*.cpp", "*.tcl", "Makefile", "*.md", "*/*.h", "*/*.hpp", "*/*.cpp", "*/*.tcl", "generated/*/*"],
         "autoq.host": ["tasks/data/*"],
     },
     install_requires=["numpy>=1.24", "pyserial>=3.5"],
     extras_require={
         "host": HOST,
-        "test": HOST + ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
+        "test": HOST + ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "pandas>=2"],  # pandas: pynq.DataRecorder
     },
     entry_points={"console_scripts": ["autoq = autoq.host.cli:main"]},
 )

@@ -170,7 +170,9 @@ class AnalyticCostModel:
     def measure(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1, grouped: bool = True) -> Measurement:
         plan.check(network)
         entries = [LayerEntry(spec, lp.weight_bits, lp.act_bits) for spec, lp in zip(network.layers, plan.layers)]
-        cycles = table_cycles(tile_table(entries, self.overlay, batch, grouped), self.overlay, self.params.schedule)
+        schedule = self.params.schedule
+        table = tile_table(entries, self.overlay, batch, grouped, schedule.per_image_convs)
+        cycles = table_cycles(table, self.overlay, schedule)
         seconds = cycles.total / self.overlay.clock_hz
         energy = self.params.energy
         joules = (energy.idle_power_w * seconds + energy.energy_per_binary_op_j * cycles.binary_ops
@@ -204,5 +206,7 @@ class AnalyticCostModel:
         """Cycles of every layer at every uniform bit pair: array ``[layer, wbits - 1, abits - 1]``."""
         top = max_bits or self.overlay.max_bits
         entries = grid_entries(layers, range(1, top + 1), range(1, top + 1))
-        cycles = table_cycles(tile_table(entries, self.overlay, batch), self.overlay, self.params.schedule)
+        schedule = self.params.schedule
+        table = tile_table(entries, self.overlay, batch, True, schedule.per_image_convs)
+        cycles = table_cycles(table, self.overlay, schedule)
         return cycles.total.reshape(len(layers), top, top)

@@ -34,12 +34,15 @@ from .measurements import Dataset
 
 FREE_PARAMETERS = ("dram_efficiency", "result_efficiency", "layer_overhead_cycles", "tile_overhead_cycles",
                    "pass_overhead_cycles")
-# least-squares coordinates: efficiencies in log space, overheads as they are
+# least-squares coordinates: efficiencies in log space, the layer overhead in thousands of cycles, the others in cycles
+# (the finite-difference steps are relative, at least 1% of one unit)
+_LAYER_OVERHEAD_UNIT = 1000.0
 _LOWER = np.array([math.log(0.02), math.log(0.02), 0.0, 0.0, 0.0])
-_UPPER = np.array([0.0, math.log(1e4), 1e7, 1e4, 64.0])
-_STARTS = (np.array([0.0, math.log(1e3), 0.0, 0.0, 0.0]),
-           np.array([math.log(0.8), math.log(0.8), 100.0, 2.0, 0.5]),
-           np.array([math.log(0.5), math.log(50.0), 1000.0, 0.0, 0.0]))
+_UPPER = np.array([0.0, math.log(1e4), 1e4, 1e4, 64.0])
+_START_GRID = [np.array([math.log(d), math.log(r), 0.0, 0.0, p])
+               for d in (1.0, 0.7, 0.5, 0.3) for r in (0.5, 1.0, 3.0, 1e3) for p in (0.0, 1.0, 3.0)]
+_STARTS_KEPT = 3  # least-squares runs from the best grid points
+_SCREEN_GRID = [np.array([math.log(d), math.log(r), 0.0, 0.0, p]) for d in (1.0, 0.5) for r in (1.0, 1e3) for p in (0.0, 1.0)]
 STRUCTURE_GRID = {  # in the order coordinate descent visits them: bandwidth first, it decides what is memory-bound
     "dram_ports": (1, 2, 4, 8, 16),
     "per_image_convs": (False, True),
@@ -97,26 +100,35 @@ class _Predictor:
             self.parts.append((np.array(indices), table))
         self.size = len(dataset.samples)
 
-    def cycles(self, params: ScheduleParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(total cycles, binary ops, DRAM bytes) per sample."""
+    def cycles(self, params: ScheduleParams, relaxed: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(total cycles, binary ops, DRAM bytes) per sample; ``relaxed``: smooth in ``params`` (see table_cycles)."""
         total, ops, dram = np.empty(self.size), np.empty(self.size), np.empty(self.size)
         for indices, table in self.parts:
-            cycles = table_cycles(table, self.structure.overlay, params)
+            cycles = table_cycles(table, self.structure.overlay, params, relaxed)
             total[indices], ops[indices], dram[indices] = cycles.total, cycles.binary_ops, cycles.dram_bytes
         return total, ops, dram
 
-    def seconds(self, params: ScheduleParams) -> np.ndarray:
-        return self.cycles(params)[0] / self.structure.overlay.clock_hz
+    def seconds(self, params: ScheduleParams, relaxed: bool = False) -> np.ndarray:
+        return self.cycles(params, relaxed)[0] / self.structure.overlay.clock_hz
 
 
 def _params(x: np.ndarray, per_image_convs: bool) -> ScheduleParams:
-    return ScheduleParams(float(min(1.0, math.exp(x[0]))), float(math.exp(x[1])), float(x[2]), float(x[3]), float(x[4]),
-                          per_image_convs)
+    return ScheduleParams(float(min(1.0, math.exp(x[0]))), float(math.exp(x[1])), float(x[2]) * _LAYER_OVERHEAD_UNIT,
+                          float(x[3]), float(x[4]), per_image_convs)
 
 
 def _vector(params: ScheduleParams) -> np.ndarray:
-    return np.array([math.log(params.dram_efficiency), math.log(params.result_efficiency), params.layer_overhead_cycles,
-                     params.tile_overhead_cycles, params.pass_overhead_cycles])
+    return np.array([math.log(params.dram_efficiency), math.log(params.result_efficiency),
+                     params.layer_overhead_cycles / _LAYER_OVERHEAD_UNIT, params.tile_overhead_cycles,
+                     params.pass_overhead_cycles])
+
+
+def _best_starts(predictor: "_Predictor", measured: np.ndarray, train: np.ndarray, count: int) -> list[np.ndarray]:
+    """The ``count`` points of the coarse start grid with the lowest training MAPE."""
+    per_image = predictor.structure.per_image_convs
+    scored = sorted(((error_figures(predictor.seconds(_params(x, per_image))[train], measured[train]).mape, i)
+                     for i, x in enumerate(_START_GRID)))
+    return [_START_GRID[i] for _, i in scored[:count]]
 
 
 def _fit_timing(predictor: _Predictor, measured: np.ndarray, train: np.ndarray, starts: Sequence[np.ndarray],
@@ -126,13 +138,13 @@ def _fit_timing(predictor: _Predictor, measured: np.ndarray, train: np.ndarray, 
     log_measured = np.log(measured[train])
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        return np.log(predictor.seconds(_params(x, per_image))[train]) - log_measured
+        return np.log(predictor.seconds(_params(x, per_image), relaxed=True)[train]) - log_measured
 
     best: tuple[ScheduleParams, float] | None = None
     for x0 in starts:
-        # the per-tile ceilings make the cost piecewise constant: finite differences need steps of ~1%
+        # fitted on the relaxed (smooth) cycles; judged below on the exact ones
         solution = least_squares(residuals, np.clip(x0, _LOWER, _UPPER), bounds=(_LOWER, _UPPER), loss="soft_l1",
-                                 f_scale=SOFT_L1_SCALE, diff_step=1e-2, max_nfev=max_nfev, x_scale="jac")
+                                 f_scale=SOFT_L1_SCALE, diff_step=1e-3, max_nfev=max_nfev, x_scale="jac")
         params = _params(solution.x, per_image)
         mape = error_figures(predictor.seconds(params)[train], measured[train]).mape
         if best is None or mape < best[1]:
@@ -183,7 +195,7 @@ def _with_structure(template: OverlayConfig, choice: dict) -> Structure:
 def search_structure(dataset: Dataset, template: OverlayConfig, per_image_convs: bool,
                      progress: Callable[[str], None] = lambda _: None, max_sweeps: int = 4) -> tuple[Structure, list[dict]]:
     """Coordinate descent over ``STRUCTURE_GRID`` from the template; a candidate's score is its best MAPE over the
-    fit's starting points of the timing parameters (cheap: no fit per candidate)."""
+    timing parameters of a small screening grid (cheap: no fit per candidate)."""
     measured = np.array([s.latency_s for s in dataset.samples])
     choice = {"dm": template.dm, "dn": template.dn, "dk": template.dk, "dram_ports": template.dram_ports,
               "per_image_convs": per_image_convs}
@@ -196,24 +208,28 @@ def search_structure(dataset: Dataset, template: OverlayConfig, per_image_convs:
             structure = _with_structure(template, candidate)
             predictor = _Predictor(dataset, structure)
             mape = min(error_figures(predictor.seconds(_params(x, candidate["per_image_convs"])), measured).mape
-                       for x in _STARTS)
+                       for x in _SCREEN_GRID)
             scores[key] = mape
             log.append({"structure": structure.describe(), "part": structure.overlay.part, "mape_percent": round(mape, 3)})
             progress(f"  {structure.describe():60s} MAPE {mape:7.2f}%")
         return scores[key]
 
     def neighbours(choice: dict, axis: str) -> list[dict]:
-        """Every value of one axis; for ``shape``, the array's aspect ratio at equal size (Dm/2 x 2Dn, 2Dm x Dn/2)."""
-        if axis != "shape":
-            return [{**choice, axis: value} for value in STRUCTURE_GRID[axis]]
-        reshaped = [{**choice, "dm": choice["dm"] // 2, "dn": choice["dn"] * 2},
-                    {**choice, "dm": choice["dm"] * 2, "dn": choice["dn"] // 2}]
-        return [c for c in reshaped if c["dm"] in STRUCTURE_GRID["dm"] and c["dn"] in STRUCTURE_GRID["dn"]]
+        """Every value of one axis, or a coupled step: ``shape`` changes the array's aspect ratio at equal size
+        (Dm/2 x 2Dn, 2Dm x Dn/2); ``word`` scales Dk and the DRAM bandwidth together (equal fetch time per word)."""
+        if axis == "shape":
+            steps = [{"dm": choice["dm"] // 2, "dn": choice["dn"] * 2}, {"dm": choice["dm"] * 2, "dn": choice["dn"] // 2}]
+        elif axis == "word":
+            steps = [{"dk": choice["dk"] // 2, "dram_ports": choice["dram_ports"] // 2},
+                     {"dk": choice["dk"] * 2, "dram_ports": choice["dram_ports"] * 2}]
+        else:
+            steps = [{axis: value} for value in STRUCTURE_GRID[axis]]
+        return [{**choice, **step} for step in steps if all(v in STRUCTURE_GRID[k] for k, v in step.items())]
 
     best = score(choice)
     for _ in range(max_sweeps):
         improved = False
-        for axis in (*STRUCTURE_GRID, "shape"):
+        for axis in (*STRUCTURE_GRID, "shape", "word"):
             for candidate in neighbours(choice, axis):
                 if (mape := score(candidate)) < best - 1e-9:
                     best, choice, improved = mape, candidate, True
@@ -260,14 +276,15 @@ def fit(dataset: Dataset, template: OverlayConfig, search_overlay: bool = False,
     measured = np.array([s.latency_s for s in dataset.samples])
     log: list[dict] = []
     if search_overlay:
-        progress("searching the overlay structure (coordinate descent; short fit per candidate):")
+        progress("searching the overlay structure (coordinate descent, candidates screened at a few timing settings):")
         structure, log = search_structure(dataset, template, per_image_convs, progress)
     else:
         structure = Structure(template, per_image_convs)
     predictor = _Predictor(dataset, structure)
     everything = np.ones(measured.size, dtype=bool)
     progress(f"fitting timing parameters on {measured.size} measurements ({structure.describe()})")
-    params, _ = _fit_timing(predictor, measured, everything, _STARTS, max_nfev=60)
+    starts = _best_starts(predictor, measured, everything, _STARTS_KEPT)
+    params, _ = _fit_timing(predictor, measured, everything, starts, max_nfev=60)
     seconds = predictor.seconds(params)
     warm = (_vector(params),)
 

@@ -6,6 +6,7 @@ A layer runs on the overlay as ``groups`` independent matrix products
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -147,7 +148,7 @@ class NetworkSpec:
     def total_macs(self, batch: int = 1) -> int:
         return sum(layer.macs(batch) for layer in self.layers)
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         """Stable hash of the structure (layer names and shapes, input shape), not of the display name."""
         body = json.dumps({"input": list(self.input_shape), "layers": [l.to_dict() for l in self.layers]}, sort_keys=True)

@@ -1,6 +1,7 @@
 """Kernel-wise quantization plans: per layer, one weight bit-width per output channel and one activation bit-width."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -133,7 +134,7 @@ class QuantPlan:
             "layers": [{"name": l.name, "act_bits": l.act_bits, "weight_bits": list(l.weight_bits)} for l in self.layers],
         }
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         body = json.dumps([[l.name, l.act_bits, list(l.weight_bits)] for l in self.layers], separators=(",", ":"))
         return hashlib.sha256(body.encode()).hexdigest()[:16]

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from autoq.common.fileio import atomic_write_text
-from autoq.overlay.manifest import ManifestError, OverlayConfig
-from autoq.overlay.layout import NO_CHANNEL, ROW_TILE_HEADER_WORDS
 from autoq.overlay import regmap as rm
+from autoq.overlay.layout import ROW_TILE_HEADER_WORDS
+from autoq.overlay.manifest import ManifestError, OverlayConfig
 from autoq.overlay.regmap import Register, RegisterMap
-from autoq.overlay.schedule import ScheduleParams
+from autoq.overlay.schedule import ScheduleError, ScheduleParams
 
 CONFIG_HEADER = "engine_config.hpp"
 BUILD_TCL = "build_config.tcl"
@@ -30,8 +30,7 @@ BUFFER_TYPES = {  # C++ element type of each DDR buffer the engine masters (type
     "results_addr": "aq::result_t*",
     "tiles_addr": "const aq::table_t*",
 }
-
-
+# ScheduleParams fields the engine charges (all but per_image_convs, which it does not support).
 TIMING_FIELDS = ("dram_efficiency", "result_efficiency", "layer_overhead_cycles", "tile_overhead_cycles",
                  "pass_overhead_cycles")
 
@@ -39,7 +38,7 @@ TIMING_FIELDS = ("dram_efficiency", "result_efficiency", "layer_overhead_cycles"
 def check_timing(params: ScheduleParams) -> None:
     """The engine runs a batch as one product (``per_image_convs`` off); every other parameter it charges."""
     if params.per_image_convs:
-        raise ValueError("the HLS engine runs a batch as one product: per_image_convs must be false")
+        raise ScheduleError("the HLS engine runs a batch as one product: per_image_convs must be false")
 
 
 class Vlnv(NamedTuple):
@@ -62,16 +61,19 @@ def hls_dir() -> Path:
 
 
 def generated_dir(overlay_name: str) -> Path:
+    """Where the generated files of an overlay are kept (committed for every overlay in ``bitstreams/``)."""
     return hls_dir() / "generated" / overlay_name
 
 
 def _check_buildable(cfg: OverlayConfig) -> None:
     if cfg.dram_width_bits != WORD_BITS:
-        raise ManifestError(f"overlay {cfg.name!r}: the engine moves {WORD_BITS}-bit DDR words, manifest says dram_width_bits={cfg.dram_width_bits}")
+        raise ManifestError(f"overlay {cfg.name!r}: the engine moves {WORD_BITS}-bit DDR words, "
+                            f"manifest says dram_width_bits={cfg.dram_width_bits}")
     if cfg.dk % WORD_BITS:
         raise ManifestError(f"overlay {cfg.name!r}: dk={cfg.dk} must be a multiple of the {WORD_BITS}-bit DDR word")
     if cfg.acc_bits != RESULT_BITS:
-        raise ManifestError(f"overlay {cfg.name!r}: the engine writes {RESULT_BITS}-bit results, manifest says acc_bits={cfg.acc_bits}")
+        raise ManifestError(f"overlay {cfg.name!r}: the engine writes {RESULT_BITS}-bit results, "
+                            f"manifest says acc_bits={cfg.acc_bits}")
 
 
 def _pragma(text: str) -> str:
@@ -109,6 +111,11 @@ def _port_type(reg: Register) -> str:
     return f"ap_uint<{reg.width}>" + ("*" if reg.access == "ro" else "")
 
 
+def _field_type(reg: Register) -> str:
+    """Type of a struct member holding the register: outputs by value, inputs and buffers as passed."""
+    return _port_type(reg).rstrip("*") if reg.access == "ro" else _port_type(reg)
+
+
 def _ports(regmap: RegisterMap) -> list[Register]:
     return [reg for reg in regmap if reg.section != "control"]
 
@@ -132,7 +139,7 @@ def render_config_header(cfg: OverlayConfig, params: ScheduleParams = SchedulePa
         "CMD_IDENTIFY": rm.CMD_IDENTIFY, "CMD_RUN": rm.CMD_RUN, "STATUS_OK": rm.STATUS_OK,
         "STATUS_BAD_COMMAND": rm.STATUS_BAD_COMMAND, "STATUS_BAD_DESCRIPTOR": rm.STATUS_BAD_DESCRIPTOR,
         "STATUS_BAD_TABLE": rm.STATUS_BAD_TABLE, "STATUS_BUFFER_OVERFLOW": rm.STATUS_BUFFER_OVERFLOW,
-        "ROW_TILE_HEADER_WORDS": ROW_TILE_HEADER_WORDS, "NO_CHANNEL": NO_CHANNEL,
+        "ROW_TILE_HEADER_WORDS": ROW_TILE_HEADER_WORDS,
     }
     ports = _ports(regmap)
     lines = [
@@ -140,13 +147,11 @@ def render_config_header(cfg: OverlayConfig, params: ScheduleParams = SchedulePa
         f"// run `autoq hls generate --overlay {cfg.name}` after changing bitstreams/{cfg.name}/manifest.json.",
         "#pragma once",
         "",
-        _define("AQ_OVERLAY_NAME", f'"{cfg.name}"'),
-        "",
         "namespace aq {",
-        "namespace cfg {",
-        *(f"constexpr unsigned {name} = {value};" for name, value in constants.items()),
-        f"constexpr double CLOCK_MHZ = {cfg.clock_mhz!r};",
-        "}  // namespace cfg",
+        "// The overlay's structure: the parameter of the engine template (aq::Engine<aq::Config>).",
+        "struct Config {",
+        *(f"    static const unsigned {name} = {value};" for name, value in constants.items()),
+        "};",
         "",
         "// Command, status and tile-table encodings (autoq.overlay.regmap, autoq.overlay.layout).",
         "namespace layout {",
@@ -175,10 +180,10 @@ def render_config_header(cfg: OverlayConfig, params: ScheduleParams = SchedulePa
         "// Ports of the top function, one per register, in register-map order.",
         *_macro("AQ_TOP_PARAMS", [f"{_port_type(reg)} {reg.name}" for reg in ports], ","),
         "// Fields of a struct with one member per port, and the arguments for AQ_TOP_PARAMS from it.",
-        *_macro("AQ_TOP_FIELDS", [f"{_port_type(reg).rstrip('*') if reg.access == 'ro' else _port_type(reg)} {reg.name};" for reg in ports]),
+        *_macro("AQ_TOP_FIELDS", [f"{_field_type(reg)} {reg.name};" for reg in ports]),
         *_macro("AQ_TOP_ARGS(r)", [("&" if reg.access == "ro" else "") + f"(r).{reg.name}" for reg in ports], ","),
         "// X-macros over the registers a master writes (scalars), and those the engine writes.",
-        *_macro("AQ_WRITABLE_SCALARS(X)", [f"X({reg.name})" for reg in ports if reg.access != "ro" and reg.section != "buffers"]),
+        *_macro("AQ_WRITABLE_SCALARS(X)", [f"X({r.name})" for r in ports if r.access != "ro" and r.section != "buffers"]),
         *_macro("AQ_READABLE_OUTPUTS(X)", [f"X({reg.name})" for reg in ports if reg.access == "ro"]),
         "",
         "// The engine fills the read-only ID block on every run.",

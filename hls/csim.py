@@ -194,7 +194,8 @@ def random_case(rng: np.random.Generator, name: str, kind: str | None = None, ma
     kind = kind or str(rng.choice(["conv", "grouped", "depthwise", "linear"]))
     batch = int(rng.integers(1, 3))
     if kind == "linear":
-        c_in, c_out, groups, kernel, stride, pad, size = int(rng.integers(1, max_linear_k + 1)), int(rng.integers(1, 40)), 1, 1, 1, 0, 1
+        c_in, c_out = int(rng.integers(1, max_linear_k + 1)), int(rng.integers(1, 40))
+        groups, kernel, stride, pad, size = 1, 1, 1, 0, 1
     else:
         groups = {"conv": 1, "grouped": int(rng.integers(2, 4)), "depthwise": 0}[kind]
         kernel, stride, pad = int(rng.choice([1, 3, 5])), int(rng.integers(1, 3)), int(rng.integers(0, 3))

@@ -73,6 +73,21 @@ class Evaluator:
             self._cache[key] = accuracy
         return self._cache[key]
 
+    def finetune_and_keep(self, plan: QuantPlan, steps: int) -> float:
+        """Fine-tune under ``plan`` for ``steps`` SGD steps and *keep* the weights (the final model, before export);
+        returns its test accuracy. Accuracies cached before describe the old weights, so the cache is cleared."""
+        if steps < 0:
+            raise AutoQError(f"finetune_steps must be >= 0, got {steps}")
+        if steps and self.train is None:
+            raise AutoQError("fine-tuning needs a train split")
+        self.qmodel.apply(plan)
+        if steps:
+            self._finetune(steps)
+            self.qmodel.model.eval()
+            self._cache.clear()
+            self._float_accuracy = None
+        return self._test_accuracy()
+
     def full_precision_accuracy(self) -> float:
         """Top-1 accuracy of the float model on the test split."""
         if self._float_accuracy is None:

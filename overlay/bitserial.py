@@ -88,6 +88,11 @@ def plane_encoding(bits: np.ndarray, signed: bool, planes: int | None = None) ->
     return weights, offsets
 
 
+def padded_words(k: int, dk: int) -> int:
+    """uint64 words per bit-plane of a ``k``-long row: ``k`` zero-padded to a multiple of ``dk``, then to whole words."""
+    return -(-(-(-k // dk) * dk) // WORD_BITS)
+
+
 def _row_bits(bits: int | Sequence[int] | np.ndarray, rows: int) -> np.ndarray:
     if np.ndim(bits) == 0:
         bits = np.full(rows, bits)
@@ -122,6 +127,8 @@ def pack_bitplanes(
         raise OperandError(f"dk must be a positive int, got {dk!r}")
     values = values.astype(np.int64)
     rows, k = values.shape
+    if k == 0:
+        raise OperandError(f"{what} has no columns (K = 0)")
     row_bits = _row_bits(bits, rows)
     _check_values(values, row_bits, signed, what)
     if signed:
@@ -129,7 +136,7 @@ def pack_bitplanes(
     else:
         codes = values
     planes = int(row_bits.max())
-    words = np.zeros((rows, planes, -(-(-(-max(k, 1) // dk) * dk) // WORD_BITS)), dtype=np.uint64)
+    words = np.zeros((rows, planes, padded_words(k, dk)), dtype=np.uint64)
     used_words = -(-k // WORD_BITS)
     shifts = np.arange(planes, dtype=np.int64)[None, :, None]
     chunk = max(1, _PACK_CHUNK_BYTES // (planes * used_words * WORD_BITS))

@@ -119,7 +119,7 @@ def timing_job(layer: LayerSpec, weight_bits: Sequence[int], act_bits: int, over
     sizes it packs: what a cost measurement runs (the engine's timing does not depend on operand values)."""
     bits = np.asarray(weight_bits, dtype=np.int64)
     blocks = schedule_blocks(layer, bits, act_bits, overlay, batch)
-    groups, m, k, n = layer.gemm(batch)
+    _, _, k, n = layer.gemm(batch)
     words = lambda k_eff: -(-k_eff // overlay.dk) * overlay.dk // WORD_BITS
     weight_words = act_words = 0
     for block in blocks:

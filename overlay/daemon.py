@@ -8,7 +8,10 @@ Requests (header ``type``; JSON payload where noted), each answered by ``result`
 - ``load_overlay``: header ``name`` -> the loaded manifest (by name from the board's own ``bitstreams/`` only).
 
 The engine runs one measurement (or overlay load) at a time; a request that cannot get it within
-``busy_wait_s`` is answered ``busy``. A shared key is required to listen beyond loopback. Standard library only.
+``busy_wait_s`` is answered ``busy``. A shared key is required to listen beyond loopback (a serial cable is a
+point-to-point link and may go without); with a key every frame in both directions carries an HMAC-SHA256. The
+HMAC authenticates frames but does not stop a recorded frame from being replayed: every request is idempotent
+(hello, measure, load_overlay by name), so a replay only costs board time. Imports only the standard library and ``autoq.common``.
 """
 from __future__ import annotations
 
@@ -73,9 +76,11 @@ class Daemon:
     key: bytes | None = None
     limits: FrameLimits = field(default_factory=FrameLimits)
     busy_wait_s: float = 60.0
+    max_connections: int = 16
     _engine: threading.Lock = field(default_factory=threading.Lock, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
+    _threads_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _sockets: list[socket.socket] = field(default_factory=list, init=False)
 
     # -- links --------------------------------------------------------------------------------------------------
@@ -91,23 +96,30 @@ class Daemon:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             server.bind((host, port))
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:
             server.close()
-            raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise DaemonError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
         server.listen(8)
         server.settimeout(POLL_S)
         self._sockets.append(server)
         self._spawn(self._accept_loop, server, name=f"tcp-accept-{port}")
         return server.getsockname()[:2]
 
-    def attach_serial(self, link: Any) -> None:
-        """Serve on an open pyserial ``Serial`` (CRC on every frame; its ``timeout`` should be short)."""
-        codec = Codec(self.key, crc=True, limits=self.limits)
-        self._spawn(self._serve_link, serial_recv(link), link.write, codec, f"serial {link.port}", name="serial")
+    def attach_serial(self, port: Any) -> None:
+        """Serve on an open pyserial ``Serial`` (CRC on every frame; its ``timeout`` should be short, e.g. POLL_S).
+
+        A serial cable is a point-to-point link to the board: it needs no key, but uses the key when one is set.
+        """
+        self.attach_link(serial_recv(port), port.write, crc=True, peer=f"serial {port.port}")
+
+    def attach_link(self, recv: Callable[[int], bytes], send: Callable[[bytes], Any], crc: bool, peer: str) -> None:
+        """Serve on any byte link: ``recv(n)`` (``TimeoutError`` when idle, b'' when closed) and ``send(data)``."""
+        self._spawn(self._serve_link, recv, send, Codec(self.key, crc=crc, limits=self.limits), peer, name=peer)
 
     def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
         thread = threading.Thread(target=target, args=args, name=f"autoq-board-{name}", daemon=True)
-        self._threads.append(thread)
+        with self._threads_lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
 
     def _accept_loop(self, server: socket.socket) -> None:
@@ -120,7 +132,17 @@ class Daemon:
                 break
             conn.settimeout(POLL_S)
             codec = Codec(self.key, crc=False, limits=self.limits)
-            self._spawn(self._serve_connection, conn, codec, f"tcp {peer[0]}:{peer[1]}", name=f"tcp-{peer[1]}")
+            with self._threads_lock:
+                open_connections = sum(t.name.startswith("autoq-board-conn-") and t.is_alive() for t in self._threads)
+            if open_connections >= self.max_connections:
+                with conn:
+                    answer = error_message("busy", f"too many connections (limit {self.max_connections}); retry later")
+                    try:
+                        conn.sendall(codec.encode(answer))
+                    except OSError:
+                        pass
+                continue
+            self._spawn(self._serve_connection, conn, codec, f"tcp {peer[0]}:{peer[1]}", name=f"conn-{peer[1]}")
 
     def _serve_connection(self, conn: socket.socket, codec: Codec, peer: str) -> None:
         with conn:
@@ -146,7 +168,11 @@ class Daemon:
             else:
                 answer = self.handle(request)
             try:
-                send(codec.encode(answer))
+                frame = codec.encode(answer)
+            except ProtocolError as exc:  # e.g. an answer beyond the size limit: say so instead
+                frame = codec.encode(error_message(exc.code, f"cannot send the answer: {exc}"))
+            try:
+                send(frame)
             except OSError as exc:
                 log.warning("%s: cannot answer: %s", peer, exc)
                 break
@@ -220,7 +246,9 @@ class Daemon:
         self._stop.set()
         for server in self._sockets:
             server.close()
-        for thread in self._threads:
+        with self._threads_lock:
+            threads = list(self._threads)
+        for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=max(self.busy_wait_s, 5.0))
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 import warnings
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -47,6 +47,7 @@ from .schedule import PACKED_GROUPS, LayerCycles, layer_cycles
 
 DDR_BASE = 0x1000_0000
 DDR_ALIGN = 4096
+CHECKED_LAYERS = 1024  # decoded descriptor/table pairs kept (a plan search revisits the same layers)
 
 
 class EmulationError(AutoQError, RuntimeError):
@@ -155,7 +156,8 @@ class EmulatedEngine:
         self.regmap = RegisterMap.from_overlay(overlay)
         self.ddr = EmulatedDDR()
         self._checked: dict[tuple[Any, ...], tuple[np.ndarray, tuple[Block, ...], LayerCycles]] = {}
-        self._words: dict[int, int] = {offset: 0 for reg in self.regmap for offset in reg.word_offsets}
+        self._registers = {offset: reg for reg in self.regmap for offset in reg.word_offsets}
+        self._words: dict[int, int] = dict.fromkeys(self._registers, 0)
         self._words[self.regmap.offset("control")] = AP_IDLE
         self.time_s = 0.0
         self.work_energy_j = 0.0
@@ -171,10 +173,9 @@ class EmulatedEngine:
         return value
 
     def write(self, offset: int, value: int) -> None:
-        try:
-            reg, _word = self.regmap.locate(offset)
-        except KeyError:
-            raise EmulationError(f"write to unmapped register offset {offset:#x}") from None
+        reg = self._registers.get(offset)
+        if reg is None:
+            raise EmulationError(f"write to unmapped register offset {offset:#x}")
         if reg.access == "ro":
             return  # the hardware ignores writes to read-only registers
         if reg.name == "control":
@@ -234,7 +235,7 @@ class EmulatedEngine:
             raw = self.ddr.array_at(d["tiles_addr"], np.uint32, d["num_tiles"] * row_tile_words(self.overlay.dm))
         except EmulationError:
             raise _Rejected(STATUS_BAD_TABLE) from None
-        key = (tuple(sorted(d.items())), raw.tobytes())
+        key = (tuple(sorted((k, v) for k, v in d.items() if not k.endswith("_addr"))), raw.tobytes())
         if key not in self._checked:
             bits = _channel_bits(raw, layer, self.overlay.dm, d["num_tiles"])
             abits, batch = d["abits"], d["batch"]
@@ -243,6 +244,8 @@ class EmulatedEngine:
             blocks = schedule_blocks(layer, bits, abits, self.overlay, batch)
             if not np.array_equal(tile_table(blocks, bits, self.overlay.dm), raw):
                 raise _Rejected(STATUS_BAD_TABLE)
+            if len(self._checked) >= CHECKED_LAYERS:
+                self._checked.pop(next(iter(self._checked)))
             self._checked[key] = (bits, blocks, layer_cycles(layer, bits, abits, self.overlay, self.schedule, batch))
         bits, blocks, cycles = self._checked[key]
         if self.compute:

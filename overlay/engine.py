@@ -2,9 +2,10 @@
 
 A layer becomes ``groups`` matrix products (im2col); weight rows (signed, per-output-channel bit-widths) and
 activation columns (unsigned, one bit-width) are packed into ``Dk``-padded bit-planes (``bitserial``); then every
-tile of ``schedule.layer_tiles`` is executed in order as a bit-serial product of its rows and columns, its output
-written back to the tile's original channels (undoing the grouping permutation), and its stage cycles counted.
-The cycle counter is therefore ``schedule.sum_tiles`` over what ran, which equals ``schedule.layer_cycles``.
+tile of ``schedule.layer_tiles`` is executed as a bit-serial product of its rows (``wbits`` planes) and columns
+(``abits`` planes), its output written back to the tile's original channels (undoing the grouping permutation),
+and its stage cycles counted. Tiles write disjoint outputs, so tiles of equal shape are multiplied as one numpy
+batch. The cycle counter is ``schedule.sum_tiles`` over the executed tiles, which equals ``schedule.layer_cycles``.
 
 Packed depthwise tiles (``PACKED_GROUPS``: one channel from each of several groups) are the block-diagonal product
 of the schedule; each row is multiplied with its own group's im2col block, which is that product without the zero
@@ -14,6 +15,7 @@ This is the golden model of the HLS C-sim and the emulated board. Imports only n
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import replace
 from typing import NamedTuple, Sequence
 
@@ -23,12 +25,16 @@ from autoq.common.network import LayerSpec
 
 from .bitserial import BitPlanes, bitplane_product, pack_bitplanes
 from .manifest import OverlayConfig
-from .schedule import PACKED_GROUPS, LayerCycles, ScheduleParams, layer_tiles, sum_tiles
+from .schedule import PACKED_GROUPS, LayerCycles, ScheduleParams, TileWork, layer_tiles, sum_tiles
 from .tiling import OperandError
+
+_GATHER_CHUNK_WORDS = 1 << 22
+"""Bound on the uint64 words gathered for one batch of equal-shaped tiles."""
 
 
 class EngineResult(NamedTuple):
-    """Exact int64 layer output and the cycles the schedule charges for the tiles that produced it."""
+    """Exact int64 layer output and the cycles the schedule charges for the tiles that produced it
+    (``schedule.sum_tiles``: stage totals, overhead, total and bound; ``dram_bytes``/``binary_ops`` stay 0)."""
 
     output: np.ndarray
     cycles: LayerCycles
@@ -107,37 +113,61 @@ def run_layer(
     groups, m, k, n = layer.gemm(batch)
     columns = im2col(x, layer)
     name = f"layer {layer.name!r}"
-    activations = [
-        pack_bitplanes(columns[g].T, act_bits, signed=False, dk=overlay.dk, what=f"{name}: group {g} activations.T")
-        for g in range(groups)
-    ]
+    activations = pack_bitplanes(
+        columns.transpose(0, 2, 1).reshape(groups * n, k), act_bits, signed=False, dk=overlay.dk,
+        what=f"{name}: activations (group * N, K)",
+    )
     weights = pack_bitplanes(w.reshape(layer.c_out, k), weight_bits, signed=True, dk=overlay.dk, what=f"{name}: weights")
-    output = np.zeros((layer.c_out, n), dtype=np.int64)
-    written = np.zeros((layer.c_out, n), dtype=np.int8)
-    executed = []
-    for tile in layer_tiles(layer, weights.bits, act_bits, overlay, params, batch, grouped):
-        cols = slice(tile.col_start, tile.col_stop)
-        tile_weights = _tile_weights(weights, tile.rows, tile.wbits)
-        if tile.group == PACKED_GROUPS:
-            for i, row in enumerate(tile.rows):
-                output[row, cols] = bitplane_product(tile_weights.take_rows([i]), activations[row // m].take_rows(cols))[0]
-        else:
-            output[tile.rows, cols] = bitplane_product(tile_weights, activations[tile.group].take_rows(cols))
-        written[tile.rows, cols] += 1
-        executed.append(tile)
-    if not (written == 1).all():
-        raise RuntimeError(f"{name}: the schedule did not cover every output exactly once")
+    tiles = list(layer_tiles(layer, weights.bits, act_bits, overlay, params, batch, grouped))
+    output = _execute_tiles(tiles, weights, _per_group(activations, groups), m, n)
     oh, ow = layer.out_hw
     result = output.reshape(layer.c_out, batch, oh, ow).transpose(1, 0, 2, 3)
-    return EngineResult(result[:, :, 0, 0] if flat else result, sum_tiles(executed, params))
+    return EngineResult(result[:, :, 0, 0] if flat else result, sum_tiles(tiles, params))
 
 
-def _tile_weights(weights: BitPlanes, rows: np.ndarray, wbits: int) -> BitPlanes:
-    """The tile's weight rows with only the ``wbits`` planes the tile runs (the widest row has exactly that many)."""
-    selected = weights.take_rows(rows)
-    if int(selected.bits.max()) != wbits:
-        raise RuntimeError(f"tile runs {wbits} weight planes but its widest row has {selected.bits.max()} bits")
-    return BitPlanes(selected.words[:, :wbits], selected.bits, selected.signed, selected.k)
+def _per_group(planes: BitPlanes, groups: int) -> BitPlanes:
+    """(groups * N)-row planes as a batch of ``groups`` operands of N rows each."""
+    return BitPlanes(planes.words.reshape((groups, -1) + planes.words.shape[1:]), planes.bits.reshape(groups, -1),
+                     planes.signed, planes.k)
+
+
+def _execute_tiles(tiles: Sequence[TileWork], weights: BitPlanes, activations: BitPlanes, rows_per_group: int,
+                   columns: int) -> np.ndarray:
+    """Output ``(c_out, N)`` of the tiles: each tile is the bit-serial product of its weight rows (``wbits`` planes)
+    and its group's activation columns.
+
+    A packed depthwise tile is one single-row product per row, against that row's own group.
+    """
+    items: dict[tuple[int, int, int], list[tuple[np.ndarray, int, int]]] = defaultdict(list)
+    for tile in tiles:
+        if weights.bits[tile.rows].max() != tile.wbits or tile.abits != activations.planes:
+            raise RuntimeError(f"a {tile.wbits}x{tile.abits}-bit tile does not match its rows' or activations' widths")
+        shape = (tile.col_stop - tile.col_start, tile.wbits)
+        if tile.group == PACKED_GROUPS:
+            for row in tile.rows:
+                items[(1,) + shape].append((np.array([row]), int(row) // rows_per_group, tile.col_start))
+        else:
+            items[(len(tile.rows),) + shape].append((tile.rows, tile.group, tile.col_start))
+    output = np.zeros((weights.words.shape[0], columns), dtype=np.int64)
+    covered = np.zeros(output.shape, dtype=bool)
+    covered_count = 0
+    for (n_rows, width, wbits), batch in items.items():
+        per_item = n_rows * wbits * weights.words.shape[-1] + width * activations.words[0, 0].size
+        step = max(1, _GATHER_CHUNK_WORDS // per_item)
+        for chunk in (batch[start:start + step] for start in range(0, len(batch), step)):
+            rows = np.stack([item[0] for item in chunk])
+            groups = np.array([item[1] for item in chunk])
+            cols = np.array([item[2] for item in chunk])[:, None] + np.arange(width)
+            tile_weights = BitPlanes(weights.words[rows][:, :, :wbits], weights.bits[rows], True, weights.k)
+            tile_acts = BitPlanes(activations.words[groups[:, None], cols], activations.bits[groups[:, None], cols],
+                                  False, activations.k)
+            where = (rows[:, :, None], cols[:, None, :])
+            output[where] = bitplane_product(tile_weights, tile_acts)
+            covered[where] = True
+            covered_count += rows.size * width
+    if covered_count != output.size or not covered.all():
+        raise RuntimeError("the schedule's tiles do not cover every output of the layer exactly once")
+    return output
 
 
 def conv2d(

@@ -73,7 +73,8 @@ def _kwords(k: int, dk: int) -> int:
 def check_overlay(overlay: OverlayConfig) -> None:
     """Raise ``ManifestError`` unless the engine's DDR layout works for ``overlay`` (Dk-bit words of uint64s)."""
     if overlay.dk % WORD_BITS:
-        raise ManifestError(f"overlay {overlay.name!r}: the engine needs dk to be a multiple of {WORD_BITS}, got {overlay.dk}")
+        raise ManifestError(f"overlay {overlay.name!r}: the engine needs dk to be a multiple of {WORD_BITS}, "
+                            f"got {overlay.dk}")
 
 
 def _check_buffers(layer: LayerSpec, blocks: Sequence[Block], k: int, act_bits: int, overlay: OverlayConfig) -> None:
@@ -122,7 +123,8 @@ def build_job(layer: LayerSpec, x_int: np.ndarray, w_int: np.ndarray, weight_bit
     if layer.kind == "linear" and x.ndim == 2:
         x = x[:, :, None, None]
     if x.ndim != 4 or x.shape[1:] != (layer.c_in, *layer.in_hw):
-        raise OperandError(f"layer {layer.name!r}: input must be (batch, {layer.c_in}, {layer.in_hw[0]}, {layer.in_hw[1]}), got {np.shape(x_int)}")
+        raise OperandError(f"layer {layer.name!r}: input must be (batch, {layer.c_in}, {layer.in_hw[0]}, "
+                           f"{layer.in_hw[1]}), got {np.shape(x_int)}")
     batch = x.shape[0]
     groups, m, k, n = layer.gemm(batch)
     w = np.asarray(w_int)
@@ -137,10 +139,12 @@ def build_job(layer: LayerSpec, x_int: np.ndarray, w_int: np.ndarray, weight_bit
     weight_parts, act_parts = [], []
     for block in blocks:
         if block.group != PACKED_GROUPS:
-            act_parts.append(pack_bitplanes(columns[block.group].T, act_bits, False, overlay.dk, f"{name}: activations").words)
+            acts = pack_bitplanes(columns[block.group].T, act_bits, False, overlay.dk, f"{name}: activations")
+            act_parts.append(acts.words)
         for tile in block.row_tiles:
             rows = tile.channels
             if block.group == PACKED_GROUPS:
+                # outside its own span of K_eff a row holds bit code 0: value 0, or -1 for a binary {-1, +1} row
                 diagonal = np.where(bits[rows, None] == 1, -1, 0) * np.ones((1, rows.size * k), dtype=np.int64)
                 for s, channel in enumerate(rows):
                     diagonal[s, s * k:(s + 1) * k] = w[channel]

@@ -77,17 +77,21 @@ class Register:
         return sum((w & 0xFFFFFFFF) << (32 * i) for i, w in enumerate(words))
 
 
-# (name, width, access, section, doc) in address order; offsets are assigned by ``RegisterMap.from_overlay``.
-_CONTROL: tuple[tuple[str, int, Access, Section, str, int], ...] = (
-    ("control", 32, "rw", "control", "ap_start (bit 0), ap_done (1, clear on read), ap_idle (2), ap_ready (3), auto_restart (7)", 0x00),
-    ("gie", 32, "rw", "control", "global interrupt enable (bit 0)", 0x04),
-    ("ier", 32, "rw", "control", "interrupt enable: ap_done (bit 0), ap_ready (bit 1)", 0x08),
-    ("isr", 32, "rw", "control", "interrupt status, toggle on write", 0x0C),
+# Vitis HLS's own block-level registers, at fixed offsets.
+_CONTROL = (
+    Register("control", 0x00, 32, "rw", "control",
+             "ap_start (bit 0), ap_done (1, clear on read), ap_idle (2), ap_ready (3), auto_restart (7)"),
+    Register("gie", 0x04, 32, "rw", "control", "global interrupt enable (bit 0)"),
+    Register("ier", 0x08, 32, "rw", "control", "interrupt enable: ap_done (bit 0), ap_ready (bit 1)"),
+    Register("isr", 0x0C, 32, "rw", "control", "interrupt status, toggle on write"),
 )
+# The top function's arguments, (name, width, access, section, doc) in address order; offsets follow from the
+# slot sizes (``RegisterMap.from_overlay``).
 _ARGS_V1: tuple[tuple[str, int, Access, Section, str], ...] = (
     ("magic", 32, "ro", "header", f"constant {MAGIC:#010x} ('AQBS') once the engine has run"),
     ("regmap_version", 32, "ro", "header", "version of this register layout"),
-    ("command", 32, "rw", "header", f"{CMD_IDENTIFY} = identify (write the ID block only), {CMD_RUN} = run the described layer"),
+    ("command", 32, "rw", "header",
+     f"{CMD_IDENTIFY} = identify (write the ID block only), {CMD_RUN} = run the described layer"),
     ("status", 32, "ro", "header", "0 when the last run completed, else the STATUS_* code of what it rejected"),
     ("dm", 32, "ro", "id", "rows (output channels) of the dot-product array"),
     ("dn", 32, "ro", "id", "columns (output pixels) of the dot-product array"),
@@ -143,7 +147,7 @@ class RegisterMap:
                 f"overlay {cfg.name!r}: regmap_version {cfg.regmap_version} is not supported here "
                 f"(known: {sorted(_LAYOUTS)})"
             )
-        registers = [Register(name, offset, width, access, section, doc) for name, width, access, section, doc, offset in _CONTROL]
+        registers = list(_CONTROL)
         offset = ARGS_BASE
         for name, width, access, section, doc in _LAYOUTS[cfg.regmap_version]:
             registers.append(Register(name, offset, width, access, section, doc))

@@ -45,7 +45,7 @@ Imports only numpy (and the numpy-only tiling): this runs on the board.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -184,7 +184,6 @@ class TileTable(NamedTuple):
 class _Layout(NamedTuple):
     """Row tiles of row blocks (one group each, or one packed depthwise layer) and the loop order chosen for each."""
 
-    block_entry: np.ndarray
     block_group: np.ndarray
     block_order: list[np.ndarray]  # original channels of each block in processing order
     row_block: np.ndarray  # block of each row tile
@@ -301,7 +300,7 @@ def _layout_and_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, bat
     count = np.where(row_as, as_count, ws_count) * np.array(b_images, dtype=np.int64)[row_block][:, None]
     passes = (bits[:, None] * row_abits)
     layout = _Layout(
-        np.array(b_entry), np.array(b_group), b_order, row_block, rows, bits, use_as,
+        np.array(b_group), b_order, row_block, rows, bits, use_as,
         np.where(use_as, as_per_block, ws_per_block), np.where(use_as[row_block], first_row, ws_runs), column_tiles,
         b_images[0],
     )
@@ -324,12 +323,18 @@ def tile_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, batch: int
     return _layout_and_table(entries, overlay, batch, grouped, per_image_convs)[1]
 
 
-def _cell_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-tile (fetch, execute, result) cycles of every cell: the stage formulas."""
-    fetch = np.ceil(table.fetch_bytes / (overlay.dram_bytes_per_cycle * params.dram_efficiency))
-    execute = np.ceil((table.kwords + params.pass_overhead_cycles) * table.passes)
-    result = np.ceil(table.result_bytes / (overlay.dram_bytes_per_cycle * params.result_efficiency))
+def _cell_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams,
+                 whole: Callable[[np.ndarray], np.ndarray] = np.ceil) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-tile (fetch, execute, result) cycles of every cell: the stage formulas (``whole`` rounds to cycles)."""
+    fetch = whole(table.fetch_bytes / (overlay.dram_bytes_per_cycle * params.dram_efficiency))
+    execute = whole((table.kwords + params.pass_overhead_cycles) * table.passes)
+    result = whole(table.result_bytes / (overlay.dram_bytes_per_cycle * params.result_efficiency))
     return fetch, np.broadcast_to(execute, fetch.shape), result
+
+
+def _relaxed(cycles: np.ndarray) -> np.ndarray:
+    """Continuous stand-in for ``ceil``: the expected value of ceil(x) over x's fractional part."""
+    return cycles + 0.5
 
 
 class TableCycles(NamedTuple):
@@ -345,18 +350,23 @@ class TableCycles(NamedTuple):
     binary_ops: np.ndarray
 
 
-def table_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams) -> TableCycles:
-    """Cycles of every entry of ``table`` under ``params``, vectorised over all tiles of all entries."""
+def table_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams, relaxed: bool = False) -> TableCycles:
+    """Cycles of every entry of ``table`` under ``params``, vectorised over all tiles of all entries.
+
+    ``relaxed`` replaces the rounding to whole cycles by a smooth stand-in, so that the cycles are differentiable in
+    ``params`` (for fitting; the exact figures are the unrelaxed ones).
+    """
     if table.per_image_convs != params.per_image_convs:
         raise ScheduleError("tile table was built with per_image_convs="
                             f"{table.per_image_convs} but the parameters say {params.per_image_convs}")
-    fetch, execute, result = _cell_cycles(table, overlay, params)
+    whole = _relaxed if relaxed else np.ceil
+    fetch, execute, result = _cell_cycles(table, overlay, params, whole)
     cells = np.broadcast_to(table.entry[:, None], table.count.shape).ravel()
     count = table.count.ravel()
     per_entry = lambda cycles: np.bincount(cells, cycles.ravel() * count, minlength=table.entries)
     stages = np.stack([per_entry(fetch), per_entry(execute), per_entry(result)])
     tiles = per_entry(np.ones(count.shape))
-    overhead = np.ceil(params.layer_overhead_cycles + tiles * params.tile_overhead_cycles)
+    overhead = whole(params.layer_overhead_cycles + tiles * params.tile_overhead_cycles)
     bound = np.argmax(stages, axis=0)
     return TableCycles(
         *stages, overhead, stages.max(axis=0) + overhead, bound,

@@ -6,6 +6,8 @@ loses ``importance * 4**-bits`` per kernel and activation, so some kernels matte
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import types
 
@@ -95,5 +97,38 @@ def toy_env(setting, **kwargs):
                     kernel_scales=kwargs.pop("kernel_scales", toy_kernel_scales(network)), **kwargs)
 
 
-if __name__ == "__main__":  # pragma: no cover - used by test_runner_resume as a subprocess
-    raise SystemExit(f"{sys.argv[0]} is a helper module, not a script")
+class KillingEvaluator(ToyEvaluator):
+    """Sends SIGKILL to its own process on its ``kill_at``-th call: the middle of an episode (the agent has acted;
+    nothing of the episode is learned or checkpointed yet)."""
+
+    def __init__(self, network: NetworkSpec, kill_at: int) -> None:
+        super().__init__(network)
+        self.kill_at = kill_at
+
+    def accuracy(self, plan: QuantPlan, finetune_steps: int = 0) -> float:
+        if self.calls + 1 == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().accuracy(plan, finetune_steps)
+
+
+def run_toy_search(agent_name: str, episodes: int, checkpoint: str, resume: bool = False, kill_at: int = 0, seed: int = 3):
+    """A whole toy search through ``SearchRunner`` with a 0.4x latency budget; returns the history."""
+    from autoq.host.search.checkpoint import seed_everything
+    from autoq.host.search.env import QuantEnv
+    from autoq.host.search.rewards import BudgetSpec, RewardSetting
+    from autoq.host.search.runner import SearchRunner, make_agent
+
+    seed_everything(seed)
+    network = toy_network()
+    setting = RewardSetting.resource_constrained(BudgetSpec.parse("latency", "0.4x"))
+    env = QuantEnv(network, KillingEvaluator(network, kill_at), ToyBackend(), setting, kernel_scales=toy_kernel_scales(network))
+    agent = make_agent(agent_name, episodes, len(network), seed)
+    settings = {"agent": agent_name, "episodes": episodes, "seed": seed}
+    return SearchRunner(env, agent, episodes, checkpoint, settings).run(resume=resume, progress=False)
+
+
+if __name__ == "__main__":  # the SIGKILL test runs a toy search in a child process: AGENT EPISODES CHECKPOINT KILL_AT
+    import torch
+
+    torch.set_num_threads(1)
+    run_toy_search(sys.argv[1], int(sys.argv[2]), sys.argv[3], kill_at=int(sys.argv[4]))

@@ -209,3 +209,36 @@ def test_timing_job_has_the_shapes_and_table_of_the_data_job(layer):
     assert data.descriptor == timing.descriptor
     assert {k: v.shape for k, v in data.buffers.items()} == {k: v.shape for k, v in timing.buffers.items()}
     assert np.array_equal(data.buffers["tiles"], timing.buffers["tiles"])
+
+
+def test_board_side_runs_without_pynq_torch_or_scipy():
+    """What the PYNQ-Z1 imports: the emulated board measures with pynq, torch and scipy unavailable."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('pynq', 'torch', 'scipy', 'matplotlib'): sys.modules[name] = None\n"
+        "from autoq.overlay import board, daemon, driver, protocol\n"
+        "from autoq.common.network import LayerSpec, NetworkSpec\n"
+        "from autoq.common.plan import QuantPlan\n"
+        "net = NetworkSpec('n', (LayerSpec('c', 'conv', 3, 8, 3, 1, 1, 1, (8, 8), (8, 8)),), (3, 8, 8))\n"
+        "m = board.Board.emulated().measure(net, QuantPlan.uniform(net, 4, 4))\n"
+        "assert not hasattr(driver, 'BitSerialEngine')\n"
+        "print(m.provenance.source, m.latency_s > 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["emulated", "True"], out.stderr
+
+
+def test_cli_board_info_on_the_emulated_backend(capsys):
+    from autoq.host.cli import main
+
+    assert main(["board", "info", "emulated"]) == 0
+    text = capsys.readouterr().out
+    assert "protocol version: 1" in text and "pynq_z1  build " + OVERLAY.build_hash in text
+    assert "emulated_power: emulated (analytic energy model)" in text
+    assert main(["board", "info", "emulated", "--json"]) == 0
+    assert '"protocol_version": 1' in capsys.readouterr().out
+    assert main(["board", "info", "model"]) == 2
+    assert "'model' is not a board" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from autoq.common.network import LayerSpec, NetworkSpec
 from autoq.common.plan import LayerPlan, QuantPlan
 from autoq.overlay.manifest import ManifestError, OverlayConfig, bitstreams_dir, load_overlay
 from autoq.overlay.resources import device_capacity, estimate
-from autoq.overlay.schedule import layer_cycles
+from autoq.overlay.schedule import ScheduleParams, layer_cycles
 
 
 def small_net() -> NetworkSpec:
@@ -87,6 +87,17 @@ def test_kernel_wise_plan_between_min_and_max_and_grouping_helps(model):
     assert cost["low"] < cost["mixed"] < cost["high"]
     ungrouped = model.measure(net, mixed, batch=4, grouped=False).layers[2].latency_s
     assert cost["mixed"] < 0.8 * ungrouped
+
+
+def test_per_image_lowering_from_the_calibration_is_used():
+    base = load_default_calibration()
+    schedule = ScheduleParams(**{**base.schedule.to_dict(), "per_image_convs": True, "layer_overhead_cycles": 0.0})
+    model = AnalyticCostModel(load_overlay(), base.with_changes(schedule=schedule))
+    net = small_net()
+    plan = QuantPlan.uniform(net, 4, 4)
+    one, three = model.measure(net, plan, batch=1), model.measure(net, plan, batch=3)
+    assert three.layers[0].cycles["execute"] == 3 * one.layers[0].cycles["execute"]
+    assert model.layer_table(net.layers, batch=3)[0, 3, 3] == three.layers[0].cycles["total"]
 
 
 def test_plan_that_does_not_fit_the_network_is_rejected(model):

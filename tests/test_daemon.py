@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pytest
-import serial
 
 from autoq.common.errors import BackendError, PlanError
 from autoq.common.network import LayerSpec, NetworkSpec
@@ -128,7 +127,7 @@ def test_serial_pty_end_to_end_matches_in_process_emulated(board, digits):
     master, slave = os.openpty()
     daemon = Daemon(board)
     link = FdLink(master)
-    daemon._spawn(daemon._serve_link, link.recv, link.send, Codec(crc=True), "pty", name="pty")
+    daemon.attach_link(link.recv, link.send, crc=True, peer="pty master")
     remote = from_uri(f"serial://{os.ttyname(slave)}?baud=115200&timeout=30")
     local = EmulatedBackend("emulated")
     try:
@@ -282,12 +281,11 @@ def test_refuses_to_listen_beyond_loopback_without_a_key(board):
         daemon.shutdown()
 
 
-def test_cli_refuses_beyond_loopback_without_a_key():
-    proc = subprocess.run(
-        [*AUTOQ, "board", "serve", "--emulate", "--tcp", "0.0.0.0:7700"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2 and "refusing to listen on 0.0.0.0:7700 beyond loopback" in proc.stderr
+def test_cli_refuses_beyond_loopback_without_a_key(capsys):
+    from autoq.host.cli import main
+
+    assert main(["board", "serve", "--emulate", "--tcp", "0.0.0.0:7700"]) == 2
+    assert "autoq board: error: refusing to listen on 0.0.0.0:7700 beyond loopback" in capsys.readouterr().err
 
 
 class SlowBoard:
@@ -364,3 +362,54 @@ def test_unreachable_board_and_bad_uris():
         from_uri("tcp://localhost:1?timeout=x")
     with pytest.raises(BackendError, match="cannot open serial port /dev/does-not-exist"):
         from_uri("serial:///dev/does-not-exist?retries=0").info()
+
+
+@pytest.mark.slow
+def test_cli_cost_over_tcp_prints_the_same_latency_as_in_process_emulated():
+    """``autoq cost resnet18 --uniform 4/4`` against ``autoq board serve --emulate --tcp`` and ``--backend emulated``."""
+    serve = subprocess.Popen([*AUTOQ, "board", "serve", "--emulate", "--tcp", "127.0.0.1:0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = serve.stdout.readline()
+        port = int(banner.split("tcp 127.0.0.1:")[1].split()[0].rstrip(";,"))
+
+        def total(backend: str) -> str:
+            out = subprocess.run([*AUTOQ, "cost", "resnet18", "--uniform", "4/4", "--backend", backend],
+                                 capture_output=True, text=True, timeout=300)
+            assert out.returncode == 0, out.stderr
+            return next(line for line in out.stdout.splitlines() if line.startswith("total: latency"))
+
+        remote, local = total(f"tcp://127.0.0.1:{port}"), total("emulated")
+        assert remote == local and " ms" in remote
+    finally:
+        serve.terminate()
+        serve.communicate(timeout=30)
+    assert serve.returncode == 0
+
+
+def test_connections_beyond_the_limit_get_busy(board):
+    daemon = Daemon(board, max_connections=1)
+    _, port = daemon.listen_tcp("127.0.0.1", 0)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as first:
+            first.sendall(hello_frame(1))
+            assert FrameReader(first.recv, Codec()).read().type == "result"
+            answer = exchange(port, hello_frame(2))
+            assert answer.header["code"] == "busy" and "too many connections" in answer.header["message"]
+        deadline = time.monotonic() + 10  # until the first connection's thread has noticed the close
+        while (answer := exchange(port, hello_frame(3))).type != "result" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert answer.type == "result"
+    finally:
+        daemon.shutdown()
+
+
+def test_an_answer_beyond_the_size_limit_becomes_an_error(board):
+    daemon = Daemon(board, limits=FrameLimits(max_payload=200))
+    _, port = daemon.listen_tcp("127.0.0.1", 0)
+    try:
+        answer = exchange(port, hello_frame(1))
+        assert answer.header["code"] == "oversize" and "cannot send the answer" in answer.header["message"]
+        assert exchange(port, hello_frame(2)).header["code"] == "oversize"  # still serving
+    finally:
+        daemon.shutdown()

@@ -20,7 +20,7 @@ from autoq.overlay.emulated import EmulatedEngine, EmulatedPynqDevice
 from autoq.overlay.engine import run_layer
 from autoq.overlay.layout import build_job
 from autoq.overlay.manifest import ManifestError, load_overlay
-from autoq.overlay.regmap import AP_DONE, AP_IDLE, AP_START, CMD_IDENTIFY, CMD_RUN, MAGIC, STATUS_BAD_TABLE, RegisterMap
+from autoq.overlay.regmap import AP_DONE, AP_IDLE, AP_START, CMD_IDENTIFY, CMD_RUN, STATUS_BAD_TABLE, RegisterMap
 
 BASE = 0x4000_0000
 OVERLAY = load_overlay()

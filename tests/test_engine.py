@@ -10,12 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoq.common.errors import SpecError
-from autoq.common.network import LayerSpec
-from autoq.overlay import bitserial
+from autoq.common.network import LayerSpec, NetworkSpec
+from autoq.common.plan import LayerPlan, QuantPlan
+from autoq.overlay import bitserial, engine
 from autoq.overlay.bitserial import value_range
 from autoq.overlay.engine import EngineResult, conv2d, matmul, run_layer
 from autoq.overlay.manifest import load_overlay
-from autoq.overlay.schedule import ScheduleError, ScheduleParams, layer_cycles
+from autoq.overlay.schedule import LayerEntry, ScheduleError, ScheduleParams, layer_cycles, network_cycles
 from autoq.overlay.tiling import OperandError
 
 PYNQ_Z1 = load_overlay("pynq_z1")
@@ -50,10 +51,12 @@ overlays = st.builds(
 )
 schedule_params = st.builds(
     ScheduleParams,
-    st.floats(0.2, 1.0),
-    st.floats(0, 3000),
-    st.floats(0, 20),
-    st.floats(0, 4),
+    dram_efficiency=st.floats(0.2, 1.0),
+    result_efficiency=st.floats(0.2, 4.0),
+    layer_overhead_cycles=st.floats(0, 3000),
+    tile_overhead_cycles=st.floats(0, 20),
+    pass_overhead_cycles=st.floats(0, 4),
+    per_image_convs=st.booleans(),
 )
 
 
@@ -122,6 +125,33 @@ def test_run_layer_on_network_layers_and_linear_shapes():
     assert flat.cycles == as_conv.cycles
 
 
+def test_network_under_a_kernel_wise_plan_matches_schedule_per_layer():
+    """A small MobileNet-like network, batch 2, random kernel-wise plan: every layer exact, every counter equal."""
+    net = NetworkSpec(
+        "mini",
+        (
+            LayerSpec("stem", "conv", 3, 16, 3, 2, 1, 1, (12, 12), (6, 6)),
+            LayerSpec("dw", "depthwise", 16, 16, 3, 1, 1, 16, (6, 6), (6, 6)),
+            LayerSpec("pw", "conv", 16, 24, 1, 1, 0, 1, (6, 6), (6, 6)),
+            LayerSpec("fc", "linear", 24, 10),
+        ),
+        (3, 12, 12),
+    )
+    rng = np.random.default_rng(6)
+    plan = QuantPlan.for_network(
+        net, (LayerPlan(l.name, tuple(int(b) for b in rng.integers(1, 9, l.c_out)), int(rng.integers(2, 9))) for l in net)
+    )
+    params = ScheduleParams(per_image_convs=True)
+    closed = network_cycles([LayerEntry(l, p.weight_bits, p.act_bits) for l, p in zip(net, plan.layers)], PYNQ_Z1, params, 2)
+    for layer, lp, expected_cycles in zip(net, plan.layers, closed):
+        bits = np.array(lp.weight_bits)
+        x = rng.integers(0, 2**lp.act_bits, size=(2, layer.c_in, *layer.in_hw))
+        w = random_weights(rng, bits, (layer.c_out, layer.c_in // layer.groups, *layer.kernel))
+        result = run_layer(layer, x, w, bits, lp.act_bits, PYNQ_Z1, params)
+        np.testing.assert_array_equal(result.output, reference_conv(x, w, layer.stride, layer.padding, layer.groups))
+        assert result.cycles[:6] == expected_cycles[:6], layer.name
+
+
 def test_grouping_by_bits_cuts_engine_execute_cycles():
     rng = np.random.default_rng(4)
     bits = np.tile([8, 2], 16)  # alternating widths: every natural-order tile runs at 8 bits
@@ -144,6 +174,13 @@ def test_wrong_msb_sign_breaks_conv_equality(monkeypatch):
     assert not np.array_equal(conv2d(x, w, bits, 3, PYNQ_Z1).output, expected)
 
 
+def test_engine_rejects_a_schedule_that_misses_outputs(monkeypatch):
+    real_tiles = engine.layer_tiles
+    monkeypatch.setattr(engine, "layer_tiles", lambda *args: list(real_tiles(*args))[:-1])
+    with pytest.raises(RuntimeError, match="do not cover every output"):
+        conv2d(np.ones((1, 2, 4, 4), dtype=int), np.ones((3, 2, 1, 1), dtype=int), [2, 2, 2], 1, PYNQ_Z1)
+
+
 @pytest.mark.parametrize(
     "change, error, message",
     [
@@ -153,7 +190,7 @@ def test_wrong_msb_sign_breaks_conv_equality(monkeypatch):
         (dict(bits=[4, 4, 4]), OperandError, "3 bit-widths for 4 rows"),
         (dict(bits=[4, 4, 4, 9]), OperandError, r"weight_bits\[3\] = 9 is outside \[1, 8\]"),
         (dict(act_bits=9), ScheduleError, "act_bits must be an int in"),
-        (dict(act_bits=2), OperandError, r"activations.T\[0, 0\] = 7 does not fit"),
+        (dict(act_bits=2), OperandError, r"activations \(group \* N, K\)\[0, 0\] = 7 .* 2-bit unsigned range \[0, 3\]"),
         (dict(bits=[4, 4, 2, 4]), OperandError, r"weights\[2, 0\] = -8 does not fit row 2's 2-bit"),
         (dict(padding=-1), SpecError, "padding >= 0"),
         (dict(groups=2), SpecError, "groups=2 must divide"),

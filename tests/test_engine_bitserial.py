@@ -9,6 +9,7 @@ from autoq.overlay.bitserial import (
     bitserial_matmul,
     pack_bitplanes,
     popcount,
+    padded_words,
     popcount_lookup,
     unpack_bitplanes,
     value_range,
@@ -89,6 +90,12 @@ def test_wrong_msb_sign_breaks_equality(monkeypatch):
     assert not np.array_equal(bitserial_matmul(w, bits, a, 4), w @ a)
 
 
+def test_padded_words():
+    assert [padded_words(k, dk) for k, dk in [(1, 256), (256, 256), (257, 256), (65, 8), (64, 64), (9, 1)]] == [4, 4, 8, 2, 1, 1]
+    with pytest.raises(OperandError, match="no columns"):
+        pack_bitplanes(np.zeros((2, 0), dtype=int), 2, signed=False)
+
+
 def test_popcount_paths_agree():
     rng = np.random.default_rng(2)
     words = rng.integers(0, 2**63, size=(7, 3, 5), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
@@ -96,6 +103,15 @@ def test_popcount_paths_agree():
     expected = np.vectorize(lambda x: bin(int(x)).count("1"))(words)
     np.testing.assert_array_equal(popcount_lookup(words), expected)
     np.testing.assert_array_equal(popcount(words), expected)
+
+
+def test_old_numpy_without_bitwise_count(monkeypatch):
+    """Boards may carry numpy < 2: the byte lookup table stands in for ``np.bitwise_count``."""
+    rng = np.random.default_rng(3)
+    bits = rng.integers(1, 9, size=6)
+    w, a = random_weights(rng, bits, 100), rng.integers(0, 8, size=(100, 4))
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    np.testing.assert_array_equal(bitserial_matmul(w, bits, a, 3), w @ a)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ import pytest
 
 from autoq.common.network import LayerSpec
 from autoq.hls import csim
+from autoq.host.cli import main
 from autoq.overlay.layout import ROW_TILE_HEADER_WORDS, build_job
 from autoq.overlay.manifest import load_overlay
 from autoq.overlay.regmap import (
@@ -24,8 +25,12 @@ TIGHT = PYNQ.with_changes(name="tight", dm=4, dn=4, dk=64, lhs_mem_words=16, rhs
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("hls-cache")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("hls-cache")
+
+
+@pytest.fixture(scope="module")
+def builds(cache):
     return {overlay.name: csim.build(overlay, cache) for overlay in (PYNQ, TIGHT)}
 
 
@@ -54,6 +59,20 @@ def test_random_layers_with_tight_buffers_and_random_schedule_parameters(builds)
         )
         assert_passes(csim.check_layer(builds["tight"], case.layer, case.x_int, case.w_int, case.weight_bits,
                                        case.act_bits, params))
+
+
+@pytest.mark.parametrize("c_out, size, act_bits, bits", [
+    (16, 4, 4, [8] * 16),  # activation-stationary, 2 column blocks, weights refetched per block
+    (24, 8, 2, [8] * 24),  # activation-stationary, column blocks of 4 column tiles
+    (16, 8, 8, [2] * 8 + [8] * 8),  # weight-stationary, runs of row tiles sharing the lhs buffer, acts refetched
+])
+def test_reuse_paths_of_the_tight_overlay(builds, c_out, size, act_bits, bits):
+    """K = 72 fills 2 words of 64 bits: an 8-bit row tile takes the whole 16-word lhs buffer."""
+    rng = np.random.default_rng(c_out + size)
+    layer = LayerSpec("reuse", "conv", 8, c_out, 3, 1, 1, 1, (size, size), (size, size))
+    w = rng.integers(-2, 2, size=(c_out, 8, 3, 3))
+    x = rng.integers(0, 1 << act_bits, size=(1, 8, size, size))
+    assert_passes(csim.check_layer(builds["tight"], layer, x, w, bits, act_bits))
 
 
 def test_extreme_values_binary_weights_and_packed_depthwise(builds):
@@ -119,3 +138,34 @@ def test_rejected_runs_name_the_problem_and_write_nothing(builds):
     roomy = TIGHT.with_changes(lhs_mem_words=1024, rhs_mem_words=1024)
     run = csim.run_job(builds["tight"], build_job(layer, x, w, [8] * 4, 8, roomy))
     assert run.registers["status"] == STATUS_BUFFER_OVERFLOW and not run.results.any()
+
+
+def test_cli_prints_a_pass_table_and_refuses_bad_arguments(builds, cache, monkeypatch, capsys):
+    monkeypatch.setenv("AUTOQ_HLS_CACHE", str(cache))  # reuses the module's build
+    assert main(["hls", "csim", "--layers", "3", "--seed", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" pass\n") == 3 and "3/3 layers bit-exact" in out
+    assert main(["hls", "csim", "--layers", "0"]) == 2
+    assert "--layers must be at least 1" in capsys.readouterr().err
+
+
+def test_emulated_device_answers_like_the_csim(builds):
+    """The driver over the emulated device and the C-sim of the engine, on the same jobs: same results, same
+    cycle counters (the emulated board stands in for this hardware)."""
+    from autoq.calibration.costmodel import load_default_calibration
+    from autoq.overlay.driver import BusEngine
+    from autoq.overlay.emulated import EmulatedEngine
+
+    calibration = load_default_calibration()
+    rng = np.random.default_rng(11)
+    for i in range(4):
+        case = csim.random_case(rng, f"e{i}")
+        job = build_job(case.layer, case.x_int, case.w_int, case.weight_bits, case.act_bits, PYNQ)
+        device = EmulatedEngine(PYNQ, calibration, compute=True)
+        driver = BusEngine(device, device.allocate)
+        driver.attach(PYNQ)
+        prepared = driver.prepare(job)
+        counters = driver.run(prepared)
+        run = csim.run_job(builds["pynq_z1"], job, calibration.schedule)
+        np.testing.assert_array_equal(driver.results(prepared), run.results)
+        assert tuple(counters) == tuple(run.registers[name] for name in csim.COUNTERS)

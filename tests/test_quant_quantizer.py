@@ -93,14 +93,20 @@ def test_apply_writes_tensors_without_rebuilding_modules_or_searching_again(monk
     qmodel, data = tiny()
     modules = {name: id(m) for name, m in qmodel.model.named_modules()}
     bit_buffers = {name: q.weight_bits for name, q in qmodel.quantizers.items()}
-    with torch.no_grad():
-        qmodel(data)  # builds the per-bit-width scale tables once
+    plans = [mixed_plan(qmodel.network, seed) for seed in range(4)]
     searches = []
     original = qz.mse_optimal_weight_scales
     monkeypatch.setattr(qz, "mse_optimal_weight_scales", lambda *a: searches.append(1) or original(*a))
+    for plan in plans:
+        count = len(searches)
+        qmodel.apply(plan)
+        assert len(searches) == count  # apply only writes bit-width tensors
+        with torch.no_grad():
+            qmodel(data)  # searches the clips of bit-widths not seen before
+    assert 0 < len(searches) <= 8 * len(qmodel.quantizers)
+    searches.clear()
     outputs = []
-    for seed in range(5):
-        plan = mixed_plan(qmodel.network, seed)
+    for plan in plans:
         qmodel.apply(plan)
         assert {name: id(m) for name, m in qmodel.model.named_modules()} == modules
         for name, quantizer in qmodel.quantizers.items():
@@ -109,7 +115,7 @@ def test_apply_writes_tensors_without_rebuilding_modules_or_searching_again(monk
             assert quantizer.act_bits == plan[name].act_bits
         with torch.no_grad():
             outputs.append(qmodel(data))
-    assert searches == []  # plan switches reuse the cached clip search; only weight updates trigger a new one
+    assert searches == []  # every clip search is reused until the weights change
     assert not torch.equal(outputs[0], outputs[1])
 
 

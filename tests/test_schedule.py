@@ -10,11 +10,15 @@ from autoq.common.network import LayerSpec
 from autoq.overlay.manifest import OverlayConfig, load_overlay
 from autoq.overlay.schedule import (
     PACKED_GROUPS,
+    LayerEntry,
     ScheduleError,
     ScheduleParams,
     layer_cycles,
     layer_tiles,
+    network_cycles,
     sum_tiles,
+    table_cycles,
+    tile_table,
 )
 from autoq.overlay.tiling import OperandError
 
@@ -173,3 +177,22 @@ def test_bad_params(kwargs, message):
     with pytest.raises(ScheduleError, match="unknown schedule parameters"):
         ScheduleParams.from_dict({"dram_eff": 1.0})
     assert ScheduleParams.from_dict(PARAMS.to_dict()) == PARAMS
+
+
+def test_network_table_matches_layer_by_layer_and_relaxation_is_close():
+    overlay = small_overlay()
+    rng = np.random.default_rng(5)
+    layers = [LayerSpec("a", "conv", 8, 12, 3, 1, 1, 1, (7, 7), (7, 7)),
+              LayerSpec("b", "depthwise", 12, 12, 3, 2, 1, 12, (7, 7), (4, 4)),
+              LayerSpec("c", "linear", 192, 10)]
+    entries = [LayerEntry(l, rng.integers(1, 9, l.c_out), int(rng.integers(1, 9))) for l in layers]
+    for params in (PARAMS, PER_IMAGE):
+        together = network_cycles(entries, overlay, params, batch=2)
+        assert together == [layer_cycles(e.layer, e.weight_bits, e.act_bits, overlay, params, batch=2) for e in entries]
+        table = tile_table(entries, overlay, 2, True, params.per_image_convs)
+        exact, relaxed = table_cycles(table, overlay, params), table_cycles(table, overlay, params, relaxed=True)
+        assert np.all(np.abs(relaxed.total / exact.total - 1) < 0.1)
+    with pytest.raises(ScheduleError, match="per_image_convs=False but the parameters say True"):
+        table_cycles(tile_table(entries, overlay, 2), overlay, PER_IMAGE)
+    with pytest.raises(ScheduleError, match="no layers to schedule"):
+        network_cycles([], overlay, PARAMS)

@@ -28,7 +28,7 @@ set_property ip_repo_paths [list $ip_repo] [current_project]
 update_ip_catalog
 create_bd_design system
 
-set ps [create_bd_cell -type ip -vlnv xilinx.com:ip:processing_system7 ps7]
+set ps [create_bd_cell -type ip -vlnv xilinx.com:ip:processing_system7:5.5 ps7]
 apply_bd_automation -rule xilinx.com:bd_rule:processing_system7 \
     -config [list make_external {FIXED_IO, DDR} apply_board_preset [expr {$board ne "" ? 1 : 0}] Master Disable Slave Disable] $ps
 set ps_config [list CONFIG.PCW_USE_M_AXI_GP0 1 CONFIG.PCW_FPGA0_PERIPHERAL_FREQMHZ $AQ_CLOCK_MHZ]

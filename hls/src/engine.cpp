@@ -2,6 +2,8 @@
 // autoq.overlay.regmap) and AXI masters to DDR for weights, activations, results and the tile table.
 #include "engine.hpp"
 
+typedef aq::Engine<aq::Config> Engine;
+
 void bitserial_engine(AQ_TOP_PARAMS) {
     AQ_INTERFACE_PRAGMAS
     AQ_WRITE_ID_BLOCK
@@ -14,16 +16,21 @@ void bitserial_engine(AQ_TOP_PARAMS) {
         return;
     }
     aq::Layer layer;
-    unsigned code = aq::describe(c_in, c_out, groups, kh, kw, stride_h, stride_w, pad_h, pad_w, in_h, in_w, out_h,
-                                 out_w, batch, abits, num_tiles, layer);
-    if (code == aq::layout::STATUS_OK) code = aq::check_table(layer, tiles_addr);
+    unsigned code = Engine::describe(c_in, c_out, groups, kh, kw, stride_h, stride_w, pad_h, pad_w, in_h, in_w,
+                                     out_h, out_w, batch, abits, num_tiles, layer);
+    if (code == aq::layout::STATUS_OK) code = Engine::check_table(layer, tiles_addr);
     *status = code;
     if (code != aq::layout::STATUS_OK) return;
 
-    static aq::Engine engine;
+    static Engine::lhs_t lhs;
+#pragma HLS ARRAY_PARTITION variable = lhs type = complete dim = 1
+    static Engine::rhs_t rhs;
+#pragma HLS ARRAY_PARTITION variable = rhs type = complete dim = 1
+    Engine::accs_t acc;
+#pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 0
     aq::Counters counters = {0, 0, 0, 0};
     const aq::Timing timing = aq::engine_timing();
-    engine.run(layer, tiles_addr, weights_addr, activations_addr, results_addr, timing, counters);
+    Engine::run_layer(lhs, rhs, acc, layer, tiles_addr, weights_addr, activations_addr, results_addr, timing, counters);
 
     const double overhead = std::ceil(timing.layer_overhead_cycles + counters.tiles * timing.tile_overhead_cycles);
     unsigned long long slowest = counters.fetch;

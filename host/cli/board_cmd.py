@@ -21,6 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--baud", type=int, default=115200, help="serial baud rate (default 115200)")
     serve.add_argument("--key-file", metavar="FILE", help="shared HMAC key; required to listen beyond loopback")
     serve.add_argument("--overlay", default=None, help="overlay to load from the board's bitstreams/ (default pynq_z1)")
+    serve.add_argument("--meter", action="append", default=[], metavar="SPEC",
+                       help="power meter to read while measuring (repeatable; the board has none of its own on PYNQ-Z1): "
+                            "um25c:/dev/rfcomm0, scpi:/dev/ttyUSB0?mode=vi|power|all, line:/dev/ttyACM0, "
+                            "pmbus[?rails=A,B]; see autoq.overlay.sensors.factory")
     serve.add_argument("--busy-wait", type=float, default=60.0, metavar="S",
                        help="how long a request waits for the engine before a 'busy' answer (default 60)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every link and bad request")
@@ -36,8 +40,8 @@ def _host_port(text: str) -> tuple[str, int]:
     from autoq.overlay.daemon import DaemonError
 
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise DaemonError(f"--tcp wants HOST:PORT, got {text!r}")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise DaemonError(f"--tcp wants HOST:PORT with a port in 0..65535, got {text!r}")
     return host.strip("[]"), int(port)
 
 
@@ -48,6 +52,8 @@ def serve_handler(args: argparse.Namespace) -> int:
     from autoq.overlay.daemon import Daemon, DaemonError
     from autoq.overlay.manifest import DEFAULT_OVERLAY
     from autoq.overlay.protocol import ProtocolError, load_key
+    from autoq.overlay.sensors.base import close_sensors
+    from autoq.overlay.sensors.factory import power_sensors_from_specs
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="autoq board: %(message)s")
     try:
@@ -57,7 +63,14 @@ def serve_handler(args: argparse.Namespace) -> int:
     tcp = args.tcp or (None if args.serial else DEFAULT_TCP)
     if tcp:  # refuse before touching the hardware
         host, port = _host_port(tcp)
-    board = open_board(emulate=args.emulate, overlay=args.overlay or DEFAULT_OVERLAY)
+    if args.meter and args.emulate:
+        raise DaemonError("--meter reads a real board's power; the emulated device has its own power model")
+    sensors = power_sensors_from_specs(args.meter)
+    try:
+        board = open_board(emulate=args.emulate, overlay=args.overlay or DEFAULT_OVERLAY, sensors=sensors)
+    except BaseException:
+        close_sensors(sensors)
+        raise
     daemon = Daemon(board, key=key, busy_wait_s=args.busy_wait)
     links = []
     serial_port = None
@@ -84,6 +97,7 @@ def serve_handler(args: argparse.Namespace) -> int:
         if serial_port is not None:
             serial_port.close()
         board.close()
+        close_sensors(sensors)
     print("autoq board: stopped", flush=True)
     return 0
 

@@ -48,7 +48,7 @@ def _lookup_dataset(args: argparse.Namespace, clock_hz: float):
 
 
 def _line(label: str, figures: dict[str, Any]) -> str:
-    return f"  {label:38s} MAPE {figures['mape_percent']:8.2f}%   max {figures['max_ape_percent']:8.2f}%"
+    return f"  {label:46s} MAPE {figures['mape_percent']:8.2f}%   max {figures['max_ape_percent']:8.2f}%"
 
 
 def render(report: dict[str, Any], path: str, overlay: dict[str, Any] | None) -> str:

@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate = commands.add_parser("generate", help="write hls/generated/<overlay>/ (config header, Tcl settings)")
     generate.add_argument("--overlay", default=DEFAULT_OVERLAY, help="overlay name in bitstreams/ or a manifest path")
     generate.add_argument("--output", type=Path, help="folder to write to (default: hls/generated/<overlay>/)")
-    generate.add_argument("--check", action="store_true", help="write nothing; exit 1 if the files differ from a fresh rendering")
+    generate.add_argument("--check", action="store_true",
+                          help="write nothing; exit 1 if the files differ from a fresh rendering")
     generate.set_defaults(handler=generate_handler)
 
     csim = commands.add_parser("csim", help="run random layers through the g++ C-sim and compare with the reference engine")
@@ -67,9 +68,11 @@ def csim_handler(args: argparse.Namespace) -> int:
         bits = sorted(set(check.weight_bits))
         verdict = "pass" if check.passed else ("FAIL outputs" if not check.exact else "FAIL cycles")
         failures += not check.passed
+        outputs = layer.c_out * check.batch * layer.out_hw[0] * layer.out_hw[1]
         print(f"{layer.name:<8} {layer.kind:<9} {f'{layer.c_in}>{layer.c_out}/{layer.groups}':<14} "
               f"{f'{layer.kernel[0]}/{layer.stride[0]}/{layer.padding[0]}':<7} {check.batch:>5} "
-              f"{','.join(map(str, bits)):<9} {check.act_bits:>5} {case.layer.c_out * check.batch * layer.out_hw[0] * layer.out_hw[1]:>8} "
+              f"{','.join(map(str, bits)):<9} {check.act_bits:>5} {outputs:>8} "
               f"{check.mismatches:>8} {check.csim_cycles[3]:>12} {check.model_cycles.total:>12}  {verdict}")
-    print(f"{args.layers - failures}/{args.layers} layers bit-exact with the reference engine and cycle-exact with the schedule model")
+    print(f"{args.layers - failures}/{args.layers} layers bit-exact with the reference engine "
+          "and cycle-exact with the schedule model")
     return 1 if failures else 0

@@ -31,7 +31,7 @@ becomes an ``AvgPool2d`` over the whole map); its precision is ``DEFAULT_PRECISI
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
     from autoq.host.quant.quantizer import QuantizedModel
 
+HLS_BACKEND = "Vivado"
+PYNQ_Z1_PART = "xc7z020clg400-1"
+PROJECT_NAME = "autoq_model"
 SCALE_SIGNIFICANT_BITS = 24
 RESULT_FRACTION_BITS = 16
 DEFAULT_PRECISION = "ap_fixed<32,16>"
@@ -110,8 +113,9 @@ def _batchnorm(channels: int, spatial: bool, scale: "torch.Tensor", bias: "torch
 def integer_domain_model(qmodel: "QuantizedModel", example: "torch.Tensor") -> tuple["fx.GraphModule", dict[str, LayerPrecision]]:
     """The quantized model rewritten as quant -> integer layer -> scale for every quantized layer (module docstring).
 
-    Returns the rewritten float ``GraphModule`` (which computes what the hls4ml project computes, up to the fixed-point
-    rounding of scales and results) and the precisions chosen per layer, keyed by hls4ml layer name prefix.
+    Returns the rewritten ``GraphModule`` — hls4ml's input: its quantize layers only scale, because the rounding and
+    clamping live in the result types of the precisions, so running it in torch does *not* quantize activations —
+    and the precisions chosen per layer, keyed by hls4ml layer name prefix.
     """
     import torch
     from torch import fx, nn
@@ -213,3 +217,73 @@ def _is_global_average_pool(node: "fx.Node", modules: dict[str, Any]) -> bool:
     else:
         return False
     return size in (1, (1, 1), [1, 1])
+
+
+@dataclass(frozen=True)
+class HlsExport:
+    """An exported hls4ml project: the hls4ml model (``compile()``/``predict()`` run its C simulation), the
+    integer-domain torch model it was converted from, and the precisions chosen per quantized layer."""
+
+    hls_model: Any
+    integer_model: "fx.GraphModule"
+    precisions: dict[str, LayerPrecision]
+    output_dir: Path
+
+
+def hls4ml_config(integer_model: "fx.GraphModule", precisions: dict[str, LayerPrecision], input_shape: tuple[int, ...]) -> dict:
+    """hls4ml's per-layer configuration with the precisions of ``precisions`` (module docstring)."""
+    import hls4ml
+
+    config = hls4ml.utils.config_from_pytorch_model(
+        integer_model, input_shape, granularity="name", default_precision=DEFAULT_PRECISION, backend=HLS_BACKEND
+    )
+    layers = config["LayerName"]
+    for prefix, p in precisions.items():
+        layers[f"{prefix}_quant"]["Precision"] = {"scale": p.input_scale, "bias": "ap_fixed<2,1>", "result": p.input}
+        layers[f"{prefix}_int"]["Precision"] = {"weight": p.weight, "bias": "ap_int<2>", "accum": p.accumulator, "result": p.accumulator}
+        layers[f"{prefix}_scale"]["Precision"] = {"scale": p.scale, "bias": p.bias, "result": p.result}
+    for node in integer_model.graph.nodes:
+        if node.op == "placeholder":
+            layers[node.name]["Precision"]["result"] = INPUT_PRECISION
+    return config
+
+
+def export_hls4ml(qmodel: "QuantizedModel", plan: QuantPlan, output_dir: str | Path, *, part: str = PYNQ_Z1_PART) -> HlsExport:
+    """Apply ``plan`` to ``qmodel`` and write an hls4ml project for it into ``output_dir`` (not compiled: call
+    ``result.hls_model.compile()`` for the C simulation, or run the vendor tools on the project)."""
+    import contextlib
+    import io
+    import json
+
+    import torch
+
+    qmodel.apply(plan)
+    output = Path(output_dir)
+    example = torch.zeros((1, *qmodel.network.input_shape))
+    integer_model, precisions = integer_domain_model(qmodel, example)
+    log = io.StringIO()
+    try:
+        import hls4ml
+
+        with contextlib.redirect_stdout(log):
+            config = hls4ml_config(integer_model, precisions, qmodel.network.input_shape)
+            hls_model = hls4ml.converters.convert_from_pytorch_model(
+                integer_model, hls_config=config, output_dir=str(output), project_name=PROJECT_NAME,
+                backend=HLS_BACKEND, io_type="io_parallel", part=part,
+            )
+            hls_model.write()
+    except HlsExportError:
+        raise
+    except Exception as exc:  # hls4ml reports unsupported graphs with bare Exceptions
+        raise HlsExportError(f"hls4ml could not convert the model: {exc}\n{log.getvalue()[-2000:]}") from None
+    from autoq.common.fileio import atomic_write_text
+
+    atomic_write_text(
+        output / "autoq_precisions.json",
+        json.dumps(
+            {"plan_hash": plan.hash, "rule": "per layer: the widest kernel's bits (see autoq.host.export.hls4ml_export)",
+             "layers": {p.name: asdict(p) for p in precisions.values()}},
+            indent=1,
+        ) + "\n",
+    )
+    return HlsExport(hls_model, integer_model, precisions, output)

@@ -56,7 +56,7 @@ class QuantizerConfig:
     layers: tuple[str, ...] | None = None
     first_layer: EdgePolicy = "plan"
     last_layer: EdgePolicy = "plan"
-    clip_ratios: int = 40
+    clip_ratios: int = 32
     calibration_values: int = 1 << 16
     seed: int = 0
 
@@ -167,16 +167,18 @@ class LayerQuantizer(nn.Module):
 
     # -- weights --------------------------------------------------------------------------------------------------
     def scale_table(self, weight: torch.Tensor) -> torch.Tensor:
-        """(MAX_BITS, c_out) MSE-optimal scales of every kernel at every bit-width, recomputed when the weight changes."""
+        """(MAX_BITS, c_out) MSE-optimal kernel scales, row ``b - 1`` for ``b`` bits; rows for the bit-widths in use are
+        searched when first needed and kept until the weight changes."""
         key = (weight._version, weight.data_ptr())
         if self._scale_table is None or self._scale_table[0] != key:
-            with torch.no_grad():
-                rows = weight.detach().flatten(1)
-                table = torch.stack(
-                    [mse_optimal_weight_scales(rows, torch.full_like(self.weight_bits, b), self.ratios) for b in range(1, MAX_BITS + 1)]
-                )
-            self._scale_table = (key, table)
-        return self._scale_table[1]
+            self._scale_table = (key, torch.full((MAX_BITS, len(self.weight_bits)), float("nan")))
+        table = self._scale_table[1]
+        for bits in self.weight_bits.unique().tolist():
+            if torch.isnan(table[bits - 1, 0]):
+                with torch.no_grad():
+                    rows = weight.detach().flatten(1)
+                    table[bits - 1] = mse_optimal_weight_scales(rows, torch.full_like(self.weight_bits, bits), self.ratios)
+        return table
 
     def weight_scale(self, weight: torch.Tensor) -> torch.Tensor:
         """Per-kernel scale at the current bits.

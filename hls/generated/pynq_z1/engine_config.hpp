@@ -2,24 +2,22 @@
 // run `autoq hls generate --overlay pynq_z1` after changing bitstreams/pynq_z1/manifest.json.
 #pragma once
 
-#define AQ_OVERLAY_NAME "pynq_z1"
-
 namespace aq {
-namespace cfg {
-constexpr unsigned DM = 8;
-constexpr unsigned DN = 8;
-constexpr unsigned DK = 256;
-constexpr unsigned MAX_BITS = 8;
-constexpr unsigned ACC_BITS = 32;
-constexpr unsigned LHS_MEM_WORDS = 512;
-constexpr unsigned RHS_MEM_WORDS = 512;
-constexpr unsigned RESULT_MEM_WORDS = 2;
-constexpr unsigned DRAM_PORTS = 1;
-constexpr unsigned DRAM_WIDTH_BITS = 64;
-constexpr unsigned WORD_BITS = 64;
-constexpr unsigned RESULT_BITS = 32;
-constexpr double CLOCK_MHZ = 200.0;
-}  // namespace cfg
+// The overlay's structure: the parameter of the engine template (aq::Engine<aq::Config>).
+struct Config {
+    static const unsigned DM = 8;
+    static const unsigned DN = 8;
+    static const unsigned DK = 256;
+    static const unsigned MAX_BITS = 8;
+    static const unsigned ACC_BITS = 32;
+    static const unsigned LHS_MEM_WORDS = 512;
+    static const unsigned RHS_MEM_WORDS = 512;
+    static const unsigned RESULT_MEM_WORDS = 2;
+    static const unsigned DRAM_PORTS = 1;
+    static const unsigned DRAM_WIDTH_BITS = 64;
+    static const unsigned WORD_BITS = 64;
+    static const unsigned RESULT_BITS = 32;
+};
 
 // Command, status and tile-table encodings (autoq.overlay.regmap, autoq.overlay.layout).
 namespace layout {
@@ -31,7 +29,6 @@ constexpr unsigned STATUS_BAD_DESCRIPTOR = 0x2u;
 constexpr unsigned STATUS_BAD_TABLE = 0x3u;
 constexpr unsigned STATUS_BUFFER_OVERFLOW = 0x4u;
 constexpr unsigned ROW_TILE_HEADER_WORDS = 0x2u;
-constexpr unsigned NO_CHANNEL = 0xffffffffu;
 }  // namespace layout
 
 // Schedule parameters the cycle counters charge (autoq.overlay.schedule.ScheduleParams).

@@ -1,0 +1,44 @@
+"""``autoq export --plan PLAN.json [--model M] [--onnx OUT.onnx] [--hls4ml DIR] [--finetune-steps N]``:
+fine-tune the model under a plan, then export it to ONNX and/or an hls4ml project."""
+from __future__ import annotations
+
+import argparse
+
+from autoq.common.errors import AutoQError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export", help="fine-tune a plan's quantized model and export it (ONNX, hls4ml)", description=__doc__.split(":\n", 1)[1]
+    )
+    parser.add_argument("--plan", required=True, help="plan JSON (e.g. best_reward.plan.json from a results folder)")
+    parser.add_argument("--model", default="digits", help="model reference the plan was searched for (default: digits)")
+    parser.add_argument("--data", default=None, help="dataset the model is fine-tuned and evaluated on (default: the model's task)")
+    parser.add_argument("--arch", default=None, help="architecture of a .pt state dict given as --model")
+    parser.add_argument("--onnx", metavar="OUT.onnx", help="write the quantized model as ONNX")
+    parser.add_argument("--hls4ml", metavar="DIR", help="write an hls4ml project (per-layer precision: the widest kernel's bits)")
+    parser.add_argument("--finetune-steps", type=int, default=0, metavar="N", help="SGD steps of fine-tuning before export (default 0)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not (args.onnx or args.hls4ml):
+        raise AutoQError("nothing to export: give --onnx OUT.onnx and/or --hls4ml DIR")
+    if args.finetune_steps < 0:
+        raise AutoQError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
+    from autoq.common.plan import QuantPlan
+    from autoq.host.evaluate import Evaluator
+    from autoq.host.export.finalize import export_final
+    from autoq.host.tasks import load_task
+
+    plan = QuantPlan.load(args.plan)
+    task = load_task(args.model, args.data, args.arch)
+    plan.check(task.network)
+    result = export_final(Evaluator.for_task(task), plan, args.finetune_steps, args.onnx, args.hls4ml)
+    print(f"plan {plan.hash} on {task.name}: accuracy {result.accuracy_before:.4f}"
+          + (f" -> {result.accuracy_after:.4f} after {args.finetune_steps} fine-tune steps" if args.finetune_steps else ""))
+    if result.onnx:
+        print(f"ONNX: {result.onnx}")
+    if result.hls4ml:
+        print(f"hls4ml project: {result.hls4ml} (C simulation: hls4ml's compile()/predict(); synthesis needs Vivado HLS)")
+    return 0

@@ -1,0 +1,71 @@
+"""The end of a search: fine-tune the chosen plan, then export it to ONNX and (optionally) to an hls4ml project.
+
+``export_final`` is what ``autoq export`` runs; ``finalize`` is what the search runner calls, writing into
+``<out_dir>/final/``: ``plan.json``, ``model.onnx``, ``hls4ml/`` (when asked) and ``final.json`` (accuracies before
+and after the fine-tune, and where everything went).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from autoq.common.fileio import atomic_write_text
+from autoq.common.plan import QuantPlan
+
+if TYPE_CHECKING:
+    from autoq.host.evaluate import Evaluator
+
+FINAL_DIR = "final"
+
+
+@dataclass(frozen=True)
+class FinalExport:
+    plan: QuantPlan
+    finetune_steps: int
+    accuracy_before: float
+    accuracy_after: float
+    onnx: Path | None
+    hls4ml: Path | None
+
+    def to_dict(self) -> dict:
+        return {
+            "plan_hash": self.plan.hash,
+            "finetune_steps": self.finetune_steps,
+            "accuracy_before_finetune": self.accuracy_before,
+            "accuracy_after_finetune": self.accuracy_after,
+            "onnx": str(self.onnx) if self.onnx else None,
+            "hls4ml": str(self.hls4ml) if self.hls4ml else None,
+        }
+
+
+def export_final(
+    evaluator: "Evaluator", plan: QuantPlan, finetune_steps: int, onnx: str | Path | None = None, hls4ml: str | Path | None = None
+) -> FinalExport:
+    """Fine-tune ``evaluator``'s model under ``plan`` for ``finetune_steps`` steps (kept), then export it.
+
+    The model is changed in place: this is the last thing done with it.
+    """
+    from autoq.host.export.onnx_export import export_quantized_onnx
+
+    plan.check(evaluator.qmodel.network)
+    before = evaluator.accuracy(plan)
+    after = evaluator.finetune_and_keep(plan, finetune_steps)
+    onnx_path = export_quantized_onnx(evaluator.qmodel, plan, onnx) if onnx else None
+    hls_dir = None
+    if hls4ml:
+        from autoq.host.export.hls4ml_export import export_hls4ml
+
+        hls_dir = export_hls4ml(evaluator.qmodel, plan, hls4ml).output_dir
+    return FinalExport(plan, finetune_steps, before, after, Path(onnx_path) if onnx_path else None, hls_dir)
+
+
+def finalize(out_dir: str | Path, evaluator: "Evaluator", plan: QuantPlan, finetune_steps: int, hls4ml: bool = False) -> FinalExport:
+    """``export_final`` into ``<out_dir>/final/`` (see the module docstring)."""
+    final = Path(out_dir) / FINAL_DIR
+    final.mkdir(parents=True, exist_ok=True)
+    plan.save(final / "plan.json")
+    result = export_final(evaluator, plan, finetune_steps, final / "model.onnx", final / "hls4ml" if hls4ml else None)
+    atomic_write_text(final / "final.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    return result

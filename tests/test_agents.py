@@ -1,0 +1,159 @@
+"""Agents on the toy network: AutoQ learns, HAQ is layer-wise, the baselines do what they claim."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from autoq.common.plan import QuantPlan
+from autoq.host.search.agents.autoq import AutoQAgent, AutoQConfig
+from autoq.host.search.agents.baselines import GreedyAgent, RandomAgent, UniformAgent
+from autoq.host.search.agents.haq import HAQAgent, HAQConfig
+from autoq.host.search.rewards import BudgetSpec, CostPoint, RewardSetting
+from searchtoys import toy_env
+
+TIGHT = RewardSetting.resource_constrained(BudgetSpec.parse("latency", "0.4x"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(agent, env, episodes):
+    outcomes = []
+    for episode in range(episodes):
+        if agent.finished():
+            break
+        outcomes.append(agent.run_episode(env, episode))
+    return outcomes
+
+
+def small_autoq(episodes, **overrides):
+    return AutoQConfig(episodes, hidden=(64, 64), **overrides)
+
+
+def test_autoq_improves_reward_on_a_toy_network():
+    torch.manual_seed(0)
+    env = toy_env(TIGHT)
+    episodes = 40
+    agent = AutoQAgent(small_autoq(episodes), len(env.network), seed=0)
+    rewards = [o.reward for o in run(agent, env, episodes)]
+    assert all(o > 0 for o in rewards)
+    early, late = np.mean(rewards[:10]), np.mean(rewards[-10:])
+    assert late > early + 0.1, (early, late)
+
+
+def test_autoq_acts_on_a_layers_kernels_in_one_batched_call():
+    torch.manual_seed(0)
+    env = toy_env(TIGHT)
+    agent = AutoQAgent(small_autoq(10, warmup_fraction=0.0), len(env.network), seed=0)
+    calls = {"hlc": [], "llc": []}
+    for name in calls:
+        controller = getattr(agent, name)
+        act = controller.act
+        controller.act = lambda states, act=act, name=name: calls[name].append(len(np.atleast_2d(states))) or act(states)
+    agent.run_episode(env, 5)
+    assert calls["hlc"] == [1] * len(env.network)
+    assert calls["llc"] == [layer.c_out for layer in env.network]  # one forward pass per layer, all kernels at once
+    assert len(agent.llc.buffer) == sum(layer.c_out for layer in env.network)
+    assert len(agent.hlc.buffer) == len(env.network)
+
+
+def test_autoq_llc_reward_mixes_goal_completion_with_extrinsic():
+    torch.manual_seed(0)
+    env = toy_env(TIGHT)
+    agent = AutoQAgent(small_autoq(10, goal_mix=1.0), len(env.network), seed=0)
+    outcome = agent.run_episode(env, 0)
+    rewards = agent.llc.buffer.state_dict()["rewards"]
+    states = agent.llc.buffer.state_dict()["states"]
+    start = 0
+    for layer_plan in outcome.proposed.layers:
+        n = len(layer_plan.weight_bits)
+        goal = env.goal_of(float(states[start, -2]))
+        expected = -abs(goal - layer_plan.mean_weight_bits) / (env.max_bits - env.min_bits)
+        np.testing.assert_allclose(rewards[start:start + n], expected, rtol=1e-5)
+        start += n
+    hlc_rewards = agent.hlc.buffer.state_dict()["rewards"]
+    np.testing.assert_allclose(hlc_rewards, 10 * outcome.reward, rtol=1e-5)
+
+
+def test_haq_is_layer_wise_and_learns():
+    torch.manual_seed(0)
+    env = toy_env(TIGHT)
+    agent = HAQAgent(HAQConfig(40, hidden=(64, 64)), len(env.network), seed=0)
+    outcomes = run(agent, env, 40)
+    for o in outcomes:
+        assert all(len(set(lp.weight_bits)) == 1 for lp in o.proposed.layers)
+        assert o.fits
+    rewards = [o.reward for o in outcomes]
+    assert np.mean(rewards[-10:]) > np.mean(rewards[:10])
+    assert len(agent.ddpg.buffer) == 2 * len(env.network) * 40  # two steps (weights, activations) per layer
+    assert HAQConfig(600).warmup_episodes == 20 and HAQConfig(600).noise().sigma_at(100) == pytest.approx(0.5 * 0.99**100)
+
+
+def test_uniform_finds_the_best_uniform_plan_within_budget():
+    env = toy_env(TIGHT)
+    agent = UniformAgent()
+    outcomes = run(agent, env, 100)
+    assert agent.finished() and len(outcomes) < 49  # dominated and over-budget plans were skipped
+    best = max(outcomes, key=lambda o: o.accuracy)
+    brute = max(
+        (env.accuracy(p) for w, a in itertools.product(range(2, 9), repeat=2)
+         if env.objective.fits(CostPoint.of(env.measure(p := QuantPlan.uniform(env.network, w, a))))),
+    )
+    assert best.accuracy == brute
+    assert all(o.plan == o.proposed for o in outcomes)  # it never relied on budget enforcement
+
+
+def test_random_search_is_seeded_and_meets_the_budget():
+    first = [o.plan.hash for o in run(RandomAgent(7), toy_env(TIGHT), 5)]
+    again = [o.plan.hash for o in run(RandomAgent(7), toy_env(TIGHT), 5)]
+    assert first == again and len(set(first)) == 5
+    assert all(o.fits for o in run(RandomAgent(3), toy_env(TIGHT), 5))
+
+
+def test_greedy_meets_the_budget_and_beats_uniform():
+    env = toy_env(TIGHT)
+    greedy = GreedyAgent()
+    outcomes = run(greedy, env, 10)
+    assert greedy.finished() and len(outcomes) == 1
+    (outcome,) = outcomes
+    assert outcome.fits and outcome.plan == outcome.proposed
+    assert any(len(set(lp.weight_bits)) > 1 for lp in outcome.plan.layers)  # kernel-wise
+    uniform_best = max(o.accuracy for o in run(UniformAgent(), toy_env(TIGHT), 100))
+    assert outcome.accuracy > uniform_best
+
+
+def test_greedy_in_accuracy_guaranteed_setting_stops_when_reward_stops_improving():
+    env = toy_env(RewardSetting.accuracy_guaranteed())
+    (outcome,) = run(GreedyAgent(), env, 1)
+    widest = env.evaluate(QuantPlan.uniform(env.network, 8, 8))
+    assert outcome.reward > widest.reward
+
+
+@pytest.mark.parametrize("make", [
+    lambda: AutoQAgent(small_autoq(8), 4, seed=1),
+    lambda: HAQAgent(HAQConfig(8, hidden=(64, 64)), 4, seed=1),
+    lambda: RandomAgent(1),
+    UniformAgent,
+    GreedyAgent,
+], ids=["autoq", "haq", "random", "uniform", "greedy"])
+def test_agent_state_round_trip_continues_identically(make):
+    torch.manual_seed(0)
+    env = toy_env(TIGHT)
+    agent = make()
+    run(agent, env, 3)
+    state = agent.state_dict()
+    torch.manual_seed(5)
+    clone = make()
+    clone.load_state_dict(state)
+    env_a, env_b = toy_env(TIGHT), toy_env(TIGHT)
+    for episode in range(3, 5):
+        if agent.finished():
+            assert clone.finished()
+            break
+        assert agent.run_episode(env_a, episode).plan == clone.run_episode(env_b, episode).plan

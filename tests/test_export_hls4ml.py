@@ -1,0 +1,153 @@
+"""hls4ml export of the bundled digits model under a kernel-wise plan, checked against hls4ml's g++ C simulation.
+
+Tolerance. Weights, activation levels and accumulators are bit-exact in the exported project (integer domain, see
+``autoq.host.export.hls4ml_export``); the per-kernel scales and biases are ap_fixed with 24 significant bits and each
+dequantized result keeps 16 fractional bits. So a logit differs from the torch model by ~1e-4 at most, unless a value
+fell within that distance of a rounding boundary of the next layer's activation quantizer, where the C simulation
+may pick the neighbouring level (one step of that layer's activations). We therefore assert: (a) at least 97% of all
+logits agree within ``CLOSE`` = 1e-3 (absolute; logits are O(10)), (b) the top-1 class agrees on at least 99% of the
+images, and (c) no logit is off by more than ``FAR`` = 0.25 times the logit range (a one-level flip moves a logit by
+far less; a wrong precision or a lost scale by far more).
+"""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from autoq.common.plan import LayerPlan, QuantPlan
+from autoq.host.evaluate import Evaluator
+from autoq.host.export.hls4ml_export import HlsExportError, export_hls4ml, integer_domain_model
+from autoq.host.tasks import load_task
+
+CLOSE = 1e-3
+FAR = 0.25
+IMAGES = 120
+
+
+def kernel_wise_plan(network, seed=0):
+    rng = random.Random(seed)
+    return QuantPlan.for_network(
+        network,
+        (LayerPlan(l.name, tuple(rng.choice((2, 3, 4, 5, 6, 8)) for _ in range(l.c_out)), rng.choice((3, 4, 5, 6, 8))) for l in network),
+    )
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    task = load_task("digits")
+    evaluator = Evaluator.for_task(task)
+    plan = kernel_wise_plan(task.network)
+    evaluator.qmodel.apply(plan)
+    return task, evaluator.qmodel, plan
+
+
+@pytest.fixture(scope="module")
+def compiled(quantized, tmp_path_factory):
+    task, qmodel, plan = quantized
+    export = export_hls4ml(qmodel, plan, tmp_path_factory.mktemp("hls") / "project")
+    export.hls_model.compile()
+    return export
+
+
+def test_precisions_follow_the_plan(quantized, tmp_path):
+    task, qmodel, plan = quantized
+    _, precisions = integer_domain_model(qmodel, torch.zeros((1, *task.input_shape)))
+    assert [p.name for p in precisions.values()] == list(task.network.names)
+    for p, lp in zip(precisions.values(), plan.layers):
+        assert p.weight == f"ap_int<{max(lp.weight_bits)}>", "rounded up to the layer's widest kernel"
+        signed = qmodel.activation_signed(lp.name)
+        bits = lp.act_bits
+        assert p.input == (f"ap_fixed<{bits},{bits},AP_RND_CONV,AP_SAT_SYM>" if signed else f"ap_ufixed<{bits},{bits},AP_RND_CONV,AP_SAT>")
+        values, _ = qmodel.integer_weights(lp.name)
+        largest = float(values.flatten(1).abs().sum(1).max()) * (2 ** (bits - 1) - 1 if signed else 2**bits - 1)
+        acc = int(p.accumulator[len("ap_int<") : -1])
+        assert 2 ** (acc - 1) > largest >= 2 ** (acc - 3), "accumulator exact and not wider than needed"
+    assert qmodel.activation_signed(plan.layers[0].name), "the normalised image is signed"
+
+
+def test_csim_matches_the_quantized_torch_model(quantized, compiled):
+    task, qmodel, plan = quantized
+    x = task.test.x[:IMAGES]
+    with torch.no_grad():
+        expected = qmodel(x).numpy()
+    got = compiled.hls_model.predict(np.ascontiguousarray(x.numpy(), dtype=np.float32)).reshape(expected.shape)
+    difference = np.abs(got - expected)
+    close = (difference <= CLOSE).mean()
+    agree = (got.argmax(1) == expected.argmax(1)).mean()
+    print(f"C-sim vs torch: {close:.4f} of logits within {CLOSE}, top-1 agreement {agree:.4f}, max |diff| {difference.max():.4g}")
+    assert close >= 0.97
+    assert agree >= 0.99
+    assert difference.max() <= FAR * float(np.ptp(expected))
+    assert (compiled.output_dir / "autoq_precisions.json").exists()
+    assert (compiled.output_dir / "firmware" / "autoq_model.cpp").exists()
+
+
+def test_signed_one_bit_input_is_refused(quantized, tmp_path):
+    task, qmodel, plan = quantized
+    first = plan.layers[0]
+    one_bit = plan.replace(first.name, LayerPlan(first.name, first.weight_bits, 1))
+    qmodel.apply(one_bit)
+    try:
+        with pytest.raises(HlsExportError, match=f"layer '{first.name}': a signed 1-bit input is bipolar"):
+            integer_domain_model(qmodel, torch.zeros((1, *task.input_shape)))
+    finally:
+        qmodel.apply(plan)
+
+
+def test_export_command_fine_tunes_and_writes_onnx(tmp_path, capsys):
+    import onnxruntime
+
+    from autoq.host.cli import main
+
+    task = load_task("digits")
+    plan = kernel_wise_plan(task.network, seed=1)
+    plan.save(tmp_path / "plan.json")
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--plan", str(tmp_path / "plan.json"), "--onnx", str(out), "--finetune-steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert f"plan {plan.hash} on digits: accuracy" in printed and "after 3 fine-tune steps" in printed
+    session = onnxruntime.InferenceSession(str(out))
+    x = task.test.x[:64].numpy()
+    logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+    accuracy = float((logits.argmax(1) == task.test.y[:64].numpy()).mean())
+    reported_after = float(printed.split("-> ")[1].split()[0])
+    assert abs(accuracy - reported_after) < 0.1, "the ONNX model is the fine-tuned quantized model"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "nothing to export: give --onnx OUT.onnx and/or --hls4ml DIR"),
+        (["--onnx", "x.onnx", "--finetune-steps", "-1"], "--finetune-steps must be >= 0"),
+        (["--onnx", "x.onnx", "--plan", "missing.json"], "cannot read plan missing.json"),
+        (["--onnx", "x.onnx", "--plan", "small.json"], "plan does not fit network"),
+    ],
+)
+def test_export_command_bad_input(tmp_path, capsys, monkeypatch, quantized, args, message):
+    from autoq.host.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    network = quantized[0].network
+    QuantPlan.uniform(network, 4, 4).save("plan.json")
+    QuantPlan(QuantPlan.uniform(network, 4, 4).layers[:2]).save("small.json")
+    assert main(["export", "--plan", "plan.json", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("autoq export: error:") and message in err and len(err.splitlines()) == 1
+
+
+def test_finalize_writes_the_final_folder(tmp_path):
+    import json
+
+    from autoq.host.export.finalize import finalize
+
+    task = load_task("digits")
+    evaluator = Evaluator.for_task(task)
+    plan = kernel_wise_plan(task.network, seed=2)
+    result = finalize(tmp_path, evaluator, plan, finetune_steps=2)
+    final = tmp_path / "final"
+    assert QuantPlan.load(final / "plan.json") == plan
+    assert (final / "model.onnx").stat().st_size > 10_000 and not (final / "hls4ml").exists()
+    summary = json.loads((final / "final.json").read_text())
+    assert summary["plan_hash"] == plan.hash and summary["finetune_steps"] == 2
+    assert summary["accuracy_after_finetune"] == result.accuracy_after == evaluator.accuracy(plan)

@@ -1,0 +1,115 @@
+"""The search runner: checkpoints after every episode, and a run killed with SIGKILL resumes to the same result."""
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoq.host.search.checkpoint import CHECKPOINT_NAME, load_checkpoint, seed_everything
+from autoq.host.search.rewards import BudgetSpec, RewardSetting, SearchError
+from autoq.host.search.runner import SearchConfig, SearchRunner, make_agent, resolve_config
+from searchtoys import run_toy_search, toy_env
+
+TESTS = Path(__file__).parent
+TIGHT = RewardSetting.resource_constrained(BudgetSpec.parse("latency", "0.4x"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def summary(history):
+    return [(r.episode, r.plan.hash, r.accuracy, r.reward, r.measurement.latency_s) for r in history]
+
+
+def agent_tensors(checkpoint):
+    state = load_checkpoint(checkpoint)["agent"]
+    flat = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+        elif isinstance(value, torch.Tensor):
+            flat[prefix] = value
+
+    walk("agent", state)
+    return flat
+
+
+@pytest.mark.parametrize("agent, episodes, kill_at", [("autoq", 5, 4), ("haq", 4, 3)])
+def test_sigkill_mid_episode_then_resume_equals_an_uninterrupted_run(tmp_path, agent, episodes, kill_at):
+    reference = run_toy_search(agent, episodes, str(tmp_path / "reference.pt"))
+    checkpoint = tmp_path / "killed.pt"
+    killed = subprocess.run([sys.executable, str(TESTS / "searchtoys.py"), agent, str(episodes), str(checkpoint), str(kill_at)],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    interrupted_at = load_checkpoint(checkpoint)["next_episode"]
+    assert 1 < interrupted_at < episodes  # killed after learning started, before the end
+    resumed = run_toy_search(agent, episodes, str(checkpoint), resume=True)
+    assert summary(resumed) == summary(reference)
+    final, expected = agent_tensors(checkpoint), agent_tensors(tmp_path / "reference.pt")
+    assert final.keys() == expected.keys() and len(final) > 10
+    for key in expected:
+        assert torch.equal(final[key], expected[key]), key
+    final_rng, expected_rng = load_checkpoint(checkpoint)["rng"], load_checkpoint(tmp_path / "reference.pt")["rng"]
+    assert torch.equal(final_rng["torch"], expected_rng["torch"]) and final_rng["python"] == expected_rng["python"]
+
+
+def make_runner(tmp_path, agent="random", episodes=3, settings=None):
+    seed_everything(0)
+    env = toy_env(TIGHT)
+    return SearchRunner(env, make_agent(agent, episodes, len(env.network), 0), episodes, tmp_path / CHECKPOINT_NAME,
+                        settings or {"agent": agent})
+
+
+def test_checkpoint_after_every_episode_holds_the_whole_state(tmp_path):
+    runner = make_runner(tmp_path, "autoq", episodes=2)
+    history = runner.run(progress=False)
+    payload = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert payload["next_episode"] == 2 and len(payload["history"]) == 2 == len(history)
+    assert {"hlc", "llc", "rng"} <= payload["agent"].keys()
+    assert {"actor", "critics", "actor_optim", "critic_optim", "buffer"} <= payload["agent"]["hlc"].keys()
+    assert {"python", "numpy", "torch"} == payload["rng"].keys()
+    assert payload["env"]["accuracy_memo"] and payload["best_plan"]["format"] == "autoq-plan/1"
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_runner_stops_when_the_agent_is_finished(tmp_path):
+    history = make_runner(tmp_path, "greedy", episodes=5).run(progress=False)
+    assert len(history) == 1
+    resumed = make_runner(tmp_path, "greedy", episodes=5)
+    assert resumed.run(resume=True, progress=False) == history  # nothing left to do
+
+
+def test_resume_errors_are_clear(tmp_path):
+    with pytest.raises(SearchError, match="no checkpoint to resume at .*checkpoint.pt"):
+        make_runner(tmp_path).run(resume=True, progress=False)
+    make_runner(tmp_path).run(progress=False)
+    with pytest.raises(SearchError, match="already holds a search: pass --resume"):
+        make_runner(tmp_path).run(progress=False)
+    with pytest.raises(SearchError, match="written by another search: agent: stored 'random', given 'uniform'"):
+        make_runner(tmp_path, settings={"agent": "uniform"}).run(resume=True, progress=False)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
+    with pytest.raises(SearchError, match="cannot be read"):
+        load_checkpoint(tmp_path / "junk" / CHECKPOINT_NAME)
+
+
+def test_resolve_config_keeps_stored_settings_on_resume(tmp_path):
+    config = SearchConfig(agent="haq", episodes=7, seed=4)
+    assert SearchConfig.from_dict(config.to_dict()) == config
+    runner = make_runner(tmp_path, settings=config.to_dict())
+    runner.run(progress=False)
+    assert resolve_config(tmp_path, {}, resume=True) == config
+    assert resolve_config(tmp_path, {"agent": "haq", "seed": 4}, resume=True) == config
+    with pytest.raises(SearchError, match=r"drop episodes=9 \(stored: 7\)"):
+        resolve_config(tmp_path, {"episodes": 9}, resume=True)
+    with pytest.raises(SearchError, match="unknown agent 'dqn'"):
+        SearchConfig(agent="dqn")

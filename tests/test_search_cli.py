@@ -1,0 +1,63 @@
+"""``autoq search`` on the bundled digits task with the analytic model backend: results, record, resume, bad input."""
+import pytest
+
+from autoq.common.plan import QuantPlan
+from autoq.host.cli import main
+from autoq.host.search.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from autoq.host.traces import TraceStore
+
+
+def autoq(*argv):
+    return main(["search", "--no-progress", *argv])
+
+
+def test_short_search_writes_results_records_every_measurement_and_resumes(tmp_path, capsys):
+    out, trace = tmp_path / "run", tmp_path / "trace.sqlite"
+    assert autoq("--agent", "random", "--episodes", "2", "--seed", "1", "--latency-budget", "0.4x",
+                 "--out", str(out), "--record", str(trace)) == 0
+    printed = capsys.readouterr().out
+    assert "random: 2 episodes; best plan" in printed and str(out) in printed
+    for name in ("summary.md", "best_reward.plan.json", "pareto_latency.csv", "pareto_energy.png", "bits_heatmap.png", "episodes.csv"):
+        assert (out / name).is_file(), name
+    summary = (out / "summary.md").read_text()
+    assert "resource-constrained: latency <= 0.4x the max-bit plan" in summary and "| backend | model" in summary
+    best = QuantPlan.load(out / "best_reward.plan.json")
+    payload = load_checkpoint(out / CHECKPOINT_NAME)
+    assert payload["next_episode"] == 2 and best in [r.plan for r in payload["history"]]
+    with TraceStore(trace, mode="r") as store:
+        # the reference plans, every budget-enforcement probe and every episode's plan: nothing measured is missing
+        assert len(store) >= 2 + 2
+        recorded = {r.plan.hash for r in store}
+    assert {r.plan.hash for r in payload["history"]} <= recorded
+    # Resume of a finished search: nothing to do, same results; changing its settings is refused.
+    assert autoq("--resume", "--out", str(out)) == 0
+    assert load_checkpoint(out / CHECKPOINT_NAME)["next_episode"] == 2
+    assert autoq("--resume", "--out", str(out), "--episodes", "5") == 2
+    assert "drop episodes=5 (stored: 2)" in capsys.readouterr().err
+    assert autoq("--out", str(out)) == 2
+    assert "already holds a search: pass --resume" in capsys.readouterr().err
+
+
+def test_impossible_budget_is_refused_before_searching(tmp_path, capsys):
+    assert autoq("--latency-budget", "0.05x", "--out", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("autoq search: error: latency budget") and "cannot be met" in err and "at 2 bits" in err
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--resume"], "no checkpoint to resume at"),
+    (["--latency-budget", "fast"], "cannot read latency budget 'fast'"),
+    (["--energy-budget", "3ms"], "cannot read energy budget '3ms'"),
+    (["--accuracy-guaranteed", "--psi-acc", "0"], "psi_acc > 0"),
+])
+def test_bad_input_is_a_one_line_error(tmp_path, capsys, argv, message):
+    assert autoq(*argv, "--out", str(tmp_path / "none")) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_conflicting_options_are_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exc:
+        autoq("--latency-budget", "0.5x", "--accuracy-guaranteed")
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

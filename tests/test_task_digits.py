@@ -1,0 +1,75 @@
+"""The bundled digits task: model shape, fixed splits, shipped weights and their training record, reproducible training."""
+import json
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from autoq.common.errors import AutoQError
+from autoq.common.plan import QuantPlan
+from autoq.host.evaluate import Evaluator
+from autoq.host.network.trace import spec_from_torch
+from autoq.host.tasks import digits, load_task
+from autoq.host.tasks.train_digits import TrainConfig, train
+
+
+def test_model_has_enough_conv_layers_and_kernels():
+    assert digits.INPUT_SHAPE == (1, 16, 16)
+    network = spec_from_torch(digits.build_model(pretrained=False), digits.INPUT_SHAPE, "digits")
+    convs = [layer for layer in network if layer.kind == "conv"]
+    assert len(convs) >= 4
+    assert sum(layer.c_out for layer in network) >= 250
+    assert network[-1].kind == "linear" and network[-1].c_out == digits.NUM_CLASSES
+
+
+def test_splits_are_fixed_disjoint_and_cover_the_dataset():
+    clean = digits.clean_splits()
+    assert [len(s) for s in clean] == [1797 - digits.TEST_SIZE - digits.CALIB_SIZE, digits.CALIB_SIZE, digits.TEST_SIZE]
+    everything = digits.preprocess(load_digits().images)
+    probe = torch.randn(everything[0].numel(), dtype=torch.float64)
+
+    def fingerprints(x):
+        return sorted((x.double().flatten(1) @ probe).tolist())
+
+    assert fingerprints(torch.cat([s.x for s in clean])) == pytest.approx(fingerprints(everything))
+    served = digits.load_splits()
+    again = digits.load_splits.__wrapped__()  # recomputed, not the cached copy
+    for a, b, c in zip(served, again, clean):
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and torch.equal(a.y, c.y)
+        assert a.x.shape == c.x.shape and not torch.equal(a.x, c.x)  # distorted once
+    assert digits.load_split("test") is served.test
+    with pytest.raises(AutoQError, match="no split 'val'"):
+        digits.load_split("val")
+
+
+def test_distortion_is_seeded():
+    x = digits.clean_splits().calib.x[:8]
+    first = digits.distort(x, torch.Generator().manual_seed(3))
+    assert torch.equal(first, digits.distort(x, torch.Generator().manual_seed(3)))
+    assert not torch.equal(first, digits.distort(x, torch.Generator().manual_seed(4)))
+
+
+def test_shipped_weights_reproduce_their_training_record():
+    record = json.loads((digits.weights_path().parent / digits.RECORD_FILE).read_text())
+    accuracy = record["test_accuracy"]
+    assert accuracy["float"] > 0.9
+    assert abs(accuracy["8/8"] - accuracy["float"]) <= 0.01  # 8 bits matches float
+    assert accuracy["2/2"] < accuracy["3/3"] < accuracy["float"] - 0.005  # low bits visibly hurt
+    assert accuracy["2/2"] < accuracy["float"] - 0.05
+    task = load_task()
+    evaluator = Evaluator.for_task(task)
+    assert evaluator.full_precision_accuracy() == pytest.approx(accuracy["float"], abs=1e-4)
+    assert evaluator.accuracy(QuantPlan.uniform(task.network, 3, 3)) == pytest.approx(accuracy["3/3"], abs=1e-4)
+
+
+def test_training_is_reproducible():
+    config = TrainConfig(epochs=1, seed=5)
+    first, second = train(config).state_dict(), train(config).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.equal(first["conv1.weight"], digits.build_model().conv1.weight)
+
+
+def test_missing_weights_give_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(digits, "weights_path", lambda: tmp_path / "absent.pt")
+    with pytest.raises(AutoQError, match="absent.pt are missing: run `python -m autoq.host.tasks.train_digits`"):
+        digits.build_model()
