@@ -40,6 +40,11 @@ HOST = [
     "tqdm>=4.60",
 ]
 
+# What pynq 4.0 really imports on a workstation. pynq itself is installed with --no-deps (tests/requirements-pynq.txt):
+# its own pins would downgrade numpy/protobuf and break onnx. setuptools<=80 keeps pkg_resources; pandas is for
+# pynq.DataRecorder.
+PYNQ_RUNTIME = ["cffi", "pydantic>=2", "ipython", "tqdm", "setuptools<=80", "pandas>=2"]
+
 setup(
     name="autoq-hil",
     version="0.1.0",
@@ -56,7 +61,7 @@ setup(
     install_requires=["numpy>=1.24", "pyserial>=3.5"],
     extras_require={
         "host": HOST,
-        "test": HOST + ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "pandas>=2"],  # pandas: pynq.DataRecorder
+        "test": HOST + ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", *PYNQ_RUNTIME],
     },
     entry_points={"console_scripts": ["autoq = autoq.host.cli:main"]},
 )

@@ -26,7 +26,7 @@ from scipy.optimize import least_squares, nnls
 from autoq.common.errors import AutoQError
 from autoq.overlay.manifest import OverlayConfig
 from autoq.overlay.resources import DEVICES, estimate
-from autoq.overlay.schedule import LayerEntry, ScheduleParams, table_cycles, tile_table
+from autoq.overlay.schedule import LayerEntry, ScheduleError, ScheduleParams, table_cycles, tile_table
 from autoq.overlay.tiling import OperandError
 
 from .costmodel import CalibrationParams, EnergyParams, today
@@ -95,7 +95,7 @@ class _Predictor:
                        for i in indices]
             try:
                 table = tile_table(entries, structure.overlay, batch, True, structure.per_image_convs)
-            except (OperandError, ValueError) as exc:
+            except (ScheduleError, OperandError) as exc:
                 raise FitError(f"measurements do not fit overlay {structure.overlay.name!r}: {exc}") from None
             self.parts.append((np.array(indices), table))
         self.size = len(dataset.samples)

@@ -305,6 +305,7 @@ class EmulatedPowerSensor:
     """Duck-typed power sensor (``name``, ``parents``, ``get_value``) over the emulated device's energy model."""
 
     kind = "emulated (analytic energy model)"
+    unit = "W"
 
     def __init__(self, device: EmulatedEngine, name: str = "emulated_power"):
         self.name, self.parents, self._device = name, (), device

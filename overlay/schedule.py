@@ -53,7 +53,7 @@ from autoq.common.errors import AutoQError
 from autoq.common.network import LayerSpec
 
 from .manifest import OverlayConfig
-from .tiling import check_bit_widths, tile_rows
+from .tiling import RowTiling, check_bit_widths, tile_rows
 
 STAGES: tuple[str, ...] = ("fetch", "execute", "result")
 PACKED_GROUPS = -1
@@ -229,14 +229,17 @@ def _block_starts(words: np.ndarray, block_of_row: np.ndarray, capacity: int, ne
     return starts
 
 
-def _check_entry(entry: LayerEntry, overlay: OverlayConfig) -> np.ndarray:
+def _entry_tilings(entry: LayerEntry, overlay: OverlayConfig, grouped: bool, packed: bool, m: int) -> list[RowTiling]:
+    """Row tilings of one entry's groups (one for a packed layer); bad bit-widths raise naming the layer."""
     layer, act_bits = entry.layer, entry.act_bits
     bits = check_bit_widths(entry.weight_bits, f"layer {layer.name!r}: weight_bits", overlay.max_bits)
     if bits.size != layer.c_out:
         raise ScheduleError(f"layer {layer.name!r}: {bits.size} weight bit-widths for {layer.c_out} output channels")
     if isinstance(act_bits, bool) or not isinstance(act_bits, (int, np.integer)) or not 1 <= act_bits <= overlay.max_bits:
         raise ScheduleError(f"layer {layer.name!r}: act_bits must be an int in [1, {overlay.max_bits}], got {act_bits!r}")
-    return bits
+    if packed:
+        return [tile_rows(bits, overlay.dm, grouped)]
+    return [tile_rows(bits[g * m:(g + 1) * m], overlay.dm, grouped) for g in range(layer.groups)]
 
 
 def _layout_and_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, batch: int, grouped: bool,
@@ -249,12 +252,11 @@ def _layout_and_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, bat
     b_entry, b_group, b_order, b_n, b_shared, b_abits, b_images = [], [], [], [], [], [], []
     r_rows, r_bits, r_keff = [], [], []
     for index, entry in enumerate(entries):
-        bits = _check_entry(entry, overlay)
         images = batch if per_image_convs and entry.layer.kind != "linear" else 1
         groups, m, k, n = entry.layer.gemm(batch // images)
         packed = m == 1 and groups > 1
-        for g in [PACKED_GROUPS] if packed else range(groups):
-            tiling = tile_rows(bits if packed else bits[g * m:(g + 1) * m], overlay.dm, grouped)
+        tilings = _entry_tilings(entry, overlay, grouped, packed, m)
+        for g, tiling in zip([PACKED_GROUPS] if packed else range(groups), tilings):
             b_entry.append(index), b_group.append(g), b_n.append(n), b_shared.append(not packed), b_images.append(images)
             b_order.append(tiling.order if packed else tiling.order + g * m), b_abits.append(int(entry.act_bits))
             r_rows.append(tiling.tile_rows), r_bits.append(tiling.tile_bits)

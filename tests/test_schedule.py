@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from autoq.common.network import LayerSpec
 from autoq.overlay.manifest import OverlayConfig, load_overlay
+from autoq.overlay.tiling import OperandError
 from autoq.overlay.schedule import (
     PACKED_GROUPS,
     LayerEntry,
@@ -20,7 +21,6 @@ from autoq.overlay.schedule import (
     table_cycles,
     tile_table,
 )
-from autoq.overlay.tiling import OperandError
 
 PARAMS = ScheduleParams(dram_efficiency=0.7, result_efficiency=1.3, layer_overhead_cycles=300.0, tile_overhead_cycles=3.5,
                         pass_overhead_cycles=1.5)
@@ -157,7 +157,9 @@ def test_mixed_bits_cost_between_min_and_max_bits():
         ([4] * 3, 4, 1, ScheduleError, "3 weight bit-widths for 8 output channels"),
         ([4] * 8, 9, 1, ScheduleError, "act_bits must be an int in"),
         ([4] * 8, 4, 0, ScheduleError, "batch must be a positive int"),
-        ([0] + [4] * 7, 4, 1, OperandError, r"weight_bits\[0\] = 0"),
+        ([0] + [4] * 7, 4, 1, OperandError, r"layer 'c': weight_bits\[0\] = 0 is outside \[1, 8\]"),
+        ([9] + [4] * 7, 4, 1, OperandError, r"weight_bits\[0\] = 9 is outside \[1, 8\]"),
+        ([4.0] * 8, 4, 1, OperandError, "must hold integers"),
     ],
 )
 def test_bad_input(bits, abits, batch, error, message):

@@ -26,7 +26,9 @@ distance of a rounding boundary of the *next* layer's activation quantizer to th
 by one level. The tolerance the test states follows from that.
 
 Pooling between layers stays in the real domain (``adaptive_avg_pool2d(x, 1)``, which hls4ml does not parse,
-becomes an ``AvgPool2d`` over the whole map); its precision is ``DEFAULT_PRECISION``.
+becomes an ``AvgPool2d`` over the whole map); its precision is ``DEFAULT_PRECISION``. A flatten of a 1x1 map is
+dropped and the linear layers after it run as 1x1 convolutions, so the project's output is ``(N, classes, 1, 1)``
+(the same values in the same order): hls4ml's streamed flatten scrambles the stream.
 """
 from __future__ import annotations
 
@@ -47,6 +49,9 @@ if TYPE_CHECKING:
 HLS_BACKEND = "Vivado"
 PYNQ_Z1_PART = "xc7z020clg400-1"
 PROJECT_NAME = "autoq_model"
+# io_stream: line-buffer convolutions. io_parallel generates explicit im2col code per output pixel (~2 MB of C++
+# for the digits CNN), which takes g++ minutes to compile; io_stream compiles in ~20 s of CPU.
+IO_TYPE = "io_stream"
 SCALE_SIGNIFICANT_BITS = 24
 RESULT_FRACTION_BITS = 16
 DEFAULT_PRECISION = "ap_fixed<32,16>"
@@ -138,6 +143,7 @@ def integer_domain_model(qmodel: "QuantizedModel", example: "torch.Tensor") -> t
     env: dict[fx.Node, fx.Node] = {}
     precisions: dict[str, LayerPrecision] = {}
     modules = dict(traced.named_modules())
+    one_by_one: set[fx.Node] = set()  # flattened 1x1 maps, kept as (N, C, 1, 1)
 
     def add(name: str, module: nn.Module, arg: fx.Node) -> fx.Node:
         root.add_module(name, module)
@@ -153,8 +159,8 @@ def integer_domain_model(qmodel: "QuantizedModel", example: "torch.Tensor") -> t
             act_type = _activation_type(bits, signed, name)
             act_scale = qmodel.integer_activation_scale(name)
             values, w_scale = qmodel.integer_weights(name)
-            spatial = isinstance(source, nn.Conv2d)
-            c_in = source.in_channels if spatial else source.in_features
+            spatial = isinstance(source, nn.Conv2d) or node.args[0] in one_by_one
+            c_in = source.in_channels if isinstance(source, nn.Conv2d) else source.in_features
             c_out = len(w_scale)
 
             max_level = max(abs(v) for v in activation_levels(bits, signed))
@@ -166,18 +172,22 @@ def integer_domain_model(qmodel: "QuantizedModel", example: "torch.Tensor") -> t
             result_bound = float((row_bound * scale.abs() + bias.abs()).max())
             result_integer = _integer_bits(result_bound)
 
-            if spatial:
+            if isinstance(source, nn.Conv2d):
                 integer = nn.Conv2d(
                     c_in, c_out, source.kernel_size, source.stride, source.padding, source.dilation, source.groups, bias=False
                 )
+            elif spatial:  # a Linear on a flattened 1x1 map runs as a 1x1 convolution on the map
+                integer = nn.Conv2d(c_in, c_out, 1, bias=False)
             else:
                 integer = nn.Linear(c_in, c_out, bias=False)
             with torch.no_grad():
-                integer.weight.copy_(values.to(torch.float32))
+                integer.weight.copy_(values.to(torch.float32).reshape(integer.weight.shape))
 
             quant = add(f"{safe}_quant", _batchnorm(c_in, spatial, torch.full((c_in,), 1.0 / act_scale), torch.zeros(c_in)), env[node.args[0]])
             acc = add(f"{safe}_int", integer, quant)
             env[node] = add(f"{safe}_scale", _batchnorm(c_out, spatial, scale.float(), bias.float()), acc)
+            if spatial and not isinstance(source, nn.Conv2d):
+                one_by_one.add(node)
             precisions[safe] = LayerPrecision(
                 name=name,
                 input_scale=_fixed_with_significant_bits(torch.tensor([1.0 / act_scale]), SCALE_SIGNIFICANT_BITS),
@@ -193,14 +203,20 @@ def integer_domain_model(qmodel: "QuantizedModel", example: "torch.Tensor") -> t
         elif _is_global_average_pool(node, modules):
             height, width = node.args[0].meta["tensor_meta"].shape[-2:]
             env[node] = add(f"global_pool_{len(env)}", nn.AvgPool2d((height, width)), env[node.args[0]])
+        elif _is_flatten(node, modules) and tuple(node.args[0].meta["tensor_meta"].shape[-2:]) == (1, 1):
+            # hls4ml's io_stream flatten (a transpose and a reshape) mangles the stream; a 1x1 map needs neither
+            env[node] = env[node.args[0]]
+            one_by_one.add(node)
+        elif node.op == "get_attr":
+            raise HlsExportError(f"the model reads tensor {node.target!r} directly; the hls4ml export supports layers only")
         else:
             env[node] = graph.node_copy(node, lambda n: env[n])
-            if node.op in ("call_module", "get_attr"):
-                target = node.target
-                owner = modules[target] if node.op == "call_module" else None
-                if owner is not None and not hasattr(root, target.replace(".", "_")):
-                    root.add_module(target.replace(".", "_"), owner)
-                    env[node].target = target.replace(".", "_")
+            if node.op == "call_module":
+                name = node.target.replace(".", "_")
+                root.add_module(name, modules[node.target])
+                env[node].target = name
+            if any(arg in one_by_one for arg in node.all_input_nodes):
+                one_by_one.add(node)  # elementwise ops (ReLU, dropout) keep the 1x1 map
     for new in graph.nodes:
         new.type = None  # string annotations (``from __future__ import annotations``) break pickling, which hls4ml does
     return fx.GraphModule(root, graph), precisions
@@ -269,7 +285,7 @@ def export_hls4ml(qmodel: "QuantizedModel", plan: QuantPlan, output_dir: str | P
             config = hls4ml_config(integer_model, precisions, qmodel.network.input_shape)
             hls_model = hls4ml.converters.convert_from_pytorch_model(
                 integer_model, hls_config=config, output_dir=str(output), project_name=PROJECT_NAME,
-                backend=HLS_BACKEND, io_type="io_parallel", part=part,
+                backend=HLS_BACKEND, io_type=IO_TYPE, part=part,
             )
             hls_model.write()
     except HlsExportError:
@@ -287,3 +303,14 @@ def export_hls4ml(qmodel: "QuantizedModel", plan: QuantPlan, output_dir: str | P
         ) + "\n",
     )
     return HlsExport(hls_model, integer_model, precisions, output)
+
+
+def _is_flatten(node: "fx.Node", modules: dict[str, Any]) -> bool:
+    import torch
+    from torch import nn
+
+    if node.op == "call_function":
+        return node.target is torch.flatten
+    if node.op == "call_method":
+        return node.target == "flatten"
+    return node.op == "call_module" and isinstance(modules[node.target], nn.Flatten)

@@ -90,9 +90,11 @@ def weight_levels(bits: torch.Tensor) -> torch.Tensor:
 def integer_weight_values(rows: torch.Tensor, scale: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Integer levels (as floats) of weight ``rows`` (C, K) with per-row ``scale`` (C,) and ``bits`` (C,)."""
     levels = weight_levels(bits)[:, None]
-    q = torch.round(rows / scale[:, None]).clamp(-levels, levels)
-    bipolar = torch.where(rows >= 0, 1.0, -1.0)
-    return torch.where((bits == 1)[:, None], bipolar, q)
+    q = torch.round(rows / scale[:, None]).clamp_(-levels, levels)
+    one_bit = bits == 1
+    if bool(one_bit.any()):
+        q = torch.where(one_bit[:, None], torch.where(rows >= 0, 1.0, -1.0), q)
+    return q
 
 
 def mse_optimal_weight_scales(rows: torch.Tensor, bits: torch.Tensor, ratios: torch.Tensor) -> torch.Tensor:
@@ -126,7 +128,7 @@ def integer_activation_values(x: torch.Tensor, scale: float, bits: int, signed: 
     if signed and bits == 1:
         return torch.where(x >= 0, 1.0, -1.0)
     low, high = activation_levels(bits, signed)
-    return torch.round(x / scale).clamp(low, high)
+    return torch.round(x / scale).clamp_(low, high)
 
 
 def mse_optimal_activation_scales(values: torch.Tensor, signed: bool, ratios: torch.Tensor) -> torch.Tensor:
@@ -180,13 +182,12 @@ class LayerQuantizer(nn.Module):
                     table[bits - 1] = mse_optimal_weight_scales(rows, torch.full_like(self.weight_bits, bits), self.ratios)
         return table
 
-    def weight_scale(self, weight: torch.Tensor) -> torch.Tensor:
+    def weight_scale(self, weight: torch.Tensor, training: bool = False) -> torch.Tensor:
         """Per-kernel scale at the current bits.
 
-        In inference it is MSE-optimal for the current weight. While training (the weight needs a gradient and
-        changes every step) each kernel keeps the scale searched when training started, until the bits change.
+        In inference it is MSE-optimal for the current weight. In ``training`` (the weight changes every step) each
+        kernel keeps the scale searched when training started, until the bits change.
         """
-        training = torch.is_grad_enabled() and weight.requires_grad
         if training and self._training_scale is not None and self._training_scale[0] == self.weight_bits._version:
             return self._training_scale[1]
         scale = self.scale_table(weight).gather(0, (self.weight_bits - 1)[None])[0]
@@ -200,20 +201,21 @@ class LayerQuantizer(nn.Module):
             values = integer_weight_values(weight.detach().flatten(1), scale, self.weight_bits)
         return IntegerWeights(values.to(torch.int32).reshape(weight.shape), scale)
 
+    def _fake_quantized(self, weight: torch.Tensor, training: bool) -> torch.Tensor:
+        with torch.no_grad():
+            scale = self.weight_scale(weight, training)
+            values = integer_weight_values(weight.detach().flatten(1), scale, self.weight_bits)
+            return values.mul_(scale[:, None]).reshape(weight.shape)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """Parametrization: the float weight -> its fake-quantized value (STE when it needs a gradient)."""
         if not self.active:
             return weight
         if torch.is_grad_enabled() and weight.requires_grad:
-            scale = self.weight_scale(weight)
-            rows = weight.flatten(1)
-            quantized = (integer_weight_values(rows.detach(), scale, self.weight_bits) * scale[:, None]).reshape(weight.shape)
-            return weight + (quantized - weight).detach()
+            return weight + (self._fake_quantized(weight, training=True) - weight).detach()
         key = (weight._version, weight.data_ptr(), self.weight_bits._version)
         if self._cached_weight is None or self._cached_weight[0] != key:
-            values, scale = self.integer_weights(weight)
-            quantized = (values.flatten(1).to(weight.dtype) * scale[:, None]).reshape(weight.shape)
-            self._cached_weight = (key, quantized)
+            self._cached_weight = (key, self._fake_quantized(weight, training=False))
         return self._cached_weight[1]
 
     # -- activations ----------------------------------------------------------------------------------------------
@@ -234,7 +236,8 @@ class LayerQuantizer(nn.Module):
         if not self.calibrated:
             raise QuantizerError(f"layer {self.name!r}: activations are not calibrated; call calibrate() first")
         x, scale = args[0], self.act_scale
-        quantized = integer_activation_values(x, scale, self.act_bits, self.act_signed) * scale
+        with torch.no_grad():
+            quantized = integer_activation_values(x, scale, self.act_bits, self.act_signed).mul_(scale)
         if torch.is_grad_enabled() and x.requires_grad:
             low, high = activation_levels(self.act_bits, self.act_signed)
             clipped = x.clamp(low * scale, high * scale)

@@ -4,7 +4,9 @@
   kernels should reach. Its transitions follow the layers (gamma = 1) and carry the episode's extrinsic reward.
 * Low-level controller (LLC), per kernel: the kernel's weight QBN, conditioned on the goal. A layer's kernels are
   acted on in one batched forward pass (kernel index and weight scale are features), so an episode costs two
-  network calls per layer. Each kernel decision is a one-step transition whose reward is shaped: goal completion
+  network calls per layer. The LLC's action is an offset from the goal (0.5 = the goal itself), so an untrained
+  LLC already realises the HLC's goal and the hierarchy starts out no worse than a layer-wise agent; its
+  exploration noise is ``kernel_noise_scale`` times the HLC's. Each kernel decision is a one-step transition whose reward is shaped: goal completion
   (minus the distance between the goal and the layer's achieved average, scaled to [-1, 0]) mixed with the
   extrinsic reward.
 
@@ -44,6 +46,7 @@ class AutoQConfig:
     reward_scale: float = 10.0  # extrinsic reward x 10 = HAQ's 0.1 per accuracy percentage point
     hlc_updates_per_layer: int = 1
     llc_updates_per_layer: int = 4
+    kernel_noise_scale: float = 0.5  # LLC exploration noise relative to the HLC's
 
     @property
     def warmup_episodes(self) -> int:
@@ -84,14 +87,14 @@ class AutoQAgent(Agent):
             act_action, goal_action = layer_action
             kernels = env.kernel_observations(goal_action, act_action)
             if learning:
-                weight_actions = truncated_normal(self.llc.act(kernels)[:, 0], sigma, self.rng)
+                offsets = truncated_normal(self.llc.act(kernels)[:, 0], sigma * cfg.kernel_noise_scale, self.rng)
             else:
-                weight_actions = self.rng.uniform(size=len(kernels))
+                offsets = self.rng.uniform(size=len(kernels))
             layer_states.append(observation)
             layer_actions.append(layer_action)
             kernel_states.append(kernels)
-            kernel_actions.append(weight_actions)
-            result = env.step(act_action, weight_actions)
+            kernel_actions.append(offsets)
+            result = env.step(act_action, self.weight_actions(goal_action, offsets))
             if result.outcome is not None:
                 break
             observation = result.observation
@@ -103,6 +106,11 @@ class AutoQAgent(Agent):
             for _ in range(cfg.llc_updates_per_layer * len(layer_states)):
                 self.llc.update(self.rng)
         return outcome
+
+    @staticmethod
+    def weight_actions(goal_action: float, offsets: np.ndarray) -> np.ndarray:
+        """Kernel weight actions from the LLC's outputs, which are offsets from the goal (0.5 = the goal itself)."""
+        return np.clip(goal_action + offsets - 0.5, 0.0, 1.0)
 
     def _remember(self, env, outcome, layer_states, layer_actions, kernel_states, kernel_actions) -> None:
         cfg = self.config
