@@ -38,6 +38,7 @@ HOST = [
     "scipy>=1.11",
     "matplotlib>=3.8",
     "tqdm>=4.60",
+    "pillow>=9",
 ]
 
 # What pynq 4.0 really imports on a workstation. pynq itself is installed with --no-deps (tests/requirements-pynq.txt):

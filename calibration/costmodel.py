@@ -154,8 +154,16 @@ def grid_entries(layers: Sequence[LayerSpec], wbits: Iterable[int], abits: Itera
     return [LayerEntry(layer, np.full(layer.c_out, w), a) for layer in layers for w in wbits for a in abits]
 
 
+MEMO_LAYERS = 8192
+"""Per-layer results an ``AnalyticCostModel`` keeps: a search re-measures plans that differ in a few layers."""
+
+
 class AnalyticCostModel:
-    """Scores plans on ``overlay`` with ``params``; cheap enough to call once per searched plan."""
+    """Scores plans on ``overlay`` with ``params``; cheap enough to call once per searched plan.
+
+    Layers are scheduled in one vectorised pass per plan; layers already scored under the same bits (and batch,
+    grouping) are taken from a memo, so re-measuring a plan with one layer changed costs about one layer.
+    """
 
     def __init__(self, overlay: OverlayConfig, params: CalibrationParams):
         if params.overlay_build_hash != overlay.build_hash:
@@ -166,22 +174,35 @@ class AnalyticCostModel:
         self.overlay = overlay
         self.params = params
         self.resources = estimate(overlay)
+        self._memo: dict[tuple, np.ndarray] = {}
+
+    def _layer_cycles(self, entries: Sequence[LayerEntry], batch: int, grouped: bool) -> np.ndarray:
+        """Rows of (fetch, execute, result, overhead, total, bound index, DRAM bytes, binary ops), one per entry."""
+        keys = [(e.layer, tuple(e.weight_bits), int(e.act_bits), batch, grouped) for e in entries]
+        missing = [i for i, key in enumerate(keys) if key not in self._memo]
+        if missing:
+            schedule = self.params.schedule
+            table = tile_table([entries[i] for i in missing], self.overlay, batch, grouped, schedule.per_image_convs)
+            c = table_cycles(table, self.overlay, schedule)
+            rows = np.stack([c.fetch, c.execute, c.result, c.overhead, c.total, c.bound, c.dram_bytes, c.binary_ops], 1)
+            if len(self._memo) + len(missing) > MEMO_LAYERS:
+                self._memo.clear()
+            self._memo.update((keys[i], row) for i, row in zip(missing, rows))
+        return np.stack([self._memo[key] for key in keys])
 
     def measure(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1, grouped: bool = True) -> Measurement:
         plan.check(network)
         entries = [LayerEntry(spec, lp.weight_bits, lp.act_bits) for spec, lp in zip(network.layers, plan.layers)]
-        schedule = self.params.schedule
-        table = tile_table(entries, self.overlay, batch, grouped, schedule.per_image_convs)
-        cycles = table_cycles(table, self.overlay, schedule)
-        seconds = cycles.total / self.overlay.clock_hz
+        fetch, execute, result, overhead, total, bound, dram_bytes, binary_ops = self._layer_cycles(entries, batch, grouped).T
+        seconds = total / self.overlay.clock_hz
         energy = self.params.energy
-        joules = (energy.idle_power_w * seconds + energy.energy_per_binary_op_j * cycles.binary_ops
-                  + energy.energy_per_dram_byte_j * cycles.dram_bytes)
+        joules = (energy.idle_power_w * seconds + energy.energy_per_binary_op_j * binary_ops
+                  + energy.energy_per_dram_byte_j * dram_bytes)
         layers = tuple(
             LayerCost(
-                spec.name, float(seconds[i]), float(joules[i]), STAGES[int(cycles.bound[i])],
-                {"fetch": int(cycles.fetch[i]), "execute": int(cycles.execute[i]), "result": int(cycles.result[i]),
-                 "overhead": int(cycles.overhead[i]), "total": int(cycles.total[i])},
+                spec.name, float(seconds[i]), float(joules[i]), STAGES[int(bound[i])],
+                {"fetch": int(fetch[i]), "execute": int(execute[i]), "result": int(result[i]),
+                 "overhead": int(overhead[i]), "total": int(total[i])},
             )
             for i, spec in enumerate(network.layers)
         )

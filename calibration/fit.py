@@ -2,10 +2,13 @@
 
 The timing parameters (``ScheduleParams``: DRAM and result efficiencies, per-layer/per-tile/per-pass overheads)
 are fitted by robust least squares (``scipy.optimize.least_squares``, ``soft_l1`` loss on the log of
-predicted/measured latency). Never one parameter per layer. Optionally (``search_overlay``) the overlay's structure
-is searched too: array dims Dm, Dn, Dk, DRAM bytes/cycle and the batch lowering (``per_image_convs``) by coordinate
-descent over a discrete grid, each candidate scored at the fit's starting points; for data from another overlay, such as a
-published lookup table. The structure is chosen once on all data; cross-validation refits the timing parameters.
+predicted/measured latency), on the schedule's smooth relaxation of its per-tile rounding (the exact cost is a
+staircase in the parameters), from the best points of a coarse grid; errors are reported on the exact model. Never
+one parameter per layer. Optionally (``search_overlay``) the overlay's structure is searched too: array dims Dm, Dn,
+Dk, DRAM bytes/cycle and the batch lowering (``per_image_convs``), by coordinate descent over a discrete grid (plus
+coupled steps), each candidate screened at a few timing settings; for data from another overlay, such as a published
+lookup table. The structure is chosen once on all data; cross-validation refits the timing parameters. Only the
+achieved bandwidth (port width x efficiency) is identifiable, not the two apart.
 
 Errors are absolute percentage errors of latency: in-sample, k-fold over samples, and leave-one-layer-out (every
 measurement of one layer held out together). Baselines are printed beside them: ``c * MACs * wbits * abits`` with
@@ -35,7 +38,7 @@ from .measurements import Dataset
 FREE_PARAMETERS = ("dram_efficiency", "result_efficiency", "layer_overhead_cycles", "tile_overhead_cycles",
                    "pass_overhead_cycles")
 # least-squares coordinates: efficiencies in log space, the layer overhead in thousands of cycles, the others in cycles
-# (the finite-difference steps are relative, at least 1% of one unit)
+# (finite-difference steps are relative to max(1, |x|))
 _LAYER_OVERHEAD_UNIT = 1000.0
 _LOWER = np.array([math.log(0.02), math.log(0.02), 0.0, 0.0, 0.0])
 _UPPER = np.array([0.0, math.log(1e4), 1e4, 1e4, 64.0])

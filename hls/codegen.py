@@ -136,9 +136,8 @@ def render_config_header(cfg: OverlayConfig, params: ScheduleParams = SchedulePa
         "WORD_BITS": WORD_BITS, "RESULT_BITS": RESULT_BITS,
     }
     layout = {
-        "CMD_IDENTIFY": rm.CMD_IDENTIFY, "CMD_RUN": rm.CMD_RUN, "STATUS_OK": rm.STATUS_OK,
-        "STATUS_BAD_COMMAND": rm.STATUS_BAD_COMMAND, "STATUS_BAD_DESCRIPTOR": rm.STATUS_BAD_DESCRIPTOR,
-        "STATUS_BAD_TABLE": rm.STATUS_BAD_TABLE, "STATUS_BUFFER_OVERFLOW": rm.STATUS_BUFFER_OVERFLOW,
+        "CMD_IDENTIFY": rm.CMD_IDENTIFY, "CMD_RUN": rm.CMD_RUN,
+        **{f"STATUS_{status.name}": int(status) for status in rm.Status},
         "ROW_TILE_HEADER_WORDS": ROW_TILE_HEADER_WORDS,
     }
     ports = _ports(regmap)

@@ -27,7 +27,7 @@ from autoq.overlay.driver import LayerJob
 from autoq.overlay.engine import run_layer
 from autoq.overlay.layout import build_job
 from autoq.overlay.manifest import OverlayConfig
-from autoq.overlay.regmap import CMD_RUN, STATUS_OK
+from autoq.overlay.regmap import CMD_RUN, Status
 from autoq.overlay.schedule import LayerCycles, ScheduleParams, layer_cycles
 
 from .codegen import CONFIG_HEADER, TIMING_FIELDS, check_timing, hls_dir, render_config_header
@@ -165,7 +165,7 @@ def check_layer(csim: CsimBuild, layer: LayerSpec, x_int: np.ndarray, w_int: np.
     overlay = csim.overlay
     job = build_job(layer, x_int, w_int, weight_bits, act_bits, overlay)
     run = run_job(csim, job, params)
-    if run.registers.get("status") != STATUS_OK:
+    if run.registers.get("status") != Status.OK:
         raise CsimError(f"layer {layer.name!r}: the engine rejected the run with status {run.registers.get('status')}")
     reference = run_layer(layer, x_int, w_int, weight_bits, act_bits, overlay, params).output
     reference = reference.reshape(run.results.shape)

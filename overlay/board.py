@@ -21,19 +21,16 @@ import numpy as np
 from autoq.calibration.costmodel import CalibrationParams, load_default_calibration
 from autoq.common.errors import AutoQError
 from autoq.common.measurement import LayerCost, Measurement, Provenance
-from autoq.common.network import LayerSpec, NetworkSpec
+from autoq.common.network import NetworkSpec
 from autoq.common.plan import QuantPlan
 
-from .bitserial import WORD_BITS
-from .driver import BusEngine, EngineDriver, LayerJob
+from .driver import BusEngine, EngineDriver
 from .emulated import EmulatedEngine, EmulatedPowerSensor
-from .layout import descriptor as layout_descriptor
-from .layout import schedule_blocks, tile_table
+from .layout import timing_job
 from .manifest import DEFAULT_OVERLAY, ManifestError, OverlayConfig, bitstreams_dir
 from .measure import Clock, MeasureSettings, PowerSensor, ProtocolResult, RunRecord, run_protocol
 from .protocol import ProtocolError
 from .resources import estimate
-from .schedule import PACKED_GROUPS
 
 CHECKSUMS = "checksums.sha256"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -112,31 +109,6 @@ class BitstreamRegistry:
                     "checksum_mismatch",
                     f"overlay {name!r}: {path.name} has SHA-256 {actual[:16]}..., {CHECKSUMS} says {recorded[path.name][:16]}...",
                 )
-
-
-def timing_job(layer: LayerSpec, weight_bits: Sequence[int], act_bits: int, overlay: OverlayConfig, batch: int) -> LayerJob:
-    """A ``LayerJob`` with the descriptor and tile table of ``layout.build_job`` and zeroed operand buffers of the
-    sizes it packs: what a cost measurement runs (the engine's timing does not depend on operand values)."""
-    bits = np.asarray(weight_bits, dtype=np.int64)
-    blocks = schedule_blocks(layer, bits, act_bits, overlay, batch)
-    _, _, k, n = layer.gemm(batch)
-    words = lambda k_eff: -(-k_eff // overlay.dk) * overlay.dk // WORD_BITS
-    weight_words = act_words = 0
-    for block in blocks:
-        packed = block.group == PACKED_GROUPS
-        act_words += 0 if packed else n * act_bits * words(k)
-        for tile in block.row_tiles:
-            k_eff = k * tile.channels.size if packed else k
-            weight_words += tile.channels.size * tile.bits * words(k_eff)
-            act_words += n * act_bits * words(k_eff) if packed else 0
-    buffers = {
-        "weights": np.zeros(weight_words, np.uint64),
-        "activations": np.zeros(act_words, np.uint64),
-        "results": np.zeros((batch, layer.c_out, *layer.out_hw), np.int32),
-        "tiles": tile_table(blocks, bits, overlay.dm),
-    }
-    num_tiles = sum(len(block.row_tiles) for block in blocks)
-    return LayerJob(layer.name, layout_descriptor(layer, act_bits, batch, num_tiles), buffers)
 
 
 @dataclass

@@ -33,22 +33,13 @@ from .regmap import (
     CMD_IDENTIFY,
     CMD_RUN,
     MAGIC,
-    STATUS_BAD_COMMAND,
-    STATUS_BAD_DESCRIPTOR,
-    STATUS_BAD_TABLE,
-    STATUS_BUFFER_OVERFLOW,
-    STATUS_OK,
     RegisterMap,
+    Status,
+    rejection_reason,
 )
 
 BUFFERS = ("weights", "activations", "results", "tiles")
 COUNTERS = ("cycles_fetch", "cycles_execute", "cycles_result", "cycles_total")
-STATUS_NAMES = {
-    STATUS_BAD_COMMAND: "bad command",
-    STATUS_BAD_DESCRIPTOR: "bad layer descriptor",
-    STATUS_BAD_TABLE: "bad tile table",
-    STATUS_BUFFER_OVERFLOW: "a layer operand overflows the on-chip buffers",
-}
 
 
 class DriverError(AutoQError, RuntimeError):
@@ -182,9 +173,8 @@ class EngineDriver:
         self.write_register("command", CMD_RUN)
         self._start_and_wait(f"layer {job.name!r}")
         status = self.read_register("status")
-        if status != STATUS_OK:
-            reason = STATUS_NAMES.get(status, f"unknown status {status}")
-            raise DriverError(f"layer {job.name!r}: the engine rejected the run: {reason}")
+        if status != Status.OK:
+            raise DriverError(f"layer {job.name!r}: the engine rejected the run: {rejection_reason(status)}")
         return Counters(*(self.read_register(name) for name in COUNTERS))
 
     def release(self, prepared: "PreparedLayer") -> None:

@@ -25,9 +25,9 @@ from autoq.calibration.costmodel import CalibrationParams
 from autoq.common.errors import AutoQError, SpecError
 from autoq.common.network import LayerSpec
 
-from .bitserial import WORD_BITS, BitPlanes, unpack_bitplanes
+from .bitserial import BitPlanes, unpack_bitplanes
 from .engine import run_layer
-from .layout import ROW_TILE_HEADER_WORDS, Block, row_tile_words, schedule_blocks, tile_table
+from .layout import ROW_TILE_HEADER_WORDS, Block, operand_layout, row_tile_words, schedule_blocks, tile_table
 from .manifest import OverlayConfig
 from .regmap import (
     AP_DONE,
@@ -36,12 +36,8 @@ from .regmap import (
     AP_START,
     CMD_IDENTIFY,
     CMD_RUN,
-    STATUS_BAD_COMMAND,
-    STATUS_BAD_DESCRIPTOR,
-    STATUS_BAD_TABLE,
-    STATUS_BUFFER_OVERFLOW,
-    STATUS_OK,
     RegisterMap,
+    Status,
 )
 from .schedule import PACKED_GROUPS, LayerCycles, layer_cycles
 
@@ -55,7 +51,7 @@ class EmulationError(AutoQError, RuntimeError):
 
 
 class _Rejected(Exception):
-    """A run the engine refuses; ``status`` is the STATUS_* code it reports."""
+    """A run the engine refuses; ``status`` is the ``Status`` it reports."""
 
     def __init__(self, status: int):
         super().__init__(status)
@@ -70,7 +66,7 @@ def _layer_from_descriptor(d: dict[str, int]) -> LayerSpec:
             (d["pad_h"], d["pad_w"]), d["groups"], (d["in_h"], d["in_w"]), (d["out_h"], d["out_w"]),
         )
     except SpecError:
-        raise _Rejected(STATUS_BAD_DESCRIPTOR) from None
+        raise _Rejected(Status.BAD_DESCRIPTOR) from None
 
 
 def _channel_bits(raw: np.ndarray, layer: LayerSpec, dm: int, num_tiles: int) -> np.ndarray:
@@ -81,10 +77,10 @@ def _channel_bits(raw: np.ndarray, layer: LayerSpec, dm: int, num_tiles: int) ->
         rows = int(entry[1])
         channels = entry[ROW_TILE_HEADER_WORDS:ROW_TILE_HEADER_WORDS + rows]
         if not 1 <= rows <= dm or channels.max() >= layer.c_out or bits[channels].any():
-            raise _Rejected(STATUS_BAD_TABLE)
+            raise _Rejected(Status.BAD_TABLE)
         bits[channels] = entry[ROW_TILE_HEADER_WORDS + dm:ROW_TILE_HEADER_WORDS + dm + rows]
     if not bits.all():
-        raise _Rejected(STATUS_BAD_TABLE)
+        raise _Rejected(Status.BAD_TABLE)
     return bits
 
 
@@ -203,7 +199,7 @@ class EmulatedEngine:
         if command == CMD_IDENTIFY:
             for name, value in self.regmap.id_values.items():
                 self._set(name, value)
-            self._set("status", STATUS_OK)
+            self._set("status", Status.OK)
         elif command == CMD_RUN:
             descriptor = {reg.name: self.get(reg.name) for reg in self.regmap.section("descriptor")}
             descriptor.update({reg.name: self.get(reg.name) for reg in self.regmap.section("buffers")})
@@ -212,7 +208,7 @@ class EmulatedEngine:
             except _Rejected as exc:
                 self._set("status", exc.status)
             else:
-                self._set("status", STATUS_OK)
+                self._set("status", Status.OK)
                 for stage in ("fetch", "execute", "result", "total"):
                     self._set(f"cycles_{stage}", getattr(cycles, stage))
                 self.time_s += cycles.total / self.overlay.clock_hz
@@ -220,7 +216,7 @@ class EmulatedEngine:
                                        + self.energy.energy_per_dram_byte_j * cycles.dram_bytes)
                 self.runs += 1
         else:
-            self._set("status", STATUS_BAD_COMMAND)
+            self._set("status", Status.BAD_COMMAND)
         self._words[self.regmap.offset("control")] = AP_DONE | AP_IDLE | AP_READY
 
     def _run(self, d: dict[str, int]) -> LayerCycles:
@@ -228,22 +224,22 @@ class EmulatedEngine:
         data through the reference engine when ``compute`` is on.
 
         The emulation models the grouped schedule: a tile table other than the one ``layout`` builds for the
-        channels' bits (another tiling or order) is rejected as ``STATUS_BAD_TABLE``.
+        channels' bits (another tiling or order) is rejected as ``Status.BAD_TABLE``.
         """
         layer = _layer_from_descriptor(d)
         try:
             raw = self.ddr.array_at(d["tiles_addr"], np.uint32, d["num_tiles"] * row_tile_words(self.overlay.dm))
         except EmulationError:
-            raise _Rejected(STATUS_BAD_TABLE) from None
+            raise _Rejected(Status.BAD_TABLE) from None
         key = (tuple(sorted((k, v) for k, v in d.items() if not k.endswith("_addr"))), raw.tobytes())
         if key not in self._checked:
             bits = _channel_bits(raw, layer, self.overlay.dm, d["num_tiles"])
             abits, batch = d["abits"], d["batch"]
             if not 1 <= abits <= self.overlay.max_bits or bits.max() > self.overlay.max_bits:
-                raise _Rejected(STATUS_BAD_DESCRIPTOR)
-            blocks = schedule_blocks(layer, bits, abits, self.overlay, batch)
+                raise _Rejected(Status.BAD_DESCRIPTOR)
+            blocks = schedule_blocks(layer, bits, self.overlay)
             if not np.array_equal(tile_table(blocks, bits, self.overlay.dm), raw):
-                raise _Rejected(STATUS_BAD_TABLE)
+                raise _Rejected(Status.BAD_TABLE)
             if len(self._checked) >= CHECKED_LAYERS:
                 self._checked.pop(next(iter(self._checked)))
             self._checked[key] = (bits, blocks, layer_cycles(layer, bits, abits, self.overlay, self.schedule, batch))
@@ -252,40 +248,34 @@ class EmulatedEngine:
             try:
                 self._compute(layer, bits, blocks, d)
             except (EmulationError, ValueError):
-                raise _Rejected(STATUS_BUFFER_OVERFLOW) from None
+                raise _Rejected(Status.BUFFER_OVERFLOW) from None
         return cycles
 
     def _compute(self, layer: LayerSpec, bits: np.ndarray, blocks: Sequence[Block], d: dict[str, int]) -> None:
         """Unpack the operands from DDR (inverse of ``layout.build_job``), run the reference engine on the layer's
         matrix products, write the int32 results back."""
-        batch, abits, dk = d["batch"], d["abits"], self.overlay.dk
+        batch, abits = d["batch"], d["abits"]
         groups, m, k, n = layer.gemm(batch)
-        words = lambda k_eff: -(-k_eff // dk) * dk // WORD_BITS
         w = np.zeros((layer.c_out, k), dtype=np.int64)
         columns = np.zeros((groups, k, n), dtype=np.int64)
-        w_at, a_at = d["weights_addr"], d["activations_addr"]
-
-        def take(address: int, rows: int, planes: int, k_eff: int, row_bits: np.ndarray, signed: bool) -> tuple[np.ndarray, int]:
-            count = rows * planes * words(k_eff)
-            raw = self.ddr.array_at(address, np.uint64, count).reshape(rows, planes, words(k_eff))
-            return unpack_bitplanes(BitPlanes(raw, row_bits, signed, k_eff)), address + 8 * count
-
-        for block in blocks:
-            group = block.group
-            if group != PACKED_GROUPS:
-                acts, a_at = take(a_at, n, abits, k, np.full(n, abits), False)
-                columns[group] = acts.T
-            for tile in block.row_tiles:
-                channels, tile_bits = tile.channels, tile.bits
-                k_eff = k * channels.size if group == PACKED_GROUPS else k
-                values, w_at = take(w_at, channels.size, tile_bits, k_eff, bits[channels], True)
-                if group == PACKED_GROUPS:
+        addresses = {"weights": d["weights_addr"], "activations": d["activations_addr"]}
+        for operand in operand_layout(layer, blocks, abits, batch, self.overlay.dk).operands:
+            raw = self.ddr.array_at(addresses[operand.buffer] + 8 * operand.offset, np.uint64, operand.words)
+            words = raw.reshape(operand.rows, operand.planes, -1)
+            if operand.buffer == "weights":
+                channels = operand.tile.channels
+                values = unpack_bitplanes(BitPlanes(words, bits[channels], True, operand.k))
+                if operand.group == PACKED_GROUPS:
                     for s, channel in enumerate(channels):
                         w[channel] = values[s, s * k:(s + 1) * k]
-                    acts, a_at = take(a_at, n, abits, k_eff, np.full(n, abits), False)
-                    columns[channels // m] = acts.T.reshape(channels.size, k, n)
                 else:
                     w[channels] = values
+            else:
+                acts = unpack_bitplanes(BitPlanes(words, np.full(n, abits), False, operand.k)).T
+                if operand.tile is None:
+                    columns[operand.group] = acts
+                else:
+                    columns[operand.tile.channels // m] = acts.reshape(operand.tile.channels.size, k, n)
         gemm = LayerSpec("gemm", "conv", groups * k, layer.c_out, 1, 1, 0, groups, (n, 1), (n, 1))
         x = columns.reshape(1, groups * k, n, 1)
         output = run_layer(gemm, x, w.reshape(layer.c_out, k, 1, 1), bits, abits, self.overlay, self.schedule).output

@@ -22,18 +22,18 @@ Imports only numpy and board-side modules: the driver on the board builds jobs w
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
 
 from autoq.common.network import LayerSpec
 
-from .bitserial import WORD_BITS, pack_bitplanes
+from .bitserial import WORD_BITS, pack_bitplanes, padded_words
 from .driver import LayerJob
 from .engine import im2col
 from .manifest import ManifestError, OverlayConfig
-from .schedule import PACKED_GROUPS, ScheduleParams, layer_tiles
-from .tiling import OperandError
+from .schedule import PACKED_GROUPS
+from .tiling import OperandError, check_bit_widths, tile_rows
 
 NO_CHANNEL = 0xFFFFFFFF
 ROW_TILE_HEADER_WORDS = 2
@@ -56,18 +56,73 @@ class Block(NamedTuple):
     row_tiles: tuple[RowTile, ...]
 
 
-def schedule_blocks(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, act_bits: int, overlay: OverlayConfig,
-                    batch: int) -> tuple[Block, ...]:
-    """The schedule's blocks with their row tiles in processing order."""
-    row_tiles: dict[int, dict[int, RowTile]] = {}
-    for tile in layer_tiles(layer, weight_bits, act_bits, overlay, ScheduleParams(), batch):
-        block = row_tiles.setdefault(tile.group, {})
-        block.setdefault(int(tile.rows[0]), RowTile(tile.rows.astype(np.int64), tile.wbits))
-    return tuple(Block(group, tuple(tiles.values())) for group, tiles in row_tiles.items())
+def schedule_blocks(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, overlay: OverlayConfig) -> tuple[Block, ...]:
+    """The schedule's blocks with their row tiles in processing order.
+
+    Cut as ``schedule.layer_tiles`` cuts them (``tiling.tile_rows`` per group, or once over all channels of a
+    packed depthwise-like layer), whose loops visit every block's row tiles in this order.
+    """
+    bits = check_bit_widths(weight_bits, f"layer {layer.name!r}: weight_bits", overlay.max_bits)
+    if bits.size != layer.c_out:
+        raise OperandError(f"layer {layer.name!r}: {bits.size} weight bit-widths for {layer.c_out} output channels")
+    groups, m = layer.groups, layer.c_out // layer.groups
+    packed = m == 1 and groups > 1
+    blocks = []
+    for group, first in [(PACKED_GROUPS, 0)] if packed else [(g, g * m) for g in range(groups)]:
+        tiling = tile_rows(bits if packed else bits[first:first + m], overlay.dm)
+        channels = np.split(tiling.order + first, np.cumsum(tiling.tile_rows)[:-1])
+        blocks.append(Block(group, tuple(RowTile(c, int(b)) for c, b in zip(channels, tiling.tile_bits))))
+    return tuple(blocks)
 
 
-def _kwords(k: int, dk: int) -> int:
-    return -(-k // dk)
+class Operand(NamedTuple):
+    """One packed operand of a job, in DDR order: ``rows`` rows of ``planes`` bit-planes over ``k`` values
+    (``padded_words(k, dk)`` uint64 words per plane), ``words`` words from word ``offset`` of its ``buffer``.
+
+    Weights are one row tile's (``tile``); activations are a group's im2col columns (``tile`` None) or, in a packed
+    block, the stacked columns of ``tile``'s channels.
+    """
+
+    buffer: Literal["weights", "activations"]
+    group: int
+    tile: RowTile | None
+    rows: int
+    planes: int
+    k: int
+    offset: int
+    words: int
+
+
+class OperandLayout(NamedTuple):
+    """Every operand of a job in DDR order, and the uint64 words of the weight and activation buffers."""
+
+    operands: tuple[Operand, ...]
+    weight_words: int
+    activation_words: int
+
+
+def operand_layout(layer: LayerSpec, blocks: Sequence[Block], act_bits: int, batch: int, dk: int) -> OperandLayout:
+    """Where each operand of ``blocks`` lies in the weight and activation buffers (see the module docstring)."""
+    _, _, k, n = layer.gemm(batch)
+    used = {"weights": 0, "activations": 0}
+    operands = []
+
+    def add(buffer: Literal["weights", "activations"], group: int, tile: RowTile | None, rows: int, planes: int,
+            k_eff: int) -> None:
+        words = rows * planes * padded_words(k_eff, dk)
+        operands.append(Operand(buffer, group, tile, rows, planes, k_eff, used[buffer], words))
+        used[buffer] += words
+
+    for block in blocks:
+        packed = block.group == PACKED_GROUPS
+        if not packed:
+            add("activations", block.group, None, n, act_bits, k)
+        for tile in block.row_tiles:
+            k_eff = k * tile.channels.size if packed else k
+            add("weights", block.group, tile, tile.channels.size, tile.bits, k_eff)
+            if packed:
+                add("activations", block.group, tile, n, act_bits, k_eff)
+    return OperandLayout(tuple(operands), used["weights"], used["activations"])
 
 
 def check_overlay(overlay: OverlayConfig) -> None:
@@ -77,16 +132,15 @@ def check_overlay(overlay: OverlayConfig) -> None:
                             f"got {overlay.dk}")
 
 
-def _check_buffers(layer: LayerSpec, blocks: Sequence[Block], k: int, act_bits: int, overlay: OverlayConfig) -> None:
-    for block in blocks:
-        for tile in block.row_tiles:
-            k_eff = k * tile.channels.size if block.group == PACKED_GROUPS else k
-            kwords = _kwords(k_eff, overlay.dk)
-            if kwords * tile.bits > overlay.lhs_mem_words or kwords * act_bits > overlay.rhs_mem_words:
-                raise OperandError(
-                    f"layer {layer.name!r}: a tile needs {kwords * tile.bits} weight and {kwords * act_bits} activation "
-                    f"words of {overlay.dk} bits, the engine buffers hold {overlay.lhs_mem_words} and {overlay.rhs_mem_words}"
-                )
+def _check_buffers(layer: LayerSpec, layout: OperandLayout, act_bits: int, overlay: OverlayConfig) -> None:
+    for operand in layout.operands:
+        kwords = -(-operand.k // overlay.dk)
+        if operand.buffer == "weights" and (kwords * operand.planes > overlay.lhs_mem_words
+                                            or kwords * act_bits > overlay.rhs_mem_words):
+            raise OperandError(
+                f"layer {layer.name!r}: a tile needs {kwords * operand.planes} weight and {kwords * act_bits} activation "
+                f"words of {overlay.dk} bits, the engine buffers hold {overlay.lhs_mem_words} and {overlay.rhs_mem_words}"
+            )
 
 
 def tile_table(blocks: Sequence[Block], weight_bits: np.ndarray, dm: int) -> np.ndarray:
@@ -114,6 +168,18 @@ def descriptor(layer: LayerSpec, act_bits: int, batch: int, num_tiles: int) -> d
     }
 
 
+def _job(layer: LayerSpec, blocks: Sequence[Block], weight_bits: np.ndarray, act_bits: int, batch: int, dm: int,
+         weights: np.ndarray, activations: np.ndarray) -> LayerJob:
+    buffers = {
+        "weights": weights,
+        "activations": activations,
+        "results": np.zeros((batch, layer.c_out, *layer.out_hw), dtype=np.int32),
+        "tiles": tile_table(blocks, weight_bits, dm),
+    }
+    num_tiles = sum(len(block.row_tiles) for block in blocks)
+    return LayerJob(layer.name, descriptor(layer, act_bits, batch, num_tiles), buffers)
+
+
 def build_job(layer: LayerSpec, x_int: np.ndarray, w_int: np.ndarray, weight_bits: Sequence[int] | np.ndarray,
               act_bits: int, overlay: OverlayConfig) -> LayerJob:
     """The engine job of ``layer`` on unsigned ``x_int`` (B, c_in, H, W) (linear: (B, c_in)) with signed ``w_int``
@@ -126,39 +192,45 @@ def build_job(layer: LayerSpec, x_int: np.ndarray, w_int: np.ndarray, weight_bit
         raise OperandError(f"layer {layer.name!r}: input must be (batch, {layer.c_in}, {layer.in_hw[0]}, "
                            f"{layer.in_hw[1]}), got {np.shape(x_int)}")
     batch = x.shape[0]
-    groups, m, k, n = layer.gemm(batch)
+    _, m, k, n = layer.gemm(batch)
     w = np.asarray(w_int)
     if w.size != layer.c_out * k:
         raise OperandError(f"layer {layer.name!r}: weights must hold {layer.c_out} x {k} values, got shape {w.shape}")
     w = w.reshape(layer.c_out, k).astype(np.int64)
     bits = np.asarray(weight_bits, dtype=np.int64)
-    blocks = schedule_blocks(layer, bits, act_bits, overlay, batch)
-    _check_buffers(layer, blocks, k, act_bits, overlay)
+    blocks = schedule_blocks(layer, bits, overlay)
+    layout = operand_layout(layer, blocks, act_bits, batch, overlay.dk)
+    _check_buffers(layer, layout, act_bits, overlay)
     columns = im2col(x.astype(np.int64), layer)  # (groups, K, N)
-    name = f"layer {layer.name!r}"
-    weight_parts, act_parts = [], []
-    for block in blocks:
-        if block.group != PACKED_GROUPS:
-            acts = pack_bitplanes(columns[block.group].T, act_bits, False, overlay.dk, f"{name}: activations")
-            act_parts.append(acts.words)
-        for tile in block.row_tiles:
-            rows = tile.channels
-            if block.group == PACKED_GROUPS:
+    buffers = {"weights": np.zeros(layout.weight_words, np.uint64),
+               "activations": np.zeros(layout.activation_words, np.uint64)}
+    for operand in layout.operands:
+        if operand.buffer == "weights":
+            rows = operand.tile.channels
+            if operand.group == PACKED_GROUPS:
                 # outside its own span of K_eff a row holds bit code 0: value 0, or -1 for a binary {-1, +1} row
-                diagonal = np.where(bits[rows, None] == 1, -1, 0) * np.ones((1, rows.size * k), dtype=np.int64)
+                values = np.where(bits[rows, None] == 1, -1, 0) * np.ones((1, operand.k), dtype=np.int64)
                 for s, channel in enumerate(rows):
-                    diagonal[s, s * k:(s + 1) * k] = w[channel]
-                values = diagonal
-                stacked = columns[rows // m].reshape(rows.size * k, n)
-                act_parts.append(pack_bitplanes(stacked.T, act_bits, False, overlay.dk, f"{name}: activations").words)
+                    values[s, s * k:(s + 1) * k] = w[channel]
             else:
                 values = w[rows]
-            weight_parts.append(pack_bitplanes(values, bits[rows], True, overlay.dk, f"{name}: weights").words)
-    buffers = {
-        "weights": np.concatenate([p.reshape(-1) for p in weight_parts]).astype(np.uint64),
-        "activations": np.concatenate([p.reshape(-1) for p in act_parts]).astype(np.uint64),
-        "results": np.zeros((batch, layer.c_out, *layer.out_hw), dtype=np.int32),
-        "tiles": tile_table(blocks, bits, overlay.dm),
-    }
-    num_tiles = sum(len(block.row_tiles) for block in blocks)
-    return LayerJob(layer.name, descriptor(layer, act_bits, batch, num_tiles), buffers)
+            planes = pack_bitplanes(values, bits[rows], True, overlay.dk, f"layer {layer.name!r}: weights")
+        else:
+            if operand.tile is None:
+                values = columns[operand.group].T
+            else:
+                values = columns[operand.tile.channels // m].reshape(operand.k, n).T
+            planes = pack_bitplanes(values, act_bits, False, overlay.dk, f"layer {layer.name!r}: activations")
+        buffers[operand.buffer][operand.offset:operand.offset + operand.words] = planes.words.reshape(-1)
+    return _job(layer, blocks, bits, act_bits, batch, overlay.dm, buffers["weights"], buffers["activations"])
+
+
+def timing_job(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, act_bits: int, overlay: OverlayConfig,
+               batch: int) -> LayerJob:
+    """A ``LayerJob`` with the descriptor and tile table of ``build_job`` and zeroed operand buffers of the sizes it
+    packs: what a cost measurement runs (the engine's timing does not depend on operand values)."""
+    bits = np.asarray(weight_bits, dtype=np.int64)
+    blocks = schedule_blocks(layer, bits, overlay)
+    layout = operand_layout(layer, blocks, act_bits, batch, overlay.dk)
+    return _job(layer, blocks, bits, act_bits, batch, overlay.dm, np.zeros(layout.weight_words, np.uint64),
+                np.zeros(layout.activation_words, np.uint64))

@@ -18,6 +18,7 @@ so a driver runs ``command = CMD_IDENTIFY`` once (no DDR traffic) before reading
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Iterator, Literal, Mapping
 
 from autoq.overlay.manifest import ManifestError, OverlayConfig
@@ -28,12 +29,29 @@ MAGIC = 0x41514253  # "AQBS": AutoQ bit-serial engine
 CMD_IDENTIFY = 0
 CMD_RUN = 1
 
-# Values of the ``status`` register after a run.
-STATUS_OK = 0
-STATUS_BAD_COMMAND = 1
-STATUS_BAD_DESCRIPTOR = 2
-STATUS_BAD_TABLE = 3
-STATUS_BUFFER_OVERFLOW = 4
+
+class Status(IntEnum):
+    """Values of the ``status`` register after a run (the HLS code gets them as ``STATUS_<name>``)."""
+
+    OK = 0
+    BAD_COMMAND = 1
+    BAD_DESCRIPTOR = 2
+    BAD_TABLE = 3
+    BUFFER_OVERFLOW = 4
+
+
+_STATUS_REASONS = {
+    Status.BAD_COMMAND: "bad command",
+    Status.BAD_DESCRIPTOR: "bad layer descriptor",
+    Status.BAD_TABLE: "bad tile table",
+    Status.BUFFER_OVERFLOW: "a layer operand overflows the on-chip buffers",
+}
+
+
+def rejection_reason(status: int) -> str:
+    """Why the engine rejected a run that ended with ``status`` (not ``Status.OK``), for error messages."""
+    return _STATUS_REASONS.get(status, f"unknown status {status}")
+
 
 # Bits of the control register at 0x00, as Vitis HLS lays them out.
 AP_START = 1 << 0
@@ -92,7 +110,7 @@ _ARGS_V1: tuple[tuple[str, int, Access, Section, str], ...] = (
     ("regmap_version", 32, "ro", "header", "version of this register layout"),
     ("command", 32, "rw", "header",
      f"{CMD_IDENTIFY} = identify (write the ID block only), {CMD_RUN} = run the described layer"),
-    ("status", 32, "ro", "header", "0 when the last run completed, else the STATUS_* code of what it rejected"),
+    ("status", 32, "ro", "header", "0 when the last run completed, else the ``Status`` code of what it rejected"),
     ("dm", 32, "ro", "id", "rows (output channels) of the dot-product array"),
     ("dn", 32, "ro", "id", "columns (output pixels) of the dot-product array"),
     ("dk", 32, "ro", "id", "bits ANDed and popcounted per unit per cycle"),

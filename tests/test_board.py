@@ -8,33 +8,16 @@ import numpy as np
 import pytest
 
 from autoq.calibration.costmodel import AnalyticCostModel, load_default_calibration
-from autoq.common.network import LayerSpec, NetworkSpec
-from autoq.common.plan import LayerPlan, QuantPlan
-from autoq.overlay.board import Board, BitstreamError, BitstreamRegistry, timing_job
-from autoq.overlay.layout import build_job
+from autoq.common.network import NetworkSpec
+from autoq.common.plan import QuantPlan
+from autoq.overlay.board import Board, BitstreamError, BitstreamRegistry
+from autoq.overlay.layout import build_job, timing_job
 from autoq.overlay.manifest import bitstreams_dir, load_overlay
 from autoq.overlay.measure import Clock, MeasureError, MeasureSettings, RunRecord, Spread, run_protocol
 
+from boardkit import TINY, kernel_wise_plan
+
 OVERLAY = load_overlay()
-TINY = NetworkSpec(
-    "tiny",
-    (
-        LayerSpec("conv1", "conv", 3, 8, 3, 1, 1, 1, (8, 8), (8, 8)),
-        LayerSpec("grouped", "conv", 8, 16, 3, 1, 1, 2, (8, 8), (8, 8)),
-        LayerSpec("dw", "depthwise", 16, 16, 3, 2, 1, 16, (8, 8), (4, 4)),
-        LayerSpec("fc", "linear", 256, 10),
-    ),
-    (3, 8, 8),
-)
-
-
-def kernel_wise(network: NetworkSpec, seed: int = 0) -> QuantPlan:
-    rng = np.random.default_rng(seed)
-    return QuantPlan.for_network(
-        network, [LayerPlan(l.name, tuple(int(b) for b in rng.integers(1, 9, l.c_out)), int(rng.integers(1, 9))) for l in network]
-    )
-
-
 # -- registry ----------------------------------------------------------------------------------------------------
 @pytest.fixture
 def registry(tmp_path):
@@ -169,7 +152,7 @@ def board():
 def test_emulated_measurement_matches_the_analytic_model(board):
     """Same schedule, same energy model: the emulated board reproduces the model's figures through the driver,
     the register-level device, the measurement protocol and the emulated power sensor."""
-    plan = kernel_wise(TINY)
+    plan = kernel_wise_plan(TINY)
     measured = board.measure(TINY, plan, batch=2)
     model = AnalyticCostModel(OVERLAY, load_default_calibration()).measure(TINY, plan, batch=2)
     assert measured.latency_s == pytest.approx(model.latency_s, rel=1e-12)

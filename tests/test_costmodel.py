@@ -100,6 +100,23 @@ def test_per_image_lowering_from_the_calibration_is_used():
     assert model.layer_table(net.layers, batch=3)[0, 3, 3] == three.layers[0].cycles["total"]
 
 
+def test_memo_of_layers_gives_what_a_fresh_model_gives():
+    net = small_net()
+    rng = np.random.default_rng(7)
+    model = AnalyticCostModel(load_overlay(), load_default_calibration())
+    plan = QuantPlan.uniform(net, 6, 6)
+    first = model.measure(net, plan, batch=2)
+    for _ in range(3):
+        layer = net.layers[int(rng.integers(len(net)))]
+        bits = tuple(int(b) for b in rng.integers(1, 9, layer.c_out))
+        plan = plan.replace(layer.name, LayerPlan(layer.name, bits, int(rng.integers(1, 9))))
+        memoised = model.measure(net, plan, batch=2)
+        fresh = AnalyticCostModel(load_overlay(), load_default_calibration()).measure(net, plan, batch=2)
+        assert memoised.layers == fresh.layers and memoised.latency_s == fresh.latency_s
+    assert model.measure(net, QuantPlan.uniform(net, 6, 6), batch=2).layers == first.layers
+    assert model.measure(net, QuantPlan.uniform(net, 6, 6), batch=1).latency_s < first.latency_s
+
+
 def test_plan_that_does_not_fit_the_network_is_rejected(model):
     net = small_net()
     other = NetworkSpec("other", (LayerSpec("x", "linear", 4, 4),), (4, 1, 1))

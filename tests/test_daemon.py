@@ -10,11 +10,9 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from autoq.common.errors import BackendError, PlanError
-from autoq.common.network import LayerSpec, NetworkSpec
 from autoq.common.plan import LayerPlan, QuantPlan
 from autoq.host.backends.emulated import EmulatedBackend
 from autoq.host.backends.remote import BoardClient, Endpoint, RemoteBackend, from_uri, parse_uri
@@ -22,25 +20,10 @@ from autoq.overlay.board import Board
 from autoq.overlay.daemon import Daemon, DaemonError
 from autoq.overlay.protocol import MAGIC, Codec, FrameLimits, FrameReader, Message, make_message
 
+from boardkit import TINY, PtyMasterLink, kernel_wise_plan
+
 KEY = b"0123456789abcdef0123456789abcdef"
 AUTOQ = [sys.executable, "-c", "import sys; from autoq.host.cli import main; sys.exit(main(sys.argv[1:]))"]
-TINY = NetworkSpec(
-    "tiny",
-    (
-        LayerSpec("conv1", "conv", 3, 8, 3, 1, 1, 1, (8, 8), (8, 8)),
-        LayerSpec("dw", "depthwise", 8, 8, 3, 2, 1, 8, (8, 8), (4, 4)),
-        LayerSpec("fc", "linear", 128, 10),
-    ),
-    (3, 8, 8),
-)
-
-
-def kernel_wise_plan(network: NetworkSpec, seed: int = 0) -> QuantPlan:
-    rng = np.random.default_rng(seed)
-    return QuantPlan.for_network(
-        network,
-        [LayerPlan(l.name, tuple(int(b) for b in rng.integers(1, 9, l.c_out)), int(rng.integers(2, 9))) for l in network],
-    )
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +69,7 @@ def assert_same_measurement(a, b):
 
 def test_tcp_end_to_end_matches_in_process_emulated(daemon, digits):
     _, port = daemon
-    plan = kernel_wise_plan(digits)
+    plan = kernel_wise_plan(digits, min_act_bits=2)
     remote = from_uri(f"tcp://127.0.0.1:{port}")
     local = EmulatedBackend("emulated")
     try:
@@ -100,38 +83,16 @@ def test_tcp_end_to_end_matches_in_process_emulated(daemon, digits):
         local.close()
 
 
-class FdLink:
-    """The pty master end as a link (its slave end is the real tty that pyserial opens)."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-
-    def recv(self, size: int) -> bytes:
-        import select
-
-        if not select.select([self.fd], [], [], 0.1)[0]:
-            raise TimeoutError
-        return os.read(self.fd, size)
-
-    def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
-
-    def close(self) -> None:
-        pass
-
-
 def test_serial_pty_end_to_end_matches_in_process_emulated(board, digits):
     """Daemon on the master end, host on the slave tty through ``serial:///dev/pts/N`` (real pyserial)."""
     master, slave = os.openpty()
     daemon = Daemon(board)
-    link = FdLink(master)
+    link = PtyMasterLink(master)
     daemon.attach_link(link.recv, link.send, crc=True, peer="pty master")
     remote = from_uri(f"serial://{os.ttyname(slave)}?baud=115200&timeout=30")
     local = EmulatedBackend("emulated")
     try:
-        plan = kernel_wise_plan(digits, seed=3)
+        plan = kernel_wise_plan(digits, 3, min_act_bits=2)
         os.write(master, os.urandom(64).replace(MAGIC, b""))  # line noise before the first frame
         assert_same_measurement(remote.measure(digits, plan), local.measure(digits, plan))
         assert remote.info()["protocol_version"] == 1
@@ -152,7 +113,7 @@ def test_cli_serves_on_serial_and_stops_on_sigterm():
     )
     try:
         assert "serving overlay pynq_z1 (emulated) on serial" in proc.stdout.readline()
-        link = FdLink(master)
+        link = PtyMasterLink(master)
         client = BoardClient(Endpoint("pty-master", lambda: link, Codec(crc=True), timeout_s=30, retries=0))
         assert client.request({"type": "hello"})["source"] == "emulated"
         measured = client.request({"type": "measure"}, {"network": TINY.to_dict(), "plan": QuantPlan.uniform(TINY, 4, 4).to_dict()})

@@ -20,7 +20,7 @@ from autoq.overlay.emulated import EmulatedEngine, EmulatedPynqDevice
 from autoq.overlay.engine import run_layer
 from autoq.overlay.layout import build_job
 from autoq.overlay.manifest import ManifestError, load_overlay
-from autoq.overlay.regmap import AP_DONE, AP_IDLE, AP_START, CMD_IDENTIFY, CMD_RUN, STATUS_BAD_TABLE, RegisterMap
+from autoq.overlay.regmap import AP_DONE, AP_IDLE, AP_START, CMD_IDENTIFY, CMD_RUN, RegisterMap, Status
 
 BASE = 0x4000_0000
 OVERLAY = load_overlay()
@@ -188,7 +188,7 @@ def test_run_reports_a_rejected_job(engine):
     script = writes("c_in", 1)
     for name in ("weights", "activations", "results", "tiles"):
         script += writes(f"{name}_addr", prepared.buffers[name].device_address)
-    script += writes("command", CMD_RUN) + start_and_done() + reads("status", STATUS_BAD_TABLE)
+    script += writes("command", CMD_RUN) + start_and_done() + reads("status", Status.BAD_TABLE)
     with device.expect(script), pytest.raises(DriverError, match="layer 'bad': the engine rejected the run: bad tile table"):
         driver.run(prepared)
 

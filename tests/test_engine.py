@@ -10,14 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoq.common.errors import SpecError
-from autoq.common.network import LayerSpec, NetworkSpec
-from autoq.common.plan import LayerPlan, QuantPlan
+from autoq.common.network import LayerSpec
 from autoq.overlay import bitserial, engine
 from autoq.overlay.bitserial import value_range
 from autoq.overlay.engine import EngineResult, conv2d, matmul, run_layer
 from autoq.overlay.manifest import load_overlay
 from autoq.overlay.schedule import LayerEntry, ScheduleError, ScheduleParams, layer_cycles, network_cycles
 from autoq.overlay.tiling import OperandError
+
+from boardkit import MINI_MOBILENET, kernel_wise_plan
 
 PYNQ_Z1 = load_overlay("pynq_z1")
 
@@ -127,20 +128,9 @@ def test_run_layer_on_network_layers_and_linear_shapes():
 
 def test_network_under_a_kernel_wise_plan_matches_schedule_per_layer():
     """A small MobileNet-like network, batch 2, random kernel-wise plan: every layer exact, every counter equal."""
-    net = NetworkSpec(
-        "mini",
-        (
-            LayerSpec("stem", "conv", 3, 16, 3, 2, 1, 1, (12, 12), (6, 6)),
-            LayerSpec("dw", "depthwise", 16, 16, 3, 1, 1, 16, (6, 6), (6, 6)),
-            LayerSpec("pw", "conv", 16, 24, 1, 1, 0, 1, (6, 6), (6, 6)),
-            LayerSpec("fc", "linear", 24, 10),
-        ),
-        (3, 12, 12),
-    )
+    net = MINI_MOBILENET
     rng = np.random.default_rng(6)
-    plan = QuantPlan.for_network(
-        net, (LayerPlan(l.name, tuple(int(b) for b in rng.integers(1, 9, l.c_out)), int(rng.integers(2, 9))) for l in net)
-    )
+    plan = kernel_wise_plan(net, rng, min_act_bits=2)
     params = ScheduleParams(per_image_convs=True)
     closed = network_cycles([LayerEntry(l, p.weight_bits, p.act_bits) for l, p in zip(net, plan.layers)], PYNQ_Z1, params, 2)
     for layer, lp, expected_cycles in zip(net, plan.layers, closed):

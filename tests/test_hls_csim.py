@@ -7,15 +7,7 @@ from autoq.hls import csim
 from autoq.host.cli import main
 from autoq.overlay.layout import ROW_TILE_HEADER_WORDS, build_job
 from autoq.overlay.manifest import load_overlay
-from autoq.overlay.regmap import (
-    CMD_IDENTIFY,
-    STATUS_BAD_COMMAND,
-    STATUS_BAD_DESCRIPTOR,
-    STATUS_BAD_TABLE,
-    STATUS_BUFFER_OVERFLOW,
-    STATUS_OK,
-    RegisterMap,
-)
+from autoq.overlay.regmap import CMD_IDENTIFY, RegisterMap, Status
 from autoq.overlay.schedule import ScheduleParams
 from autoq.overlay.tiling import OperandError
 
@@ -118,8 +110,8 @@ def test_identify_reports_the_manifest_and_bad_commands_are_refused(builds):
     ident = csim.run_job(builds["pynq_z1"], job, command=CMD_IDENTIFY)
     expected = RegisterMap.from_overlay(PYNQ).id_values
     assert {name: ident.registers[name] for name in expected} == expected
-    assert ident.registers["status"] == STATUS_OK and not ident.results.any()
-    assert csim.run_job(builds["pynq_z1"], job, command=7).registers["status"] == STATUS_BAD_COMMAND
+    assert ident.registers["status"] == Status.OK and not ident.results.any()
+    assert csim.run_job(builds["pynq_z1"], job, command=7).registers["status"] == Status.BAD_COMMAND
 
 
 def test_rejected_runs_name_the_problem_and_write_nothing(builds):
@@ -127,7 +119,7 @@ def test_rejected_runs_name_the_problem_and_write_nothing(builds):
     bad_geometry = type(job)(job.name, {**job.descriptor, "out_h": 5}, job.buffers)
     tiles = job.buffers["tiles"].copy()
     tiles[ROW_TILE_HEADER_WORDS] = 5  # group 0's first tile names a channel of group 1
-    for bad, status in ((bad_geometry, STATUS_BAD_DESCRIPTOR), (with_buffers(job, tiles=tiles), STATUS_BAD_TABLE)):
+    for bad, status in ((bad_geometry, Status.BAD_DESCRIPTOR), (with_buffers(job, tiles=tiles), Status.BAD_TABLE)):
         run = csim.run_job(builds["pynq_z1"], bad)
         assert run.registers["status"] == status and not run.results.any()
     # a job packed for bigger buffers does not fit the tight build: refused on the host and by the engine
@@ -137,7 +129,7 @@ def test_rejected_runs_name_the_problem_and_write_nothing(builds):
         build_job(layer, x, w, [8] * 4, 8, TIGHT)
     roomy = TIGHT.with_changes(lhs_mem_words=1024, rhs_mem_words=1024)
     run = csim.run_job(builds["tight"], build_job(layer, x, w, [8] * 4, 8, roomy))
-    assert run.registers["status"] == STATUS_BUFFER_OVERFLOW and not run.results.any()
+    assert run.registers["status"] == Status.BUFFER_OVERFLOW and not run.results.any()
 
 
 def test_cli_prints_a_pass_table_and_refuses_bad_arguments(builds, cache, monkeypatch, capsys):

@@ -35,14 +35,16 @@ def kernelwise_plan(network, seed=0):
 def test_onnxruntime_matches_torch_on_test_inputs(qmodel, tmp_path):
     qmodel, task = qmodel
     plan = kernelwise_plan(task.network)
+    plan = plan.replace("conv1", LayerPlan("conv1", plan["conv1"].weight_bits, 1))  # signed 1-bit input: bipolar
+    assert {1, 8} <= set(plan["conv3"].weight_bits)
     path = export_quantized_onnx(qmodel, plan, tmp_path / "q.onnx")
     assert qmodel.plan == plan
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]  # one self-contained file
 
     graph = onnx.load(path).graph
     ops = {node.op_type for node in graph.node}
-    assert {"Round", "Clip", "Div", "Mul", "Conv", "Gemm"} <= ops
-    assert not ops & {"Where", "Abs", "ReduceMean"}  # weight quantization is folded, not computed in the graph
+    assert {"Round", "Clip", "Div", "Mul", "Where", "Conv", "Gemm"} <= ops
+    assert not ops & {"Abs", "ArgMin", "ReduceMax", "ReduceMean"}  # the weight clip search is not in the graph
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
     conv2 = next(v for v in initializers.values() if v.shape == (64, 32, 3, 3))
     values, scale = qmodel.integer_weights("conv2")

@@ -279,3 +279,4 @@ def test_misuse_gives_clear_errors():
     other.conv2 = nn.Identity()
     with pytest.raises(SpecError, match="layer 'conv2' of network 'tiny' is Identity"):
         QuantizedModel(other, qmodel.network)
+    assert not hasattr(other.conv1, "parametrizations")  # nothing wrapped when the model does not fit

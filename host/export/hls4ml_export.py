@@ -17,13 +17,14 @@ Each quantized conv/linear layer becomes three hls4ml layers:
    (1-bit kernels are bipolar +-1, which needs two bits), no bias; accumulator and result ``ap_int<n>`` with ``n``
    from the largest possible ``sum |q| * max|level|`` of any kernel, so the integer product is exact.
 3. ``<layer>_scale`` (BatchNormalization): the per-kernel scales ``w_scale[c] * s_x`` and the float bias, in
-   ``ap_fixed`` with ``SCALE_SIGNIFICANT_BITS`` significant bits; the result has ``RESULT_FRACTION_BITS``
-   fractional bits and enough integer bits for the largest reachable value.
+   ``ap_fixed`` with ``SCALE_SIGNIFICANT_BITS`` (24) significant bits; the result is rounded to
+   ``RESULT_FRACTION_BITS`` (24) fractional bits with enough integer bits for the largest reachable value.
 
-So weights, activation levels and accumulators are bit-exact; the only inexact steps are the fixed-point scale,
-bias and dequantized result (relative error ~2^-20, absolute ~2^-16). Those can move a value that lies within that
-distance of a rounding boundary of the *next* layer's activation quantizer to the neighbouring level — rarely, and
-by one level. The tolerance the test states follows from that.
+So weights, activation levels and accumulators are bit-exact; the only inexact steps are the fixed-point scales,
+biases and real-domain values (relative error ~2^-24, like float32 itself). They can only matter for a value that
+lies within that distance of a rounding boundary of the *next* layer's activation quantizer, which the C simulation
+may then put on the neighbouring level: rare, and one level. (With 16 fractional bits, truncated, about 5e-4 of the
+activation levels flipped on the digits model; with 24, rounded, none did.) The tolerance the test states follows.
 
 Pooling between layers stays in the real domain (``adaptive_avg_pool2d(x, 1)``, which hls4ml does not parse,
 becomes an ``AvgPool2d`` over the whole map); its precision is ``DEFAULT_PRECISION``. A flatten of a 1x1 map is
@@ -53,9 +54,11 @@ PROJECT_NAME = "autoq_model"
 # for the digits CNN), which takes g++ minutes to compile; io_stream compiles in ~20 s of CPU.
 IO_TYPE = "io_stream"
 SCALE_SIGNIFICANT_BITS = 24
-RESULT_FRACTION_BITS = 16
-DEFAULT_PRECISION = "ap_fixed<32,16>"
-INPUT_PRECISION = "ap_fixed<32,12>"
+RESULT_FRACTION_BITS = 24
+# Real-domain values between layers (ReLU, pooling) and the network input keep 24 fractional bits as well: a
+# truncation there, scaled up by the next quantizer's 1/s_x, would move values across rounding boundaries.
+DEFAULT_PRECISION = "ap_fixed<48,24>"
+INPUT_PRECISION = "ap_fixed<36,12>"
 
 
 class HlsExportError(AutoQError, RuntimeError):
@@ -196,7 +199,7 @@ def integer_domain_model(qmodel: "QuantizedModel", example: "torch.Tensor") -> t
                 accumulator=f"ap_int<{acc_bits}>",
                 scale=_fixed_with_significant_bits(scale, SCALE_SIGNIFICANT_BITS),
                 bias=_fixed_with_significant_bits(bias, SCALE_SIGNIFICANT_BITS),
-                result=f"ap_fixed<{result_integer + RESULT_FRACTION_BITS},{result_integer}>",
+                result=f"ap_fixed<{result_integer + RESULT_FRACTION_BITS},{result_integer},AP_RND>",
             )
         elif node.op == "call_module" and isinstance(modules[node.target], (nn.Conv2d, nn.Linear)):
             raise HlsExportError(f"layer {node.target!r} is not quantized; the hls4ml export needs every conv/linear layer quantized")

@@ -260,7 +260,7 @@ class QuantizedModel:
         for name in names:
             network[name]  # raises SpecError naming an unknown layer
         modules = dict(model.named_modules())
-        self.quantizers: dict[str, LayerQuantizer] = {}
+        targets: list[tuple[str, int, nn.Module]] = []
         for spec in network:
             if spec.name not in names:
                 continue
@@ -270,10 +270,13 @@ class QuantizedModel:
                 raise SpecError(f"layer {spec.name!r} of network {network.name!r} is {found} in the model, not Conv2d/Linear")
             if parametrize.is_parametrized(module, "weight"):
                 raise QuantizerError(f"layer {spec.name!r} is already quantized or parametrized")
-            quantizer = LayerQuantizer(spec.name, spec.c_out, config.clip_ratios)
+            targets.append((spec.name, spec.c_out, module))
+        self.quantizers: dict[str, LayerQuantizer] = {}
+        for name, out_channels, module in targets:  # checked first, so a bad model is left untouched
+            quantizer = LayerQuantizer(name, out_channels, config.clip_ratios)
             parametrize.register_parametrization(module, "weight", quantizer)
             module.register_forward_pre_hook(quantizer.quantize_input)
-            self.quantizers[spec.name] = quantizer
+            self.quantizers[name] = quantizer
         self.plan = QuantPlan.uniform(network, KEPT_BITS, KEPT_BITS)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from torch import nn
 
 from autoq.common.errors import AutoQError
 from autoq.host.tasks.datasets import Split, SplitSet
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 NAME = "digits"
 INPUT_SHAPE: tuple[int, int, int] = (1, 16, 16)
@@ -59,7 +63,7 @@ class DigitsCNN(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def weights_path():
+def weights_path() -> Traversable:
     """Path of the shipped state dict (package data)."""
     return resources.files("autoq.host") / "tasks" / "data" / WEIGHTS_FILE
 

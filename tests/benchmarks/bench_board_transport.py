@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -23,20 +24,8 @@ from autoq.host.models.resolve import spec_for
 from autoq.overlay.board import Board
 from autoq.overlay.daemon import Daemon
 
-
-class PtyMaster:
-    def __init__(self, fd: int):
-        self.fd = fd
-
-    def recv(self, size: int) -> bytes:
-        if not select.select([self.fd], [], [], 0.1)[0]:
-            raise TimeoutError
-        return os.read(self.fd, size)
-
-    def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from boardkit import PtyMasterLink  # noqa: E402 - the shared test helpers live in tests/
 
 
 def timed(backend, network, plan, repeats: int) -> float:
@@ -63,7 +52,7 @@ def main() -> None:
     daemon = Daemon(board)
     _, port = daemon.listen_tcp("127.0.0.1", 0)
     master, slave = os.openpty()
-    link = PtyMaster(master)
+    link = PtyMasterLink(master)
     daemon.attach_link(link.recv, link.send, crc=True, peer="pty")
     backends = {
         "model": open_backend("model"),
