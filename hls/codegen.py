@@ -14,7 +14,8 @@ from typing import NamedTuple
 
 from autoq.common.fileio import atomic_write_text
 from autoq.overlay import regmap as rm
-from autoq.overlay.layout import ROW_TILE_HEADER_WORDS
+from autoq.overlay.bitserial import WORD_BITS
+from autoq.overlay.layout import ROW_TILE_HEADER_WORDS, check_overlay
 from autoq.overlay.manifest import ManifestError, OverlayConfig
 from autoq.overlay.regmap import Register, RegisterMap
 from autoq.overlay.schedule import ScheduleError, ScheduleParams
@@ -22,7 +23,6 @@ from autoq.overlay.schedule import ScheduleError, ScheduleParams
 CONFIG_HEADER = "engine_config.hpp"
 BUILD_TCL = "build_config.tcl"
 TOP_FUNCTION = "bitserial_engine"
-WORD_BITS = 64  # DDR word of packed bit-planes (autoq.overlay.bitserial packs into uint64)
 RESULT_BITS = 32  # results land in DDR as int32
 BUFFER_TYPES = {  # C++ element type of each DDR buffer the engine masters (types defined in hls/src/engine.hpp)
     "weights_addr": "const aq::word_t*",
@@ -69,8 +69,7 @@ def _check_buildable(cfg: OverlayConfig) -> None:
     if cfg.dram_width_bits != WORD_BITS:
         raise ManifestError(f"overlay {cfg.name!r}: the engine moves {WORD_BITS}-bit DDR words, "
                             f"manifest says dram_width_bits={cfg.dram_width_bits}")
-    if cfg.dk % WORD_BITS:
-        raise ManifestError(f"overlay {cfg.name!r}: dk={cfg.dk} must be a multiple of the {WORD_BITS}-bit DDR word")
+    check_overlay(cfg)
     if cfg.acc_bits != RESULT_BITS:
         raise ManifestError(f"overlay {cfg.name!r}: the engine writes {RESULT_BITS}-bit results, "
                             f"manifest says acc_bits={cfg.acc_bits}")

@@ -23,8 +23,9 @@ import numpy as np
 
 from autoq.common.errors import AutoQError
 from autoq.common.network import LayerSpec
-from autoq.overlay.driver import LayerJob
-from autoq.overlay.engine import run_layer
+from autoq.overlay.bitserial import value_range
+from autoq.overlay.driver import COUNTERS, LayerJob
+from autoq.overlay.engine import conv_output_size, run_layer
 from autoq.overlay.layout import build_job
 from autoq.overlay.manifest import OverlayConfig
 from autoq.overlay.regmap import CMD_RUN, Status
@@ -34,7 +35,6 @@ from .codegen import CONFIG_HEADER, TIMING_FIELDS, check_timing, hls_dir, render
 
 SOURCES = ("engine.hpp", "engine.cpp", "csim_tb.cpp")
 CXXFLAGS = ("-O2", "-std=c++14", "-Wno-unknown-pragmas")
-COUNTERS = ("cycles_fetch", "cycles_execute", "cycles_result", "cycles_total")
 BUFFER_DTYPES = {"weights": "<u8", "activations": "<u8", "tiles": "<u4", "results": "<i4"}
 
 
@@ -204,14 +204,13 @@ def random_case(rng: np.random.Generator, name: str, kind: str | None = None, ma
             c_in = c_out = groups = int(rng.integers(2, 20))
         else:
             c_in, c_out = groups * int(rng.integers(1, 6)), groups * int(rng.integers(1, 14))
-    out = (size + 2 * pad - kernel) // stride + 1
+    out = conv_output_size(size, kernel, stride, pad)
     layer = LayerSpec(name, "linear" if kind == "linear" else "depthwise" if kind == "depthwise" else "conv",
                       c_in, c_out, kernel, stride, pad, groups, size, out)
     pool = rng.integers(1, max_bits + 1, size=3)  # a few widths, so tiles mix equal and different kernels
     weight_bits = rng.choice(pool, size=c_out)
     act_bits = int(rng.integers(1, max_bits + 1))
-    low = np.where(weight_bits == 1, -1, -(1 << (weight_bits - 1)))
-    high = np.where(weight_bits == 1, 1, (1 << (weight_bits - 1)) - 1)
+    low, high = value_range(weight_bits, signed=True)
     shape = (c_out, c_in // groups, kernel, kernel)
     w = rng.integers(low[:, None], high[:, None] + 1, size=(c_out, layer.kernel_size)).reshape(shape)
     w = np.where((weight_bits == 1)[:, None, None, None] & (w == 0), 1, w)

@@ -42,9 +42,6 @@ class BitPlanes(NamedTuple):
     signed: bool
     k: int
 
-    def take_rows(self, rows: np.ndarray | slice) -> "BitPlanes":
-        return BitPlanes(self.words[rows], self.bits[rows], self.signed, self.k)
-
     @property
     def planes(self) -> int:
         return self.words.shape[-2]

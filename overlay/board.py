@@ -28,9 +28,10 @@ from .driver import BusEngine, EngineDriver
 from .emulated import EmulatedEngine, EmulatedPowerSensor
 from .layout import timing_job
 from .manifest import DEFAULT_OVERLAY, ManifestError, OverlayConfig, bitstreams_dir
-from .measure import Clock, MeasureSettings, PowerSensor, ProtocolResult, RunRecord, run_protocol
+from .measure import Clock, MeasureSettings, ProtocolResult, RunRecord, run_protocol
 from .protocol import ProtocolError
 from .resources import estimate
+from .sensors.base import Sensor
 
 CHECKSUMS = "checksums.sha256"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -116,7 +117,7 @@ class EngineSession:
     """An attached engine with the sensors and time base that go with it."""
 
     driver: EngineDriver
-    sensors: list[PowerSensor]
+    sensors: list[Sensor]
     clock: Clock
     detail: str
     close: Callable[[], None] = lambda: None
@@ -149,7 +150,7 @@ def emulated_factory(calibration: CalibrationParams | None = None, compute: bool
     return open_engine
 
 
-def pynq_factory(sensors: Sequence[PowerSensor] = ()) -> EngineFactory:
+def pynq_factory(sensors: Sequence[Sensor] = ()) -> EngineFactory:
     """Engines on the FPGA through pynq: the build's bitstream is downloaded and its engine IP attached."""
 
     def open_engine(build: OverlayBuild) -> EngineSession:
@@ -294,7 +295,7 @@ class Board:
         )
 
 
-def open_board(emulate: bool, overlay: str = DEFAULT_OVERLAY, sensors: Sequence[PowerSensor] = ()) -> Board:
+def open_board(emulate: bool, overlay: str = DEFAULT_OVERLAY, sensors: Sequence[Sensor] = ()) -> Board:
     """The board ``autoq board serve`` serves: the emulated device, or the FPGA through pynq."""
     if emulate:
         return Board.emulated(overlay)

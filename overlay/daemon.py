@@ -199,7 +199,7 @@ class Daemon:
         return make_message({"type": "result", "id": request.id, "request": request.type}, body)
 
     def _info(self, _request: Message) -> dict[str, Any]:
-        return {**self.board.info(), "protocol_version": PROTOCOL_VERSION, "authenticated": bool(self.key)}
+        return hello_answer(self.board, authenticated=bool(self.key))
 
     def _measure(self, request: Message) -> dict[str, Any]:
         body = request.json_payload()
@@ -251,6 +251,11 @@ class Daemon:
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=max(self.busy_wait_s, 5.0))
+
+
+def hello_answer(board: BoardService, authenticated: bool) -> dict[str, Any]:
+    """What a board answers to ``hello``/``info``: its own info, the protocol version, whether frames are signed."""
+    return {**board.info(), "protocol_version": PROTOCOL_VERSION, "authenticated": authenticated}
 
 
 def serial_recv(link: Any) -> Callable[[int], bytes]:

@@ -64,12 +64,14 @@ def im2col(x: np.ndarray, layer: LayerSpec) -> np.ndarray:
     return patches.transpose(1, 2, 0, 3).reshape(layer.groups, per_group * kh * kw, batch * oh * ow)
 
 
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution along one axis (zero padding on both sides)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def _output_hw(layer: LayerSpec) -> tuple[int, int]:
     """Output height and width that the layer's input size, kernel, stride and padding give."""
-    return tuple(
-        (size + 2 * pad - kernel) // stride + 1
-        for size, kernel, stride, pad in zip(layer.in_hw, layer.kernel, layer.stride, layer.padding)
-    )
+    return tuple(map(conv_output_size, layer.in_hw, layer.kernel, layer.stride, layer.padding))
 
 
 def _check_layer_operands(layer: LayerSpec, x: np.ndarray, w: np.ndarray) -> None:

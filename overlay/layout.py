@@ -56,11 +56,13 @@ class Block(NamedTuple):
     row_tiles: tuple[RowTile, ...]
 
 
-def schedule_blocks(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, overlay: OverlayConfig) -> tuple[Block, ...]:
+def schedule_blocks(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray,
+                    overlay: OverlayConfig) -> tuple[Block, ...]:
     """The schedule's blocks with their row tiles in processing order.
 
     Cut as ``schedule.layer_tiles`` cuts them (``tiling.tile_rows`` per group, or once over all channels of a
-    packed depthwise-like layer), whose loops visit every block's row tiles in this order.
+    packed depthwise-like layer), whose loops first reach every block's row tiles in this order
+    (``tests/test_layout.py`` holds the two to each other).
     """
     bits = check_bit_widths(weight_bits, f"layer {layer.name!r}: weight_bits", overlay.max_bits)
     if bits.size != layer.c_out:
@@ -128,8 +130,8 @@ def operand_layout(layer: LayerSpec, blocks: Sequence[Block], act_bits: int, bat
 def check_overlay(overlay: OverlayConfig) -> None:
     """Raise ``ManifestError`` unless the engine's DDR layout works for ``overlay`` (Dk-bit words of uint64s)."""
     if overlay.dk % WORD_BITS:
-        raise ManifestError(f"overlay {overlay.name!r}: the engine needs dk to be a multiple of {WORD_BITS}, "
-                            f"got {overlay.dk}")
+        raise ManifestError(f"overlay {overlay.name!r}: dk={overlay.dk} must be a multiple of the {WORD_BITS}-bit DDR "
+                            "word (the engine packs bit-planes into uint64 words)")
 
 
 def _check_buffers(layer: LayerSpec, layout: OperandLayout, act_bits: int, overlay: OverlayConfig) -> None:

@@ -1,8 +1,8 @@
 """Measurement protocol on the board: idle power first, then warm-up, then repeated runs until the power meter's
 sampling window is covered; median and spread of latency, idle power subtracted for energy per inference.
 
-Power sensors are duck-typed like pynq's: ``name``, ``parents`` and ``get_value(parents=None)`` returning the
-average power in watts since the previous reading (what a sampling meter reports). ``clock``/``sleep`` are the
+Power sensors are ``sensors.base.Sensor``s (duck-typed like pynq's) whose ``get_value()`` returns the average power
+in watts since the previous reading (what a sampling meter reports). ``clock``/``sleep`` are the
 board's time base: wall time on a board; the emulated device's virtual time (advanced by each run's simulated
 latency) on a workstation, so the protocol and its sensors run unchanged there. Imports only numpy.
 """
@@ -10,22 +10,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from autoq.common.errors import AutoQError
 
+from .sensors.base import Sensor
+
 
 class MeasureError(AutoQError, RuntimeError):
     """The measurement protocol cannot run as configured, or a sensor failed."""
-
-
-class PowerSensor(Protocol):
-    name: str
-    parents: tuple[Any, ...]
-
-    def get_value(self, parents: Any = None) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -126,7 +121,7 @@ class ProtocolResult:
         return text
 
 
-def read_power(sensors: Sequence[PowerSensor]) -> float:
+def read_power(sensors: Sequence[Sensor]) -> float:
     """Total watts over all sensors (each reports its average since its previous reading)."""
     try:
         return float(sum(float(s.get_value()) for s in sensors))
@@ -136,7 +131,7 @@ def read_power(sensors: Sequence[PowerSensor]) -> float:
 
 def run_protocol(
     run_once: Callable[[], RunRecord],
-    sensors: Sequence[PowerSensor],
+    sensors: Sequence[Sensor],
     settings: MeasureSettings = MeasureSettings(),
     clock: Clock = Clock(),
 ) -> ProtocolResult:

@@ -17,7 +17,8 @@ so a driver runs ``command = CMD_IDENTIFY`` once (no DDR traffic) before reading
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Iterator, Literal, Mapping
 
@@ -78,7 +79,7 @@ class Register:
     section: Section
     doc: str
 
-    @property
+    @functools.cached_property
     def word_offsets(self) -> tuple[int, ...]:
         return tuple(self.offset + 4 * i for i in range(self.width // 32))
 
@@ -156,6 +157,10 @@ class RegisterMap:
     version: int
     registers: tuple[Register, ...]
     id_values: Mapping[str, int]
+    _by_name: dict[str, Register] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {reg.name: reg for reg in self.registers})
 
     @classmethod
     def from_overlay(cls, cfg: OverlayConfig) -> "RegisterMap":
@@ -173,16 +178,15 @@ class RegisterMap:
         return cls(cfg.regmap_version, tuple(registers), _id_values(cfg))
 
     def __getitem__(self, name: str) -> Register:
-        for reg in self.registers:
-            if reg.name == name:
-                return reg
-        raise KeyError(f"register map v{self.version} has no register {name!r}")
+        if name not in self._by_name:
+            raise KeyError(f"register map v{self.version} has no register {name!r}")
+        return self._by_name[name]
 
     def __iter__(self) -> Iterator[Register]:
         return iter(self.registers)
 
     def __contains__(self, name: object) -> bool:
-        return any(reg.name == name for reg in self.registers)
+        return isinstance(name, str) and name in self._by_name
 
     def offset(self, name: str) -> int:
         return self[name].offset

@@ -5,6 +5,7 @@ import torch
 from autoq.common.errors import AutoQError, PlanError
 from autoq.common.plan import LayerPlan, QuantPlan
 from autoq.host.evaluate import Evaluator, EvaluatorConfig
+from autoq.host.quant.quantizer import QuantizedModel
 from autoq.host.tasks import load_task
 
 
@@ -62,6 +63,11 @@ def test_bad_requests(evaluator, task):
     wrong = QuantPlan(tuple(LayerPlan(l.name, (4,) * 3, 4) for l in task.network))
     with pytest.raises(PlanError, match="layer 'conv1': plan has 3 kernel bit-widths but the layer has 32"):
         evaluator.accuracy(wrong)
+    fresh = load_task()
+    with pytest.raises(AutoQError, match="not calibrated"):
+        Evaluator(QuantizedModel(fresh.model, fresh.network), fresh.test)
+    with pytest.raises(AutoQError, match="test split is empty"):
+        Evaluator(evaluator.qmodel, task.test.subset(slice(0, 0)))
     no_train = Evaluator(evaluator.qmodel, task.test)
     with pytest.raises(AutoQError, match="fine-tuning needs a train split"):
         no_train.accuracy(QuantPlan.uniform(task.network, 4, 4), finetune_steps=2)

@@ -69,6 +69,15 @@ def test_bad_input_exits_2_with_a_message(capsys, tmp_path, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's legacy exporter announces its deprecation
+def test_onnx_model_has_no_torch_module_to_evaluate(capsys, tmp_path):
+    import torch
+
+    torch.onnx.export(digits.build_model(), (torch.zeros(1, *digits.INPUT_SHAPE),), tmp_path / "m.onnx", dynamo=False)
+    assert main(["eval", str(tmp_path / "m.onnx"), "--uniform", "4/4"]) == 2
+    assert "has no torch module" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["--uniform", "4"], ["--uniform", "4/4", "--finetune", "-1"], []])
 def test_bad_arguments_are_usage_errors(capsys, argv):
     with pytest.raises(SystemExit) as exc:

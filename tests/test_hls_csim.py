@@ -27,9 +27,8 @@ def builds(cache):
 
 
 def assert_passes(check: csim.LayerCheck) -> None:
-    model = check.model_cycles
-    assert check.mismatches == 0, f"{check.layer}: {check.mismatches} outputs differ from the reference engine"
-    assert check.csim_cycles == (model.fetch, model.execute, model.result, model.total), check.layer
+    assert check.exact, f"{check.layer}: {check.mismatches} outputs differ from the reference engine"
+    assert check.cycles_agree, f"{check.layer}: C-sim counted {check.csim_cycles}, the schedule {check.model_cycles}"
 
 
 @pytest.mark.parametrize("kind", ["conv", "grouped", "depthwise", "linear"])

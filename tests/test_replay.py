@@ -141,10 +141,10 @@ def test_fallback_predicts_misses_with_the_model_fitted_on_the_trace(tmp_path):
     replay.close()
     cache = path.with_name(path.name + FIT_CACHE_SUFFIX)
     assert cache.exists(), "the fit is cached beside the trace"
-    again = open_backend(f"replay:{path}?fallback=model")
-    assert again._fitted_calibration() == CalibrationParams.load(cache)
+    CalibrationParams.load(cache).with_changes(notes=("cached",)).save(cache)
+    assert open_backend(f"replay:{path}?fallback=model").fitted_calibration().notes == ("cached",), "read from the cache"
     record_with_model_backend(path, net, unseen[:1])  # the trace grows: the cached fit is stale
-    assert open_backend(f"replay:{path}?fallback=model")._fitted_calibration().id == f"replay-fit:{path.name}:9:9"
+    assert open_backend(f"replay:{path}?fallback=model").fitted_calibration().id == f"replay-fit:{path.name}:9:9"
     assert recorded  # recorded measurements remain hits
 
 
@@ -153,3 +153,34 @@ def test_fallback_on_a_trace_too_small_to_fit_is_a_clear_error(tmp_path):
     record_with_model_backend(path, net, some_plans(net, 1))
     with pytest.raises(BackendError, match="cannot fit the fallback model on the trace: .*too few"):
         open_backend(f"replay:{path}?fallback=model").measure(net, some_plans(net, 1, seed=3)[0])
+
+
+def test_recording_into_a_file_that_is_not_a_trace_is_refused(tmp_path):
+    from autoq.host.traces import TraceError
+
+    bad = tmp_path / "notes.sqlite"
+    bad.write_bytes(os.urandom(1024))
+    with pytest.raises(TraceError, match="not a readable SQLite trace"):
+        open_backend_recording("model", bad)
+
+
+def test_search_recorded_then_replayed_sees_the_same_measurements(tmp_path, monkeypatch, capsys):
+    import csv
+
+    from autoq.host.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    search = ["search", "--agent", "random", "--episodes", "3", "--seed", "3", "--no-progress"]
+    assert main([*search, "--out", "recorded", "--record", "trace.sqlite"]) == 0
+    assert main([*search, "--out", "replayed", "--backend", "replay:trace.sqlite"]) == 0
+    recorded = list(csv.DictReader(open("recorded/episodes.csv")))
+    replayed = list(csv.DictReader(open("replayed/episodes.csv")))
+    figures = ("plan_hash", "accuracy", "latency_s", "energy_j", "avg_power_w", "reward")
+    assert [[r[k] for k in figures] for r in replayed] == [[r[k] for k in figures] for r in recorded]
+    assert {r["source"] for r in recorded} == {"model"} and {r["source"] for r in replayed} == {"replay"}
+    with TraceStore("trace.sqlite", mode="r") as store:
+        assert {r["plan_hash"] for r in recorded} <= {r.plan.hash for r in store}
+    capsys.readouterr()
+    assert main(["search", "--agent", "random", "--episodes", "1", "--seed", "4", "--no-progress", "--out", "other",
+                 "--backend", "replay:trace.sqlite"]) == 2
+    assert "replay miss" in capsys.readouterr().err

@@ -7,6 +7,16 @@ from autoq.host.search.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from autoq.host.traces import TraceStore
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """`autoq search` sets torch to one thread for the process; give the rest of the session its setting back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def autoq(*argv):
     return main(["search", "--no-progress", *argv])
 
@@ -50,6 +60,8 @@ def test_impossible_budget_is_refused_before_searching(tmp_path, capsys):
     (["--latency-budget", "fast"], "cannot read latency budget 'fast'"),
     (["--energy-budget", "3ms"], "cannot read energy budget '3ms'"),
     (["--accuracy-guaranteed", "--psi-acc", "0"], "psi_acc > 0"),
+    (["--psi-latency", "0.3"], "add --accuracy-guaranteed"),
+    (["--min-bits", "9"], "min_bits <= max_bits"),
 ])
 def test_bad_input_is_a_one_line_error(tmp_path, capsys, argv, message):
     assert autoq(*argv, "--out", str(tmp_path / "none")) == 2
@@ -61,3 +73,30 @@ def test_conflicting_options_are_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exc:
         autoq("--latency-budget", "0.5x", "--accuracy-guaranteed")
     assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_search_killed_with_sigkill_resumes_to_the_same_results(tmp_path):
+    """The real thing: `autoq search` on digits, SIGKILLed from outside while it runs, then `--resume`."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--agent", "autoq", "--episodes", "8", "--seed", "2"]
+    assert autoq(*args, "--out", str(tmp_path / "reference")) == 0
+    killed_out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from autoq.host.cli import main; sys.exit(main())",
+                             "search", "--no-progress", *args, "--out", str(killed_out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint = killed_out / CHECKPOINT_NAME
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, proc.stderr.read()
+    assert 0 < load_checkpoint(checkpoint)["next_episode"] < 8
+    assert autoq("--resume", "--out", str(killed_out)) == 0
+    for name in ("episodes.csv", "best_reward.plan.json", "pareto_latency.csv"):
+        assert (killed_out / name).read_text() == (tmp_path / "reference" / name).read_text(), name

@@ -13,7 +13,8 @@ from autoq.common.network import NetworkSpec
 from autoq.common.plan import QuantPlan
 from autoq.overlay.board import Board
 from autoq.overlay.manifest import DEFAULT_OVERLAY, OverlayConfig
-from autoq.overlay.protocol import PROTOCOL_VERSION, ProtocolError
+from autoq.overlay.daemon import hello_answer
+from autoq.overlay.protocol import ProtocolError
 
 
 class EmulatedBackend:
@@ -26,7 +27,7 @@ class EmulatedBackend:
 
     def info(self) -> dict[str, Any]:
         """What ``autoq board serve --emulate`` would answer to ``hello``."""
-        return {**self.board.info(), "protocol_version": PROTOCOL_VERSION, "authenticated": False}
+        return hello_answer(self.board, authenticated=False)
 
     def measure(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1) -> Measurement:
         return self.board.measure(network, plan, batch)

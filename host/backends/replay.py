@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from autoq.common.backend import BackendInfo, CostBackend
@@ -23,6 +24,9 @@ from autoq.common.network import NetworkSpec
 from autoq.common.plan import QuantPlan
 from autoq.host.traces import TraceError, TraceStore
 from autoq.overlay.manifest import load_overlay
+
+if TYPE_CHECKING:
+    from autoq.calibration.costmodel import CalibrationParams
 
 FALLBACKS = ("error", "model")
 FIT_CACHE_SUFFIX = ".model-fit.json"
@@ -81,11 +85,13 @@ class ReplayBackend:
         if self._model is None:
             from autoq.host.backends.model import ModelBackend
 
-            params = self._fitted_calibration()
+            params = self.fitted_calibration()
             self._model = ModelBackend(params, params.overlay or self.describe().overlay, f"model (fitted on {self.store.path})")
         return self._model
 
-    def _fitted_calibration(self):
+    def fitted_calibration(self) -> "CalibrationParams":
+        """The calibration fitted on this trace's per-layer measurements: read from the cache beside the trace while
+        the trace is unchanged, else fitted (``autoq.calibration.fit``, as ``autoq calibrate`` does) and cached."""
         from autoq.calibration.costmodel import CalibrationError, CalibrationParams, load_default_calibration
         from autoq.calibration.fit import FitError, calibration_from_fit, fit
         from autoq.calibration.measurements import MeasurementError, samples_from_trace
@@ -113,7 +119,7 @@ class ReplayBackend:
 
     def describe(self) -> BackendInfo:
         recorded = self.store.backends()
-        fallback = f"; misses fall back to the model fitted on the trace" if self.fallback == "model" else "; a miss is an error"
+        fallback = "; misses fall back to the model fitted on the trace" if self.fallback == "model" else "; a miss is an error"
         if recorded:
             main = recorded[0]
             others = f" (and {len(recorded) - 1} other backend(s))" if len(recorded) > 1 else ""

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from autoq.common.errors import AutoQError
-from autoq.common.network import LayerSpec
+from autoq.common.network import LayerSpec, NetworkSpec
+from autoq.common.plan import QuantPlan
 
 # (name, kind, c_in, c_out, kernel, stride, padding, groups, input hw): ResNet/MobileNet-like layers.
 DEFAULT_SHAPES: tuple[tuple[str, str, int, int, int, int, int, int, int], ...] = (
@@ -50,9 +51,11 @@ class BenchRow:
 
 
 def bench_layers(shapes: Sequence[tuple] = DEFAULT_SHAPES) -> list[LayerSpec]:
+    from autoq.overlay.engine import conv_output_size
+
     layers = []
     for name, kind, c_in, c_out, kernel, stride, padding, groups, hw in shapes:
-        out = (hw + 2 * padding - kernel) // stride + 1
+        out = conv_output_size(hw, kernel, stride, padding)
         layers.append(LayerSpec(name, kind, c_in, c_out, kernel, stride, padding, groups, (hw, hw), (out, out)))
     return layers
 
@@ -71,9 +74,6 @@ def parse_bits(text: str) -> list[tuple[int, int]]:
 
 def overlay_sweep(backend: Any, layers: Sequence[LayerSpec], bits: Sequence[tuple[int, int]], batch: int = 1) -> list[BenchRow]:
     """Measure every layer alone at every uniform (wbits, abits) on ``backend``."""
-    from autoq.common.network import NetworkSpec
-    from autoq.common.plan import QuantPlan
-
     peak = backend.describe().overlay.peak_binary_ops_per_s
     rows = []
     for layer in layers:

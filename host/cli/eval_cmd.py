@@ -12,7 +12,7 @@ import json
 
 from autoq.host.cli.cost_cmd import parse_uniform
 from autoq.host.cli.inspect_cmd import positive_int
-from autoq.host.quant.quantizer import EDGE_POLICIES
+from autoq.host.quant.policy import EDGE_POLICIES
 
 
 def non_negative_int(text: str) -> int:

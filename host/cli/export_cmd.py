@@ -17,6 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--arch", default=None, help="architecture of a .pt state dict given as --model")
     parser.add_argument("--onnx", metavar="OUT.onnx", help="write the quantized model as ONNX")
     parser.add_argument("--hls4ml", metavar="DIR", help="write an hls4ml project (per-layer precision: the widest kernel's bits)")
+    parser.add_argument("--csim", type=int, default=0, metavar="N",
+                        help="with --hls4ml: build the project's C simulation (g++) and compare it with torch on N test images")
     parser.add_argument("--finetune-steps", type=int, default=0, metavar="N", help="SGD steps of fine-tuning before export (default 0)")
     parser.set_defaults(handler=run)
 
@@ -24,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not (args.onnx or args.hls4ml):
         raise AutoQError("nothing to export: give --onnx OUT.onnx and/or --hls4ml DIR")
+    if args.csim and not args.hls4ml:
+        raise AutoQError("--csim checks the hls4ml project: give --hls4ml DIR too")
+    if args.csim < 0:
+        raise AutoQError(f"--csim must be >= 0, got {args.csim}")
     if args.finetune_steps < 0:
         raise AutoQError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
     from autoq.common.plan import QuantPlan
@@ -34,11 +40,16 @@ def run(args: argparse.Namespace) -> int:
     plan = QuantPlan.load(args.plan)
     task = load_task(args.model, args.data, args.arch)
     plan.check(task.network)
-    result = export_final(Evaluator.for_task(task), plan, args.finetune_steps, args.onnx, args.hls4ml)
+    evaluator = Evaluator.for_task(task)
+    result = export_final(evaluator, plan, args.finetune_steps, args.onnx, args.hls4ml)
     print(f"plan {plan.hash} on {task.name}: accuracy {result.accuracy_before:.4f}"
           + (f" -> {result.accuracy_after:.4f} after {args.finetune_steps} fine-tune steps" if args.finetune_steps else ""))
     if result.onnx:
         print(f"ONNX: {result.onnx}")
     if result.hls4ml:
-        print(f"hls4ml project: {result.hls4ml} (C simulation: hls4ml's compile()/predict(); synthesis needs Vivado HLS)")
+        print(f"hls4ml project: {result.hls4ml.output_dir} (synthesis needs Vivado HLS)")
+    if args.csim:
+        from autoq.host.export.hls4ml_export import check_csim
+
+        print(check_csim(result.hls4ml, evaluator.qmodel, task.test.x[: args.csim]).describe())
     return 0

@@ -2,7 +2,8 @@
 results folder (best plans, Pareto fronts, bit-width heatmap, summary.md), checkpointing after every episode.
 
 With no arguments: the bundled digits task, the analytic ``model`` cost backend, the AutoQ agent, a latency
-budget of half the uniform 8-bit plan, 300 episodes (about 10 minutes on 2 cores), results in runs/search.
+budget of 0.4x the uniform 8-bit plan, 1000 episodes (about 10 minutes on 2 cores: ~0.55 s per episode),
+results in runs/search.
 
 Budgets: ``--latency-budget 3ms`` / ``250us`` / ``0.5x`` (fraction of the uniform 8-bit plan), ``--energy-budget
 40mJ`` / ``0.5x``; or ``--accuracy-guaranteed`` with reward psi_acc*acc - psi_l*lat/lat_8bit - psi_e*E/E_8bit.
@@ -52,18 +53,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", metavar="PATH", help="ImageFolder-style directory or .npz (x, y); default: digits data")
     parser.add_argument("--backend", metavar="URI", help=f"cost backend (default {DEFAULT_BACKEND}): model[:calib.json], "
                         "emulated, tcp://host:port, serial:///dev/X, replay:trace.sqlite")
-    parser.add_argument("--episodes", type=_positive_int, metavar="N", help="episodes (default 300)")
+    parser.add_argument("--episodes", type=_positive_int, metavar="N", help="episodes (default 1000, about 10 minutes for the digits task)")
     parser.add_argument("--seed", type=_non_negative_int, metavar="S", help="seed of every generator (default 0)")
     parser.add_argument("--out", default="runs/search", metavar="DIR", help="results and checkpoint folder (default runs/search)")
     parser.add_argument("--record", metavar="FILE", help="append every measurement to this SQLite trace")
     parser.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")
     reward = parser.add_mutually_exclusive_group()
-    reward.add_argument("--latency-budget", metavar="X", help="latency budget: 3ms, 250us, or 0.5x of the 8-bit plan (default 0.5x)")
+    reward.add_argument("--latency-budget", metavar="X", help="latency budget: 3ms, 250us, or 0.4x of the 8-bit plan (default 0.4x)")
     reward.add_argument("--energy-budget", metavar="X", help="energy budget: 40mJ, 0.1J, or 0.5x of the 8-bit plan")
     reward.add_argument("--accuracy-guaranteed", action="store_true", help="no budget: reward accuracy against normalised cost")
-    parser.add_argument("--psi-acc", type=_non_negative_float, default=2.0, help="accuracy weight (accuracy-guaranteed; default 2)")
-    parser.add_argument("--psi-latency", type=_non_negative_float, default=0.5, help="latency weight (accuracy-guaranteed; default 0.5)")
-    parser.add_argument("--psi-energy", type=_non_negative_float, default=0.5, help="energy weight (accuracy-guaranteed; default 0.5)")
+    parser.add_argument("--psi-acc", type=_non_negative_float, help="accuracy weight (with --accuracy-guaranteed; default 2)")
+    parser.add_argument("--psi-latency", type=_non_negative_float, help="latency weight (with --accuracy-guaranteed; default 0.5)")
+    parser.add_argument("--psi-energy", type=_non_negative_float, help="energy weight (with --accuracy-guaranteed; default 0.5)")
     parser.add_argument("--finetune-steps", type=_non_negative_int, metavar="N", help="SGD steps before each accuracy (default 0)")
     parser.add_argument("--min-bits", type=_positive_int, metavar="B", help="narrowest bit-width the search may pick (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -72,14 +73,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def reward_setting(args: argparse.Namespace):
     """The reward setting the options ask for, or None when they name none."""
-    from autoq.host.search.rewards import BudgetSpec, RewardSetting
+    from autoq.host.search.rewards import BudgetSpec, RewardSetting, SearchError
 
+    weights = {k: v for k, v in (("psi_acc", args.psi_acc), ("psi_latency", args.psi_latency), ("psi_energy", args.psi_energy)) if v is not None}
+    if weights and not args.accuracy_guaranteed:
+        raise SearchError("--psi-acc/--psi-latency/--psi-energy weigh the accuracy-guaranteed reward: add --accuracy-guaranteed")
     if args.latency_budget is not None:
         return RewardSetting.resource_constrained(BudgetSpec.parse("latency", args.latency_budget))
     if args.energy_budget is not None:
         return RewardSetting.resource_constrained(BudgetSpec.parse("energy", args.energy_budget))
     if args.accuracy_guaranteed:
-        return RewardSetting.accuracy_guaranteed(args.psi_acc, args.psi_latency, args.psi_energy)
+        return RewardSetting.accuracy_guaranteed(**weights)
     return None
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -32,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
         if args.export:
             export(store, args.export, args.output)
         elif args.list:
-            print_list(store)
+            try:
+                print_list(store)
+            except BrokenPipeError:  # `autoq trace FILE --list | head`: the reader has seen enough
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         else:
             print_summary(store)
     return 0

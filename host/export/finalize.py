@@ -16,6 +16,7 @@ from autoq.common.plan import QuantPlan
 
 if TYPE_CHECKING:
     from autoq.host.evaluate import Evaluator
+    from autoq.host.export.hls4ml_export import HlsExport
 
 FINAL_DIR = "final"
 
@@ -27,7 +28,7 @@ class FinalExport:
     accuracy_before: float
     accuracy_after: float
     onnx: Path | None
-    hls4ml: Path | None
+    hls4ml: "HlsExport | None"
 
     def to_dict(self) -> dict:
         return {
@@ -36,7 +37,7 @@ class FinalExport:
             "accuracy_before_finetune": self.accuracy_before,
             "accuracy_after_finetune": self.accuracy_after,
             "onnx": str(self.onnx) if self.onnx else None,
-            "hls4ml": str(self.hls4ml) if self.hls4ml else None,
+            "hls4ml": str(self.hls4ml.output_dir) if self.hls4ml else None,
         }
 
 
@@ -53,12 +54,12 @@ def export_final(
     before = evaluator.accuracy(plan)
     after = evaluator.finetune_and_keep(plan, finetune_steps)
     onnx_path = export_quantized_onnx(evaluator.qmodel, plan, onnx) if onnx else None
-    hls_dir = None
+    hls = None
     if hls4ml:
         from autoq.host.export.hls4ml_export import export_hls4ml
 
-        hls_dir = export_hls4ml(evaluator.qmodel, plan, hls4ml).output_dir
-    return FinalExport(plan, finetune_steps, before, after, Path(onnx_path) if onnx_path else None, hls_dir)
+        hls = export_hls4ml(evaluator.qmodel, plan, hls4ml)
+    return FinalExport(plan, finetune_steps, before, after, Path(onnx_path) if onnx_path else None, hls)
 
 
 def finalize(out_dir: str | Path, evaluator: "Evaluator", plan: QuantPlan, finetune_steps: int, hls4ml: bool = False) -> FinalExport:

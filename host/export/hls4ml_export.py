@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from autoq.common.errors import AutoQError
 from autoq.common.plan import QuantPlan
@@ -59,6 +59,7 @@ RESULT_FRACTION_BITS = 24
 # truncation there, scaled up by the next quantizer's 1/s_x, would move values across rounding boundaries.
 DEFAULT_PRECISION = "ap_fixed<48,24>"
 INPUT_PRECISION = "ap_fixed<36,12>"
+CSIM_CLOSE = 1e-4  # logits closer than this to torch's count as equal (see the module docstring and its test)
 
 
 class HlsExportError(AutoQError, RuntimeError):
@@ -210,6 +211,12 @@ def integer_domain_model(qmodel: "QuantizedModel", example: "torch.Tensor") -> t
             # hls4ml's io_stream flatten (a transpose and a reshape) mangles the stream; a 1x1 map needs neither
             env[node] = env[node.args[0]]
             one_by_one.add(node)
+        elif _is_flatten(node, modules):
+            shape = tuple(node.args[0].meta["tensor_meta"].shape)
+            raise HlsExportError(
+                f"the model flattens a {shape[1:]} map; hls4ml's streamed flatten is only reproducible for 1x1 maps "
+                "(pool to 1x1 before the classifier)"
+            )
         elif node.op == "get_attr":
             raise HlsExportError(f"the model reads tensor {node.target!r} directly; the hls4ml export supports layers only")
         else:
@@ -247,6 +254,40 @@ class HlsExport:
     integer_model: "fx.GraphModule"
     precisions: dict[str, LayerPrecision]
     output_dir: Path
+
+
+class CsimCheck(NamedTuple):
+    """How the compiled C simulation compares with the quantized torch model on some images."""
+
+    images: int
+    within_close: float  # fraction of logits within CSIM_CLOSE of torch's
+    top1_agreement: float  # fraction of images with the same top-1 class
+    max_abs_diff: float
+    logit_range: float
+
+    def describe(self) -> str:
+        return (f"C simulation vs torch on {self.images} images: {self.within_close:.2%} of logits within {CSIM_CLOSE:g}, "
+                f"top-1 agreement {self.top1_agreement:.2%}, max |diff| {self.max_abs_diff:.3g} (logit range {self.logit_range:.3g})")
+
+
+def check_csim(export: HlsExport, qmodel: "QuantizedModel", x: "torch.Tensor") -> CsimCheck:
+    """Compile the project's C simulation with g++ (hls4ml ``compile()``) and compare its outputs on ``x`` with the
+    quantized torch model's, under the plan it was exported for (``qmodel`` must still hold that plan)."""
+    import numpy as np
+    import torch
+
+    try:
+        export.hls_model.compile()
+    except Exception as exc:  # hls4ml raises bare Exceptions when g++ fails
+        raise HlsExportError(f"the C simulation of {export.output_dir} does not build: {exc}") from None
+    with torch.no_grad():
+        expected = qmodel(x).numpy()
+    got = np.asarray(export.hls_model.predict(np.ascontiguousarray(x.numpy(), dtype=np.float32))).reshape(expected.shape)
+    difference = np.abs(got - expected)
+    return CsimCheck(
+        len(x), float((difference <= CSIM_CLOSE).mean()), float((got.argmax(1) == expected.argmax(1)).mean()),
+        float(difference.max()), float(np.ptp(expected)),
+    )
 
 
 def hls4ml_config(integer_model: "fx.GraphModule", precisions: dict[str, LayerPrecision], input_shape: tuple[int, ...]) -> dict:

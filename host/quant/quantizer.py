@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import torch
 from torch import nn
@@ -30,10 +30,7 @@ from torch.nn.utils import parametrize
 from autoq.common.errors import AutoQError, SpecError
 from autoq.common.network import NetworkSpec
 from autoq.common.plan import MAX_BITS, LayerPlan, QuantPlan
-
-EdgePolicy = Literal["plan", "act8", "keep8"]
-EDGE_POLICIES: tuple[str, ...] = ("plan", "act8", "keep8")
-KEPT_BITS = 8
+from autoq.host.quant.policy import EDGE_POLICIES, KEPT_BITS, EdgePolicy
 # Bounds the memory of the vectorised clip search: ratios x kernel rows x kernel size per chunk.
 SEARCH_CHUNK_ELEMENTS = 1 << 22
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .buffer import Batch, ReplayBuffer
+from .buffer import ReplayBuffer
 from .networks import Actor, Critic
 
 

@@ -17,6 +17,8 @@ import torch
 
 from autoq.common.backend import open_backend
 from autoq.host.evaluate import Evaluator
+from autoq.host.search.agents.base import Agent
+from autoq.host.search.agents.baselines import GreedyAgent
 from autoq.host.search.checkpoint import seed_everything
 from autoq.host.search.env import QuantEnv
 from autoq.host.search.rewards import BudgetSpec, RewardSetting
@@ -24,13 +26,13 @@ from autoq.host.search.runner import kernel_weight_scales, make_agent
 from autoq.host.tasks import load_task
 
 
-def run_agent(name: str, setting: RewardSetting, episodes: int, seed: int):
+def run_agent(name: str, setting: RewardSetting, episodes: int, seed: int, agent: Agent | None = None):
     """A fresh task, evaluator (its cache empty) and backend per agent, so wall times compare."""
     seed_everything(seed)
     task = load_task("digits")
     scales = kernel_weight_scales(task.model, task.network)
     env = QuantEnv(task.network, Evaluator.for_task(task), open_backend("model"), setting, kernel_scales=scales)
-    agent = make_agent(name, episodes, len(task.network), seed)
+    agent = agent or make_agent(name, episodes, len(task.network), seed)
     outcomes, start = [], time.perf_counter()
     for episode in range(episodes):
         if agent.finished():
@@ -45,6 +47,20 @@ def lowest_latency_at(outcomes, accuracy: float) -> float | None:
     return min(eligible) if eligible else None
 
 
+def diagnose(env: QuantEnv, results: dict, setting: RewardSetting, seed: int) -> None:
+    """Does kernel granularity pay on this task and cost model, independent of how well an RL agent learns it?"""
+    print("\nSame greedy sensitivity allocator, kernel-wise moves (tiles of dm rows) vs layer-wise moves (whole layers):\n")
+    for label, rows in (("kernel-wise", None), ("layer-wise", 10**9)):
+        _, (outcome,), _ = run_agent("greedy", setting, 1, seed, GreedyAgent(tile_rows=rows))
+        print(f"- greedy {label}: accuracy {outcome.accuracy:.4f}, latency {outcome.cost.latency_s * 1e3:.4f} ms, "
+              f"avg bits w {outcome.plan.average_weight_bits(env.network):.2f} / a {outcome.plan.average_act_bits():.2f}")
+    for name, (_, best) in results.items():
+        total = best.cost.latency_s
+        layers = ", ".join(f"{l.name} {l.latency_s / total:.0%} {l.bound} (w {min(lp.weight_bits)}-{max(lp.weight_bits)}, a {lp.act_bits})"
+                           for l, lp in zip(best.measurement.layers, best.plan.layers))
+        print(f"- {name} best plan per layer: {layers}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=50)
@@ -52,6 +68,8 @@ def main() -> None:
     parser.add_argument("--budget", default="0.4x", help="latency budget of the resource-constrained setting")
     parser.add_argument("--settings", nargs="+", default=["constrained", "guaranteed"], choices=["constrained", "guaranteed"])
     parser.add_argument("--agents", nargs="+", default=["autoq", "haq", "random", "uniform"])
+    parser.add_argument("--diagnose", action="store_true",
+                        help="also: greedy allocation kernel-wise vs layer-wise, and per-layer bounds of the best plans")
     args = parser.parse_args()
     torch.set_num_threads(1)
     settings = {
@@ -73,6 +91,8 @@ def main() -> None:
                   f"{best.cost.latency_s / ref.latency_s:.3f} | {best.cost.energy_j * 1e3:.4f} | "
                   f"{best.plan.average_weight_bits(env.network):.2f} | {best.plan.average_act_bits():.2f} | "
                   f"{best.reward:.4f} | {per_episode:.2f} |", flush=True)
+        if args.diagnose:
+            diagnose(env, results, setting, args.seed)
         if {"autoq", "haq"} <= results.keys():
             print("\nLowest latency at matched accuracy (kernel-wise AutoQ / layer-wise HAQ):\n")
             for target_name in ("haq", "autoq"):
