@@ -84,10 +84,11 @@ def test_cli_search_killed_with_sigkill_resumes_to_the_same_results(tmp_path):
     import time
 
     args = ["--agent", "autoq", "--episodes", "8", "--seed", "2"]
-    assert autoq(*args, "--out", str(tmp_path / "reference")) == 0
+    reference_trace, trace = tmp_path / "reference.sqlite", tmp_path / "killed.sqlite"
+    assert autoq(*args, "--out", str(tmp_path / "reference"), "--record", str(reference_trace)) == 0
     killed_out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from autoq.host.cli import main; sys.exit(main())",
-                             "search", "--no-progress", *args, "--out", str(killed_out)],
+                             "search", "--no-progress", *args, "--out", str(killed_out), "--record", str(trace)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoint = killed_out / CHECKPOINT_NAME
     deadline = time.monotonic() + 240
@@ -97,6 +98,12 @@ def test_cli_search_killed_with_sigkill_resumes_to_the_same_results(tmp_path):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL, proc.stderr.read()
     assert 0 < load_checkpoint(checkpoint)["next_episode"] < 8
-    assert autoq("--resume", "--out", str(killed_out)) == 0
+    with TraceStore(trace, mode="r") as store:
+        before_resume = [(r.plan.hash, r.measurement.latency_s) for r in store]
+    assert autoq("--resume", "--out", str(killed_out), "--record", str(trace)) == 0
+    with TraceStore(trace, mode="r") as store, TraceStore(reference_trace, mode="r") as reference:
+        after = [(r.plan.hash, r.measurement.latency_s) for r in store]
+        assert after[: len(before_resume)] == before_resume  # what the killed run recorded is all still there
+        assert {r.plan.hash for r in reference} <= {h for h, _ in after}  # and every measurement of the full run is
     for name in ("episodes.csv", "best_reward.plan.json", "pareto_latency.csv"):
         assert (killed_out / name).read_text() == (tmp_path / "reference" / name).read_text(), name
