@@ -2,7 +2,7 @@
 results folder (best plans, Pareto fronts, bit-width heatmap, summary.md), checkpointing after every episode.
 
 With no arguments: the bundled digits task, the analytic ``model`` cost backend, the AutoQ agent, a latency
-budget of 0.4x the uniform 8-bit plan, 1000 episodes (about 10 minutes on 2 cores: ~0.55 s per episode),
+budget of 0.4x the uniform 8-bit plan, 1000 episodes (5-10 minutes on 2 cores: 0.33-0.55 s per episode),
 results in runs/search.
 
 Budgets: ``--latency-budget 3ms`` / ``250us`` / ``0.5x`` (fraction of the uniform 8-bit plan), ``--energy-budget
@@ -13,22 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+from autoq.host.cli.eval_cmd import non_negative_int
+from autoq.host.cli.inspect_cmd import positive_int
 
 
 def _non_negative_float(text: str) -> float:
@@ -43,18 +29,19 @@ def _non_negative_float(text: str) -> float:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from autoq.common.backend import DEFAULT_BACKEND
+    from autoq.host.search.agents.base import AGENTS
 
     parser = subparsers.add_parser("search", help="search kernel-wise quantization plans (AutoQ, HAQ, baselines)",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Defaults are None so that --resume can tell the options given from those left out (see resolve_config).
-    parser.add_argument("--agent", choices=("autoq", "haq", "random", "uniform", "greedy"), help="search agent (default autoq)")
+    parser.add_argument("--agent", choices=AGENTS, help="search agent (default autoq)")
     parser.add_argument("--model", help="'digits' (default), a built-in model name, or a .pt state dict with --arch")
     parser.add_argument("--arch", help="architecture of a .pt/.pth state dict")
     parser.add_argument("--data", metavar="PATH", help="ImageFolder-style directory or .npz (x, y); default: digits data")
     parser.add_argument("--backend", metavar="URI", help=f"cost backend (default {DEFAULT_BACKEND}): model[:calib.json], "
                         "emulated, tcp://host:port, serial:///dev/X, replay:trace.sqlite")
-    parser.add_argument("--episodes", type=_positive_int, metavar="N", help="episodes (default 1000, about 10 minutes for the digits task)")
-    parser.add_argument("--seed", type=_non_negative_int, metavar="S", help="seed of every generator (default 0)")
+    parser.add_argument("--episodes", type=positive_int, metavar="N", help="episodes (default 1000, about 10 minutes for the digits task)")
+    parser.add_argument("--seed", type=non_negative_int, metavar="S", help="seed of every generator (default 0)")
     parser.add_argument("--out", default="runs/search", metavar="DIR", help="results and checkpoint folder (default runs/search)")
     parser.add_argument("--record", metavar="FILE", help="append every measurement to this SQLite trace")
     parser.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")
@@ -65,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--psi-acc", type=_non_negative_float, help="accuracy weight (with --accuracy-guaranteed; default 2)")
     parser.add_argument("--psi-latency", type=_non_negative_float, help="latency weight (with --accuracy-guaranteed; default 0.5)")
     parser.add_argument("--psi-energy", type=_non_negative_float, help="energy weight (with --accuracy-guaranteed; default 0.5)")
-    parser.add_argument("--finetune-steps", type=_non_negative_int, metavar="N", help="SGD steps before each accuracy (default 0)")
-    parser.add_argument("--min-bits", type=_positive_int, metavar="B", help="narrowest bit-width the search may pick (default 2)")
+    parser.add_argument("--finetune-steps", type=non_negative_int, metavar="N", help="SGD steps before each accuracy (default 0)")
+    parser.add_argument("--min-bits", type=positive_int, metavar="B", help="narrowest bit-width the search may pick (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 

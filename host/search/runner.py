@@ -17,16 +17,15 @@ from autoq.common.plan import MAX_BITS, MIN_BITS
 from autoq.host.results import EpisodeRecord, best_record, write_results
 
 from .agents.autoq import AutoQAgent, AutoQConfig
-from .agents.base import Agent
+from .agents.base import AGENTS, Agent
 from .agents.baselines import GreedyAgent, RandomAgent, UniformAgent
 from .agents.haq import HAQAgent, HAQConfig
 from .checkpoint import CHECKPOINT_NAME, capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 from .env import QuantEnv
 from .rewards import BudgetSpec, RewardSetting, SearchError
 
-AGENTS: tuple[str, ...] = ("autoq", "haq", "random", "uniform", "greedy")
-#: ``autoq search`` with no arguments: about 10 minutes on 2 cores for the digits task with the model backend
-#: (measured: 200 AutoQ episodes in 109 s, 0.55 s per episode, on 2 shared cores).
+#: ``autoq search`` with no arguments: 5-10 minutes on 2 cores for the digits task with the model backend
+#: (measured on 2 shared cores: 100 AutoQ episodes in 37 s at load ~1, 200 in 109 s at load ~3.5).
 DEFAULT_EPISODES = 1000
 DEFAULT_REWARD = RewardSetting.resource_constrained(BudgetSpec("latency", 0.4, True))
 

@@ -8,6 +8,9 @@ import numpy as np
 
 from ..env import EpisodeOutcome, QuantEnv
 
+#: The agents ``autoq search --agent`` offers (built by ``autoq.host.search.runner.make_agent``).
+AGENTS: tuple[str, ...] = ("autoq", "haq", "random", "uniform", "greedy")
+
 
 class Agent(ABC):
     """Plays one episode at a time on a ``QuantEnv`` and learns from it; its whole state round-trips through
