@@ -8,7 +8,7 @@
 - ``pareto_latency.{csv,png}``, ``pareto_energy.{csv,png}``: the non-dominated episodes for accuracy (higher is
   better) against latency or energy (lower is better);
 - ``bits_heatmap.png``: the best plan's weight bit-width of every kernel (layers x kernels);
-- ``summary.md``.
+- ``summary.md``, with the fine-tuned final plan's figures when ``final`` (a ``final/final.json`` document) is given.
 
 Plots use matplotlib's Agg canvas directly (no pyplot, no global backend switch). Every file is written atomically.
 """
@@ -26,6 +26,7 @@ from autoq.common.fileio import atomic_write_bytes, atomic_write_text
 from autoq.common.measurement import Measurement
 from autoq.common.network import NetworkSpec
 from autoq.common.plan import QuantPlan
+from autoq.host.export.finalize import FINAL_DIR
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,12 @@ def write_results(
     network: NetworkSpec,
     records: Sequence[EpisodeRecord],
     run_info: Mapping[str, object] | None = None,
+    final: Mapping[str, object] | None = None,
 ) -> dict[str, Path]:
     """Write the results folder (see the module docstring); returns the written files by role.
 
-    ``run_info`` (agent, backend, seed, budget, ...) is listed at the top of ``summary.md`` and in ``best_plans.json``.
+    ``run_info`` (agent, backend, seed, budget, ...) is listed at the top of ``summary.md`` and in ``best_plans.json``;
+    ``final`` is what ``autoq.host.export.finalize`` wrote to ``final/final.json``.
     """
     if not records:
         raise AutoQError("no episodes to write results for")
@@ -122,7 +125,7 @@ def write_results(
             out / f"pareto_{cost_name}.png", _pareto_png(records, front, cost, label, scale, network.name)
         )
     written["heatmap"] = _write_bytes(out / "bits_heatmap.png", _heatmap_png(network, best["reward"]))
-    written["summary"] = _write_text(out / "summary.md", _summary_md(network, records, best, fronts, info, written))
+    written["summary"] = _write_text(out / "summary.md", _summary_md(network, records, best, fronts, info, written, final))
     return written
 
 
@@ -153,7 +156,7 @@ def _csv(network: NetworkSpec, records: Sequence[EpisodeRecord]) -> str:
     return out.getvalue()
 
 
-def _summary_md(network, records, best, fronts, info, written) -> str:
+def _summary_md(network, records, best, fronts, info, written, final) -> str:
     top = best["reward"]
     f = _figures(network, top)
     lines = [f"# Search results: {network.name}", ""]
@@ -172,6 +175,7 @@ def _summary_md(network, records, best, fronts, info, written) -> str:
         f"- reward: {top.reward:.6g}; cost measured by: {f['source']}",
         f"- plan: `{written['best_reward'].name}`; kernel bit-widths: `{written['heatmap'].name}`",
         "",
+        *_final_md(final),
         "## Best by criterion",
         "",
         "| criterion | episode | accuracy | latency (ms) | energy (mJ) | avg weight bits | avg act bits | reward | plan |",
@@ -200,6 +204,20 @@ def _summary_md(network, records, best, fronts, info, written) -> str:
             ),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _final_md(final: Mapping[str, object] | None) -> list[str]:
+    if final is None:
+        return []
+    exported = ", ".join(f"{what}: `{FINAL_DIR}/{Path(str(final[what])).name}`" for what in ("onnx", "hls4ml") if final.get(what))
+    return [
+        f"## Final plan: fine-tuned {final['finetune_steps']} steps and exported",
+        "",
+        f"- accuracy: {final['accuracy_before_finetune']:.4f} before the fine-tune, "
+        f"**{final['accuracy_after_finetune']:.4f} after**",
+        f"- plan {final['plan_hash']}: `{FINAL_DIR}/plan.json`; {exported or 'nothing exported'}",
+        "",
+    ]
 
 
 # -- plots ------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""``autoq search`` on the bundled digits task with the analytic model backend: results, record, resume, bad input."""
+"""``autoq search`` on the bundled digits task with the analytic model backend: results, final export, record, resume,
+bad input."""
+import json
+
 import pytest
 
 from autoq.common.plan import QuantPlan
@@ -24,14 +27,21 @@ def autoq(*argv):
 def test_short_search_writes_results_records_every_measurement_and_resumes(tmp_path, capsys):
     out, trace = tmp_path / "run", tmp_path / "trace.sqlite"
     assert autoq("--agent", "random", "--episodes", "2", "--seed", "1", "--latency-budget", "0.4x",
-                 "--out", str(out), "--record", str(trace)) == 0
+                 "--final-finetune-steps", "3", "--out", str(out), "--record", str(trace)) == 0
     printed = capsys.readouterr().out
     assert "random: 2 episodes; best plan" in printed and str(out) in printed
-    for name in ("summary.md", "best_reward.plan.json", "pareto_latency.csv", "pareto_energy.png", "bits_heatmap.png", "episodes.csv"):
+    assert "final plan: accuracy" in printed and "after 3 fine-tune steps" in printed
+    for name in ("summary.md", "best_reward.plan.json", "pareto_latency.csv", "pareto_energy.png", "bits_heatmap.png", "episodes.csv",
+                 "final/plan.json", "final/model.onnx", "final/final.json"):
         assert (out / name).is_file(), name
+    best = QuantPlan.load(out / "best_reward.plan.json")
+    final = json.loads((out / "final" / "final.json").read_text())
+    assert QuantPlan.load(out / "final" / "plan.json") == best and final["plan_hash"] == best.hash and final["finetune_steps"] == 3
+    assert not (out / "final" / "hls4ml").exists()  # only with --hls4ml
     summary = (out / "summary.md").read_text()
     assert "resource-constrained: latency <= 0.4x the max-bit plan" in summary and "| backend | model" in summary
-    best = QuantPlan.load(out / "best_reward.plan.json")
+    assert "## Final plan: fine-tuned 3 steps and exported" in summary
+    assert f"**{final['accuracy_after_finetune']:.4f} after**" in summary and "`final/model.onnx`" in summary
     payload = load_checkpoint(out / CHECKPOINT_NAME)
     assert payload["next_episode"] == 2 and best in [r.plan for r in payload["history"]]
     with TraceStore(trace, mode="r") as store:
@@ -39,9 +49,17 @@ def test_short_search_writes_results_records_every_measurement_and_resumes(tmp_p
         assert len(store) >= 2 + 2
         recorded = {r.plan.hash for r in store}
     assert {r.plan.hash for r in payload["history"]} <= recorded
-    # Resume of a finished search: nothing to do, same results; changing its settings is refused.
+    # Resume of a finished search: nothing to do, same results, the finished export reused; changing its settings is refused.
+    exported = (out / "final" / "model.onnx").stat().st_mtime_ns
     assert autoq("--resume", "--out", str(out)) == 0
     assert load_checkpoint(out / CHECKPOINT_NAME)["next_episode"] == 2
+    assert (out / "final" / "model.onnx").stat().st_mtime_ns == exported
+    assert json.loads((out / "final" / "final.json").read_text()) == final
+    # Asking for the hls4ml project on a finished search exports again, with it.
+    assert autoq("--resume", "--out", str(out), "--hls4ml") == 0
+    with_hls = json.loads((out / "final" / "final.json").read_text())
+    assert (out / "final" / "hls4ml").is_dir() and with_hls["hls4ml"] and with_hls["accuracy_after_finetune"] == final["accuracy_after_finetune"]
+    assert "hls4ml: `final/hls4ml`" in (out / "summary.md").read_text()
     assert autoq("--resume", "--out", str(out), "--episodes", "5") == 2
     assert "drop episodes=5 (stored: 2)" in capsys.readouterr().err
     assert autoq("--out", str(out)) == 2
@@ -83,7 +101,7 @@ def test_cli_search_killed_with_sigkill_resumes_to_the_same_results(tmp_path):
     import sys
     import time
 
-    args = ["--agent", "autoq", "--episodes", "8", "--seed", "2"]
+    args = ["--agent", "autoq", "--episodes", "8", "--seed", "2", "--final-finetune-steps", "3"]
     reference_trace, trace = tmp_path / "reference.sqlite", tmp_path / "killed.sqlite"
     assert autoq(*args, "--out", str(tmp_path / "reference"), "--record", str(reference_trace)) == 0
     killed_out = tmp_path / "killed"
@@ -105,5 +123,7 @@ def test_cli_search_killed_with_sigkill_resumes_to_the_same_results(tmp_path):
         after = [(r.plan.hash, r.measurement.latency_s) for r in store]
         assert after[: len(before_resume)] == before_resume  # what the killed run recorded is all still there
         assert {r.plan.hash for r in reference} <= {h for h, _ in after}  # and every measurement of the full run is
-    for name in ("episodes.csv", "best_reward.plan.json", "pareto_latency.csv"):
+    for name in ("episodes.csv", "best_reward.plan.json", "pareto_latency.csv", "final/plan.json"):
         assert (killed_out / name).read_text() == (tmp_path / "reference" / name).read_text(), name
+    final, reference_final = (json.loads((folder / "final" / "final.json").read_text()) for folder in (killed_out, tmp_path / "reference"))
+    assert {k: v for k, v in final.items() if k not in ("onnx", "hls4ml")} == {k: v for k, v in reference_final.items() if k not in ("onnx", "hls4ml")}

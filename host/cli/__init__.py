@@ -1,4 +1,5 @@
-"""The ``autoq`` console script. Each module in this package adds one subcommand through ``register(subparsers)``.
+"""The ``autoq`` console script. Each module in this package adds one subcommand through ``register(subparsers)``;
+modules named with a leading underscore are helpers, not commands.
 
 Command modules import nothing heavy at module level (the board runs ``autoq board serve`` without torch);
 handlers are thin wrappers over library functions and return an exit code.
@@ -18,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoq", description="Kernel-wise mixed-precision search with an FPGA in the loop.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
         importlib.import_module(f"{__name__}.{info.name}").register(subparsers)
     return parser
 

@@ -147,16 +147,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     overlay.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     overlay.add_argument("--json", action="store_true", help="print JSON instead of a table")
     overlay.add_argument("--plot", metavar="FILE.png", help="also write a plot")
+    overlay.add_argument("--record", metavar="FILE", help="append every measurement to this SQLite trace")
     overlay.set_defaults(handler=overlay_handler)
 
 
 def overlay_handler(args: argparse.Namespace) -> int:
-    from autoq.common.backend import open_backend
+    from autoq.host.backends.record import open_backend_recording
 
     bits = parse_bits(args.bits)
     if args.batch < 1:
         raise BenchError(f"--batch must be >= 1, got {args.batch}")
-    backend = open_backend(args.backend)
+    backend = open_backend_recording(args.backend, args.record)
     try:
         info = backend.describe()
         rows = overlay_sweep(backend, bench_layers(), bits, args.batch)

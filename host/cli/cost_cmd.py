@@ -1,7 +1,8 @@
 """``autoq cost MODEL (--plan PLAN.json | --uniform W/A)``: latency, energy and power of a plan on a cost backend.
 
 Works with any backend URI (``model[:cal.json]``, ``emulated``, ``tcp://...``, ``serial://...``, ``replay:...``):
-it only talks to the ``CostBackend`` seam.
+it only talks to the ``CostBackend`` seam. ``--record FILE`` appends the measurement to a trace that
+``--backend replay:FILE`` serves again.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from autoq.common.backend import DEFAULT_BACKEND, BackendInfo, open_backend
+from autoq.common.backend import DEFAULT_BACKEND, BackendInfo
 from autoq.common.measurement import Measurement
 from autoq.common.network import NetworkSpec
 from autoq.common.plan import MAX_BITS, MIN_BITS, QuantPlan
@@ -42,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
     parser.add_argument("--backend", default=DEFAULT_BACKEND, metavar="URI",
                         help="cost backend: model[:cal.json] (default), emulated, tcp://host:port, serial:///dev/X, replay:trace.sqlite")
+    parser.add_argument("--record", metavar="FILE", help="append the measurement to this SQLite trace")
     parser.add_argument("--arch", help="architecture of a .pt/.pth state dict")
     parser.add_argument("--input-shape", type=parse_input_shape, metavar="C,H,W", help="input size instead of the model's default")
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of a table")
@@ -112,12 +114,13 @@ def render_table(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from autoq.host.backends.record import open_backend_recording
     from autoq.host.models.resolve import spec_for
 
     network = spec_for(args.model, arch=args.arch, input_shape=args.input_shape)
     plan = QuantPlan.load(args.plan) if args.plan else QuantPlan.uniform(network, *args.uniform)
     plan.check(network)
-    backend = open_backend(args.backend)
+    backend = open_backend_recording(args.backend, args.record)
     try:
         info = backend.describe()
         measurement = backend.measure(network, plan, args.batch)

@@ -10,28 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from autoq.host.cli._args import add_task_arguments, non_negative_int
 from autoq.host.cli.cost_cmd import parse_uniform
 from autoq.host.cli.inspect_cmd import positive_int
 from autoq.host.quant.policy import EDGE_POLICIES
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("eval", help="accuracy of a model quantized with a plan (and its float accuracy)",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", metavar="MODEL", nargs="?", default="digits",
-                        help="'digits' (default), a built-in name, or a .pt state dict with --arch")
-    parser.add_argument("--arch", help="architecture of a .pt/.pth state dict: built-in name or package.module:callable")
-    parser.add_argument("--data", metavar="PATH", help="ImageFolder-style directory or .npz (x, y); default: digits data")
+    add_task_arguments(parser, positional_model=True)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--plan", metavar="PLAN.json", help="kernel-wise plan (autoq-plan/1 JSON)")
     which.add_argument("--uniform", type=parse_uniform, metavar="W/A", help="every kernel W bits, every activation A bits")

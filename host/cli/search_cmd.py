@@ -1,5 +1,6 @@
 """``autoq search``: search kernel-wise quantization plans (AutoQ's hierarchical DDPG, or a baseline) and write a
-results folder (best plans, Pareto fronts, bit-width heatmap, summary.md), checkpointing after every episode.
+results folder (best plans, Pareto fronts, bit-width heatmap, summary.md), checkpointing after every episode;
+then fine-tune the best plan and export it to final/ (plan.json, model.onnx, final.json; hls4ml/ with --hls4ml).
 
 With no arguments: the bundled digits task, the analytic ``model`` cost backend, the AutoQ agent, a latency
 budget of 0.4x the uniform 8-bit plan, 1000 episodes (5-10 minutes on 2 cores: 0.33-0.55 s per episode),
@@ -13,31 +14,20 @@ from __future__ import annotations
 
 import argparse
 
-from autoq.host.cli.eval_cmd import non_negative_int
+from autoq.host.cli._args import add_task_arguments, non_negative_float, non_negative_int
 from autoq.host.cli.inspect_cmd import positive_int
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from autoq.common.backend import DEFAULT_BACKEND
     from autoq.host.search.agents.base import AGENTS
+    from autoq.host.export.finalize import DEFAULT_FINAL_FINETUNE_STEPS
 
     parser = subparsers.add_parser("search", help="search kernel-wise quantization plans (AutoQ, HAQ, baselines)",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Defaults are None so that --resume can tell the options given from those left out (see resolve_config).
     parser.add_argument("--agent", choices=AGENTS, help="search agent (default autoq)")
-    parser.add_argument("--model", help="'digits' (default), a built-in model name, or a .pt state dict with --arch")
-    parser.add_argument("--arch", help="architecture of a .pt/.pth state dict")
-    parser.add_argument("--data", metavar="PATH", help="ImageFolder-style directory or .npz (x, y); default: digits data")
+    add_task_arguments(parser, model_default=None)
     parser.add_argument("--backend", metavar="URI", help=f"cost backend (default {DEFAULT_BACKEND}): model[:calib.json], "
                         "emulated, tcp://host:port, serial:///dev/X, replay:trace.sqlite")
     parser.add_argument("--episodes", type=positive_int, metavar="N", help="episodes (default 1000, about 10 minutes for the digits task)")
@@ -49,11 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reward.add_argument("--latency-budget", metavar="X", help="latency budget: 3ms, 250us, or 0.4x of the 8-bit plan (default 0.4x)")
     reward.add_argument("--energy-budget", metavar="X", help="energy budget: 40mJ, 0.1J, or 0.5x of the 8-bit plan")
     reward.add_argument("--accuracy-guaranteed", action="store_true", help="no budget: reward accuracy against normalised cost")
-    parser.add_argument("--psi-acc", type=_non_negative_float, help="accuracy weight (with --accuracy-guaranteed; default 2)")
-    parser.add_argument("--psi-latency", type=_non_negative_float, help="latency weight (with --accuracy-guaranteed; default 0.5)")
-    parser.add_argument("--psi-energy", type=_non_negative_float, help="energy weight (with --accuracy-guaranteed; default 0.5)")
+    parser.add_argument("--psi-acc", type=non_negative_float, help="accuracy weight (with --accuracy-guaranteed; default 2)")
+    parser.add_argument("--psi-latency", type=non_negative_float, help="latency weight (with --accuracy-guaranteed; default 0.5)")
+    parser.add_argument("--psi-energy", type=non_negative_float, help="energy weight (with --accuracy-guaranteed; default 0.5)")
     parser.add_argument("--finetune-steps", type=non_negative_int, metavar="N", help="SGD steps before each accuracy (default 0)")
     parser.add_argument("--min-bits", type=positive_int, metavar="B", help="narrowest bit-width the search may pick (default 2)")
+    parser.add_argument("--final-finetune-steps", type=non_negative_int, metavar="N",
+                        help=f"SGD steps of fine-tuning the best plan before exporting it to final/ (default {DEFAULT_FINAL_FINETUNE_STEPS})")
+    parser.add_argument("--hls4ml", action="store_true", help="also export the best plan as an hls4ml project (final/hls4ml)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -77,18 +70,22 @@ def reward_setting(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from autoq.host.export.finalize import FINAL_DIR
     from autoq.host.search.runner import resolve_config, run_search
 
     given = {
         "agent": args.agent, "model": args.model, "arch": args.arch, "data": args.data, "backend": args.backend,
         "episodes": args.episodes, "seed": args.seed, "reward": reward_setting(args),
-        "finetune_steps": args.finetune_steps, "min_bits": args.min_bits,
+        "finetune_steps": args.finetune_steps, "final_finetune_steps": args.final_finetune_steps, "min_bits": args.min_bits,
     }
     config = resolve_config(args.out, {k: v for k, v in given.items() if v is not None}, args.resume)
     torch.set_num_threads(1)  # small MLPs on a shared 2-core machine: threads only contend (and results stay bit-exact)
-    result = run_search(config, args.out, resume=args.resume, record=args.record, progress=not args.no_progress)
-    best = result.best
+    result = run_search(config, args.out, resume=args.resume, record=args.record, progress=not args.no_progress,
+                        hls4ml=args.hls4ml)
+    best, final = result.best, result.final
     print(f"{config.agent}: {len(result.records)} episodes; best plan (episode {best.episode}): accuracy {best.accuracy:.4f}, "
           f"latency {best.measurement.latency_s * 1e3:.4g} ms, energy {best.measurement.energy_j * 1e3:.4g} mJ")
+    print(f"final plan: accuracy {final['accuracy_after_finetune']:.4f} after {final['finetune_steps']} fine-tune steps; "
+          f"exported to {result.files['summary'].parent / FINAL_DIR}")
     print(f"results: {result.files['summary'].parent}")
     return 0

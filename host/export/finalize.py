@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from autoq.host.export.hls4ml_export import HlsExport
 
 FINAL_DIR = "final"
+FINAL_SUMMARY = "final.json"
+#: SGD steps of a search's final fine-tune: about 10 epochs of the digits train split at batch 32 (AutoQ: 10 epochs).
+DEFAULT_FINAL_FINETUNE_STEPS = 375
 
 
 @dataclass(frozen=True)
@@ -68,5 +71,19 @@ def finalize(out_dir: str | Path, evaluator: "Evaluator", plan: QuantPlan, finet
     final.mkdir(parents=True, exist_ok=True)
     plan.save(final / "plan.json")
     result = export_final(evaluator, plan, finetune_steps, final / "model.onnx", final / "hls4ml" if hls4ml else None)
-    atomic_write_text(final / "final.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    atomic_write_text(final / FINAL_SUMMARY, json.dumps(result.to_dict(), indent=1) + "\n")
     return result
+
+
+def completed_final(out_dir: str | Path, plan: QuantPlan, finetune_steps: int, hls4ml: bool = False) -> dict | None:
+    """The ``final.json`` of an earlier ``finalize`` of ``plan`` with these settings in ``out_dir``, or ``None``.
+
+    ``final.json`` is written last, so its presence means the whole folder was written.
+    """
+    try:
+        done = json.loads((Path(out_dir) / FINAL_DIR / FINAL_SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    if done.get("plan_hash") != plan.hash or done.get("finetune_steps") != finetune_steps or (hls4ml and not done.get("hls4ml")):
+        return None
+    return done

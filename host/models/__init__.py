@@ -1,0 +1,1 @@
+"""Built-in architectures and loading of user models."""

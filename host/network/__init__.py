@@ -1,0 +1,1 @@
+"""Network specs from torch models (by tracing) and from ONNX graphs."""

@@ -1,0 +1,1 @@
+"""Kernel-wise quantization of torch models: per-output-channel weight bits, per-layer activation bits."""

@@ -1,0 +1,1 @@
+"""The quantization search: environment, rewards, agents, runner and checkpoints."""

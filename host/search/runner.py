@@ -1,7 +1,9 @@
 """The search loop: one agent, one environment, a checkpoint after every episode, exact ``resume``.
 
 ``run_search`` is the library entry behind ``autoq search``: it loads the task, wraps the evaluator and the cost
-backend (recording when asked) in a ``QuantEnv``, runs ``SearchRunner`` and writes the results folder.
+backend (recording when asked) in a ``QuantEnv``, runs ``SearchRunner``, writes the results folder, then fine-tunes
+the best plan and exports it into ``final/`` (``autoq.host.export.finalize``) and adds it to ``summary.md``.
+The export comes after the last checkpoint, and resuming a finished search reuses a finished export.
 """
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ import numpy as np
 from autoq.common.backend import DEFAULT_BACKEND
 from autoq.common.network import NetworkSpec
 from autoq.common.plan import MAX_BITS, MIN_BITS
+from autoq.host.export.finalize import DEFAULT_FINAL_FINETUNE_STEPS, completed_final, finalize
 from autoq.host.results import EpisodeRecord, best_record, write_results
 
 from .agents.autoq import AutoQAgent, AutoQConfig
 from .agents.base import AGENTS, Agent
 from .agents.baselines import GreedyAgent, RandomAgent, UniformAgent
 from .agents.haq import HAQAgent, HAQConfig
-from .checkpoint import CHECKPOINT_NAME, capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
+from .checkpoint import CHECKPOINT_NAME, CheckpointWriter, capture_rng, load_checkpoint, restore_rng, seed_everything
 from .env import QuantEnv
 from .rewards import BudgetSpec, RewardSetting, SearchError
 
@@ -43,6 +46,7 @@ class SearchConfig:
     seed: int = 0
     reward: RewardSetting = field(default=DEFAULT_REWARD)
     finetune_steps: int = 0
+    final_finetune_steps: int = DEFAULT_FINAL_FINETUNE_STEPS
     min_bits: int = 2
     max_bits: int = MAX_BITS
 
@@ -51,8 +55,8 @@ class SearchConfig:
             raise SearchError(f"unknown agent {self.agent!r}; choose one of {', '.join(AGENTS)}")
         if self.episodes < 1:
             raise SearchError(f"episodes must be >= 1, got {self.episodes}")
-        if self.finetune_steps < 0:
-            raise SearchError(f"finetune steps must be >= 0, got {self.finetune_steps}")
+        if self.finetune_steps < 0 or self.final_finetune_steps < 0:
+            raise SearchError(f"fine-tune steps must be >= 0, got {self.finetune_steps} and {self.final_finetune_steps} (final)")
         if not MIN_BITS <= self.min_bits <= self.max_bits <= MAX_BITS:
             raise SearchError(f"bit range must satisfy {MIN_BITS} <= min_bits <= max_bits <= {MAX_BITS}, got [{self.min_bits}, {self.max_bits}]")
 
@@ -97,9 +101,11 @@ class SearchRunner:
 
     def run(self, *, resume: bool = False, progress: bool = True) -> list[EpisodeRecord]:
         if resume:
-            self._restore()
+            writer = CheckpointWriter(self.checkpoint, self._restore())
         elif self.checkpoint.exists():
             raise SearchError(f"{self.checkpoint} already holds a search: pass --resume to continue it, or choose another --out")
+        else:
+            writer = CheckpointWriter(self.checkpoint)
         from tqdm import tqdm
 
         with tqdm(total=self.episodes, initial=self.next_episode, desc=self.agent.name, unit="ep", disable=not progress,
@@ -110,15 +116,15 @@ class SearchRunner:
                     self.next_episode, outcome.plan, outcome.accuracy, outcome.measurement, outcome.reward, self.agent.name
                 ))
                 self.next_episode += 1
-                self._save()
+                self._save(writer)
                 best = best_record(self.history, "reward")
                 bar.set_postfix(reward=f"{outcome.reward:.4f}", best_acc=f"{best.accuracy:.4f}",
                                 best_lat_ms=f"{best.measurement.latency_s * 1e3:.4g}", refresh=False)
                 bar.update(1)
         return self.history
 
-    def _save(self) -> None:
-        save_checkpoint(self.checkpoint, {
+    def _save(self, writer: CheckpointWriter) -> None:
+        writer.save({
             "settings": self.settings,
             "next_episode": self.next_episode,
             "agent": self.agent.state_dict(),
@@ -128,7 +134,7 @@ class SearchRunner:
             "best_plan": best_record(self.history, "reward").plan.to_dict(),
         })
 
-    def _restore(self) -> None:
+    def _restore(self) -> dict[str, Any]:
         payload = load_checkpoint(self.checkpoint)
         if payload["settings"] != self.settings:
             raise SearchError(f"{self.checkpoint} was written by another search: {_differences(payload['settings'], self.settings)}")
@@ -137,6 +143,7 @@ class SearchRunner:
         restore_rng(payload["rng"])
         self.history = list(payload["history"])
         self.next_episode = int(payload["next_episode"])
+        return payload
 
 
 def _differences(stored: Mapping[str, Any], given: Mapping[str, Any]) -> str:
@@ -173,14 +180,17 @@ class SearchResult(NamedTuple):
     records: list[EpisodeRecord]
     files: dict[str, Path]
     best: EpisodeRecord
+    final: dict[str, Any]  # final/final.json: the best plan's accuracy before and after the final fine-tune, exports
 
 
 def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = False, record: str | Path | None = None,
-               progress: bool = True) -> SearchResult:
-    """Run (or resume) the search ``config`` describes and write its results folder ``out_dir``."""
+               progress: bool = True, hls4ml: bool = False) -> SearchResult:
+    """Run (or resume) the search ``config`` describes, write its results folder ``out_dir``, then fine-tune the best
+    plan for ``config.final_finetune_steps`` steps and export it (ONNX, and an hls4ml project with ``hls4ml``)."""
     from autoq.host.backends.record import open_backend_recording
     from autoq.host.evaluate import Evaluator
     from autoq.host.tasks import load_task
+
 
     out = Path(out_dir)
     checkpoint = out / CHECKPOINT_NAME
@@ -203,13 +213,18 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
             "agent": config.agent, "task": task.name, "backend": backend.describe().uri, "seed": config.seed,
             "episodes": f"{len(records)} of {config.episodes}", "reward": config.reward.describe(),
             "bits": f"{config.min_bits}..{config.max_bits}", "finetune steps": config.finetune_steps,
+            "final finetune steps": config.final_finetune_steps,
             "full-precision accuracy": f"{objective.full_accuracy:.4f}",
             f"uniform {config.max_bits}-bit plan": f"{objective.reference.latency_s * 1e3:.4g} ms, {objective.reference.energy_j * 1e3:.4g} mJ",
             "record": record or "-",
         }
         if objective.limit is not None:
             run_info["budget limit"] = f"{objective.limit:.6g} ({'s' if objective.setting.budget.metric == 'latency' else 'J'})"
-        files = write_results(out, task.network, records, run_info)
+        write_results(out, task.network, records, run_info)  # the results stand even if the export is interrupted
     finally:
         backend.close()
-    return SearchResult(config, records, files, best_record(records, "reward"))
+    best = best_record(records, "reward")
+    final = (completed_final(out, best.plan, config.final_finetune_steps, hls4ml)
+             or finalize(out, evaluator, best.plan, config.final_finetune_steps, hls4ml).to_dict())
+    files = write_results(out, task.network, records, run_info, final)
+    return SearchResult(config, records, files, best, final)

@@ -1,0 +1,1 @@
+"""Search agents: AutoQ (hierarchical DDPG), HAQ (layer-wise DDPG) and the non-RL baselines."""
