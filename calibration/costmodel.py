@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from autoq.common.errors import AutoQError
-from autoq.common.fileio import atomic_write_text
+from autoq.common.fileio import atomic_write_text, read_text
 from autoq.common.measurement import LayerCost, Measurement, Provenance
 from autoq.common.network import LayerSpec, NetworkSpec
 from autoq.common.plan import QuantPlan
@@ -125,10 +125,7 @@ class CalibrationParams:
 
     @classmethod
     def load(cls, path: str | Path) -> "CalibrationParams":
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise CalibrationError(f"cannot read calibration {path}: {exc.strerror}") from None
+        text = read_text(path, CalibrationError, "calibration")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

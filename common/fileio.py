@@ -1,4 +1,5 @@
-"""Crash-safe file writes: write a sibling temp file, fsync, then rename over the target."""
+"""Crash-safe file writes (write a sibling temp file, fsync, then rename over the target), and reads whose failure
+is an error of the caller's type naming the file."""
 from __future__ import annotations
 
 import os
@@ -17,3 +18,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def read_text(path: str | Path, error: type[Exception], what: str) -> str:
+    """The text of ``path``; an unreadable file raises ``error("cannot read <what> <path>: <reason>")``."""
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None

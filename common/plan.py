@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import PlanError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_text
 from .network import NetworkSpec
 
 MIN_BITS = 1
@@ -171,10 +171,7 @@ class QuantPlan:
 
     @classmethod
     def load(cls, path: str | Path) -> "QuantPlan":
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise PlanError(f"cannot read plan {path}: {exc.strerror}") from None
+        text = read_text(path, PlanError, "plan")
         try:
             return cls.from_json(text)
         except PlanError as exc:

@@ -249,20 +249,19 @@ class TraceStore:
             )
 
     def network(self, network_hash: str) -> NetworkSpec:
-        if network_hash not in self._networks:
-            row = self._query("SELECT spec_json FROM networks WHERE hash=?", (network_hash,)).fetchone()
-            if row is None:
-                raise TraceError(f"trace {self.path} has no network {network_hash}")
-            self._networks[network_hash] = self._decode(NetworkSpec.from_dict, row[0], f"network {network_hash}")
-        return self._networks[network_hash]
+        return self._stored(self._networks, "SELECT spec_json FROM networks WHERE hash=?", network_hash, NetworkSpec.from_dict, "network")
 
     def plan(self, plan_hash: str) -> QuantPlan:
-        if plan_hash not in self._plans:
-            row = self._query("SELECT plan_json FROM plans WHERE hash=?", (plan_hash,)).fetchone()
+        return self._stored(self._plans, "SELECT plan_json FROM plans WHERE hash=?", plan_hash, QuantPlan.from_dict, "plan")
+
+    def _stored(self, cache: dict, sql: str, key: str, parse, what: str):
+        """The network or plan stored under ``key``, decoded once and cached."""
+        if key not in cache:
+            row = self._query(sql, (key,)).fetchone()
             if row is None:
-                raise TraceError(f"trace {self.path} has no plan {plan_hash}")
-            self._plans[plan_hash] = self._decode(QuantPlan.from_dict, row[0], f"plan {plan_hash}")
-        return self._plans[plan_hash]
+                raise TraceError(f"trace {self.path} has no {what} {key}")
+            cache[key] = self._decode(parse, row[0], f"{what} {key}")
+        return cache[key]
 
     def backends(self) -> list[BackendInfo]:
         """The backends that recorded into this trace, most used first."""

@@ -15,3 +15,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a PYNQ-Z1: set AUTOQ_BOARD=host:port of `autoq board serve`"))
         if "vivado" in item.keywords and not has_vivado:
             item.add_marker(pytest.mark.skip(reason="needs Vivado/Vitis HLS on PATH"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread during the test (as ``autoq search`` runs: small networks on a shared machine), the
+    session's setting back afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,12 +15,7 @@ from searchtoys import toy_env
 TIGHT = RewardSetting.resource_constrained(BudgetSpec.parse("latency", "0.4x"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(agent, env, episodes):

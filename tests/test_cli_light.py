@@ -13,7 +13,7 @@ import autoq.host.cli
 
 HOST_ONLY = ("torch", "scipy", "onnx", "onnxruntime", "onnxscript", "hls4ml", "sklearn", "matplotlib")
 BLOCK = f"import sys\nfor name in {HOST_ONLY!r}: sys.modules[name] = None\n"
-COMMAND_MODULES = sorted(info.name for info in pkgutil.iter_modules(autoq.host.cli.__path__))
+COMMAND_MODULES = sorted(info.name for info in pkgutil.iter_modules(autoq.host.cli.__path__) if not info.name.startswith("_"))
 
 
 def run_without_host_extras(code: str) -> subprocess.CompletedProcess:

@@ -10,7 +10,8 @@ from autoq.host.backends.record import RecordingBackend, open_backend_recording
 from autoq.calibration.costmodel import CalibrationParams
 from autoq.host.backends.replay import FIT_CACHE_SUFFIX, parse_uri
 from autoq.host.traces import TraceStore
-from tracekit import OVERLAY, ToyBackend, some_plans, tiny_net
+from boardkit import TINY
+from tracekit import OVERLAY, ToyBackend, some_plans
 
 
 def record_toy_search(path, plans, network):
@@ -27,7 +28,7 @@ def without_replay_marks(m):
 
 
 def test_replay_reproduces_the_recorded_search(tmp_path):
-    net, path = tiny_net(), tmp_path / "trace.sqlite"
+    net, path = TINY, tmp_path / "trace.sqlite"
     sequence, seen = record_toy_search(path, some_plans(net, 5), net)
     assert seen[0].latency_s != seen[5].latency_s, "the toy backend is noisy: repeated plans must differ"
     replay = open_backend(f"replay:{path}")
@@ -41,7 +42,7 @@ def test_replay_reproduces_the_recorded_search(tmp_path):
 
 
 def test_replay_miss_is_an_error_naming_the_plan(tmp_path):
-    net, path = tiny_net(), tmp_path / "trace.sqlite"
+    net, path = TINY, tmp_path / "trace.sqlite"
     record_toy_search(path, some_plans(net, 3), net)
     unseen = some_plans(net, 1, seed=42)[0]
     with pytest.raises(BackendError, match=f"replay miss: .* plan {unseen.hash} .*fallback=model"):
@@ -85,14 +86,14 @@ def test_parse_uri():
 
 
 def test_record_refuses_to_append_to_the_replayed_trace(tmp_path):
-    net, path = tiny_net(), tmp_path / "trace.sqlite"
+    net, path = TINY, tmp_path / "trace.sqlite"
     record_toy_search(path, some_plans(net, 1), net)
     with pytest.raises(BackendError, match="would append to the trace"):
         open_backend_recording(f"replay:{path}", path)
 
 
 def test_replay_can_be_recorded_elsewhere(tmp_path):
-    net, path, copy = tiny_net(), tmp_path / "trace.sqlite", tmp_path / "copy.sqlite"
+    net, path, copy = TINY, tmp_path / "trace.sqlite", tmp_path / "copy.sqlite"
     plans = some_plans(net, 3)
     record_toy_search(path, plans, net)
     backend = open_backend_recording(f"replay:{path}", copy)
@@ -111,7 +112,7 @@ def record_with_model_backend(path, network, plans):
 
 
 def test_model_backend_search_replays_identically(tmp_path):
-    net, path = tiny_net(), tmp_path / "trace.sqlite"
+    net, path = TINY, tmp_path / "trace.sqlite"
     plans = some_plans(net, 6)
     measured = record_with_model_backend(path, net, plans)
     replay = open_backend(f"replay:{path}")
@@ -124,7 +125,7 @@ def test_model_backend_search_replays_identically(tmp_path):
 
 
 def test_fallback_predicts_misses_with_the_model_fitted_on_the_trace(tmp_path):
-    net, path = tiny_net(), tmp_path / "trace.sqlite"
+    net, path = TINY, tmp_path / "trace.sqlite"
     plans = some_plans(net, 8)
     recorded = record_with_model_backend(path, net, plans)
     unseen = some_plans(net, 3, seed=7)
@@ -149,7 +150,7 @@ def test_fallback_predicts_misses_with_the_model_fitted_on_the_trace(tmp_path):
 
 
 def test_fallback_on_a_trace_too_small_to_fit_is_a_clear_error(tmp_path):
-    net, path = tiny_net(), tmp_path / "trace.sqlite"
+    net, path = TINY, tmp_path / "trace.sqlite"
     record_with_model_backend(path, net, some_plans(net, 1))
     with pytest.raises(BackendError, match="cannot fit the fallback model on the trace: .*too few"):
         open_backend(f"replay:{path}?fallback=model").measure(net, some_plans(net, 1, seed=3)[0])
@@ -170,7 +171,7 @@ def test_search_recorded_then_replayed_sees_the_same_measurements(tmp_path, monk
     from autoq.host.cli import main
 
     monkeypatch.chdir(tmp_path)
-    search = ["search", "--agent", "random", "--episodes", "3", "--seed", "3", "--no-progress"]
+    search = ["search", "--agent", "random", "--episodes", "3", "--seed", "3", "--no-progress", "--final-finetune-steps", "0"]
     assert main([*search, "--out", "recorded", "--record", "trace.sqlite"]) == 0
     assert main([*search, "--out", "replayed", "--backend", "replay:trace.sqlite"]) == 0
     recorded = list(csv.DictReader(open("recorded/episodes.csv")))
@@ -181,6 +182,6 @@ def test_search_recorded_then_replayed_sees_the_same_measurements(tmp_path, monk
     with TraceStore("trace.sqlite", mode="r") as store:
         assert {r["plan_hash"] for r in recorded} <= {r.plan.hash for r in store}
     capsys.readouterr()
-    assert main(["search", "--agent", "random", "--episodes", "1", "--seed", "4", "--no-progress", "--out", "other",
+    assert main(["search", "--agent", "random", "--episodes", "1", "--seed", "4", "--no-progress", "--final-finetune-steps", "0", "--out", "other",
                  "--backend", "replay:trace.sqlite"]) == 2
     assert "replay miss" in capsys.readouterr().err

@@ -9,11 +9,12 @@ from autoq.common.errors import AutoQError, PlanError
 from autoq.common.network import NetworkSpec
 from autoq.common.plan import QuantPlan
 from autoq.host.results import CRITERIA, EpisodeRecord, best_record, pareto_front, write_results
-from tracekit import ToyBackend, some_plans, tiny_net
+from boardkit import TINY
+from tracekit import ToyBackend, some_plans
 
 
 def episodes(count=40, seed=0):
-    net, backend, rng = tiny_net(), ToyBackend(noise=0.05), random.Random(seed)
+    net, backend, rng = TINY, ToyBackend(noise=0.05), random.Random(seed)
     records = []
     for i, plan in enumerate(some_plans(net, count, seed)):
         # accuracy grows with bits (plus noise) so there is a real trade-off to find
@@ -87,7 +88,7 @@ def test_bad_input(tmp_path):
     net, records = episodes(3)
     with pytest.raises(AutoQError, match="no episodes"):
         write_results(tmp_path, net, [])
-    other = NetworkSpec("other", net.layers[:2], net.input_shape)
+    other = NetworkSpec("other", net.layers[:-1], net.input_shape)
     with pytest.raises(PlanError, match=r"unknown layers \['fc'\]"):
         write_results(tmp_path, other, records)
     with pytest.raises(AutoQError, match="unknown criterion"):

@@ -8,12 +8,7 @@ from autoq.host.rl.buffer import Batch, ReplayBuffer
 from autoq.host.rl.noise import NoiseSchedule, truncated_normal
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_buffer_keeps_newest_transitions_fifo_and_round_trips():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoq.host.search.checkpoint import CHECKPOINT_NAME, load_checkpoint, seed_everything
+from autoq.host.search.checkpoint import CHECKPOINT_NAME, history_path, load_checkpoint, seed_everything
 from autoq.host.search.rewards import BudgetSpec, RewardSetting, SearchError
 from autoq.host.search.runner import SearchConfig, SearchRunner, make_agent, resolve_config
 from searchtoys import run_toy_search, toy_env
@@ -16,12 +16,7 @@ TESTS = Path(__file__).parent
 TIGHT = RewardSetting.resource_constrained(BudgetSpec.parse("latency", "0.4x"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def summary(history):
@@ -79,6 +74,22 @@ def test_checkpoint_after_every_episode_holds_the_whole_state(tmp_path):
     assert {"python", "numpy", "torch"} == payload["rng"].keys()
     assert payload["env"]["accuracy_memo"] and payload["best_plan"]["format"] == "autoq-plan/1"
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_history_sidecar_is_append_only_and_cut_back_to_what_the_checkpoint_counts(tmp_path):
+    make_runner(tmp_path, episodes=2).run(progress=False)
+    checkpoint = tmp_path / CHECKPOINT_NAME
+    sidecar = history_path(checkpoint)
+    first_two = sidecar.read_bytes()
+    with open(sidecar, "ab") as fh:  # a record appended by a run killed before it wrote its checkpoint
+        fh.write((5).to_bytes(8, "little") + b"junk!")
+    assert [r.episode for r in load_checkpoint(checkpoint)["history"]] == [0, 1]
+    make_runner(tmp_path, episodes=3).run(resume=True, progress=False)
+    assert [r.episode for r in load_checkpoint(checkpoint)["history"]] == [0, 1, 2]
+    assert sidecar.read_bytes().startswith(first_two) and b"junk!" not in sidecar.read_bytes()
+    sidecar.write_bytes(first_two[:20])
+    with pytest.raises(SearchError, match="search history .* is damaged"):
+        load_checkpoint(checkpoint)
 
 
 def test_runner_stops_when_the_agent_is_finished(tmp_path):

@@ -11,13 +11,10 @@ from autoq.host.traces import TraceStore
 
 
 @pytest.fixture(autouse=True)
-def _restore_threads():
-    """`autoq search` sets torch to one thread for the process; give the rest of the session its setting back."""
-    import torch
-
-    threads = torch.get_num_threads()
+def _restore_threads(one_torch_thread):
+    """`autoq search` sets torch to one thread for the process; give the rest of the session its setting back
+    (test_live_search imports this fixture too)."""
     yield
-    torch.set_num_threads(threads)
 
 
 def autoq(*argv):

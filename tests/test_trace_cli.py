@@ -8,12 +8,13 @@ from autoq.common.measurement import Measurement
 from autoq.host.cli import main
 from autoq.host.backends.record import RecordingBackend
 from autoq.host.traces import TraceStore
-from tracekit import ToyBackend, some_plans, tiny_net
+from boardkit import TINY
+from tracekit import ToyBackend, some_plans
 
 
 @pytest.fixture
 def trace(tmp_path):
-    net = tiny_net()
+    net = TINY
     path = tmp_path / "trace.sqlite"
     backend = RecordingBackend(ToyBackend(noise=0.1), TraceStore(path))
     measured = [(p, backend.measure(net, p)) for p in some_plans(net, 4)]
@@ -84,7 +85,7 @@ def test_calibrate_accepts_a_recorded_trace(tmp_path, capsys):
     from autoq.common.backend import open_backend
     from autoq.host.backends.record import open_backend_recording
 
-    net, path = tiny_net(), tmp_path / "trace.sqlite"
+    net, path = TINY, tmp_path / "trace.sqlite"
     backend = open_backend_recording("model", path)
     plans = some_plans(net, 8)
     measured = [backend.measure(net, p) for p in plans]

@@ -11,13 +11,14 @@ import pytest
 
 from autoq.common.measurement import Measurement
 from autoq.host.traces import SCHEMA_VERSION, TraceError, TraceStore
-from tracekit import ToyBackend, some_plans, tiny_net
+from boardkit import TINY
+from tracekit import ToyBackend, some_plans
 
 TESTS_DIR = Path(__file__).parent
 
 
 def test_append_lookup_iterate_and_summary(tmp_path):
-    net, backend = tiny_net(), ToyBackend(noise=0.1)
+    net, backend = TINY, ToyBackend(noise=0.1)
     plans = some_plans(net, 4)
     path = tmp_path / "t.sqlite"
     with TraceStore(path) as store:
@@ -45,7 +46,7 @@ def test_append_lookup_iterate_and_summary(tmp_path):
 
 
 def test_trace_is_self_contained_and_in_wal_mode(tmp_path):
-    net = tiny_net()
+    net = TINY
     plan = some_plans(net, 1)[0]
     path = tmp_path / "t.sqlite"
     with TraceStore(path) as store:
@@ -59,7 +60,7 @@ def test_trace_is_self_contained_and_in_wal_mode(tmp_path):
 
 
 def test_append_rejects_a_measurement_of_another_plan(tmp_path):
-    net = tiny_net()
+    net = TINY
     a, b = some_plans(net, 2)
     with TraceStore(tmp_path / "t.sqlite") as store, pytest.raises(TraceError, match="not of network"):
         store.append(net, b, ToyBackend().measure(net, a), "toy://")
@@ -105,7 +106,7 @@ def test_unreadable_trace_is_a_clear_error(tmp_path, make, message, mode):
 
 
 def test_corrupt_record_is_reported_with_its_id(tmp_path):
-    net = tiny_net()
+    net = TINY
     plan = some_plans(net, 1)[0]
     path = tmp_path / "t.sqlite"
     with TraceStore(path) as store:
@@ -124,12 +125,13 @@ WRITER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from autoq.host.backends.record import RecordingBackend
     from autoq.host.traces import TraceStore
-    from tracekit import ToyBackend, some_plans, tiny_net
+    from boardkit import TINY, kernel_wise_plan
+    from tracekit import ToyBackend
 
-    net = tiny_net()
     backend = RecordingBackend(ToyBackend(noise=0.2), TraceStore({path!r}))
-    for i, plan in enumerate(some_plans(net, 100000)):
-        m = backend.measure(net, plan)
+    for seed in range(100000):
+        plan = kernel_wise_plan(TINY, seed)
+        m = backend.measure(TINY, plan)
         print(plan.hash, repr(m.latency_s), flush=True)
     """
 )
@@ -153,7 +155,7 @@ def test_sigkilled_writer_keeps_every_committed_record(tmp_path):
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     assert len(reported) >= 25, "writer died before recording"
-    net = tiny_net()
+    net = TINY
     with TraceStore(path, mode="r") as store:
         records = list(store)
         assert len(records) >= len(reported)
@@ -167,7 +169,7 @@ def test_sigkilled_writer_keeps_every_committed_record(tmp_path):
 
 
 def test_measurement_survives_json_round_trip_exactly(tmp_path):
-    net = tiny_net()
+    net = TINY
     plan = some_plans(net, 1)[0]
     m = ToyBackend(noise=0.3).measure(net, plan)
     assert Measurement.from_dict(json.loads(json.dumps(m.to_dict()))) == m

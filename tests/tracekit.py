@@ -1,4 +1,5 @@
-"""Test helpers shared by the trace, replay and results tests: a tiny network, plans, and a deterministic backend.
+"""Test helpers shared by the trace, replay and results tests: random plans for boardkit's networks, and a
+deterministic backend.
 
 ``ToyBackend`` is a test double (a cost proportional to bit-planes, optional multiplicative noise drawn from a
 seeded RNG so repeated measurements of one plan differ like board measurements do).
@@ -7,11 +8,14 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from autoq.common.backend import BackendInfo
 from autoq.common.measurement import LayerCost, Measurement, Provenance
-from autoq.common.network import LayerSpec, NetworkSpec
-from autoq.common.plan import LayerPlan, QuantPlan
+from autoq.common.network import NetworkSpec
+from autoq.common.plan import QuantPlan
 from autoq.overlay.manifest import OverlayConfig
+from boardkit import kernel_wise_plan
 
 OVERLAY = OverlayConfig(
     name="toy", dm=4, dn=4, dk=32, clock_mhz=100.0, lhs_mem_words=256, rhs_mem_words=256, result_mem_words=64,
@@ -19,29 +23,10 @@ OVERLAY = OverlayConfig(
 )
 
 
-def tiny_net() -> NetworkSpec:
-    return NetworkSpec(
-        "tiny",
-        (
-            LayerSpec("conv1", "conv", 1, 4, 3, 1, 1, 1, (8, 8), (8, 8)),
-            LayerSpec("conv2", "conv", 4, 6, 3, 2, 1, 1, (8, 8), (4, 4)),
-            LayerSpec("fc", "linear", 96, 10),
-        ),
-        (1, 8, 8),
-    )
-
-
 def some_plans(network: NetworkSpec, count: int, seed: int = 0) -> list[QuantPlan]:
-    rng = random.Random(seed)
-    plans = []
-    for _ in range(count):
-        plans.append(
-            QuantPlan.for_network(
-                network,
-                (LayerPlan(l.name, tuple(rng.randint(2, 8) for _ in range(l.c_out)), rng.randint(2, 8)) for l in network),
-            )
-        )
-    return plans
+    """``count`` random kernel-wise plans (activations at 2..8 bits), reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return [kernel_wise_plan(network, rng, min_act_bits=2) for _ in range(count)]
 
 
 class ToyBackend:

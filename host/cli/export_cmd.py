@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from autoq.common.errors import AutoQError
+from autoq.host.cli._args import add_task_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,9 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export", help="fine-tune a plan's quantized model and export it (ONNX, hls4ml)", description=__doc__.split(":\n", 1)[1]
     )
     parser.add_argument("--plan", required=True, help="plan JSON (e.g. best_reward.plan.json from a results folder)")
-    parser.add_argument("--model", default="digits", help="model reference the plan was searched for (default: digits)")
-    parser.add_argument("--data", default=None, help="dataset the model is fine-tuned and evaluated on (default: the model's task)")
-    parser.add_argument("--arch", default=None, help="architecture of a .pt state dict given as --model")
+    add_task_arguments(parser)  # the model the plan was searched for, and its data
     parser.add_argument("--onnx", metavar="OUT.onnx", help="write the quantized model as ONNX")
     parser.add_argument("--hls4ml", metavar="DIR", help="write an hls4ml project (per-layer precision: the widest kernel's bits)")
     parser.add_argument("--csim", type=int, default=0, metavar="N",

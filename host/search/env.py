@@ -96,7 +96,6 @@ class QuantEnv:
         self.min_bits, self.max_bits = min_bits, max_bits
         self.finetune_steps = finetune_steps
         self.batch = batch
-        self.measure_calls = 0
         self._layer_table = _min_max(np.array([_raw_layer_features(i, l) for i, l in enumerate(network)], np.float64))
         self.kernel_scales = self._checked_scales(kernel_scales or {})
         self._kernel_features = [_min_max(scales[:, None])[:, 0] for scales in self.kernel_scales]
@@ -196,7 +195,6 @@ class QuantEnv:
 
     # -- scoring --------------------------------------------------------------------------------------------------
     def measure(self, plan: QuantPlan) -> Measurement:
-        self.measure_calls += 1
         return self.backend.measure(self.network, plan, self.batch)
 
     def evaluate(self, plan: QuantPlan) -> EpisodeOutcome:
@@ -259,7 +257,6 @@ class QuantEnv:
             "weight_bits": [list(w) for w in self._weight_bits],
             "previous": list(self._previous),
             "accuracy_memo": dict(self._accuracy_memo),
-            "measure_calls": self.measure_calls,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -268,4 +265,3 @@ class QuantEnv:
         self._weight_bits = [tuple(int(b) for b in w) for w in state["weight_bits"]]
         self._previous = (float(state["previous"][0]), float(state["previous"][1]))
         self._accuracy_memo = {str(k): float(v) for k, v in state["accuracy_memo"].items()}
-        self.measure_calls = int(state["measure_calls"])

@@ -191,7 +191,6 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
     from autoq.host.evaluate import Evaluator
     from autoq.host.tasks import load_task
 
-
     out = Path(out_dir)
     checkpoint = out / CHECKPOINT_NAME
     if not resume and checkpoint.exists():
@@ -213,7 +212,6 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
             "agent": config.agent, "task": task.name, "backend": backend.describe().uri, "seed": config.seed,
             "episodes": f"{len(records)} of {config.episodes}", "reward": config.reward.describe(),
             "bits": f"{config.min_bits}..{config.max_bits}", "finetune steps": config.finetune_steps,
-            "final finetune steps": config.final_finetune_steps,
             "full-precision accuracy": f"{objective.full_accuracy:.4f}",
             f"uniform {config.max_bits}-bit plan": f"{objective.reference.latency_s * 1e3:.4g} ms, {objective.reference.energy_j * 1e3:.4g} mJ",
             "record": record or "-",

@@ -21,29 +21,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from autoq.host.rl.actor_critic import ActorCritic, ActorCriticConfig
+from autoq.host.rl.actor_critic import ActorCritic
 from autoq.host.rl.noise import NoiseSchedule, truncated_normal
 
 from ..env import KERNEL_OBS_DIM, LAYER_OBS_DIM, EpisodeOutcome, QuantEnv
 from .base import Agent, generator_state, restore_generator
+from .ddpg import DDPGAgentConfig, successors
 
 
 @dataclass(frozen=True)
-class AutoQConfig:
-    episodes: int
-    hidden: tuple[int, ...] = (300, 300)
-    actor_lr: float = 1e-4
-    critic_lr: float = 1e-3
-    batch_size: int = 64
-    buffer_size: int = 2000
-    tau: float = 0.01
-    baseline_alpha: float = 0.5
-    noise_sigma: float = 0.5
+class AutoQConfig(DDPGAgentConfig):
     final_noise_sigma: float = 0.025  # 0.5 * 0.99**300: where the paper's 300 decayed episodes end
     constant_noise_fraction: float = 0.25  # the paper's 100 of 400 episodes
     warmup_fraction: float = 0.05  # random episodes before learning (fills the replay buffers)
     goal_mix: float = 0.5  # LLC reward = goal_mix * goal completion + (1 - goal_mix) * extrinsic
-    reward_scale: float = 10.0  # extrinsic reward x 10 = HAQ's 0.1 per accuracy percentage point
     hlc_updates_per_layer: int = 1
     llc_updates_per_layer: int = 4
     kernel_noise_scale: float = 0.5  # LLC exploration noise relative to the HLC's
@@ -63,13 +54,9 @@ class AutoQAgent(Agent):
 
     def __init__(self, config: AutoQConfig, num_layers: int, seed: int) -> None:
         self.config = config
-        shared = dict(
-            hidden=config.hidden, actor_lr=config.actor_lr, critic_lr=config.critic_lr, batch_size=config.batch_size,
-            buffer_size=config.buffer_size, tau=config.tau, baseline_alpha=config.baseline_alpha,
-        )
         # Learn as soon as two episodes' worth of layer decisions exist; a 5-layer net would otherwise wait 13 episodes.
-        self.hlc = ActorCritic(ActorCriticConfig.ddpg(LAYER_OBS_DIM, 2, gamma=1.0, learning_starts=min(config.batch_size, 2 * num_layers), **shared))
-        self.llc = ActorCritic(ActorCriticConfig.ddpg(KERNEL_OBS_DIM, 1, gamma=0.0, learning_starts=config.batch_size, **shared))
+        self.hlc = ActorCritic(config.actor_critic(LAYER_OBS_DIM, 2, gamma=1.0, learning_starts=min(config.batch_size, 2 * num_layers)))
+        self.llc = ActorCritic(config.actor_critic(KERNEL_OBS_DIM, 1, gamma=0.0, learning_starts=config.batch_size))
         self.noise = config.noise()
         self.rng = np.random.default_rng(seed)
 
@@ -116,10 +103,7 @@ class AutoQAgent(Agent):
         cfg = self.config
         extrinsic = cfg.reward_scale * outcome.reward
         states = np.stack(layer_states)
-        next_states = np.concatenate([states[1:], np.zeros_like(states[:1])])
-        dones = np.zeros(len(states))
-        dones[-1] = 1.0
-        self.hlc.remember(states, np.stack(layer_actions), extrinsic, next_states, dones)
+        self.hlc.remember(states, np.stack(layer_actions), extrinsic, *successors(states))
         span = env.max_bits - env.min_bits
         for layer_plan, layer_action, kernels, actions in zip(outcome.proposed.layers, layer_actions, kernel_states, kernel_actions):
             goal = env.goal_of(layer_action[1])

@@ -14,30 +14,23 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from autoq.host.rl.actor_critic import ActorCritic, ActorCriticConfig
+from autoq.host.rl.actor_critic import ActorCritic
 from autoq.host.rl.noise import NoiseSchedule, truncated_normal
 
 from ..env import LAYER_OBS_DIM, EpisodeOutcome, QuantEnv
 from ..rewards import haq_reward
 from .base import Agent, generator_state, restore_generator
+from .ddpg import DDPGAgentConfig, successors
 
 PAPER_EPISODES = 600
 PAPER_WARMUP = 20
 
 
 @dataclass(frozen=True)
-class HAQConfig:
-    episodes: int
-    hidden: tuple[int, ...] = (300, 300)
-    actor_lr: float = 1e-4
-    critic_lr: float = 1e-3
-    batch_size: int = 64
-    buffer_size: int = 2000
-    tau: float = 0.01
-    baseline_alpha: float = 0.5
-    noise_sigma: float = 0.5
+class HAQConfig(DDPGAgentConfig):
+    """HAQ's settings; ``reward_scale`` applies only to the accuracy-guaranteed setting (HAQ's own reward otherwise)."""
+
     noise_decay: float = 0.99  # per paper episode
-    reward_scale: float = 10.0  # for the accuracy-guaranteed setting: extrinsic reward x 10
 
     @property
     def warmup_episodes(self) -> int:
@@ -53,13 +46,7 @@ class HAQAgent(Agent):
 
     def __init__(self, config: HAQConfig, num_layers: int, seed: int) -> None:
         self.config = config
-        self.ddpg = ActorCritic(
-            ActorCriticConfig.ddpg(
-                self.STATE_DIM, 1, hidden=config.hidden, actor_lr=config.actor_lr, critic_lr=config.critic_lr,
-                batch_size=config.batch_size, buffer_size=config.buffer_size, tau=config.tau, gamma=1.0,
-                baseline_alpha=config.baseline_alpha, learning_starts=min(config.batch_size, 4 * num_layers),
-            )
-        )
+        self.ddpg = ActorCritic(config.actor_critic(self.STATE_DIM, 1, gamma=1.0, learning_starts=min(config.batch_size, 4 * num_layers)))
         self.noise = config.noise()
         self.rng = np.random.default_rng(seed)
 
@@ -91,9 +78,7 @@ class HAQAgent(Agent):
         else:
             reward = self.config.reward_scale * outcome.reward
         stacked = np.stack(states)
-        dones = np.zeros(len(stacked))
-        dones[-1] = 1.0
-        self.ddpg.remember(stacked, np.array(actions)[:, None], reward, np.concatenate([stacked[1:], np.zeros_like(stacked[:1])]), dones)
+        self.ddpg.remember(stacked, np.array(actions)[:, None], reward, *successors(stacked))
         if learning:
             for _ in range(len(stacked)):
                 self.ddpg.update(self.rng)
