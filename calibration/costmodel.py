@@ -176,16 +176,19 @@ class AnalyticCostModel:
     def _layer_cycles(self, entries: Sequence[LayerEntry], batch: int, grouped: bool) -> np.ndarray:
         """Rows of (fetch, execute, result, overhead, total, bound index, DRAM bytes, binary ops), one per entry."""
         keys = [(e.layer, tuple(e.weight_bits), int(e.act_bits), batch, grouped) for e in entries]
-        missing = [i for i, key in enumerate(keys) if key not in self._memo]
+        found = {key: self._memo[key] for key in keys if key in self._memo}
+        missing = [i for i, key in enumerate(keys) if key not in found]
         if missing:
             schedule = self.params.schedule
             table = tile_table([entries[i] for i in missing], self.overlay, batch, grouped, schedule.per_image_convs)
             c = table_cycles(table, self.overlay, schedule)
             rows = np.stack([c.fetch, c.execute, c.result, c.overhead, c.total, c.bound, c.dram_bytes, c.binary_ops], 1)
-            if len(self._memo) + len(missing) > MEMO_LAYERS:
+            scored = {keys[i]: row for i, row in zip(missing, rows)}
+            if len(self._memo) + len(scored) > MEMO_LAYERS:
                 self._memo.clear()
-            self._memo.update((keys[i], row) for i, row in zip(missing, rows))
-        return np.stack([self._memo[key] for key in keys])
+            self._memo.update(scored)
+            found.update(scored)
+        return np.stack([found[key] for key in keys])
 
     def measure(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1, grouped: bool = True) -> Measurement:
         plan.check(network)

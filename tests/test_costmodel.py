@@ -117,6 +117,21 @@ def test_memo_of_layers_gives_what_a_fresh_model_gives():
     assert model.measure(net, QuantPlan.uniform(net, 6, 6), batch=1).latency_s < first.latency_s
 
 
+def test_memo_overflow_keeps_the_layers_a_plan_shares_with_the_last(monkeypatch):
+    """A full memo is cleared between scoring and lookup: layers found before the clear must still be served."""
+    import autoq.calibration.costmodel as costmodel
+
+    monkeypatch.setattr(costmodel, "MEMO_LAYERS", len(small_net()) + 1)
+    net = small_net()
+    model = AnalyticCostModel(load_overlay(), load_default_calibration())
+    plan = QuantPlan.uniform(net, 6, 6)
+    model.measure(net, plan)
+    for bits in (2, 3):
+        plan = plan.replace("fc", LayerPlan("fc", (bits,) * 10, 6)).replace("pw", LayerPlan("pw", (bits,) * 64, 6))
+        fresh = AnalyticCostModel(load_overlay(), load_default_calibration()).measure(net, plan)
+        assert model.measure(net, plan).layers == fresh.layers
+
+
 def test_plan_that_does_not_fit_the_network_is_rejected(model):
     net = small_net()
     other = NetworkSpec("other", (LayerSpec("x", "linear", 4, 4),), (4, 1, 1))
