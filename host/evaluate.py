@@ -1,6 +1,8 @@
 """Accuracy of a model under a quantization plan, on a held-out split, optionally after a short fine-tune.
 
-Results are cached by (plan hash, fine-tune steps). A fine-tune runs SGD (lr 1e-3, momentum 0.9, as in AutoQ)
+Two held-out splits are kept apart: ``val``, which the search scores (and so selects) plans on, and ``test``, on
+which results are reported; every accuracy method takes ``split`` and defaults to ``val``, except the final
+fine-tune's, which reports ``test``. Results are cached by (plan hash, fine-tune steps, split). A fine-tune runs SGD (lr 1e-3, momentum 0.9, as in AutoQ)
 through the quantizer's straight-through estimator on batches of the train split drawn from a generator seeded
 with ``seed``, then puts every parameter and buffer back bit for bit; the optimizer is created per fine-tune, so no
 optimizer state outlives it. The same plan and settings therefore always give the same accuracy.
@@ -20,6 +22,9 @@ from autoq.host.quant.quantizer import QuantizedModel, QuantizerConfig
 from autoq.host.tasks import Task
 from autoq.host.tasks.datasets import Split
 
+#: The held-out splits an evaluator scores on: ``val`` selects plans, ``test`` reports them.
+HELD_OUT_SPLITS = ("val", "test")
+
 
 @dataclass(frozen=True)
 class EvaluatorConfig:
@@ -31,21 +36,23 @@ class EvaluatorConfig:
 
 
 class Evaluator:
-    """Scores plans for the search: ``accuracy(plan, finetune_steps)`` and ``full_precision_accuracy()``."""
+    """Scores plans: ``accuracy(plan, finetune_steps)`` and ``full_precision_accuracy()`` on ``val`` for the search,
+    the same with ``split="test"`` for reporting."""
 
-    def __init__(self, qmodel: QuantizedModel, test: Split, train: Split | None = None,
+    def __init__(self, qmodel: QuantizedModel, val: Split, test: Split, train: Split | None = None,
                  config: EvaluatorConfig = EvaluatorConfig()) -> None:
-        if len(test) == 0:
-            raise AutoQError("the test split is empty")
+        for name, split in (("val", val), ("test", test)):
+            if len(split) == 0:
+                raise AutoQError(f"the {name} split is empty")
         if not qmodel.calibrated:
             raise AutoQError("the quantized model's activations are not calibrated; call calibrate() first")
         self.qmodel = qmodel
-        self.test = test
+        self.held_out = {"val": val, "test": test}
         self.train = train
         self.config = config
         self.evaluations = 0
-        self._cache: dict[tuple[str, int], float] = {}
-        self._float_accuracy: float | None = None
+        self._cache: dict[tuple[str, int, str], float] = {}
+        self._float_accuracy: dict[str, float] = {}
 
     @classmethod
     def for_task(cls, task: Task, quantizer: QuantizerConfig = QuantizerConfig(),
@@ -53,29 +60,30 @@ class Evaluator:
         """Wrap the task's model (in place), calibrate its activations on the calib split."""
         qmodel = QuantizedModel(task.model.eval(), task.network, quantizer)
         qmodel.calibrate(_batches(task.calib, config.batch_size))
-        return cls(qmodel, task.test, task.train, config)
+        return cls(qmodel, task.val, task.test, task.train, config)
 
-    def accuracy(self, plan: QuantPlan, finetune_steps: int = 0) -> float:
-        """Top-1 accuracy on the test split under ``plan``, after ``finetune_steps`` SGD steps when asked (cached)."""
+    def accuracy(self, plan: QuantPlan, finetune_steps: int = 0, split: str = "val") -> float:
+        """Top-1 accuracy on ``split`` under ``plan``, after ``finetune_steps`` SGD steps when asked (cached)."""
+        held_out = self._held_out(split)
         if finetune_steps < 0:
             raise AutoQError(f"finetune_steps must be >= 0, got {finetune_steps}")
         if finetune_steps and self.train is None:
             raise AutoQError("fine-tuning needs a train split")
-        key = (plan.hash, finetune_steps)
+        key = (plan.hash, finetune_steps, split)
         if key not in self._cache:
             self.qmodel.apply(plan)
             if finetune_steps:
                 with self._restored_state():
                     self._finetune(finetune_steps)
-                    accuracy = self._test_accuracy()
+                    accuracy = self._score(held_out)
             else:
-                accuracy = self._test_accuracy()
+                accuracy = self._score(held_out)
             self._cache[key] = accuracy
         return self._cache[key]
 
     def finetune_and_keep(self, plan: QuantPlan, steps: int) -> float:
         """Fine-tune under ``plan`` for ``steps`` SGD steps and *keep* the weights (the final model, before export);
-        returns its test accuracy. Accuracies cached before describe the old weights, so the cache is cleared."""
+        returns its test-split accuracy. Accuracies cached before describe the old weights, so the cache is cleared."""
         if steps < 0:
             raise AutoQError(f"finetune_steps must be >= 0, got {steps}")
         if steps and self.train is None:
@@ -85,17 +93,23 @@ class Evaluator:
             self._finetune(steps)
             self.qmodel.model.eval()
             self._cache.clear()
-            self._float_accuracy = None
-        return self._test_accuracy()
+            self._float_accuracy.clear()
+        return self._score(self.held_out["test"])
 
-    def full_precision_accuracy(self) -> float:
-        """Top-1 accuracy of the float model on the test split."""
-        if self._float_accuracy is None:
+    def full_precision_accuracy(self, split: str = "val") -> float:
+        """Top-1 accuracy of the float model on ``split``."""
+        held_out = self._held_out(split)
+        if split not in self._float_accuracy:
             with self.qmodel.float_mode():
-                self._float_accuracy = self._test_accuracy()
-        return self._float_accuracy
+                self._float_accuracy[split] = self._score(held_out)
+        return self._float_accuracy[split]
 
-    def _test_accuracy(self) -> float:
+    def _held_out(self, split: str) -> Split:
+        if split not in self.held_out:
+            raise AutoQError(f"no held-out split {split!r}; choose one of {HELD_OUT_SPLITS}")
+        return self.held_out[split]
+
+    def _score(self, split: Split) -> float:
         self.evaluations += 1
         model = self.qmodel.model
         was_training = model.training
@@ -103,11 +117,11 @@ class Evaluator:
         correct = 0
         try:
             with torch.no_grad():
-                for x, y in _batches(self.test, self.config.batch_size):
+                for x, y in _batches(split, self.config.batch_size):
                     correct += int((model(x).argmax(1) == y).sum())
         finally:
             model.train(was_training)
-        return correct / len(self.test)
+        return correct / len(split)
 
     def _finetune(self, steps: int) -> None:
         assert self.train is not None

@@ -10,6 +10,9 @@
 - ``bits_heatmap.png``: the best plan's weight bit-width of every kernel (layers x kernels);
 - ``summary.md``, with the fine-tuned final plan's figures when ``final`` (a ``final/final.json`` document) is given.
 
+An episode's ``accuracy`` is on the validation split: the split the search selected plans by. The best plan's
+test-split accuracy (``best_test_accuracy``) and the final plan's accuracies are on the test split, kept apart from it.
+
 Plots use matplotlib's Agg canvas directly (no pyplot, no global backend switch). Every file is written atomically.
 """
 from __future__ import annotations
@@ -31,7 +34,7 @@ from autoq.host.export.finalize import FINAL_DIR
 
 @dataclass(frozen=True)
 class EpisodeRecord:
-    """What one search episode produced: its plan, the plan's accuracy and cost, and the reward the agent got."""
+    """What one search episode produced: its plan, the plan's (validation) accuracy and cost, and the agent's reward."""
 
     episode: int
     plan: QuantPlan
@@ -87,11 +90,13 @@ def write_results(
     records: Sequence[EpisodeRecord],
     run_info: Mapping[str, object] | None = None,
     final: Mapping[str, object] | None = None,
+    best_test_accuracy: float | None = None,
 ) -> dict[str, Path]:
     """Write the results folder (see the module docstring); returns the written files by role.
 
     ``run_info`` (agent, backend, seed, budget, ...) is listed at the top of ``summary.md`` and in ``best_plans.json``;
-    ``final`` is what ``autoq.host.export.finalize`` wrote to ``final/final.json``.
+    ``final`` is what ``autoq.host.export.finalize`` wrote to ``final/final.json``; ``best_test_accuracy`` is the
+    highest-reward plan's accuracy on the test split.
     """
     if not records:
         raise AutoQError("no episodes to write results for")
@@ -108,7 +113,8 @@ def write_results(
     written: dict[str, Path] = {}
 
     best = {name: best_record(records, name) for name in CRITERIA}
-    index = {"network": network.name, "network_hash": network.hash, "run": info, "best": {}}
+    index = {"network": network.name, "network_hash": network.hash, "run": info, "accuracy_split": "val",
+             "best_reward_test_accuracy": best_test_accuracy, "best": {}}
     for name, record in best.items():
         path = out / f"best_{name}.plan.json"
         record.plan.save(path)
@@ -125,7 +131,9 @@ def write_results(
             out / f"pareto_{cost_name}.png", _pareto_png(records, front, cost, label, scale, network.name)
         )
     written["heatmap"] = _write_bytes(out / "bits_heatmap.png", _heatmap_png(network, best["reward"]))
-    written["summary"] = _write_text(out / "summary.md", _summary_md(network, records, best, fronts, info, written, final))
+    written["summary"] = _write_text(
+        out / "summary.md", _summary_md(network, records, best, fronts, info, written, final, best_test_accuracy)
+    )
     return written
 
 
@@ -156,7 +164,7 @@ def _csv(network: NetworkSpec, records: Sequence[EpisodeRecord]) -> str:
     return out.getvalue()
 
 
-def _summary_md(network, records, best, fronts, info, written, final) -> str:
+def _summary_md(network, records, best, fronts, info, written, final, best_test_accuracy) -> str:
     top = best["reward"]
     f = _figures(network, top)
     lines = [f"# Search results: {network.name}", ""]
@@ -164,11 +172,13 @@ def _summary_md(network, records, best, fronts, info, written, final) -> str:
         lines += ["| run | |", "|---|---|", *(f"| {k} | {v} |" for k, v in info.items()), ""]
     lines += [
         f"{len(records)} episodes ({', '.join(sorted({r.agent for r in records}))}); network {network.name} "
-        f"({network.hash}, {len(network)} layers, {network.total_weights} weights).",
+        f"({network.hash}, {len(network)} layers, {network.total_weights} weights). Episode accuracies are on the "
+        "validation split, which the search selected plans by; test-split accuracies are reported apart from it.",
         "",
         f"## Best plan (highest reward): episode {top.episode}, plan {top.plan.hash}",
         "",
-        f"- accuracy: {top.accuracy:.4f}",
+        f"- validation accuracy (selected it): {top.accuracy:.4f}",
+        *([f"- **test accuracy: {best_test_accuracy:.4f}**"] if best_test_accuracy is not None else []),
         f"- latency: {f['latency_s'] * 1e3:.4f} ms",
         f"- energy: {f['energy_j'] * 1e3:.4f} mJ",
         f"- average weight bits: {f['avg_weight_bits']:.3f}; average activation bits: {f['avg_act_bits']:.3f}",
@@ -178,7 +188,7 @@ def _summary_md(network, records, best, fronts, info, written, final) -> str:
         *_final_md(final),
         "## Best by criterion",
         "",
-        "| criterion | episode | accuracy | latency (ms) | energy (mJ) | avg weight bits | avg act bits | reward | plan |",
+        "| criterion | episode | val accuracy | latency (ms) | energy (mJ) | avg weight bits | avg act bits | reward | plan |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, record in best.items():
@@ -192,11 +202,11 @@ def _summary_md(network, records, best, fronts, info, written, final) -> str:
         label, scale, cost = COSTS[cost_name]
         lines += [
             "",
-            f"## Pareto front: accuracy against {cost_name} ({len(front)} of {len(records)} episodes)",
+            f"## Pareto front: validation accuracy against {cost_name} ({len(front)} of {len(records)} episodes)",
             "",
             f"`pareto_{cost_name}.csv`, `pareto_{cost_name}.png`",
             "",
-            f"| {label} | accuracy | episode | avg weight bits |",
+            f"| {label} | val accuracy | episode | avg weight bits |",
             "|---|---|---|---|",
             *(
                 f"| {cost(r) * scale:.4f} | {r.accuracy:.4f} | {r.episode} | {r.plan.average_weight_bits(network):.3f} |"
@@ -213,7 +223,7 @@ def _final_md(final: Mapping[str, object] | None) -> list[str]:
     return [
         f"## Final plan: fine-tuned {final['finetune_steps']} steps and exported",
         "",
-        f"- accuracy: {final['accuracy_before_finetune']:.4f} before the fine-tune, "
+        f"- test accuracy: {final['accuracy_before_finetune']:.4f} before the fine-tune, "
         f"**{final['accuracy_after_finetune']:.4f} after**",
         f"- plan {final['plan_hash']}: `{FINAL_DIR}/plan.json`; {exported or 'nothing exported'}",
         "",
@@ -244,7 +254,7 @@ def _pareto_png(records, front, cost, label, scale, title) -> bytes:
     ax.step(xs, ys, where="post", color="tab:red", linewidth=1.2)
     ax.scatter(xs, ys, s=28, color="tab:red", zorder=3, label=f"Pareto front ({len(front)})")
     ax.set_xlabel(label)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("validation accuracy")
     ax.set_title(f"{title}: accuracy against {label.split(' ')[0]}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")

@@ -24,9 +24,26 @@ def test_accuracy_follows_bits_and_eight_bits_matches_float(evaluator, task):
     assert full > 0.9
     eight = evaluator.accuracy(QuantPlan.uniform(task.network, 8, 8))
     two = evaluator.accuracy(QuantPlan.uniform(task.network, 2, 2))
-    assert abs(eight - full) <= 2 / len(task.test)
+    assert abs(eight - full) <= 2 / len(task.val)
     assert two < full - 0.05
     assert 0.0 <= two <= 1.0
+    test_full = evaluator.full_precision_accuracy(split="test")
+    assert test_full > 0.9
+    assert abs(evaluator.accuracy(QuantPlan.uniform(task.network, 8, 8), split="test") - test_full) <= 2 / len(task.test)
+
+
+def test_val_selects_and_test_reports_on_disjoint_images(evaluator, task):
+    """``accuracy`` (what the search calls) scores the val split; ``split="test"`` scores other images, cached apart."""
+    val, test = evaluator.held_out["val"], evaluator.held_out["test"]
+    assert val is task.val and test is task.test
+    val_rows = {tuple(row) for row in val.x.flatten(1).tolist()}
+    assert not any(tuple(row) in val_rows for row in test.x.flatten(1).tolist())
+    plan = QuantPlan.uniform(task.network, 3, 2)
+    on_val, on_test = evaluator.accuracy(plan), evaluator.accuracy(plan, split="test")
+    count = evaluator.evaluations
+    assert evaluator.accuracy(plan, split="val") == on_val and evaluator.accuracy(plan, split="test") == on_test
+    assert evaluator.evaluations == count
+    assert on_val == evaluator._score(val) and on_test == evaluator._score(test)
 
 
 def test_results_are_cached_by_plan_hash(evaluator, task):
@@ -65,9 +82,15 @@ def test_bad_requests(evaluator, task):
         evaluator.accuracy(wrong)
     fresh = load_task()
     with pytest.raises(AutoQError, match="not calibrated"):
-        Evaluator(QuantizedModel(fresh.model, fresh.network), fresh.test)
+        Evaluator(QuantizedModel(fresh.model, fresh.network), fresh.val, fresh.test)
+    with pytest.raises(AutoQError, match="val split is empty"):
+        Evaluator(evaluator.qmodel, task.val.subset(slice(0, 0)), task.test)
     with pytest.raises(AutoQError, match="test split is empty"):
-        Evaluator(evaluator.qmodel, task.test.subset(slice(0, 0)))
-    no_train = Evaluator(evaluator.qmodel, task.test)
+        Evaluator(evaluator.qmodel, task.val, task.test.subset(slice(0, 0)))
+    with pytest.raises(AutoQError, match="no held-out split 'train'"):
+        evaluator.accuracy(QuantPlan.uniform(task.network, 4, 4), split="train")
+    with pytest.raises(AutoQError, match="no held-out split 'calib'"):
+        evaluator.full_precision_accuracy(split="calib")
+    no_train = Evaluator(evaluator.qmodel, task.val, task.test)
     with pytest.raises(AutoQError, match="fine-tuning needs a train split"):
         no_train.accuracy(QuantPlan.uniform(task.network, 4, 4), finetune_steps=2)

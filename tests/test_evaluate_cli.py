@@ -20,6 +20,7 @@ def test_uniform_and_plan_file_agree(capsys, tmp_path):
     assert report["float_accuracy"] == pytest.approx(record["float"], abs=1e-4)
     assert report["quantized_accuracy"] == pytest.approx(record["3/3"], abs=1e-4)
     assert report["average_weight_bits"] == 3 and report["test_samples"] == digits.TEST_SIZE
+    assert report["split"] == "test"
 
     network = load_task().network
     QuantPlan.uniform(network, 3, 3).save(tmp_path / "plan.json")

@@ -103,7 +103,7 @@ def test_export_command_fine_tunes_and_writes_onnx_and_hls4ml(tmp_path, capsys):
     assert chosen["plan_hash"] == plan.hash
     assert [v["weight"] for v in chosen["layers"].values()] == [f"ap_int<{max(l.weight_bits)}>" for l in plan.layers]
     assert (project / "firmware" / "autoq_model.cpp").exists() and (project / "build_prj.tcl").exists()
-    assert f"plan {plan.hash} on digits: accuracy" in printed and "after 3 fine-tune steps" in printed
+    assert f"plan {plan.hash} on digits: test accuracy" in printed and "after 3 fine-tune steps" in printed
     session = onnxruntime.InferenceSession(str(out))
     x = task.test.x[:64].numpy()
     logits = session.run(None, {session.get_inputs()[0].name: x})[0]
@@ -147,8 +147,8 @@ def test_finalize_writes_the_final_folder(tmp_path):
     assert QuantPlan.load(final / "plan.json") == plan
     assert (final / "model.onnx").stat().st_size > 10_000 and not (final / "hls4ml").exists()
     summary = json.loads((final / "final.json").read_text())
-    assert summary["plan_hash"] == plan.hash and summary["finetune_steps"] == 2
-    assert summary["accuracy_after_finetune"] == result.accuracy_after == evaluator.accuracy(plan)
+    assert summary["plan_hash"] == plan.hash and summary["finetune_steps"] == 2 and summary["accuracy_split"] == "test"
+    assert summary["accuracy_after_finetune"] == result.accuracy_after == evaluator.accuracy(plan, split="test")
 
 
 def test_flatten_of_a_spatial_map_is_refused():

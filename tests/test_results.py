@@ -48,7 +48,8 @@ def test_pareto_front_keeps_one_of_identical_points():
 
 def test_results_folder(tmp_path):
     net, records = episodes()
-    written = write_results(tmp_path / "out", net, records, {"agent": "random", "backend": "toy://", "seed": 3})
+    written = write_results(tmp_path / "out", net, records, {"agent": "random", "backend": "toy://", "seed": 3},
+                            best_test_accuracy=0.8125)
     out = tmp_path / "out"
     for name in CRITERIA:
         plan = QuantPlan.load(out / f"best_{name}.plan.json")
@@ -58,6 +59,7 @@ def test_results_folder(tmp_path):
     assert index["best"]["accuracy"]["accuracy"] == max(r.accuracy for r in records)
     assert index["best"]["latency"]["latency_s"] == min(r.measurement.latency_s for r in records)
     assert index["run"]["seed"] == "3"
+    assert index["accuracy_split"] == "val" and index["best_reward_test_accuracy"] == 0.8125
     assert len(list(csv.DictReader(open(out / "episodes.csv")))) == len(records)
     for cost_name, key in (("latency", "latency_s"), ("energy", "energy_j")):
         rows = list(csv.DictReader(open(out / f"pareto_{cost_name}.csv")))
@@ -74,7 +76,8 @@ def test_results_folder(tmp_path):
         assert image[..., :3].std() > 0.05, f"{png} is blank"
     best = best_record(records, "reward")
     summary = (out / "summary.md").read_text()
-    assert f"accuracy: {best.accuracy:.4f}" in summary
+    assert f"validation accuracy (selected it): {best.accuracy:.4f}" in summary
+    assert "**test accuracy: 0.8125**" in summary
     assert f"latency: {best.measurement.latency_s * 1e3:.4f} ms" in summary
     assert f"energy: {best.measurement.energy_j * 1e3:.4f} mJ" in summary
     assert f"average weight bits: {best.plan.average_weight_bits(net):.3f}" in summary

@@ -27,7 +27,8 @@ def test_short_search_writes_results_records_every_measurement_and_resumes(tmp_p
                  "--final-finetune-steps", "3", "--out", str(out), "--record", str(trace)) == 0
     printed = capsys.readouterr().out
     assert "random: 2 episodes; best plan" in printed and str(out) in printed
-    assert "final plan: accuracy" in printed and "after 3 fine-tune steps" in printed
+    assert "final plan: test accuracy" in printed and "after 3 fine-tune steps" in printed
+    assert "on val (selected it)" in printed and "on test" in printed
     for name in ("summary.md", "best_reward.plan.json", "pareto_latency.csv", "pareto_energy.png", "bits_heatmap.png", "episodes.csv",
                  "final/plan.json", "final/model.onnx", "final/final.json"):
         assert (out / name).is_file(), name
@@ -39,6 +40,7 @@ def test_short_search_writes_results_records_every_measurement_and_resumes(tmp_p
     assert "resource-constrained: latency <= 0.4x the max-bit plan" in summary and "| backend | model" in summary
     assert "## Final plan: fine-tuned 3 steps and exported" in summary
     assert f"**{final['accuracy_after_finetune']:.4f} after**" in summary and "`final/model.onnx`" in summary
+    assert_selected_on_val_and_reported_on_test(out, best, final, summary)
     payload = load_checkpoint(out / CHECKPOINT_NAME)
     assert payload["next_episode"] == 2 and best in [r.plan for r in payload["history"]]
     with TraceStore(trace, mode="r") as store:
@@ -61,6 +63,26 @@ def test_short_search_writes_results_records_every_measurement_and_resumes(tmp_p
     assert "drop episodes=5 (stored: 2)" in capsys.readouterr().err
     assert autoq("--out", str(out)) == 2
     assert "already holds a search: pass --resume" in capsys.readouterr().err
+
+
+def assert_selected_on_val_and_reported_on_test(out, best, final, summary):
+    """The search picked ``best`` by val accuracy; the summary and final.json report test accuracy, on other images."""
+    import csv
+
+    from autoq.host.evaluate import Evaluator
+    from autoq.host.tasks import load_task
+
+    task = load_task()
+    val_images = {tuple(row) for row in task.val.x.flatten(1).tolist()}
+    assert not any(tuple(row) in val_images for row in task.test.x.flatten(1).tolist()), "val and test share images"
+    evaluator = Evaluator.for_task(task)
+    selected = [r for r in csv.DictReader(open(out / "episodes.csv")) if r["plan_hash"] == best.hash]
+    on_val, on_test = evaluator.accuracy(best), evaluator.accuracy(best, split="test")
+    assert float(selected[0]["accuracy"]) == on_val  # what the search scored and selected by is val accuracy
+    assert f"validation accuracy (selected it): {on_val:.4f}" in summary
+    assert f"**test accuracy: {on_test:.4f}**" in summary
+    assert final["accuracy_split"] == "test" and final["accuracy_before_finetune"] == on_test
+    assert f"test accuracy: {on_test:.4f} before the fine-tune" in summary
 
 
 def test_impossible_budget_is_refused_before_searching(tmp_path, capsys):

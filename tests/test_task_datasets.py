@@ -82,12 +82,14 @@ def test_split_is_seeded_disjoint_and_complete():
     data = load_dataset_from_arrays(np.arange(40, dtype=np.float32).reshape(40, 1, 1, 1), np.arange(40) % 3)
     parts = split_dataset(data, seed=5)
     again = split_dataset(data, seed=5)
-    assert [len(p) for p in parts] == [26, 4, 10]
+    assert [len(p) for p in parts] == [20, 4, 6, 10]  # train, calib, val, test
     assert all(torch.equal(a.x, b.x) for a, b in zip(parts, again))
     seen = torch.cat([p.x.flatten() for p in parts]).sort().values
     assert torch.equal(seen, data.x.flatten())
-    with pytest.raises(DatasetError, match="at least 3 samples"):
-        split_dataset(data.subset(slice(0, 2)))
+    assert torch.equal(split_dataset(data, seed=5, val_fraction=0.3).test.x, parts.test.x)  # val never moves test
+    assert [len(p) for p in split_dataset(data.subset(slice(0, 4)))] == [1, 1, 1, 1]
+    with pytest.raises(DatasetError, match="at least 4 samples"):
+        split_dataset(data.subset(slice(0, 3)))
 
 
 def load_dataset_from_arrays(x, y):
@@ -102,7 +104,7 @@ def test_load_task_with_user_model_and_data(tmp_path):
     torch.save(digits.build_model().state_dict(), tmp_path / "cnn.pt")
     task = load_task(str(tmp_path / "cnn.pt"), str(tmp_path / "digits.npz"), arch="autoq.host.tasks.digits:DigitsCNN")
     assert task.network.names == ("conv1", "conv2", "conv3", "conv4", "fc")
-    assert sum(len(s) for s in (task.train, task.calib, task.test)) == len(splits.test)
+    assert sum(len(s) for s in (task.train, task.calib, task.val, task.test)) == len(splits.test)
     assert task.input_shape == digits.INPUT_SHAPE and task.name == "cnn@digits.npz"
 
     bundled = load_task()

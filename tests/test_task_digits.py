@@ -24,7 +24,10 @@ def test_model_has_enough_conv_layers_and_kernels():
 
 def test_splits_are_fixed_disjoint_and_cover_the_dataset():
     clean = digits.clean_splits()
-    assert [len(s) for s in clean] == [1797 - digits.TEST_SIZE - digits.CALIB_SIZE, digits.CALIB_SIZE, digits.TEST_SIZE]
+    assert [len(s) for s in clean] == [
+        1797 - digits.HELD_OUT_SIZE - digits.CALIB_SIZE, digits.CALIB_SIZE, digits.VAL_SIZE, digits.TEST_SIZE
+    ]
+    assert digits.VAL_SIZE + digits.TEST_SIZE == digits.HELD_OUT_SIZE
     everything = digits.preprocess(load_digits().images)
     probe = torch.randn(everything[0].numel(), dtype=torch.float64)
 
@@ -37,9 +40,21 @@ def test_splits_are_fixed_disjoint_and_cover_the_dataset():
     for a, b, c in zip(served, again, clean):
         assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and torch.equal(a.y, c.y)
         assert a.x.shape == c.x.shape and not torch.equal(a.x, c.x)  # distorted once
-    assert digits.load_split("test") is served.test
-    with pytest.raises(AutoQError, match="no split 'val'"):
-        digits.load_split("val")
+    assert digits.load_split("test") is served.test and digits.load_split("val") is served.val
+    with pytest.raises(AutoQError, match="no split 'holdout'"):
+        digits.load_split("holdout")
+
+
+def test_val_and_test_halve_the_held_out_block_the_weights_were_checked_on():
+    """val + test are the original 450 held-out images in their order, distorted as one block: the shipped weights
+    (trained on ``train`` only) and the old single-split figures stay valid, and no image is in both halves."""
+    clean, served = digits.clean_splits(), digits.load_splits()
+    order = torch.from_numpy(__import__("numpy").random.default_rng(digits.SPLIT_SEED).permutation(1797))
+    held_out = order[: digits.HELD_OUT_SIZE]
+    assert torch.equal(torch.cat([clean.val.y, clean.test.y]), torch.as_tensor(load_digits().target)[held_out])
+    block = digits.distort(torch.cat([clean.val.x, clean.test.x]), torch.Generator().manual_seed(digits.HELD_OUT_DISTORTION_SEED))
+    assert torch.equal(torch.cat([served.val.x, served.test.x]), block)
+    assert len(set(held_out[: digits.VAL_SIZE].tolist()) & set(held_out[digits.VAL_SIZE :].tolist())) == 0
 
 
 def test_distortion_is_seeded():
@@ -51,6 +66,8 @@ def test_distortion_is_seeded():
 
 def test_shipped_weights_reproduce_their_training_record():
     record = json.loads((digits.weights_path().parent / digits.RECORD_FILE).read_text())
+    assert record["split"] == {"seed": digits.SPLIT_SEED, "val": digits.VAL_SIZE, "test": digits.TEST_SIZE,
+                               "calib": digits.CALIB_SIZE}
     accuracy = record["test_accuracy"]
     assert accuracy["float"] > 0.9
     assert abs(accuracy["8/8"] - accuracy["float"]) <= 0.01  # 8 bits matches float
@@ -58,8 +75,10 @@ def test_shipped_weights_reproduce_their_training_record():
     assert accuracy["2/2"] < accuracy["float"] - 0.05
     task = load_task()
     evaluator = Evaluator.for_task(task)
-    assert evaluator.full_precision_accuracy() == pytest.approx(accuracy["float"], abs=1e-4)
-    assert evaluator.accuracy(QuantPlan.uniform(task.network, 3, 3)) == pytest.approx(accuracy["3/3"], abs=1e-4)
+    for split in ("val", "test"):
+        figures = record[f"{split}_accuracy"]
+        assert evaluator.full_precision_accuracy(split=split) == pytest.approx(figures["float"], abs=1e-4)
+        assert evaluator.accuracy(QuantPlan.uniform(task.network, 3, 3), split=split) == pytest.approx(figures["3/3"], abs=1e-4)
 
 
 def test_training_is_reproducible():

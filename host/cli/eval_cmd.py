@@ -1,8 +1,9 @@
 """``autoq eval [MODEL] [--data PATH] (--plan PLAN.json | --uniform W/A) [--finetune N] [--json]``: accuracy of a model
-quantized with a plan, next to its float accuracy, on the held-out split.
+quantized with a plan, next to its float accuracy, on the held-out test split (the search selects plans on the
+separate val split).
 
 MODEL defaults to the bundled ``digits`` task; a ``.pt`` state dict needs ``--arch``. ``--data`` takes an
-ImageFolder-style directory or an ``.npz`` with arrays ``x`` and ``y`` (split into train/calib/test with a fixed
+ImageFolder-style directory or an ``.npz`` with arrays ``x`` and ``y`` (split into train/calib/val/test with a fixed
 seed); without it the digits data is used. Activations are calibrated on the calib split.
 """
 from __future__ import annotations
@@ -51,17 +52,18 @@ def run(args: argparse.Namespace) -> int:
         "task": task.name,
         "network_hash": task.network.hash,
         "plan_hash": plan.hash,
+        "split": "test",
         "test_samples": len(task.test),
         "finetune_steps": args.finetune,
         "average_weight_bits": effective.average_weight_bits(task.network),
         "average_act_bits": effective.average_act_bits(),
-        "float_accuracy": evaluator.full_precision_accuracy(),
-        "quantized_accuracy": evaluator.accuracy(plan, finetune_steps=args.finetune),
+        "float_accuracy": evaluator.full_precision_accuracy(split="test"),
+        "quantized_accuracy": evaluator.accuracy(plan, finetune_steps=args.finetune, split="test"),
     }
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        print(f"task {report['task']} ({len(task.network)} layers), {report['test_samples']} test samples")
+        print(f"task {report['task']} ({len(task.network)} layers), {report['test_samples']} samples of the test split")
         print(f"float accuracy      {report['float_accuracy']:.2%}")
         print(f"quantized accuracy  {report['quantized_accuracy']:.2%}  (plan {plan.hash}, "
               f"avg weight bits {report['average_weight_bits']:.2f}, avg act bits {report['average_act_bits']:.2f}, "

@@ -83,9 +83,10 @@ def run(args: argparse.Namespace) -> int:
     result = run_search(config, args.out, resume=args.resume, record=args.record, progress=not args.no_progress,
                         hls4ml=args.hls4ml)
     best, final = result.best, result.final
-    print(f"{config.agent}: {len(result.records)} episodes; best plan (episode {best.episode}): accuracy {best.accuracy:.4f}, "
+    print(f"{config.agent}: {len(result.records)} episodes; best plan (episode {best.episode}): accuracy {best.accuracy:.4f} "
+          f"on val (selected it), {result.best_test_accuracy:.4f} on test, "
           f"latency {best.measurement.latency_s * 1e3:.4g} ms, energy {best.measurement.energy_j * 1e3:.4g} mJ")
-    print(f"final plan: accuracy {final['accuracy_after_finetune']:.4f} after {final['finetune_steps']} fine-tune steps; "
+    print(f"final plan: test accuracy {final['accuracy_after_finetune']:.4f} after {final['finetune_steps']} fine-tune steps; "
           f"exported to {result.files['summary'].parent / FINAL_DIR}")
     print(f"results: {result.files['summary'].parent}")
     return 0

@@ -1,8 +1,8 @@
 """The end of a search: fine-tune the chosen plan, then export it to ONNX and (optionally) to an hls4ml project.
 
 ``export_final`` is what ``autoq export`` runs; ``finalize`` is what the search runner calls, writing into
-``<out_dir>/final/``: ``plan.json``, ``model.onnx``, ``hls4ml/`` (when asked) and ``final.json`` (accuracies before
-and after the fine-tune, and where everything went).
+``<out_dir>/final/``: ``plan.json``, ``model.onnx``, ``hls4ml/`` (when asked) and ``final.json`` (test-split
+accuracies before and after the fine-tune, and where everything went).
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 FINAL_DIR = "final"
 FINAL_SUMMARY = "final.json"
+#: The split the final accuracies are measured on: the search selected the plan on ``val``, so it reports ``test``.
+REPORT_SPLIT = "test"
 #: SGD steps of a search's final fine-tune: about 10 epochs of the digits train split at batch 32 (AutoQ: 10 epochs).
 DEFAULT_FINAL_FINETUNE_STEPS = 375
 
@@ -37,6 +39,7 @@ class FinalExport:
         return {
             "plan_hash": self.plan.hash,
             "finetune_steps": self.finetune_steps,
+            "accuracy_split": REPORT_SPLIT,
             "accuracy_before_finetune": self.accuracy_before,
             "accuracy_after_finetune": self.accuracy_after,
             "onnx": str(self.onnx) if self.onnx else None,
@@ -47,14 +50,15 @@ class FinalExport:
 def export_final(
     evaluator: "Evaluator", plan: QuantPlan, finetune_steps: int, onnx: str | Path | None = None, hls4ml: str | Path | None = None
 ) -> FinalExport:
-    """Fine-tune ``evaluator``'s model under ``plan`` for ``finetune_steps`` steps (kept), then export it.
+    """Fine-tune ``evaluator``'s model under ``plan`` for ``finetune_steps`` steps (kept), then export it; the
+    accuracies before and after are on the test split.
 
     The model is changed in place: this is the last thing done with it.
     """
     from autoq.host.export.onnx_export import export_quantized_onnx
 
     plan.check(evaluator.qmodel.network)
-    before = evaluator.accuracy(plan)
+    before = evaluator.accuracy(plan, split=REPORT_SPLIT)
     after = evaluator.finetune_and_keep(plan, finetune_steps)
     onnx_path = export_quantized_onnx(evaluator.qmodel, plan, onnx) if onnx else None
     hls = None
@@ -84,6 +88,7 @@ def completed_final(out_dir: str | Path, plan: QuantPlan, finetune_steps: int, h
         done = json.loads((Path(out_dir) / FINAL_DIR / FINAL_SUMMARY).read_text())
     except (OSError, ValueError):
         return None
-    if done.get("plan_hash") != plan.hash or done.get("finetune_steps") != finetune_steps or (hls4ml and not done.get("hls4ml")):
+    if (done.get("plan_hash") != plan.hash or done.get("finetune_steps") != finetune_steps
+            or done.get("accuracy_split") != REPORT_SPLIT or (hls4ml and not done.get("hls4ml"))):
         return None
     return done

@@ -23,6 +23,8 @@ from .rewards import CostPoint, Objective, RewardSetting, SearchError
 
 
 class Evaluator(Protocol):
+    """Accuracy on the validation split: what the search selects plans by (never the test split it reports on)."""
+
     def accuracy(self, plan: QuantPlan, finetune_steps: int = 0) -> float: ...
 
     def full_precision_accuracy(self) -> float: ...

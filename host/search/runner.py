@@ -180,6 +180,7 @@ class SearchResult(NamedTuple):
     records: list[EpisodeRecord]
     files: dict[str, Path]
     best: EpisodeRecord
+    best_test_accuracy: float  # the best plan's accuracy on the test split (``best.accuracy`` is on val, which chose it)
     final: dict[str, Any]  # final/final.json: the best plan's accuracy before and after the final fine-tune, exports
 
 
@@ -212,17 +213,20 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
             "agent": config.agent, "task": task.name, "backend": backend.describe().uri, "seed": config.seed,
             "episodes": f"{len(records)} of {config.episodes}", "reward": config.reward.describe(),
             "bits": f"{config.min_bits}..{config.max_bits}", "finetune steps": config.finetune_steps,
-            "full-precision accuracy": f"{objective.full_accuracy:.4f}",
+            "full-precision accuracy (val)": f"{objective.full_accuracy:.4f}",
+            "full-precision accuracy (test)": f"{evaluator.full_precision_accuracy(split='test'):.4f}",
             f"uniform {config.max_bits}-bit plan": f"{objective.reference.latency_s * 1e3:.4g} ms, {objective.reference.energy_j * 1e3:.4g} mJ",
             "record": record or "-",
         }
         if objective.limit is not None:
             run_info["budget limit"] = f"{objective.limit:.6g} ({'s' if objective.setting.budget.metric == 'latency' else 'J'})"
-        write_results(out, task.network, records, run_info)  # the results stand even if the export is interrupted
+        best = best_record(records, "reward")
+        # selected on val; reported on test, with the search's own fine-tune setting
+        best_test = evaluator.accuracy(best.plan, config.finetune_steps, split="test")
+        write_results(out, task.network, records, run_info, best_test_accuracy=best_test)  # stands if the export is interrupted
     finally:
         backend.close()
-    best = best_record(records, "reward")
     final = (completed_final(out, best.plan, config.final_finetune_steps, hls4ml)
              or finalize(out, evaluator, best.plan, config.final_finetune_steps, hls4ml).to_dict())
-    files = write_results(out, task.network, records, run_info, final)
-    return SearchResult(config, records, files, best, final)
+    files = write_results(out, task.network, records, run_info, final, best_test_accuracy=best_test)
+    return SearchResult(config, records, files, best, best_test, final)

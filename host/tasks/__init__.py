@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 
 class Task(NamedTuple):
-    """A torch model with its spec (layers named by qualified module name) and train / calib / test splits."""
+    """A torch model with its spec (layers named by qualified module name) and train / calib / val / test splits:
+    the search selects plans on ``val`` and reports accuracy on ``test``."""
 
     name: str
     model: "nn.Module"
@@ -22,6 +23,7 @@ class Task(NamedTuple):
     input_shape: tuple[int, int, int]
     train: "Split"
     calib: "Split"
+    val: "Split"
     test: "Split"
 
 
@@ -48,4 +50,5 @@ def load_task(model_ref: str = "digits", data_ref: str | None = None, arch: str 
     if top_label >= classes:
         raise DatasetError(f"data {data_name!r} has label {top_label} but model {model_ref!r} has {classes} outputs")
     name = loaded.spec.name if data_ref is None else f"{loaded.spec.name}@{data_name}"
-    return Task(name, model, loaded.spec, tuple(loaded.input_shape), splits.train, splits.calib, splits.test)
+    return Task(name, model, loaded.spec, tuple(loaded.input_shape), splits.train, splits.calib, splits.val,
+                splits.test)

@@ -34,10 +34,12 @@ class Split(NamedTuple):
 
 
 class SplitSet(NamedTuple):
-    """The three splits a task needs: ``train`` (fine-tuning), ``calib`` (activation clip calibration), ``test`` (held out)."""
+    """The splits a task needs: ``train`` (fine-tuning), ``calib`` (activation clip calibration), ``val`` (held out; the
+    search selects plans on it) and ``test`` (held out; accuracies are reported on it, never used for selection)."""
 
     train: Split
     calib: Split
+    val: Split
     test: Split
 
 
@@ -124,16 +126,21 @@ def load_dataset(path: str | Path) -> Split:
     raise DatasetError(f"dataset {path}: expected a directory of class subfolders or an .npz file")
 
 
-def split_dataset(data: Split, seed: int = 0, test_fraction: float = 0.25, calib_fraction: float = 0.1) -> SplitSet:
-    """Seeded random split into train / calib / test; each part gets at least one sample."""
+def split_dataset(data: Split, seed: int = 0, test_fraction: float = 0.25, calib_fraction: float = 0.1,
+                  val_fraction: float = 0.15) -> SplitSet:
+    """Seeded random split into test / val / calib / train (in that order of a seeded permutation, so ``test`` is
+    the same for any ``val_fraction``); each part gets at least one sample."""
     n = len(data)
-    if n < 3:
-        raise DatasetError(f"a dataset needs at least 3 samples to split into train/calib/test, got {n}")
+    if n < 4:
+        raise DatasetError(f"a dataset needs at least 4 samples to split into train/calib/val/test, got {n}")
     order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-    n_test = min(max(1, round(n * test_fraction)), n - 2)
-    n_calib = min(max(1, round(n * calib_fraction)), n - n_test - 1)
+    n_test = min(max(1, round(n * test_fraction)), n - 3)
+    n_val = min(max(1, round(n * val_fraction)), n - n_test - 2)
+    n_calib = min(max(1, round(n * calib_fraction)), n - n_test - n_val - 1)
+    held_out = n_test + n_val
     return SplitSet(
-        train=data.subset(order[n_test + n_calib :]),
-        calib=data.subset(order[n_test : n_test + n_calib]),
+        train=data.subset(order[held_out + n_calib :]),
+        calib=data.subset(order[held_out : held_out + n_calib]),
+        val=data.subset(order[n_test:held_out]),
         test=data.subset(order[:n_test]),
     )

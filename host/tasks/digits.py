@@ -1,8 +1,9 @@
 """The bundled task: scikit-learn's digits (1,797 8x8 images, shipped inside the wheel) and a small CNN.
 
 Images are scaled to [0, 1], upsampled to 16x16 (bilinear) and normalised with fixed constants (``PIXEL_MEAN``,
-``PIXEL_STD``), so the network input is signed. The split is fixed by ``SPLIT_SEED``: 450 test images, 150
-calibration images, the remaining 1,197 for training (and fine-tuning). Every split is served distorted once,
+``PIXEL_STD``), so the network input is signed. The split is fixed by ``SPLIT_SEED``: 450 held-out images, 150
+calibration images, the remaining 1,197 for training (and fine-tuning). The held-out images are halved in their fixed
+order: the first 225 are ``val`` (the search selects plans on them), the last 225 are ``test`` (reported accuracy). Every split is served distorted once,
 with a fixed seed (random rotation, scale, shift and pixel noise; see ``distort``), which makes the held-out task
 hard enough that 2-3-bit quantization visibly hurts; the training script distorts the clean training images
 afresh every epoch.
@@ -31,12 +32,14 @@ NUM_CLASSES = 10
 PIXEL_MEAN = 0.3
 PIXEL_STD = 0.4
 SPLIT_SEED = 2020
-TEST_SIZE = 450
+HELD_OUT_SIZE = 450
+VAL_SIZE = 225
+TEST_SIZE = HELD_OUT_SIZE - VAL_SIZE
 CALIB_SIZE = 150
 HELD_OUT_DISTORTION_SEED = 7
 WEIGHTS_FILE = "digits_cnn.pt"
 RECORD_FILE = "digits_cnn.json"
-SPLIT_NAMES = ("train", "calib", "test")
+SPLIT_NAMES = ("train", "calib", "val", "test")
 
 MAX_ROTATION_DEG = 15.0
 MAX_SHIFT_PX = 2.0
@@ -114,29 +117,35 @@ def distort(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 @lru_cache(maxsize=1)
 def clean_splits() -> SplitSet:
-    """The three fixed splits, undistorted (the training script distorts ``train`` afresh every epoch)."""
+    """The four fixed splits, undistorted (the training script distorts ``train`` afresh every epoch)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     order = torch.from_numpy(np.random.default_rng(SPLIT_SEED).permutation(len(digits.target)))
     x = preprocess(digits.images)
     y = torch.as_tensor(digits.target, dtype=torch.int64)
-    parts = order[:TEST_SIZE], order[TEST_SIZE : TEST_SIZE + CALIB_SIZE], order[TEST_SIZE + CALIB_SIZE :]
-    test, calib, train = (Split(x[index], y[index]) for index in parts)
-    return SplitSet(train=train, calib=calib, test=test)
+    parts = (order[:VAL_SIZE], order[VAL_SIZE:HELD_OUT_SIZE], order[HELD_OUT_SIZE : HELD_OUT_SIZE + CALIB_SIZE],
+             order[HELD_OUT_SIZE + CALIB_SIZE :])
+    val, test, calib, train = (Split(x[index], y[index]) for index in parts)
+    return SplitSet(train=train, calib=calib, val=val, test=test)
 
 
 @lru_cache(maxsize=1)
 def load_splits() -> SplitSet:
-    """The task's splits, each distorted once with a fixed seed (cached; treat the tensors as read-only)."""
+    """The task's splits, each distorted once with a fixed seed (cached; treat the tensors as read-only).
+
+    ``val`` and ``test`` are distorted together, as the one held-out block they are halves of."""
     generator = torch.Generator().manual_seed(HELD_OUT_DISTORTION_SEED)
     clean = clean_splits()
-    test, calib, train = (Split(distort(s.x, generator), s.y) for s in (clean.test, clean.calib, clean.train))
-    return SplitSet(train=train, calib=calib, test=test)
+    held_out = distort(torch.cat([clean.val.x, clean.test.x]), generator)
+    calib, train = (Split(distort(s.x, generator), s.y) for s in (clean.calib, clean.train))
+    val, test = Split(held_out[:VAL_SIZE], clean.val.y), Split(held_out[VAL_SIZE:], clean.test.y)
+    return SplitSet(train=train, calib=calib, val=val, test=test)
 
 
 def load_split(name: str) -> Split:
-    """One split by name: ``train`` (fine-tuning), ``calib`` (activation calibration) or ``test`` (held out)."""
+    """One split by name: ``train`` (fine-tuning), ``calib`` (activation calibration), ``val`` (held out, plan
+    selection) or ``test`` (held out, reporting)."""
     if name not in SPLIT_NAMES:
         raise AutoQError(f"digits has no split {name!r}; choose one of {SPLIT_NAMES}")
     return getattr(load_splits(), name)

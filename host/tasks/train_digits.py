@@ -2,8 +2,9 @@
 
     python -m autoq.host.tasks.train_digits [--out-dir DIR] [--epochs N] [--seed S]
 
-Writes ``digits_cnn.pt`` (state dict) and ``digits_cnn.json`` (settings, float test accuracy, and test accuracy
-at uniform W/A = 8/8, 4/4, 3/3, 2/2 after activation calibration, no fine-tune) into the package data folder.
+Writes ``digits_cnn.pt`` (state dict) and ``digits_cnn.json`` (settings; float accuracy and accuracy at uniform
+W/A = 8/8, 4/4, 3/3, 2/2 after activation calibration, no fine-tune, on the val and on the test split) into the
+package data folder. Training uses the train split only.
 """
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ def train(config: TrainConfig) -> digits.DigitsCNN:
     return model.eval()
 
 
-def quantized_accuracies(model: digits.DigitsCNN) -> dict[str, float]:
-    """Test accuracy at the recorded uniform bit-widths (calibrated on the calib split, no fine-tune)."""
+def quantized_accuracies(model: digits.DigitsCNN) -> dict[str, dict[str, float]]:
+    """Accuracy on the val and the test split at the recorded uniform bit-widths (calibrated on calib, no fine-tune)."""
     from autoq.common.plan import QuantPlan
     from autoq.host.evaluate import Evaluator
     from autoq.host.tasks import load_task
@@ -63,8 +64,11 @@ def quantized_accuracies(model: digits.DigitsCNN) -> dict[str, float]:
     task = load_task("digits")._replace(model=model)
     evaluator = Evaluator.for_task(task)
     return {
-        f"{w}/{a}": evaluator.accuracy(QuantPlan.uniform(task.network, w, a)) for w, a in RECORDED_UNIFORM_BITS
-    } | {"float": evaluator.full_precision_accuracy()}
+        split: {
+            f"{w}/{a}": evaluator.accuracy(QuantPlan.uniform(task.network, w, a), split=split) for w, a in RECORDED_UNIFORM_BITS
+        } | {"float": evaluator.full_precision_accuracy(split=split)}
+        for split in ("val", "test")
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.save(model.state_dict(), buffer)
     atomic_write_bytes(out_dir / digits.WEIGHTS_FILE, buffer.getvalue())
 
-    accuracies = quantized_accuracies(model)
     record = {
         "model": "DigitsCNN",
         "input_shape": list(digits.INPUT_SHAPE),
@@ -93,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         "train_cpu_seconds": round(train_cpu_seconds, 1),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "split": {"seed": digits.SPLIT_SEED, "test": digits.TEST_SIZE, "calib": digits.CALIB_SIZE},
-        "test_accuracy": {k: round(v, 4) for k, v in accuracies.items()},
+        "split": {"seed": digits.SPLIT_SEED, "val": digits.VAL_SIZE, "test": digits.TEST_SIZE, "calib": digits.CALIB_SIZE},
+        **{f"{split}_accuracy": {k: round(v, 4) for k, v in figures.items()}
+           for split, figures in quantized_accuracies(model).items()},
     }
     atomic_write_text(out_dir / digits.RECORD_FILE, json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
