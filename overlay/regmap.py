@@ -194,13 +194,6 @@ class RegisterMap:
     def section(self, section: Section) -> tuple[Register, ...]:
         return tuple(reg for reg in self.registers if reg.section == section)
 
-    def locate(self, offset: int) -> tuple[Register, int]:
-        """The register holding the 32-bit word at ``offset`` and that word's index within it."""
-        for reg in self.registers:
-            if offset in reg.word_offsets:
-                return reg, reg.word_offsets.index(offset)
-        raise KeyError(f"register map v{self.version}: no register word at offset {offset:#x}")
-
     @property
     def span(self) -> int:
         """Bytes of address space the map occupies (last slot included), rounded up to a power of two."""

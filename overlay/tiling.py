@@ -10,7 +10,7 @@ Imports only numpy: this runs on the board.
 """
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -24,28 +24,14 @@ class OperandError(AutoQError, ValueError):
 class RowTiling(NamedTuple):
     """How the ``M`` rows of one weight matrix are cut into tiles of at most ``dm`` rows.
 
-    ``order[p]`` is the original row processed at position ``p``; tile ``t`` covers positions
-    ``offsets[t]:offsets[t] + tile_rows[t]``; ``tile_bits[t]`` is the largest weight bit-width in tile ``t``.
+    ``order[p]`` is the original row processed at position ``p``; tiles cover consecutive positions,
+    ``tile_rows[t]`` of them for tile ``t``; ``tile_bits[t]`` is the largest weight bit-width in tile ``t``, so a
+    tiling costs ``tile_bits.sum()`` weight bit-plane passes per activation bit-plane and column block.
     """
 
     order: np.ndarray
     tile_rows: np.ndarray
     tile_bits: np.ndarray
-
-    @property
-    def offsets(self) -> np.ndarray:
-        """First processing position of each tile."""
-        return np.concatenate(([0], np.cumsum(self.tile_rows)[:-1])).astype(np.int64)
-
-    @property
-    def weight_passes(self) -> int:
-        """Sum over tiles of their weight bit-planes: passes per activation bit-plane and column block."""
-        return int(self.tile_bits.sum())
-
-    def tiles(self) -> Iterator[tuple[np.ndarray, int]]:
-        """(original row indices, tile bit-width) for each tile, in processing order."""
-        for start, rows, bits in zip(self.offsets, self.tile_rows, self.tile_bits):
-            yield self.order[start:start + rows], int(bits)
 
 
 def check_bit_widths(bits: Sequence[int] | np.ndarray, what: str, max_bits: int = 64) -> np.ndarray:

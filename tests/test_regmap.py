@@ -66,15 +66,13 @@ def test_unknown_version_and_bad_values_are_named():
         regmap["nope"]
     with pytest.raises(ValueError, match="does not fit"):
         regmap["abits"].split(1 << 32)
-    with pytest.raises(KeyError, match="0x2"):
-        regmap.locate(0x2)
 
 
-def test_split_join_and_locate_64_bit_words():
+def test_split_join_and_word_offsets_of_64_bit_registers():
     regmap = RegisterMap.from_overlay(config())
     reg = regmap["weights_addr"]
     value = 0x1_2345_6789
     assert reg.split(value) == (0x23456789, 0x1)
     assert reg.join(reg.split(value)) == value
-    assert regmap.locate(reg.offset + 4) == (reg, 1)
-    assert regmap.locate(regmap.offset("abits")) == (regmap["abits"], 0)
+    assert reg.word_offsets == (reg.offset, reg.offset + 4)
+    assert regmap["abits"].word_offsets == (regmap.offset("abits"),)
