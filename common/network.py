@@ -9,6 +9,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import numbers
+import reprlib
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Literal, NamedTuple
 
@@ -27,14 +30,28 @@ class GemmShape(NamedTuple):
     n: int
 
 
+def _is_int(value: Any) -> bool:
+    """An integer that is not a bool (numpy integers count; floats and strings do not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _pair(value: Any, what: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    try:
-        a, b = value
-        return (int(a), int(b))
-    except (TypeError, ValueError):
-        raise SpecError(f"{what} must be an int or a pair of ints, got {value!r}") from None
+    if _is_int(value):
+        return (int(value), int(value))
+    if not isinstance(value, (str, bytes, Mapping)) and isinstance(value, Iterable):
+        items = tuple(value)
+        if len(items) == 2 and all(_is_int(v) for v in items):
+            return (int(items[0]), int(items[1]))
+    raise SpecError(f"{what} must be an int or a pair of ints, got {reprlib.repr(value)}")
+
+
+def _input_shape(value: Any, what: str) -> tuple[int, int, int]:
+    """Three positive ints (C, H, W)."""
+    if not isinstance(value, (str, bytes, Mapping)) and isinstance(value, Iterable):
+        items = tuple(value)
+        if len(items) == 3 and all(_is_int(v) and v >= 1 for v in items):
+            return tuple(int(v) for v in items)  # type: ignore[return-value]
+    raise SpecError(f"{what} must be three positive ints (C, H, W), got {reprlib.repr(value)}")
 
 
 @dataclass(frozen=True)
@@ -53,15 +70,15 @@ class LayerSpec:
     out_hw: tuple[int, int] = (1, 1)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise SpecError(f"layer name must be a non-empty string, got {reprlib.repr(self.name)}")
         for attr in ("kernel", "stride", "padding", "in_hw", "out_hw"):
             object.__setattr__(self, attr, _pair(getattr(self, attr), f"layer {self.name!r}: {attr}"))
-        if not self.name:
-            raise SpecError("layer name must not be empty")
         if self.kind not in LAYER_KINDS:
-            raise SpecError(f"layer {self.name!r}: kind must be one of {LAYER_KINDS}, got {self.kind!r}")
+            raise SpecError(f"layer {self.name!r}: kind must be one of {LAYER_KINDS}, got {reprlib.repr(self.kind)}")
         for attr in ("c_in", "c_out", "groups"):
-            if not isinstance(getattr(self, attr), int) or getattr(self, attr) < 1:
-                raise SpecError(f"layer {self.name!r}: {attr} must be a positive int, got {getattr(self, attr)!r}")
+            if not isinstance(getattr(self, attr), int) or isinstance(getattr(self, attr), bool) or getattr(self, attr) < 1:
+                raise SpecError(f"layer {self.name!r}: {attr} must be a positive int, got {reprlib.repr(getattr(self, attr))}")
         if self.c_in % self.groups or self.c_out % self.groups:
             raise SpecError(
                 f"layer {self.name!r}: groups={self.groups} must divide c_in={self.c_in} and c_out={self.c_out}"
@@ -93,10 +110,12 @@ class LayerSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LayerSpec":
+        if not isinstance(data, Mapping):
+            raise SpecError(f"a layer description must be an object, got {reprlib.repr(data)}")
         try:
             return cls(**data)
         except TypeError as exc:
-            raise SpecError(f"bad layer description {data!r}: {exc}") from None
+            raise SpecError(f"bad layer description {reprlib.repr(data)}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -109,8 +128,10 @@ class NetworkSpec:
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise SpecError(f"network name must be a string, got {reprlib.repr(self.name)}")
         object.__setattr__(self, "layers", tuple(self.layers))
-        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        object.__setattr__(self, "input_shape", _input_shape(self.input_shape, f"network {self.name!r}: input_shape"))
         if not self.layers:
             raise SpecError(f"network {self.name!r} has no conv or linear layers")
         index: dict[str, int] = {}
@@ -164,8 +185,12 @@ class NetworkSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "NetworkSpec":
+        if not isinstance(data, Mapping):
+            raise SpecError(f"a network description must be an object, got {type(data).__name__}")
+        if "layers" in data and not isinstance(data["layers"], list):
+            raise SpecError(f"network description: 'layers' must be a list, got {type(data['layers']).__name__}")
         try:
-            spec = cls(data["name"], tuple(LayerSpec.from_dict(l) for l in data["layers"]), tuple(data["input_shape"]))
+            spec = cls(data["name"], tuple(LayerSpec.from_dict(l) for l in data["layers"]), data["input_shape"])
         except KeyError as exc:
             raise SpecError(f"network description lacks field {exc}") from None
         if "hash" in data and data["hash"] != spec.hash:

@@ -5,7 +5,9 @@ directly, so both run the same code.
 Bitstreams are loaded only by name from the board's own ``bitstreams/`` folder, never uploaded. A build folder
 ``bitstreams/<name>/`` holds ``manifest.json`` (self-checked by its build hash) and, once built, ``<name>.bit`` and
 ``<name>.hwh``, each of which must be listed with its SHA-256 in ``checksums.sha256`` (``sha256sum`` format) and
-match it. Imports numpy and the board-side modules only; pynq only when a real bitstream is loaded.
+match it. A measure request is bounded by ``RequestLimits`` (layers, batch, per-layer sizes, DDR bytes) and its
+geometry checked before anything is allocated; a failed measurement frees every buffer it allocated. Imports numpy
+and the board-side modules only; pynq only when a real bitstream is loaded.
 """
 from __future__ import annotations
 
@@ -19,17 +21,18 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from autoq.calibration.costmodel import CalibrationParams, load_default_calibration
-from autoq.common.errors import AutoQError
+from autoq.common.errors import AutoQError, SpecError
 from autoq.common.measurement import LayerCost, Measurement, Provenance
-from autoq.common.network import NetworkSpec
-from autoq.common.plan import QuantPlan
+from autoq.common.network import LayerSpec, NetworkSpec
+from autoq.common.plan import MAX_BITS, QuantPlan
 
 from .driver import BusEngine, EngineDriver
 from .emulated import EmulatedEngine, EmulatedPowerSensor
-from .layout import timing_job
+from .layout import TimingShape, timing_shape
 from .manifest import DEFAULT_OVERLAY, ManifestError, OverlayConfig, bitstreams_dir
 from .measure import Clock, MeasureSettings, ProtocolResult, RunRecord, run_protocol
 from .protocol import ProtocolError
+from .regmap import RegisterMap
 from .resources import estimate
 from .sensors.base import Sensor
 
@@ -43,6 +46,90 @@ class BoardError(AutoQError, RuntimeError):
 
 class BitstreamError(ProtocolError):
     """A named overlay is unknown, or one of its files fails its checksum (``code`` says which)."""
+
+
+class LimitError(ProtocolError):
+    """A measure request asks for more work than ``RequestLimits`` allow (code ``bad_request``)."""
+
+    def __init__(self, message: str):
+        super().__init__("bad_request", message)
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The most work one measure request may ask for; ``Board.measure`` checks them before it allocates anything.
+
+    The defaults take the built-in models (ResNet-50: 54 layers, 2,048 channels, 224x224 input, 1.1 GiB of DDR
+    buffers at batch 16 and 8 bits; MobileNetV2: 1.8 GiB) with room, and refuse absurd requests. ``max_window``
+    bounds kernel, stride and padding; ``max_spatial`` input and output heights and widths. Every per-field limit
+    must fit the descriptor register it bounds (``check_registers``).
+    """
+
+    max_layers: int = 1024
+    max_batch: int = 256
+    max_channels: int = 1 << 16
+    max_spatial: int = 1 << 14
+    max_window: int = 64
+    max_ddr_bytes: int = 2 << 30
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BoardError(f"request limit {name} must be a positive int, got {value!r}")
+
+    def descriptor_bounds(self) -> dict[str, int]:
+        """The largest value each descriptor register can get from a request within these limits."""
+        bounds = dict.fromkeys(("c_in", "c_out", "groups", "num_tiles"), self.max_channels)
+        bounds.update(dict.fromkeys(("kh", "kw", "stride_h", "stride_w", "pad_h", "pad_w"), self.max_window))
+        bounds.update(dict.fromkeys(("in_h", "in_w", "out_h", "out_w"), self.max_spatial))
+        return {**bounds, "batch": self.max_batch, "abits": MAX_BITS}
+
+    def check_registers(self, regmap: RegisterMap) -> None:
+        """``BoardError`` unless every value these limits admit fits its descriptor register of ``regmap``."""
+        for reg in regmap.section("descriptor"):
+            bound = self.descriptor_bounds().get(reg.name)
+            if bound is None or bound >= 1 << reg.width:
+                raise BoardError(f"request limits admit {reg.name} up to {bound}, its register has {reg.width} bits")
+
+    def check_request(self, network: NetworkSpec, batch: int) -> None:
+        """``LimitError`` naming the limit and the value when ``network`` at ``batch`` asks for too much;
+        ``SpecError`` when a layer's geometry is inconsistent (``check_geometry``)."""
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise LimitError(f"batch must be a positive int, got {batch!r}")
+        if batch > self.max_batch:
+            raise LimitError(f"batch {batch} exceeds the limit max_batch={self.max_batch}")
+        if len(network) > self.max_layers:
+            raise LimitError(f"network {network.name!r} has {len(network)} layers, the limit is max_layers={self.max_layers}")
+        for layer in network.layers:
+            for limit, fields in (("max_channels", ("c_in", "c_out")), ("max_window", ("kernel", "stride", "padding")),
+                                  ("max_spatial", ("in_hw", "out_hw"))):
+                bound = getattr(self, limit)
+                for name in fields:
+                    value = getattr(layer, name)
+                    if (max(value) if isinstance(value, tuple) else value) > bound:
+                        raise LimitError(f"layer {layer.name!r}: {name}={value} exceeds the limit {limit}={bound}")
+            check_geometry(layer)
+
+    def check_ddr(self, shapes: Sequence[TimingShape]) -> None:
+        total = sum(shape.nbytes for shape in shapes)
+        if total > self.max_ddr_bytes:
+            raise LimitError(f"the request needs {total} bytes of DDR buffers, the limit is max_ddr_bytes={self.max_ddr_bytes}")
+
+
+def check_geometry(layer: LayerSpec) -> None:
+    """``SpecError`` unless ``layer.out_hw`` can follow from its input size, kernel, stride and padding.
+
+    ``LayerSpec`` keeps the leading padding only and no dilation, so this is a bound, not an equation: dilation
+    shrinks the output and the trailing padding of a "same" convolution may exceed the leading one by one, so a
+    consistent layer has ``1 <= out <= (in + 2 * pad + 1 - kernel) // stride + 1`` along each axis.
+    """
+    largest = tuple((i + 2 * p + 1 - k) // s + 1 for i, p, k, s in zip(layer.in_hw, layer.padding, layer.kernel, layer.stride))
+    if min(largest) < 1:
+        raise SpecError(f"layer {layer.name!r}: a {layer.kernel} kernel with padding {layer.padding} does not fit its "
+                        f"{layer.in_hw} input")
+    if any(o > m for o, m in zip(layer.out_hw, largest)):
+        raise SpecError(f"layer {layer.name!r}: out_hw={layer.out_hw} is larger than in_hw={layer.in_hw}, kernel="
+                        f"{layer.kernel}, stride={layer.stride} and padding={layer.padding} allow: at most {largest}")
 
 
 @dataclass(frozen=True)
@@ -128,13 +215,14 @@ class EngineSession:
 EngineFactory = Callable[[OverlayBuild], EngineSession]
 
 
-def emulated_factory(calibration: CalibrationParams | None = None, compute: bool = False) -> EngineFactory:
+def emulated_factory(calibration: CalibrationParams | None = None, compute: bool = False,
+                     ddr_bytes: int | None = None) -> EngineFactory:
     """Engines on the emulated device: cycle counters from the schedule, power from the analytic energy model of
-    ``calibration`` (default: the bundled one), virtual time."""
+    ``calibration`` (default: the bundled one), virtual time; ``ddr_bytes`` bounds its DDR (default: unbounded)."""
 
     def open_engine(build: OverlayBuild) -> EngineSession:
         params = calibration or load_default_calibration()
-        device = EmulatedEngine(build.config, params, compute=compute)
+        device = EmulatedEngine(build.config, params, compute=compute, ddr_bytes=ddr_bytes)
         driver = BusEngine(device, device.allocate)
         driver.attach(build.config)
         what = "bit-exact reference engine on the data" if compute else "timing only, data path not run"
@@ -182,8 +270,8 @@ class Board:
 
     def __init__(self, factory: EngineFactory, source: str, overlay: str = DEFAULT_OVERLAY,
                  registry: BitstreamRegistry | None = None, settings: MeasureSettings = MeasureSettings(),
-                 board_id: str | None = None):
-        self.factory, self.source, self.settings = factory, source, settings
+                 board_id: str | None = None, limits: RequestLimits = RequestLimits()):
+        self.factory, self.source, self.settings, self.limits = factory, source, settings, limits
         self.registry = registry or BitstreamRegistry()
         self.board_id = board_id or f"{source}@{platform.node() or 'localhost'}"
         self.build: OverlayBuild | None = None
@@ -192,8 +280,9 @@ class Board:
 
     @classmethod
     def emulated(cls, overlay: str = DEFAULT_OVERLAY, calibration: CalibrationParams | None = None,
-                 registry: BitstreamRegistry | None = None, settings: MeasureSettings = EMULATED_SETTINGS) -> "Board":
-        return cls(emulated_factory(calibration), "emulated", overlay, registry, settings)
+                 registry: BitstreamRegistry | None = None, settings: MeasureSettings = EMULATED_SETTINGS,
+                 limits: RequestLimits = RequestLimits()) -> "Board":
+        return cls(emulated_factory(calibration), "emulated", overlay, registry, settings, limits=limits)
 
     # -- requests ------------------------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -214,6 +303,7 @@ class Board:
     def load_overlay(self, name: str) -> dict[str, Any]:
         """Load ``name`` from the registry (verified) and attach its engine; the previous one is closed."""
         build = self.registry.resolve(name)
+        self.limits.check_registers(RegisterMap.from_overlay(build.config))
         session = self.factory(build)
         if self.session is not None:
             self.session.close()
@@ -221,15 +311,23 @@ class Board:
         return {"overlay": build.config.to_dict(), "bitstream": build.bitstream.name if build.bitstream else None}
 
     def measure(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1) -> Measurement:
-        """Run every layer of ``plan`` on the engine under the measurement protocol."""
+        """Run every layer of ``plan`` on the engine under the measurement protocol.
+
+        The request is checked against ``limits`` (``LimitError``) and its geometry (``SpecError``) before any
+        buffer is allocated; whatever was allocated is freed again however the measurement ends.
+        """
         plan.check(network)
         session, config = self._session(), self.build.config
         driver = session.driver
-        prepared = [
-            driver.prepare(timing_job(layer, lp.weight_bits, lp.act_bits, config, batch))
-            for layer, lp in zip(network.layers, plan.layers)
-        ]
+        self.limits.check_request(network, batch)
+        shapes = [timing_shape(layer, lp.weight_bits, lp.act_bits, config, batch)
+                  for layer, lp in zip(network.layers, plan.layers)]
+        self.limits.check_ddr(shapes)
+        prepared = []
         try:
+            for shape in shapes:
+                prepared.append(driver.prepare(shape.job()))
+
             def run_once() -> RunRecord:
                 counters = [driver.run(p) for p in prepared]
                 return RunRecord(sum(c.total for c in counters) / config.clock_hz, counters)

@@ -156,11 +156,16 @@ class EngineDriver:
         if missing:
             raise DriverError(f"layer {job.name!r}: job lacks buffers {missing}")
         buffers = {}
-        for name in BUFFERS:
-            data = np.ascontiguousarray(job.buffers[name])
-            buffers[name] = buffer = self._allocate(data.shape, data.dtype)
-            buffer[...] = data
-            buffer.flush()
+        try:
+            for name in BUFFERS:
+                data = np.ascontiguousarray(job.buffers[name])
+                buffers[name] = buffer = self._allocate(data.shape, data.dtype)
+                buffer[...] = data
+                buffer.flush()
+        except BaseException:  # free what this layer got before the failure
+            for buffer in buffers.values():
+                buffer.freebuffer()
+            raise
         return PreparedLayer(job, buffers)
 
     def run(self, prepared: "PreparedLayer") -> Counters:

@@ -2,7 +2,7 @@
 the daemon run unchanged on any workstation.
 
 ``EmulatedEngine`` answers 32-bit register reads and writes at the ``regmap`` offsets and owns an emulated DDR
-(``allocate`` hands out buffers with a ``device_address``). Starting it with ``command = CMD_IDENTIFY`` fills the
+(``allocate`` hands out buffers with a ``device_address``; optionally of bounded size, like the board's). Starting it with ``command = CMD_IDENTIFY`` fills the
 ID block from the manifest; with ``CMD_RUN`` it reads the layer's descriptor and tile table from its DDR, sets
 the cycle counters from the schedule model (``schedule``, the same one the cost model and HLS code use) and, when
 ``compute`` is on, runs the bit-exact reference engine on the buffers and writes the results back.
@@ -15,6 +15,7 @@ so pynq's own ``MMIO``/``DefaultIP``/``allocate`` drive it. Everything measured 
 """
 from __future__ import annotations
 
+import bisect
 import struct
 import warnings
 from typing import Any, Sequence
@@ -102,11 +103,22 @@ class EmulatedBuffer(np.ndarray):
 
 
 class EmulatedDDR:
-    """Buffers by device address, handed out at increasing page-aligned addresses."""
+    """Buffers by device address, handed out at increasing page-aligned addresses (never reused); ``capacity``:
+    the most bytes mapped at once (None: unbounded), beyond which ``allocate`` fails as pynq's does when DDR runs out.
 
-    def __init__(self, base: int = DDR_BASE):
-        self._next = base
-        self._regions: list[tuple[int, np.ndarray]] = []
+    Lookups bisect the sorted region starts and unmapping is a dict removal (freed starts are dropped lazily), so
+    every access costs O(log n) in the number of mapped buffers.
+    """
+
+    def __init__(self, base: int = DDR_BASE, capacity: int | None = None):
+        self._next, self.capacity = base, capacity
+        self._regions: dict[int, np.ndarray] = {}
+        self._starts: list[int] = []  # sorted; may still hold starts of unmapped buffers
+        self.mapped_bytes = 0
+
+    def __len__(self) -> int:
+        """Buffers mapped now."""
+        return len(self._regions)
 
     def reserve(self, nbytes: int) -> int:
         """The device address of a fresh page-aligned range of ``nbytes``."""
@@ -116,12 +128,28 @@ class EmulatedDDR:
 
     def map(self, buffer: np.ndarray, address: int) -> None:
         """Make ``buffer`` the DDR contents at ``address`` (from ``reserve``)."""
-        self._regions.append((address, buffer))
+        self.unmap(address)
+        if not self._starts or address > self._starts[-1]:
+            self._starts.append(address)
+        else:
+            i = bisect.bisect_left(self._starts, address)
+            if i == len(self._starts) or self._starts[i] != address:
+                self._starts.insert(i, address)
+        self._regions[address] = buffer
+        self.mapped_bytes += buffer.nbytes
 
     def unmap(self, address: int) -> None:
-        self._regions = [(start, buffer) for start, buffer in self._regions if start != address]
+        buffer = self._regions.pop(address, None)
+        if buffer is not None:
+            self.mapped_bytes -= buffer.nbytes
+        if len(self._starts) > 2 * len(self._regions) + 64:  # amortised: drop the starts of unmapped buffers
+            self._starts = [start for start in self._starts if start in self._regions]
 
     def allocate(self, shape: tuple[int, ...] | int, dtype: Any) -> EmulatedBuffer:
+        nbytes = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+        if self.capacity is not None and self.mapped_bytes + nbytes > self.capacity:
+            raise EmulationError(f"emulated DDR: cannot allocate {nbytes} bytes, {self.mapped_bytes} of its "
+                                 f"{self.capacity} bytes are in use")
         buffer = np.zeros(shape, dtype=dtype).view(EmulatedBuffer)
         buffer.device_address, buffer.ddr = self.reserve(buffer.nbytes), self
         self.map(buffer, buffer.device_address)
@@ -129,8 +157,11 @@ class EmulatedDDR:
 
     def bytes_at(self, address: int, nbytes: int) -> np.ndarray:
         """A writable uint8 view of ``nbytes`` of DDR starting at ``address`` (inside one allocated buffer)."""
-        for start, buffer in reversed(self._regions):
-            if start <= address and address + nbytes <= start + buffer.nbytes:
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i >= 0:
+            start = self._starts[i]
+            buffer = self._regions.get(start)
+            if buffer is not None and nbytes >= 0 and address + nbytes <= start + buffer.nbytes:
                 raw = buffer.reshape(-1).view(np.uint8)
                 return raw[address - start:address - start + nbytes]
         raise EmulationError(f"emulated DDR: {nbytes} bytes at {address:#x} are not inside one allocated buffer")
@@ -141,16 +172,19 @@ class EmulatedDDR:
 
     def release(self) -> None:
         self._regions.clear()
+        self._starts.clear()
+        self.mapped_bytes = 0
 
 
 class EmulatedEngine:
     """Register-level emulation of the engine described by ``overlay``."""
 
-    def __init__(self, overlay: OverlayConfig, calibration: CalibrationParams, compute: bool = False):
+    def __init__(self, overlay: OverlayConfig, calibration: CalibrationParams, compute: bool = False,
+                 ddr_bytes: int | None = None):
         self.overlay, self.compute = overlay, compute
         self.schedule, self.energy = calibration.schedule, calibration.energy
         self.regmap = RegisterMap.from_overlay(overlay)
-        self.ddr = EmulatedDDR()
+        self.ddr = EmulatedDDR(capacity=ddr_bytes)
         self._checked: dict[tuple[Any, ...], tuple[np.ndarray, tuple[Block, ...], LayerCycles]] = {}
         self._registers = {offset: reg for reg in self.regmap for offset in reg.word_offsets}
         self._words: dict[int, int] = dict.fromkeys(self._registers, 0)

@@ -227,12 +227,41 @@ def build_job(layer: LayerSpec, x_int: np.ndarray, w_int: np.ndarray, weight_bit
     return _job(layer, blocks, bits, act_bits, batch, overlay.dm, buffers["weights"], buffers["activations"])
 
 
+class TimingShape(NamedTuple):
+    """What ``timing_job`` will pack for one layer, worked out before any buffer exists (so a caller can bound it)."""
+
+    layer: LayerSpec
+    weight_bits: np.ndarray
+    act_bits: int
+    batch: int
+    blocks: tuple[Block, ...]
+    layout: OperandLayout
+    dm: int
+
+    @property
+    def nbytes(self) -> int:
+        """DDR bytes of the job's four buffers (weights, activations, results, tile table)."""
+        oh, ow = self.layer.out_hw
+        tiles = sum(len(block.row_tiles) for block in self.blocks)
+        return (8 * (self.layout.weight_words + self.layout.activation_words)
+                + 4 * self.batch * self.layer.c_out * oh * ow + 4 * tiles * row_tile_words(self.dm))
+
+    def job(self) -> LayerJob:
+        return _job(self.layer, self.blocks, self.weight_bits, self.act_bits, self.batch, self.dm,
+                    np.zeros(self.layout.weight_words, np.uint64), np.zeros(self.layout.activation_words, np.uint64))
+
+
+def timing_shape(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, act_bits: int, overlay: OverlayConfig,
+                 batch: int) -> TimingShape:
+    """The blocks, operand layout and DDR bytes of ``timing_job``, without allocating its buffers."""
+    bits = np.asarray(weight_bits, dtype=np.int64)
+    blocks = schedule_blocks(layer, bits, overlay)
+    layout = operand_layout(layer, blocks, act_bits, batch, overlay.dk)
+    return TimingShape(layer, bits, act_bits, batch, blocks, layout, overlay.dm)
+
+
 def timing_job(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, act_bits: int, overlay: OverlayConfig,
                batch: int) -> LayerJob:
     """A ``LayerJob`` with the descriptor and tile table of ``build_job`` and zeroed operand buffers of the sizes it
     packs: what a cost measurement runs (the engine's timing does not depend on operand values)."""
-    bits = np.asarray(weight_bits, dtype=np.int64)
-    blocks = schedule_blocks(layer, bits, overlay)
-    layout = operand_layout(layer, blocks, act_bits, batch, overlay.dk)
-    return _job(layer, blocks, bits, act_bits, batch, overlay.dm, np.zeros(layout.weight_words, np.uint64),
-                np.zeros(layout.activation_words, np.uint64))
+    return timing_shape(layer, weight_bits, act_bits, overlay, batch).job()
