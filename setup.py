@@ -55,11 +55,11 @@ setup(
     package_dir=package_folders(),
     package_data={
         "autoq.bitstreams": ["*/*.json", "*/*.bit", "*/*.hwh", "*/*.sha256"],
-        "autoq.calibration": ["*.json"],
+        "autoq.calibration": ["*.json", "data/haq/*"],
         "autoq.hls": ["*.h", "*.hpp", "*.cpp", "*.tcl", "Makefile", "*.md", "*/*.h", "*/*.hpp", "*/*.cpp", "*/*.tcl", "generated/*/*"],
         "autoq.host": ["tasks/data/*"],
     },
-    install_requires=["numpy>=1.24", "pyserial>=3.5"],
+    install_requires=["numpy>=1.21", "pyserial>=3.5"],
     extras_require={
         "host": HOST,
         "test": HOST + ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", *PYNQ_RUNTIME],

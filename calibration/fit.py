@@ -94,21 +94,24 @@ class _Predictor:
             by_batch[sample.batch].append(i)
         self.parts = []
         for batch, indices in sorted(by_batch.items()):
-            entries = [LayerEntry(dataset.samples[i].layer, dataset.samples[i].weight_bits, dataset.samples[i].act_bits)
-                       for i in indices]
+            # one entry per layer a sample covers (a whole-network sample covers several); owner: its sample
+            entries = [LayerEntry(*part) for i in indices for part in dataset.samples[i].parts]
+            owner = np.array([i for i in indices for _ in dataset.samples[i].parts])
             try:
                 table = tile_table(entries, structure.overlay, batch, True, structure.per_image_convs)
             except (ScheduleError, OperandError) as exc:
                 raise FitError(f"measurements do not fit overlay {structure.overlay.name!r}: {exc}") from None
-            self.parts.append((np.array(indices), table))
+            self.parts.append((owner, table))
         self.size = len(dataset.samples)
 
     def cycles(self, params: ScheduleParams, relaxed: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(total cycles, binary ops, DRAM bytes) per sample; ``relaxed``: smooth in ``params`` (see table_cycles)."""
-        total, ops, dram = np.empty(self.size), np.empty(self.size), np.empty(self.size)
-        for indices, table in self.parts:
+        total, ops, dram = np.zeros(self.size), np.zeros(self.size), np.zeros(self.size)
+        for owner, table in self.parts:
             cycles = table_cycles(table, self.structure.overlay, params, relaxed)
-            total[indices], ops[indices], dram[indices] = cycles.total, cycles.binary_ops, cycles.dram_bytes
+            np.add.at(total, owner, cycles.total)
+            np.add.at(ops, owner, cycles.binary_ops)
+            np.add.at(dram, owner, cycles.dram_bytes)
         return total, ops, dram
 
     def seconds(self, params: ScheduleParams, relaxed: bool = False) -> np.ndarray:
@@ -170,8 +173,8 @@ def _fit_energy(measured_energy: np.ndarray, seconds: np.ndarray, ops: np.ndarra
 
 def _baselines(dataset: Dataset, measured: np.ndarray) -> dict[str, dict[str, float]]:
     """Naive scalings, each fitted in log space (the geometric mean of measured/basis)."""
-    wa = np.array([np.mean(s.weight_bits) * s.act_bits for s in dataset.samples])
-    macs_wa = wa * np.array([s.layer.macs(s.batch) for s in dataset.samples])
+    wa = np.array([sum(np.mean(w) * a for _, w, a in s.parts) for s in dataset.samples])
+    macs_wa = np.array([sum(layer.macs(s.batch) * np.mean(w) * a for layer, w, a in s.parts) for s in dataset.samples])
     global_c = math.exp(float(np.mean(np.log(measured / macs_wa))))
     keys = np.array([s.key for s in dataset.samples])
     per_layer = np.empty_like(measured)
@@ -273,7 +276,8 @@ def fit(dataset: Dataset, template: OverlayConfig, search_overlay: bool = False,
     if len(dataset.samples) < 2 * len(FREE_PARAMETERS):
         raise FitError(f"{len(dataset.samples)} measurements are too few to fit {len(FREE_PARAMETERS)} parameters")
     if len(keys) < 2:
-        raise FitError("measurements of at least two different layers are needed (leave-one-layer-out)")
+        raise FitError("measurements of at least two different layers (or, measured whole, networks) are needed "
+                       "(leave-one-layer-out)")
     if folds < 2 or folds > len(dataset.samples):
         raise FitError(f"folds must be between 2 and the number of measurements ({len(dataset.samples)}), got {folds}")
     measured = np.array([s.latency_s for s in dataset.samples])

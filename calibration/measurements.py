@@ -10,15 +10,24 @@ CSV format (one row per measured layer run; header required, column order free, 
 * ``wbits``: one int for the whole layer, or kernel-wise: ``;``-separated, one per output channel.
 * ``latency_s``: seconds for the whole batch; ``energy_j`` (optional, may be empty): joules for the whole batch.
 
+The CSV that ``autoq trace FILE --export csv`` writes (``autoq.host.traces.CSV_COLUMNS``: one row per recorded
+measurement, whole-network totals, the plan only by its hash) is read too, by its header: each row becomes one
+whole-network sample (its latency and energy are the sums over the network's layers). The network is resolved by
+name (a built-in architecture or ``digits``) and must have the recorded hash; the plan must be uniform (rebuilt from
+the average bits and checked against the recorded hash). Anything else needs the trace database itself, which holds
+every network and plan.
+
 Which input is which is decided by ``load_samples`` from the file name: ``.csv`` or a trace database
 (``.sqlite``/``.db``, ``autoq.host.traces``). A lookup table (HAQ layout, ``[layer, wbits-1, abits-1]``) needs the
-network's layers and is read by ``samples_from_lookup_table``.
+network's layers and is read by ``samples_from_lookup_table``; ``BUNDLED_TABLES`` names the tables shipped in
+``autoq.calibration`` (``lookup_table_path``).
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
+from importlib import resources
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
@@ -39,7 +48,9 @@ class MeasurementError(AutoQError, ValueError):
 
 
 class Sample(NamedTuple):
-    """One measured run of one layer. ``key`` names the layer (network/layer) for leave-one-layer-out."""
+    """One measured run of one layer. ``key`` names the layer (network/layer) for leave-one-layer-out. A
+    whole-network measurement lists the network's other layers in ``more`` (layer, weight bits, act bits); its
+    latency and energy are the sums over all of them, and its key names the network."""
 
     layer: LayerSpec
     weight_bits: tuple[int, ...]
@@ -48,6 +59,12 @@ class Sample(NamedTuple):
     latency_s: float
     energy_j: float  # nan when not measured
     key: str
+    more: tuple[tuple[LayerSpec, tuple[int, ...], int], ...] = ()
+
+    @property
+    def parts(self) -> tuple[tuple[LayerSpec, tuple[int, ...], int], ...]:
+        """Every (layer, weight bits, act bits) the measurement covers."""
+        return ((self.layer, self.weight_bits, self.act_bits), *self.more)
 
 
 class Dataset(NamedTuple):
@@ -116,11 +133,14 @@ def read_measurements_csv(path: str | Path) -> Dataset:
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     reader = csv.DictReader(lines)
     columns = [c.strip() for c in reader.fieldnames or []]
+    if tuple(columns) == _trace_csv_columns():
+        return _trace_export_samples(path, list(reader))
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if missing or unknown:
         raise MeasurementError(f"{path}: CSV columns: missing {missing}, unknown {unknown}; "
-                               f"expected {', '.join(REQUIRED_COLUMNS)} [, {', '.join(OPTIONAL_COLUMNS)}]")
+                               f"expected {', '.join(REQUIRED_COLUMNS)} [, {', '.join(OPTIONAL_COLUMNS)}], "
+                               "or the columns `autoq trace --export csv` writes")
     reader.fieldnames = columns
     samples = []
     for number, row in enumerate(reader, start=2):
@@ -133,12 +153,66 @@ def read_measurements_csv(path: str | Path) -> Dataset:
     return Dataset(tuple(samples), f"CSV {Path(path).name}")
 
 
+def _trace_csv_columns() -> tuple[str, ...]:
+    from autoq.host.traces import CSV_COLUMNS  # standard library only, like this module
+
+    return tuple(CSV_COLUMNS)
+
+
+def _trace_export_samples(path: str | Path, rows: list[dict[str, str]]) -> Dataset:
+    """Whole-network samples from the rows of ``autoq trace --export csv`` (see the module docstring)."""
+    from autoq.common.plan import QuantPlan
+
+    networks: dict[str, object] = {}
+    samples = []
+    for number, row in enumerate(rows, start=1):
+        where = f"{path}: data row {number} (trace record {row.get('id')})"
+        if None in row or any(v is None for v in row.values()):
+            raise MeasurementError(f"{where}: the row does not have the header's {len(_trace_csv_columns())} fields")
+        name = row["network"]
+        if name not in networks:
+            networks[name] = _named_network(name, where)
+        network = networks[name]
+        if network.hash != row["network_hash"]:
+            raise MeasurementError(f"{where}: network {name!r} was recorded with hash {row['network_hash']}, but the "
+                                   f"{name!r} known here has hash {network.hash}: calibrate from the trace database "
+                                   "(.sqlite), which holds the network it measured")
+        try:
+            wbits, abits, batch = float(row["avg_weight_bits"]), float(row["avg_act_bits"]), int(row["batch"])
+            latency, energy = float(row["latency_s"]), float(row["energy_j"])
+        except ValueError as exc:
+            raise MeasurementError(f"{where}: {exc}") from None
+        plan = QuantPlan.uniform(network, int(wbits), int(abits)) if wbits.is_integer() and abits.is_integer() else None
+        if plan is None or plan.hash != row["plan_hash"]:
+            raise MeasurementError(f"{where}: plan {row['plan_hash']} is not uniform, and the CSV export holds only its "
+                                   "hash: calibrate from the trace database (.sqlite), which holds every plan")
+        if batch < 1 or not latency > 0 or not math.isfinite(latency):
+            raise MeasurementError(f"{where}: batch must be >= 1 and latency_s a positive number")
+        parts = tuple((spec, lp.weight_bits, lp.act_bits) for spec, lp in zip(network.layers, plan.layers))
+        samples.append(Sample(*parts[0], batch, latency, energy if energy > 0 else math.nan, name, parts[1:]))
+    if not samples:
+        raise MeasurementError(f"{path}: no measurements")
+    return Dataset(tuple(samples), f"trace export {Path(path).name}")
+
+
+def _named_network(name: str, where: str):
+    from autoq.host.models.resolve import spec_for
+
+    try:
+        return spec_for(name)
+    except AutoQError as exc:
+        raise MeasurementError(f"{where}: cannot resolve network {name!r} by name ({exc}): calibrate from the trace "
+                               "database (.sqlite), which holds the network it measured") from None
+
+
 def write_measurements_csv(samples: Iterable[Sample], path: str | Path, network: str = "net") -> None:
-    """Write samples in the CSV format above (crash-safe); ``network`` fills the column for samples' keys."""
+    """Write per-layer samples in the CSV format above (crash-safe); ``network`` fills the column for samples' keys."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
     for s in samples:
+        if s.more:
+            raise MeasurementError(f"sample {s.key!r} measures {len(s.parts)} layers together; the CSV holds one layer a row")
         layer = s.layer
         bits = str(s.weight_bits[0]) if len(set(s.weight_bits)) == 1 else ";".join(map(str, s.weight_bits))
         writer.writerow([
@@ -192,11 +266,36 @@ def merge(datasets: Sequence[Dataset]) -> Dataset:
     return Dataset(tuple(s for d in datasets for s in d.samples), " + ".join(d.source for d in datasets))
 
 
+class BundledTable(NamedTuple):
+    """A lookup table shipped in ``autoq.calibration`` (``data/``), with the network and batch it was measured at."""
+
+    file: str
+    arch: str
+    batch: int
+    about: str
+
+
+BUNDLED_TABLES = {
+    "haq-mobilenet-v2": BundledTable("data/haq/qmobilenetv2_imagenet100_batch16_latency_table.npy", "mobilenet_v2", 16,
+                                     "HAQ's MobileNetV2 latency table (MIT HAN Lab, MIT License; data/haq/README.md)"),
+}
+
+
+def lookup_table_path(name_or_path: str | Path) -> Path:
+    """The file of a bundled table name (``BUNDLED_TABLES``), or ``name_or_path`` itself as a path."""
+    table = BUNDLED_TABLES.get(str(name_or_path))
+    if table is None:
+        return Path(name_or_path)
+    return Path(str(resources.files("autoq.calibration").joinpath(table.file)))
+
+
 def samples_from_lookup_table(path: str | Path, layers: Sequence[LayerSpec], batch: int, clock_hz: float,
                               network: str) -> Dataset:
     """A HAQ-style table ``[layer, wbits - 1, abits - 1]`` of cycles at ``batch``, as samples in seconds at ``clock_hz``."""
     try:
         table = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise MeasurementError(f"lookup table {path} not found; bundled tables: {', '.join(BUNDLED_TABLES)}") from None
     except (OSError, ValueError) as exc:
         raise MeasurementError(f"cannot read lookup table {path}: {exc}") from None
     if table.ndim != 3 or table.shape[0] != len(layers) or table.shape[1] < 1 or table.shape[2] < 1:

@@ -4,7 +4,9 @@ The overlay manifest is the one source of truth: this module renders from it (an
 ``autoq.overlay.regmap`` derives from it) the array dimensions, buffer depths, ID-block values, register offsets
 and the ``s_axilite ... offset=`` interface pragmas the engine's top function expands, plus the part, clock and
 VLNV the synthesis and block-design scripts use. ``hls/generated/<overlay>/`` holds the rendered files of each
-overlay in ``bitstreams/``; a test fails when they drift from a fresh rendering.
+overlay in ``bitstreams/``; a test fails when they drift from a fresh rendering. Files are written only where the
+caller says (``write_generated``), never into the installed package: ``autoq hls generate`` writes into the
+checkout it is run from (``checkout_generated_dir``), which is what ``make -C hls`` reads.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
+from autoq.common.errors import AutoQError
 from autoq.common.fileio import atomic_write_text
 from autoq.overlay import regmap as rm
 from autoq.overlay.bitserial import WORD_BITS
@@ -61,8 +64,23 @@ def hls_dir() -> Path:
 
 
 def generated_dir(overlay_name: str) -> Path:
-    """Where the generated files of an overlay are kept (committed for every overlay in ``bitstreams/``)."""
+    """Where the installed package keeps the generated files of an overlay (committed for every overlay in
+    ``bitstreams/``; read-only for ``autoq hls generate``)."""
     return hls_dir() / "generated" / overlay_name
+
+
+class OutputError(AutoQError, ValueError):
+    """No folder to write the generated files to."""
+
+
+def checkout_generated_dir(overlay_name: str, cwd: Path | None = None) -> Path:
+    """``hls/generated/<overlay>`` of the checkout in ``cwd`` (a folder holding ``hls/Makefile``, which reads it);
+    refuses elsewhere, so that nothing is written into an installed package."""
+    root = Path.cwd() if cwd is None else Path(cwd)
+    if not (root / "hls" / "Makefile").is_file():
+        raise OutputError(f"{root} is not an autoq-hil checkout (no hls/Makefile there): give the folder to write to "
+                          "with --out DIR, or run from the checkout whose `make -C hls` should use the files")
+    return root / "hls" / "generated" / overlay_name
 
 
 def _check_buildable(cfg: OverlayConfig) -> None:
@@ -224,9 +242,9 @@ def render_all(cfg: OverlayConfig) -> dict[str, str]:
     return {CONFIG_HEADER: render_config_header(cfg), BUILD_TCL: render_build_tcl(cfg)}
 
 
-def write_generated(cfg: OverlayConfig, directory: Path | None = None) -> list[Path]:
-    """Write the generated files of ``cfg`` (default: ``hls/generated/<name>/``), crash-safe; returns their paths."""
-    directory = Path(directory) if directory is not None else generated_dir(cfg.name)
+def write_generated(cfg: OverlayConfig, directory: Path) -> list[Path]:
+    """Write the generated files of ``cfg`` into ``directory`` (created), crash-safe; returns their paths."""
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for filename, text in render_all(cfg).items():

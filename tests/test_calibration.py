@@ -209,3 +209,62 @@ def test_fitted_calibration_for_another_overlay_is_carried(tmp_path):
     assert (model.overlay.dm, model.overlay.dn, model.overlay.dk) == (truth.dm, truth.dn, truth.dk)
     assert json.loads(out.read_text())["fit"]["structure"].startswith("Dm=16 Dn=4 Dk=128")
     assert load_default_calibration().overlay_build_hash != calibration.overlay_build_hash
+
+
+def _record_uniform_costs(trace, runs) -> None:
+    for model, bits in runs:
+        assert main(["cost", model, "--uniform", bits, "--record", str(trace)]) == 0
+
+
+def test_trace_csv_export_is_a_calibration_input(tmp_path, capsys):
+    """`autoq trace --export csv` rows are whole-network samples: the model backend's own costs, fitted back, give its
+    default parameters again."""
+    trace, exported, out = tmp_path / "t.sqlite", tmp_path / "t.csv", tmp_path / "cal.json"
+    _record_uniform_costs(trace, [(model, bits) for model in ("digits", "squeezenet1_1")
+                                  for bits in ("2/2", "4/4", "8/8", "3/5", "6/2")])
+    assert main(["trace", str(trace), "--export", "csv", "-o", str(exported)]) == 0
+    capsys.readouterr()
+    data = load_samples(exported)
+    assert len(data.samples) == 10 and data.layer_keys == ("digits", "squeezenet1_1")
+    assert data.samples[0].parts[0][0].name == "conv1" and len(data.samples[0].parts) == 5  # every digits layer
+    assert main(["calibrate", str(exported), "-o", str(out), "--json", "--folds", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["source"] == "trace export t.csv"
+    assert report["fit"]["latency_in_sample"]["mape_percent"] < 1.0 and report["fit"]["energy_in_sample"]["mape_percent"] < 1.0
+    default = load_default_calibration().schedule
+    assert report["schedule"]["dram_efficiency"] == pytest.approx(default.dram_efficiency, rel=0.05)
+    assert report["schedule"]["layer_overhead_cycles"] == pytest.approx(default.layer_overhead_cycles, rel=0.05)
+
+
+def test_trace_csv_rows_calibrate_cannot_rebuild_are_clear_errors(tmp_path, capsys):
+    from autoq.host.models.resolve import spec_for
+
+    trace, exported = tmp_path / "t.sqlite", tmp_path / "t.csv"
+    network = spec_for("digits")
+    mixed = QuantPlan.layerwise(network, [(8, 8)] + [(4, 4)] * (len(network) - 1))
+    mixed.save(tmp_path / "mixed.json")
+    assert main(["cost", "digits", "--plan", str(tmp_path / "mixed.json"), "--record", str(trace)]) == 0
+    assert main(["trace", str(trace), "--export", "csv", "-o", str(exported)]) == 0
+    with pytest.raises(MeasurementError, match=f"data row 1 .*plan {mixed.hash} is not uniform.*trace database"):
+        load_samples(exported)
+    exported.write_text(exported.read_text().replace(network.hash, "0" * 16))
+    with pytest.raises(MeasurementError, match="network 'digits' was recorded with hash 0000000000000000"):
+        load_samples(exported)
+
+
+def test_bundled_lookup_table_by_name(tmp_path, capsys):
+    out = str(tmp_path / "o.json")
+    # the name resolves to the packaged table and sets --arch/--batch: loading succeeds, the fit's checks run next
+    assert main(["calibrate", "--lookup-table", "haq-mobilenet-v2", "--folds", "1", "-o", out]) == 2
+    assert "folds must be between 2 and the number of measurements (3392), got 1" in capsys.readouterr().err
+    assert main(["calibrate", "--lookup-table", "haq-mobilenet-v2", "--arch", "resnet18", "-o", out]) == 2
+    assert "measures mobilenet_v2 at batch 16, not resnet18 at batch 16" in capsys.readouterr().err
+    assert main(["calibrate", "--lookup-table", "haq-resnet", "--arch", "resnet18", "--batch", "1", "-o", out]) == 2
+    assert "lookup table haq-resnet not found; bundled tables: haq-mobilenet-v2" in capsys.readouterr().err
+
+
+def test_output_folder_is_checked_before_fitting(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate", "--lookup-table", "haq-mobilenet-v2", "-o", str(tmp_path / "absent" / "o.json")])
+    assert exit_info.value.code == 2
+    assert f"cannot write {tmp_path / 'absent' / 'o.json'}: folder {tmp_path / 'absent'} does not exist" in capsys.readouterr().err

@@ -1,20 +1,27 @@
 """The acceptance fit: HAQ's published MobileNet-V2 latency table (53 layers x 64 bit pairs, batch 16)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from autoq.calibration.fit import Structure, fit
-from autoq.calibration.measurements import samples_from_lookup_table
+from autoq.calibration.measurements import BUNDLED_TABLES, lookup_table_path, samples_from_lookup_table
 from autoq.host.models.resolve import spec_for
 from autoq.overlay.manifest import load_overlay
 
-HAQ_TABLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "haq" / "qmobilenetv2_imagenet100_batch16_latency_table.npy"
+HAQ_TABLE = lookup_table_path("haq-mobilenet-v2")  # bundled in autoq.calibration (data/haq/)
+
+
+def test_bundled_haq_table_is_installed_with_its_license():
+    assert HAQ_TABLE.is_file() and HAQ_TABLE.stat().st_size < 5 * 2**20
+    notice = (HAQ_TABLE.parent / "LICENSE").read_text()
+    assert "MIT License" in notice and "Copyright (c) 2019 MIT HAN Lab" in notice
+    assert "https://github.com/mit-han-lab/haq" in (HAQ_TABLE.parent / "README.md").read_text()
+    table = BUNDLED_TABLES["haq-mobilenet-v2"]
+    data = samples_from_lookup_table(HAQ_TABLE, spec_for(table.arch).layers, table.batch, 1e8, table.arch)
+    assert len(data.samples) == 53 * 64
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAQ_TABLE.exists(), reason=f"HAQ table not found at {HAQ_TABLE}")
 def test_haq_table_fits_within_ten_percent_with_global_parameters():
     template = load_overlay()
     data = samples_from_lookup_table(HAQ_TABLE, spec_for("mobilenet_v2").layers, 16, template.clock_hz, "mobilenet_v2")

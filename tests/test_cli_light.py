@@ -53,3 +53,32 @@ def test_build_parser_without_host_extras():
 def test_board_commands_parse_without_host_extras(argv):
     out = run_without_host_extras(f"from autoq.host.cli import main\nmain({argv!r})\n")
     assert out.returncode == 0 and "usage: autoq board" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["inspect", "resnet18"], ["cost", "digits", "--uniform", "4/4"], ["eval", "--uniform", "4/4"],
+    ["search", "--episodes", "1"], ["calibrate", "m.csv", "-o", "cal.json"], ["bench", "overlay", "--plot", "b.png"],
+], ids=lambda argv: argv[0])
+def test_host_commands_on_the_base_install_name_the_extra(tmp_path, argv):
+    out = subprocess.run([sys.executable, "-c", BLOCK + f"from autoq.host.cli import main\nsys.exit(main({argv!r}))\n"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and f"autoq {argv[0]}: error: this command needs the workstation" in out.stderr
+    assert 'pip install "autoq-hil[host]"' in out.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("argv", [["inspect", "resnet18", "--json"], ["cost", "digits", "--uniform", "4/4", "--json"],
+                                  ["bench", "overlay"]], ids=lambda argv: argv[0])
+def test_a_closed_pipe_ends_quietly(argv):
+    """`autoq ... | head`: the reader is gone before the first write (no reader at all here, so it is certain)."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        out = subprocess.run([sys.executable, "-c", "import sys\nfrom autoq.host.cli import main\nsys.exit(main())\n", *argv],
+                             stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (out.returncode, out.stderr) == (141, "")

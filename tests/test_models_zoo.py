@@ -1,15 +1,14 @@
 """Built-in architectures: published MAC figures, layer counts, torchvision names, MobileNetV2 order vs HAQ's table."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from autoq.calibration.measurements import lookup_table_path
 from autoq.common.errors import AutoQError
 from autoq.host.models import zoo
 from autoq.host.models.resolve import spec_for
 
-HAQ_TABLE = Path(__file__).resolve().parents[2] / "shared/data/haq/qmobilenetv2_imagenet100_batch16_latency_table.npy"
+HAQ_TABLE = lookup_table_path("haq-mobilenet-v2")  # bundled in autoq.calibration (data/haq/)
 
 # Published multiply-accumulate counts at 224x224, batch 1 (torchvision's model docs / the papers).
 PUBLISHED_MACS = {

@@ -9,7 +9,7 @@ from autoq.common.errors import AutoQError
 from autoq.common.plan import QuantPlan
 from autoq.host.evaluate import Evaluator
 from autoq.host.network.trace import spec_from_torch
-from autoq.host.tasks import digits, load_task
+from autoq.host.tasks import digits, load_task, train_digits
 from autoq.host.tasks.train_digits import TrainConfig, train
 
 
@@ -81,11 +81,39 @@ def test_shipped_weights_reproduce_their_training_record():
         assert evaluator.accuracy(QuantPlan.uniform(task.network, 3, 3), split=split) == pytest.approx(figures["3/3"], abs=1e-4)
 
 
-def test_training_is_reproducible():
+def test_training_is_reproducible_whatever_the_callers_thread_count():
     config = TrainConfig(epochs=1, seed=5)
-    first, second = train(config).state_dict(), train(config).state_dict()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first = train(config).state_dict()
+        assert torch.get_num_threads() == 2 and not torch.are_deterministic_algorithms_enabled()  # settings restored
+        torch.set_num_threads(1)
+        second = train(config).state_dict()
+    finally:
+        torch.set_num_threads(threads)
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not torch.equal(first["conv1.weight"], digits.build_model().conv1.weight)
+
+
+def test_training_script_writes_where_told_never_into_the_package(tmp_path, monkeypatch, capsys):
+    shipped = (digits.weights_path().read_bytes(), (digits.weights_path().parent / digits.RECORD_FILE).read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert train_digits.main(["--epochs", "1", "--seed", "3"]) == 0  # default: ./digits_cnn.pt
+    assert train_digits.main(["--epochs", "1", "--seed", "3", "-o", "again.pt"]) == 0
+    first = torch.load(tmp_path / digits.WEIGHTS_FILE, weights_only=True)
+    second = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)  # bit for bit
+    record = json.loads((tmp_path / "again.json").read_text())
+    assert record["train_config"]["epochs"] == 1 and record["torch_threads"] == 1
+    assert (digits.weights_path().read_bytes(), (digits.weights_path().parent / digits.RECORD_FILE).read_bytes()) == shipped
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # not a checkout: --bundled refuses before training
+        train_digits.main(["--bundled"])
+    assert "run it from the repository root" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_digits.main(["-o", str(tmp_path / "absent" / "w.pt")])
+    assert f"folder {tmp_path / 'absent'} does not exist" in capsys.readouterr().err
 
 
 def test_missing_weights_give_a_clear_error(monkeypatch, tmp_path):

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from autoq.common.errors import AutoQError
 from autoq.common.network import LayerSpec, NetworkSpec
 from autoq.common.plan import QuantPlan
+from autoq.host.cli._args import output_file
 
 # (name, kind, c_in, c_out, kernel, stride, padding, groups, input hw): ResNet/MobileNet-like layers.
 DEFAULT_SHAPES: tuple[tuple[str, str, int, int, int, int, int, int, int], ...] = (
@@ -146,8 +147,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     overlay.add_argument("--bits", default=DEFAULT_BITS, metavar="W/A,...", help=f"bit-width pairs (default {DEFAULT_BITS})")
     overlay.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     overlay.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    overlay.add_argument("--plot", metavar="FILE.png", help="also write a plot")
-    overlay.add_argument("--record", metavar="FILE", help="append every measurement to this SQLite trace")
+    overlay.add_argument("--plot", type=output_file, metavar="FILE.png", help="also write a plot")
+    overlay.add_argument("--record", type=output_file, metavar="FILE", help="append every measurement to this SQLite trace")
     overlay.set_defaults(handler=overlay_handler)
 
 

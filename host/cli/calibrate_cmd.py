@@ -1,10 +1,12 @@
 """``autoq calibrate INPUT... -o OUT.json``: fit the analytic cost model to measurements and report its error.
 
-INPUT is a per-layer measurement CSV (format in ``autoq.calibration.measurements``) or a trace database
-(``.sqlite``). ``--lookup-table FILE.npy --arch NAME --batch N`` fits a HAQ-style table
-(``[layer, wbits-1, abits-1]``, cycles) of another overlay; with ``--search-overlay`` (implied for a lookup table)
-the overlay's structure is searched as well and the calibration file carries it, so ``--backend model:OUT.json``
-uses it as is.
+INPUT is a per-layer measurement CSV (format in ``autoq.calibration.measurements``), the CSV that ``autoq trace
+FILE --export csv`` writes (whole-network totals of uniform plans of named networks), or a trace database
+(``.sqlite``, everything it recorded). ``--lookup-table FILE.npy --arch NAME --batch N`` fits a HAQ-style table
+(``[layer, wbits-1, abits-1]``, cycles) of another overlay; ``--lookup-table haq-mobilenet-v2`` is HAQ's
+MobileNetV2 table, bundled (it sets --arch mobilenet_v2 --batch 16). With ``--search-overlay`` (implied for a
+lookup table) the overlay's structure is searched as well and the calibration file carries it, so ``--backend
+model:OUT.json`` uses it as is.
 """
 from __future__ import annotations
 
@@ -14,17 +16,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from autoq.host.cli._args import output_file
 from autoq.host.cli.inspect_cmd import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from autoq.calibration.measurements import BUNDLED_TABLES  # numpy only: the base install has it
+
     parser = subparsers.add_parser("calibrate", help="fit the analytic cost model to measurements",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="measurement CSV or trace database (.sqlite)")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.json", help="calibration file to write")
-    parser.add_argument("--lookup-table", metavar="FILE.npy", help="HAQ-style latency table [layer, wbits-1, abits-1]")
-    parser.add_argument("--arch", help="network of the lookup table (built-in name, e.g. mobilenet_v2)")
-    parser.add_argument("--batch", type=positive_int, help="batch size the lookup table was measured at")
+    parser.add_argument("-o", "--output", required=True, type=output_file, metavar="OUT.json", help="calibration file to write")
+    parser.add_argument("--lookup-table", metavar="FILE.npy|NAME",
+                        help="HAQ-style latency table [layer, wbits-1, abits-1]: a .npy file or a bundled table "
+                             f"({', '.join(BUNDLED_TABLES)})")
+    parser.add_argument("--arch", help="network of the lookup table (built-in name, e.g. mobilenet_v2; "
+                                       "a bundled table knows its own)")
+    parser.add_argument("--batch", type=positive_int, help="batch size the lookup table was measured at "
+                                                           "(a bundled table knows its own)")
     parser.add_argument("--overlay", default="pynq_z1", help="overlay the measurements come from, or the search's start "
                                                              "(bundled name or manifest path; default pynq_z1)")
     parser.add_argument("--search-overlay", action="store_true",
@@ -38,13 +47,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _lookup_dataset(args: argparse.Namespace, clock_hz: float):
-    from autoq.calibration.measurements import MeasurementError, samples_from_lookup_table
+    from autoq.calibration.measurements import BUNDLED_TABLES, MeasurementError, lookup_table_path, samples_from_lookup_table
     from autoq.host.models.resolve import spec_for
 
-    if not args.arch or not args.batch:
-        raise MeasurementError("--lookup-table needs --arch NAME and --batch N")
-    network = spec_for(args.arch)
-    return samples_from_lookup_table(args.lookup_table, network.layers, args.batch, clock_hz, args.arch)
+    bundled = BUNDLED_TABLES.get(args.lookup_table)
+    arch = args.arch or (bundled.arch if bundled else None)
+    batch = args.batch or (bundled.batch if bundled else None)
+    if bundled and (arch, batch) != (bundled.arch, bundled.batch):
+        raise MeasurementError(f"bundled table {args.lookup_table!r} measures {bundled.arch} at batch {bundled.batch}, "
+                               f"not {arch} at batch {batch}: leave out --arch/--batch")
+    if not arch or not batch:
+        raise MeasurementError(f"--lookup-table needs --arch NAME and --batch N (a bundled table sets both: "
+                               f"{', '.join(BUNDLED_TABLES)})")
+    network = spec_for(arch)
+    return samples_from_lookup_table(lookup_table_path(args.lookup_table), network.layers, batch, clock_hz, arch)
 
 
 def _line(label: str, figures: dict[str, Any]) -> str:
@@ -84,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.arch or args.batch:
         raise MeasurementError("--arch and --batch describe a --lookup-table; give one")
     if not datasets:
-        raise MeasurementError("give measurement inputs (CSV or trace) and/or --lookup-table FILE.npy")
+        raise MeasurementError("give measurement inputs (CSV or trace) and/or --lookup-table FILE.npy|NAME")
     dataset = merge(datasets)
     progress = (lambda _: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
     result = fit(dataset, template, search_overlay=args.search_overlay or bool(args.lookup_table),

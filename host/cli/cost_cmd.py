@@ -14,6 +14,7 @@ from autoq.common.backend import DEFAULT_BACKEND, BackendInfo
 from autoq.common.measurement import Measurement
 from autoq.common.network import NetworkSpec
 from autoq.common.plan import MAX_BITS, MIN_BITS, QuantPlan
+from autoq.host.cli._args import output_file
 from autoq.host.cli.inspect_cmd import parse_input_shape, positive_int
 
 TABLE_COLUMNS = ("layer", "kind", "wbits", "abits", "latency ms", "energy mJ", "bound")
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
     parser.add_argument("--backend", default=DEFAULT_BACKEND, metavar="URI",
                         help="cost backend: model[:cal.json] (default), emulated, tcp://host:port, serial:///dev/X, replay:trace.sqlite")
-    parser.add_argument("--record", metavar="FILE", help="append the measurement to this SQLite trace")
+    parser.add_argument("--record", type=output_file, metavar="FILE", help="append the measurement to this SQLite trace")
     parser.add_argument("--arch", help="architecture of a .pt/.pth state dict")
     parser.add_argument("--input-shape", type=parse_input_shape, metavar="C,H,W", help="input size instead of the model's default")
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of a table")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from autoq.common.errors import AutoQError
-from autoq.host.cli._args import add_task_arguments
+from autoq.host.cli._args import add_task_arguments, output_dir, output_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,8 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--plan", required=True, help="plan JSON (e.g. best_reward.plan.json from a results folder)")
     add_task_arguments(parser)  # the model the plan was searched for, and its data
-    parser.add_argument("--onnx", metavar="OUT.onnx", help="write the quantized model as ONNX")
-    parser.add_argument("--hls4ml", metavar="DIR", help="write an hls4ml project (per-layer precision: the widest kernel's bits)")
+    parser.add_argument("--onnx", type=output_file, metavar="OUT.onnx", help="write the quantized model as ONNX")
+    parser.add_argument("--hls4ml", type=output_dir, metavar="DIR", help="write an hls4ml project (per-layer precision: the widest kernel's bits)")
     parser.add_argument("--csim", type=int, default=0, metavar="N",
                         help="with --hls4ml: build the project's C simulation (g++) and compare it with torch on N test images")
     parser.add_argument("--finetune-steps", type=int, default=0, metavar="N", help="SGD steps of fine-tuning before export (default 0)")

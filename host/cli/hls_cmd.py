@@ -1,9 +1,15 @@
-"""``autoq hls``: generate the HLS engine's config files from a manifest; run its g++ C-simulation."""
+"""``autoq hls``: generate the HLS engine's config files from a manifest; run its g++ C-simulation.
+
+``autoq hls generate`` writes to ``--out DIR``; by default to ``hls/generated/<overlay>/`` of the checkout it is run
+from (the folder holding ``hls/Makefile``, which ``make -C hls`` reads), and it refuses anywhere else rather than
+write into the installed package.
+"""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from autoq.host.cli._args import output_dir
 from autoq.overlay.manifest import DEFAULT_OVERLAY
 
 
@@ -13,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     generate = commands.add_parser("generate", help="write hls/generated/<overlay>/ (config header, Tcl settings)")
     generate.add_argument("--overlay", default=DEFAULT_OVERLAY, help="overlay name in bitstreams/ or a manifest path")
-    generate.add_argument("--output", type=Path, help="folder to write to (default: hls/generated/<overlay>/)")
+    generate.add_argument("--out", "--output", dest="output", type=output_dir, metavar="DIR",
+                          help="folder to write to (default: hls/generated/<overlay>/ of the checkout in the current "
+                               "folder; required elsewhere)")
     generate.add_argument("--check", action="store_true",
                           help="write nothing; exit 1 if the files differ from a fresh rendering")
     generate.set_defaults(handler=generate_handler)
@@ -26,11 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def generate_handler(args: argparse.Namespace) -> int:
-    from autoq.hls.codegen import generated_dir, render_all, write_generated
+    from autoq.hls.codegen import checkout_generated_dir, render_all, write_generated
     from autoq.overlay.manifest import load_overlay
 
     overlay = load_overlay(args.overlay)
-    folder = args.output or generated_dir(overlay.name)
+    folder = Path(args.output) if args.output else checkout_generated_dir(overlay.name)
     if args.check:
         stale = [name for name, text in render_all(overlay).items()
                  if not (folder / name).exists() or (folder / name).read_text() != text]

@@ -1,23 +1,31 @@
-"""Train the bundled digits CNN and write its weights and training record (seeded, CPU, about a minute on 2 cores).
+"""Train the bundled digits CNN and write its weights and training record (seeded, deterministic, CPU, one thread;
+about two minutes).
 
-    python -m autoq.host.tasks.train_digits [--out-dir DIR] [--epochs N] [--seed S]
+    python -m autoq.host.tasks.train_digits [-o digits_cnn.pt] [--epochs N] [--seed S]
+    python -m autoq.host.tasks.train_digits --bundled      # from a checkout: regenerate host/tasks/data/
 
-Writes ``digits_cnn.pt`` (state dict) and ``digits_cnn.json`` (settings; float accuracy and accuracy at uniform
-W/A = 8/8, 4/4, 3/3, 2/2 after activation calibration, no fine-tune, on the val and on the test split) into the
-package data folder. Training uses the train split only.
+Writes the state dict to ``-o`` (default ``digits_cnn.pt`` in the current folder) and its record next to it (same
+stem, ``.json``: settings; float accuracy and accuracy at uniform W/A = 8/8, 4/4, 3/3, 2/2 after activation
+calibration, no fine-tune, on the val and on the test split). It never writes into an installed package:
+``--bundled`` replaces the shipped files of the checkout in the current folder. Training uses the train split only,
+on one thread with deterministic kernels and a seeded data order, so a retrain reproduces the weights bit for bit.
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
+from autoq.common.errors import AutoQError
 from autoq.common.fileio import atomic_write_bytes, atomic_write_text
 from autoq.host.tasks import digits
 
@@ -33,8 +41,27 @@ class TrainConfig:
     seed: int = 0
 
 
+@contextmanager
+def deterministic_torch() -> Iterator[None]:
+    """One thread and deterministic kernels while training (the caller's settings back afterwards): results do not
+    depend on the machine's core count or on the order of parallel reductions."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
+
+
 def train(config: TrainConfig) -> digits.DigitsCNN:
-    """Adam with a one-cycle schedule on freshly distorted training images every epoch."""
+    """Adam with a one-cycle schedule on freshly distorted training images every epoch (``deterministic_torch``)."""
+    with deterministic_torch():
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> digits.DigitsCNN:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     train_split = digits.clean_splits().train
@@ -71,14 +98,35 @@ def quantized_accuracies(model: digits.DigitsCNN) -> dict[str, dict[str, float]]
     }
 
 
+BUNDLED_DIR = Path("host") / "tasks" / "data"  # in a checkout
+
+
+def bundled_weights_file(cwd: Path | None = None) -> Path:
+    """The shipped weights of the checkout in ``cwd`` (refused elsewhere: never the installed package's copy)."""
+    root = Path.cwd() if cwd is None else Path(cwd)
+    if not ((root / "setup.py").is_file() and (root / BUNDLED_DIR / digits.WEIGHTS_FILE).is_file()):
+        raise AutoQError(f"--bundled regenerates the shipped weights of a checkout: run it from the repository root "
+                         f"(no setup.py and {BUNDLED_DIR / digits.WEIGHTS_FILE} in {root})")
+    return root / BUNDLED_DIR / digits.WEIGHTS_FILE
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=None, help="default: the package data folder")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    from autoq.host.cli._args import output_file
+    from autoq.host.cli.inspect_cmd import positive_int
+
+    parser = argparse.ArgumentParser(prog="python -m autoq.host.tasks.train_digits", description=__doc__.splitlines()[0])
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", type=output_file, default=digits.WEIGHTS_FILE, metavar="FILE.pt",
+                       help=f"state dict to write; the record goes next to it as .json (default ./{digits.WEIGHTS_FILE})")
+    where.add_argument("--bundled", action="store_true",
+                       help=f"from a checkout's root: replace the shipped {BUNDLED_DIR / digits.WEIGHTS_FILE} and its record")
+    parser.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     args = parser.parse_args(argv)
-    out_dir = args.out_dir or Path(str(digits.weights_path())).parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        weights_file = bundled_weights_file() if args.bundled else Path(args.output)
+    except AutoQError as exc:
+        parser.error(str(exc))
     config = TrainConfig(epochs=args.epochs, seed=args.seed)
 
     started, started_cpu = time.perf_counter(), time.process_time()
@@ -86,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
-    atomic_write_bytes(out_dir / digits.WEIGHTS_FILE, buffer.getvalue())
+    atomic_write_bytes(weights_file, buffer.getvalue())
 
     record = {
         "model": "DigitsCNN",
@@ -94,14 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         "train_config": asdict(config),
         "train_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(train_cpu_seconds, 1),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": 1,  # deterministic_torch
         "torch": torch.__version__,
         "split": {"seed": digits.SPLIT_SEED, "val": digits.VAL_SIZE, "test": digits.TEST_SIZE, "calib": digits.CALIB_SIZE},
         **{f"{split}_accuracy": {k: round(v, 4) for k, v in figures.items()}
            for split, figures in quantized_accuracies(model).items()},
     }
-    atomic_write_text(out_dir / digits.RECORD_FILE, json.dumps(record, indent=1) + "\n")
+    record_file = weights_file.with_suffix(".json")
+    atomic_write_text(record_file, json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
+    print(f"wrote {weights_file} and {record_file}", file=sys.stderr)
     return 0
 
 
