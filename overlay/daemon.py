@@ -11,7 +11,16 @@ The engine runs one measurement (or overlay load) at a time; a request that cann
 ``busy_wait_s`` is answered ``busy``. A shared key is required to listen beyond loopback (a serial cable is a
 point-to-point link and may go without); with a key every frame in both directions carries an HMAC-SHA256. The
 HMAC authenticates frames but does not stop a recorded frame from being replayed: every request is idempotent
-(hello, measure, load_overlay by name), so a replay only costs board time. Imports only the standard library and ``autoq.common``.
+(hello, measure, load_overlay by name), so a replay only costs board time.
+
+Every link survives hostile input: each bad frame gets an error answer (``protocol`` bounds JSON depth, values
+and number sizes, and gives a frame ``FrameLimits.body_timeout_s`` from its first byte), and so does anything
+unexpected while one frame is read or answered. TCP connections hold a place in a table of ``max_connections``
+(default 16; at most ``max_connections_per_address``, default 8, from one address) and are closed after
+``idle_timeout_s`` (default 60 s) without a frame. When the table is full, the oldest connection that has not
+yet sent a valid frame (with a key: an HMAC-verified one) makes room for the newcomer, so idle or half-sent
+connections cannot lock the owner out; only when every place holds such a client is a newcomer answered
+``busy``. Imports only the standard library and ``autoq.common``.
 """
 from __future__ import annotations
 
@@ -19,6 +28,7 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
@@ -68,6 +78,22 @@ def is_loopback(host: str) -> bool:
     return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
 
 
+@dataclass(eq=False)
+class _Connection:
+    """One accepted TCP connection in the daemon's table (in accept order: oldest first)."""
+
+    sock: socket.socket
+    address: str
+    trusted: bool = False  # has sent a valid (with a key: HMAC-verified) frame: never evicted for a newcomer
+
+    def evict(self) -> None:
+        """End the connection from another thread: its serve thread reads end-of-stream and closes it."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 @dataclass
 class Daemon:
     """Serves one ``BoardService`` on any number of links until ``shutdown()``."""
@@ -77,11 +103,15 @@ class Daemon:
     limits: FrameLimits = field(default_factory=FrameLimits)
     busy_wait_s: float = 60.0
     max_connections: int = 16
+    max_connections_per_address: int = 8
+    idle_timeout_s: float = 60.0  # a TCP connection without a frame for this long is closed (serial links stay)
+    poll_s: float = POLL_S  # how often TCP links look at the shutdown flag, their frame deadline and idle time
     _engine: threading.Lock = field(default_factory=threading.Lock, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _threads_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _sockets: list[socket.socket] = field(default_factory=list, init=False)
+    _connections: list[_Connection] = field(default_factory=list, init=False)
 
     # -- links --------------------------------------------------------------------------------------------------
     def listen_tcp(self, host: str = "127.0.0.1", port: int = 7700) -> tuple[str, int]:
@@ -99,8 +129,8 @@ class Daemon:
         except (OSError, OverflowError) as exc:
             server.close()
             raise DaemonError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
-        server.listen(8)
-        server.settimeout(POLL_S)
+        server.listen(64)  # room for a burst of connects while the accept loop admits, evicts or refuses them
+        server.settimeout(self.poll_s)
         self._sockets.append(server)
         self._spawn(self._accept_loop, server, name=f"tcp-accept-{port}")
         return server.getsockname()[:2]
@@ -130,32 +160,70 @@ class Daemon:
                 continue
             except OSError:
                 break
-            conn.settimeout(POLL_S)
-            codec = Codec(self.key, crc=False, limits=self.limits)
+            try:
+                self._admit(conn, peer)
+            except Exception:  # noqa: BLE001 - e.g. no thread to spare: drop this connection, keep accepting
+                log.exception("cannot serve tcp %s:%s", peer[0], peer[1])
+                conn.close()
+
+    def _admit(self, conn: socket.socket, peer: Any) -> None:
+        """Serve ``conn`` if the table has room, making room by evicting the oldest untrusted connection (from
+        the same address first); else answer ``busy`` and close it."""
+        conn.settimeout(self.poll_s)
+        codec = Codec(self.key, crc=False, limits=self.limits)
+        connection = _Connection(conn, peer[0])
+        with self._threads_lock:
+            refused = ""
+            for limit, same_address in ((self.max_connections_per_address, True), (self.max_connections, False)):
+                group = [c for c in self._connections if not same_address or c.address == connection.address]
+                if len(group) < limit:
+                    continue
+                victim = next((c for c in group if not c.trusted), None)
+                if victim is None:
+                    refused = f"{limit} from {connection.address}" if same_address else f"{limit}"
+                    break
+                log.info("tcp %s: closing a connection that sent no valid frame to make room", victim.address)
+                self._connections.remove(victim)
+                victim.evict()
+            if not refused:
+                self._connections.append(connection)
+        if refused:
+            with conn:
+                answer = error_message(
+                    "busy", f"too many connections (limit {refused}), each of them has sent valid requests; retry later"
+                )
+                try:
+                    conn.sendall(codec.encode(answer))
+                except OSError:
+                    pass
+            return
+        self._spawn(self._serve_connection, connection, codec, f"tcp {peer[0]}:{peer[1]}", name=f"conn-{peer[1]}")
+
+    def _serve_connection(self, connection: _Connection, codec: Codec, peer: str) -> None:
+        try:
+            with connection.sock as conn:
+                self._serve_link(conn.recv, conn.sendall, codec, peer, connection)
+        finally:
             with self._threads_lock:
-                open_connections = sum(t.name.startswith("autoq-board-conn-") and t.is_alive() for t in self._threads)
-            if open_connections >= self.max_connections:
-                with conn:
-                    answer = error_message("busy", f"too many connections (limit {self.max_connections}); retry later")
-                    try:
-                        conn.sendall(codec.encode(answer))
-                    except OSError:
-                        pass
-                continue
-            self._spawn(self._serve_connection, conn, codec, f"tcp {peer[0]}:{peer[1]}", name=f"conn-{peer[1]}")
+                if connection in self._connections:
+                    self._connections.remove(connection)
 
-    def _serve_connection(self, conn: socket.socket, codec: Codec, peer: str) -> None:
-        with conn:
-            self._serve_link(conn.recv, conn.sendall, codec, peer)
-
-    def _serve_link(self, recv: Callable[[int], bytes], send: Callable[[bytes], Any], codec: Codec, peer: str) -> None:
-        """Read, answer, repeat: every bad frame or request gets an error answer and the link stays up."""
+    def _serve_link(
+        self, recv: Callable[[int], bytes], send: Callable[[bytes], Any], codec: Codec, peer: str,
+        connection: _Connection | None = None,
+    ) -> None:
+        """Read, answer, repeat: every bad frame or request gets an error answer and the link stays up. A TCP
+        ``connection`` is marked trusted by its first valid frame and closed after ``idle_timeout_s`` idle."""
         reader = FrameReader(recv, codec)
         log.info("serving %s", peer)
+        last_frame = time.monotonic()
         while not self._stop.is_set():
             try:
                 request = reader.read()
             except TimeoutError:
+                if connection is not None and time.monotonic() - last_frame >= self.idle_timeout_s:
+                    log.info("%s: idle for %g s, closing", peer, self.idle_timeout_s)
+                    break
                 continue
             except LinkClosed:
                 break
@@ -165,18 +233,31 @@ class Daemon:
             except OSError as exc:
                 log.warning("%s: link failed: %s", peer, exc)
                 break
+            except Exception as exc:  # noqa: BLE001 - a bug must not end the link: answer it, read afresh
+                log.exception("%s: cannot read a frame", peer)
+                reader = FrameReader(recv, codec)
+                answer = error_message("internal", f"cannot read the frame: {type(exc).__name__}: {exc}")
             else:
+                if connection is not None:
+                    connection.trusted = True
                 answer = self.handle(request)
+            last_frame = time.monotonic()
             try:
-                frame = codec.encode(answer)
-            except ProtocolError as exc:  # e.g. an answer beyond the size limit: say so instead
-                frame = codec.encode(error_message(exc.code, f"cannot send the answer: {exc}"))
-            try:
-                send(frame)
+                send(self._encode_answer(codec, answer))
             except OSError as exc:
                 log.warning("%s: cannot answer: %s", peer, exc)
                 break
         log.info("done serving %s", peer)
+
+    @staticmethod
+    def _encode_answer(codec: Codec, answer: Message) -> bytes:
+        try:
+            return codec.encode(answer)
+        except ProtocolError as exc:  # e.g. an answer beyond the size limit: say so instead
+            return codec.encode(error_message(exc.code, f"cannot send the answer: {exc}", answer.id))
+        except Exception as exc:  # noqa: BLE001 - a bug must not end the link: the client gets the message
+            log.exception("cannot encode an answer")
+            return codec.encode(error_message("internal", f"cannot send the answer: {type(exc).__name__}: {exc}"))
 
     # -- requests -----------------------------------------------------------------------------------------------
     def handle(self, request: Message) -> Message:
@@ -186,7 +267,7 @@ class Daemon:
         if handler is None:
             return error_message("bad_request", f"unknown request type {request.type!r}; known: {sorted(handlers)}", request.id)
         try:
-            body = handler(request)
+            return make_message({"type": "result", "id": request.id, "request": request.type}, handler(request))
         except ProtocolError as exc:
             return error_message(exc.code, str(exc), request.id)
         except (SpecError, PlanError) as exc:
@@ -196,13 +277,12 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - a bug must not take the daemon down; the client gets the message
             log.exception("request %s failed", request.type)
             return error_message("internal", f"{type(exc).__name__}: {exc}", request.id)
-        return make_message({"type": "result", "id": request.id, "request": request.type}, body)
 
     def _info(self, _request: Message) -> dict[str, Any]:
         return hello_answer(self.board, authenticated=bool(self.key))
 
     def _measure(self, request: Message) -> dict[str, Any]:
-        body = request.json_payload()
+        body = request.json_payload(self.limits)
         if not isinstance(body, dict) or not {"network", "plan"} <= body.keys():
             raise ProtocolError("bad_request", "measure needs a JSON payload with 'network', 'plan' and optional 'batch'")
         batch = body.get("batch", 1)

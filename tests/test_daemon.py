@@ -207,9 +207,9 @@ def test_hmac_key_required_and_checked(board):
     daemon = Daemon(board, key=KEY)
     _, port = daemon.listen_tcp("127.0.0.1", 0)
     try:
-        answer = exchange(port, hello_frame(4))
+        answer = exchange(port, hello_frame(4), Codec(key=KEY))  # the daemon signs its answers, errors too
         assert (answer.header["code"], answer.id) == ("bad_hmac", 4) and "not signed" in answer.header["message"]
-        answer = exchange(port, hello_frame(5, Codec(key=b"w" * 32)))
+        answer = exchange(port, hello_frame(5, Codec(key=b"w" * 32)), Codec(key=KEY))
         assert answer.header["code"] == "bad_hmac" and "does not match" in answer.header["message"]
         assert exchange(port, hello_frame(6, Codec(key=KEY)), Codec(key=KEY)).type == "result"
     finally:

@@ -5,7 +5,11 @@ Query parameters (both schemes): ``key=FILE`` (shared HMAC key, required when th
 lost link or a timeout, default 2); serial only: ``baud=N`` (default 115200).
 
 Every request is idempotent (hello, measure, load_overlay), so a lost link or a missing answer is retried on a
-fresh connection; error answers from the board are raised at once with the board's code and message.
+fresh connection (a kept connection the board has closed meanwhile, e.g. after its idle timeout, is reopened
+without using up a retry); error answers from the board are raised at once with the board's code and message.
+Answers are read with the board's own ``FrameReader``/``parse_json`` bounds: a frame or JSON body that breaks
+them (too deep, huge numbers, duplicate keys, NaN, unknown flags, a signed answer without a key) raises
+``BackendError`` naming the problem.
 """
 from __future__ import annotations
 
@@ -156,9 +160,11 @@ class BoardClient:
         frame = self.endpoint.codec.encode(message)
         timeout_s = timeout_s or self.endpoint.timeout_s
         problem = ""
-        for attempt in range(self.endpoint.retries + 1):
+        attempt = 0
+        while attempt <= self.endpoint.retries:
             if attempt:
                 time.sleep(min(0.2 * 2**attempt, 2.0))
+            kept = self._reader is not None
             try:
                 reader = self._connect()
                 self._link.send(frame)
@@ -166,6 +172,9 @@ class BoardClient:
             except (ConnectionError, OSError, LinkClosed, TimeoutError) as exc:
                 problem = str(exc) or type(exc).__name__
                 self.close()
+                if kept and not isinstance(exc, TimeoutError):
+                    continue  # the board had closed the kept link (idle): open a fresh one at once
+                attempt += 1
         raise BackendError(
             f"board at {self.endpoint.uri}: no answer to {header['type']} after {self.endpoint.retries + 1} attempts: {problem}"
         )
@@ -190,7 +199,10 @@ class BoardClient:
 
     def _result(self, answer: Message) -> Any:
         if answer.type == "result":
-            return answer.json_payload()
+            try:
+                return answer.json_payload(self.endpoint.codec.limits)
+            except ProtocolError as exc:
+                raise BackendError(f"board at {self.endpoint.uri} sent an invalid answer: {exc}") from None
         code, text = answer.header.get("code", "?"), answer.header.get("message", "")
         where = f"board at {self.endpoint.uri}"
         if code == "bad_plan":
