@@ -35,7 +35,7 @@ import numpy as np
 
 from autoq.common.errors import AutoQError, SpecError
 from autoq.common.fileio import atomic_write_text
-from autoq.common.network import LayerSpec
+from autoq.common.network import LayerSpec, conv_kind
 
 REQUIRED_COLUMNS = ("network", "layer", "c_in", "c_out", "kernel", "stride", "groups", "in_h", "in_w", "out_h", "out_w",
                     "batch", "wbits", "abits", "latency_s")
@@ -87,12 +87,10 @@ def _pair(text: str, what: str) -> tuple[int, int]:
     return a, b
 
 
-def _infer_kind(c_in: int, c_out: int, groups: int, kernel: tuple[int, int], in_hw: tuple[int, int]) -> str:
-    if groups > 1 and groups == c_in == c_out:
-        return "depthwise"
-    if kernel == (1, 1) and in_hw == (1, 1):
+def _infer_kind(c_in: int, groups: int, kernel: tuple[int, int], in_hw: tuple[int, int]) -> str:
+    if groups == 1 and kernel == (1, 1) and in_hw == (1, 1):
         return "linear"
-    return "conv"
+    return conv_kind(c_in, groups)
 
 
 def _row_sample(row: dict[str, str], where: str) -> Sample:
@@ -107,7 +105,7 @@ def _row_sample(row: dict[str, str], where: str) -> Sample:
         energy = float(energy_text) if energy_text else math.nan
     except (TypeError, ValueError) as exc:
         raise MeasurementError(f"{where}: {exc}") from None
-    kind = (row.get("kind") or "").strip() or _infer_kind(c_in, c_out, groups, kernel, in_hw)
+    kind = (row.get("kind") or "").strip() or _infer_kind(c_in, groups, kernel, in_hw)
     try:
         layer = LayerSpec(row["layer"], kind, c_in, c_out, kernel, stride, (0, 0), groups, in_hw, out_hw)
     except SpecError as exc:

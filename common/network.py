@@ -21,6 +21,12 @@ LayerKind = Literal["conv", "depthwise", "linear"]
 LAYER_KINDS: tuple[str, ...] = ("conv", "depthwise", "linear")
 
 
+def conv_kind(c_in: int, groups: int) -> LayerKind:
+    """The kind of a convolution: ``depthwise`` when every input channel is its own group (``groups == c_in > 1``,
+    any channel multiplier), else ``conv``. The one rule every importer and decoder uses."""
+    return "depthwise" if groups == c_in > 1 else "conv"
+
+
 class GemmShape(NamedTuple):
     """The matrix product one group of a layer runs: (M x K) @ (K x N)."""
 
@@ -83,7 +89,7 @@ class LayerSpec:
             raise SpecError(
                 f"layer {self.name!r}: groups={self.groups} must divide c_in={self.c_in} and c_out={self.c_out}"
             )
-        if self.kind == "depthwise" and not (self.groups == self.c_in and self.groups > 1):
+        if self.kind == "depthwise" and conv_kind(self.c_in, self.groups) != "depthwise":
             raise SpecError(f"layer {self.name!r}: depthwise needs groups == c_in > 1")
         if min(*self.kernel, *self.stride, *self.in_hw, *self.out_hw) < 1 or min(self.padding) < 0:
             raise SpecError(f"layer {self.name!r}: kernel/stride/sizes must be >= 1 and padding >= 0")

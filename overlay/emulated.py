@@ -24,7 +24,7 @@ import numpy as np
 
 from autoq.calibration.costmodel import CalibrationParams
 from autoq.common.errors import AutoQError, SpecError
-from autoq.common.network import LayerSpec
+from autoq.common.network import LayerSpec, conv_kind
 
 from .bitserial import BitPlanes, unpack_bitplanes
 from .engine import run_layer
@@ -61,7 +61,7 @@ class _Rejected(Exception):
 
 def _layer_from_descriptor(d: dict[str, int]) -> LayerSpec:
     try:
-        kind = "depthwise" if d["groups"] == d["c_in"] > 1 else "conv"
+        kind = conv_kind(d["c_in"], d["groups"])
         return LayerSpec(
             "layer", kind, d["c_in"], d["c_out"], (d["kh"], d["kw"]), (d["stride_h"], d["stride_w"]),
             (d["pad_h"], d["pad_w"]), d["groups"], (d["in_h"], d["in_w"]), (d["out_h"], d["out_w"]),

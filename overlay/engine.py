@@ -21,7 +21,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from autoq.common.network import LayerSpec
+from autoq.common.network import LayerSpec, conv_kind
 
 from .bitserial import BitPlanes, bitplane_product, pack_bitplanes
 from .manifest import OverlayConfig
@@ -189,7 +189,7 @@ def conv2d(
     ``groups == C_in``. See ``run_layer``."""
     x = _integer_array(x_int, 4, "conv2d input")
     w = _integer_array(w_int, 4, "conv2d weights")
-    kind = "depthwise" if groups == x.shape[1] and groups > 1 else "conv"
+    kind = conv_kind(x.shape[1], groups)
     shape_only = LayerSpec("conv2d", kind, x.shape[1], w.shape[0], w.shape[2:], stride, padding, groups, x.shape[2:])
     out_hw = _output_hw(shape_only)
     if min(out_hw) < 1:

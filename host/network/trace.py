@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from autoq.common.errors import SpecError
-from autoq.common.network import LayerSpec, NetworkSpec
+from autoq.common.network import LayerSpec, NetworkSpec, conv_kind
 
 # Weight layers the spec cannot describe: tracing past them would silently drop their cost.
 UNSUPPORTED_LAYERS = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -38,7 +38,7 @@ def _conv_padding(module: nn.Conv2d) -> tuple[int, int]:
 
 def _layer(name: str, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerSpec:
     if isinstance(module, nn.Conv2d):
-        kind = "depthwise" if module.groups == module.in_channels > 1 else "conv"
+        kind = conv_kind(module.in_channels, module.groups)
         return LayerSpec(name, kind, module.in_channels, module.out_channels, module.kernel_size, module.stride,
                          _conv_padding(module), module.groups, tuple(x.shape[-2:]), tuple(y.shape[-2:]))
     # A linear layer applied at several positions (input (B, ..., F)) runs as a 1x1 conv over them.
