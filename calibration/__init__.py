@@ -1,1 +1,1 @@
-"""Fitting the analytic cost model to measurements; calibration JSON files ship beside this module."""
+"""Fitting the analytic cost model to measurements (the parameter types live in ``autoq.overlay.calibration_params``)."""

@@ -9,141 +9,20 @@ Imports only numpy: the emulated device runs this.
 """
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import asdict, dataclass, field, fields, replace
-from importlib import resources
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
-from autoq.common.errors import AutoQError
-from autoq.common.fileio import atomic_write_text, read_text
 from autoq.common.measurement import LayerCost, Measurement, Provenance
 from autoq.common.network import LayerSpec, NetworkSpec
 from autoq.common.plan import QuantPlan
-from autoq.overlay.manifest import ManifestError, OverlayConfig
+from autoq.overlay.calibration_params import (
+    CalibrationError,
+    CalibrationParams,
+)
+from autoq.overlay.manifest import OverlayConfig
 from autoq.overlay.resources import estimate
-from autoq.overlay.schedule import STAGES, LayerEntry, ScheduleError, ScheduleParams, table_cycles, tile_table
-
-CALIBRATION_FORMAT = "autoq-calibration/1"
-DEFAULT_CALIBRATION = "pynq_z1_default.json"
-
-
-class CalibrationError(AutoQError, ValueError):
-    """A calibration file is missing or malformed, or does not belong to the overlay it is used with."""
-
-
-@dataclass(frozen=True)
-class EnergyParams:
-    """``idle_power_w`` is drawn all the time the layer runs; the other two are dynamic energy per event."""
-
-    idle_power_w: float
-    energy_per_binary_op_j: float
-    energy_per_dram_byte_j: float
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-                raise CalibrationError(f"energy parameter {f.name} must be a finite number >= 0, got {value!r}")
-
-
-@dataclass(frozen=True)
-class CalibrationParams:
-    """Free parameters of the analytic model and where they came from.
-
-    ``calibrated`` is False for figures taken from publications rather than fitted to measurements of this overlay;
-    every Measurement made with them says so. ``overlay`` is set when the parameters were fitted for an overlay
-    other than a bundled manifest (then the model runs on that overlay). ``fit`` holds the fit's error figures.
-    """
-
-    id: str
-    source: str
-    overlay_build_hash: str
-    date: str
-    calibrated: bool
-    schedule: ScheduleParams
-    energy: EnergyParams
-    overlay: OverlayConfig | None = None
-    fit: dict[str, Any] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.overlay is not None and self.overlay.build_hash != self.overlay_build_hash:
-            raise CalibrationError(
-                f"calibration {self.id!r}: its overlay's build hash {self.overlay.build_hash} differs from "
-                f"overlay_build_hash {self.overlay_build_hash}"
-            )
-
-    def with_changes(self, **changes: Any) -> "CalibrationParams":
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": CALIBRATION_FORMAT,
-            "id": self.id,
-            "source": self.source,
-            "calibrated": self.calibrated,
-            "date": self.date,
-            "overlay_build_hash": self.overlay_build_hash,
-            "overlay": self.overlay.to_dict() if self.overlay else None,
-            "schedule": self.schedule.to_dict(),
-            "energy": asdict(self.energy),
-            "fit": self.fit,
-            "notes": list(self.notes),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any, origin: str = "calibration") -> "CalibrationParams":
-        if not isinstance(data, dict):
-            raise CalibrationError(f"{origin}: a calibration must be a JSON object")
-        if data.get("format") != CALIBRATION_FORMAT:
-            raise CalibrationError(f"{origin}: format must be {CALIBRATION_FORMAT!r}, got {data.get('format')!r}")
-        required = ("id", "source", "calibrated", "date", "overlay_build_hash", "schedule", "energy")
-        missing = [k for k in required if k not in data]
-        if missing:
-            raise CalibrationError(f"{origin}: missing fields {missing}")
-        if not isinstance(data["calibrated"], bool):
-            raise CalibrationError(f"{origin}: 'calibrated' must be true or false, got {data['calibrated']!r}")
-        try:
-            schedule = ScheduleParams.from_dict(dict(data["schedule"]))
-            energy = EnergyParams(**dict(data["energy"]))
-            overlay = OverlayConfig.from_dict(data["overlay"]) if data.get("overlay") else None
-            return cls(
-                str(data["id"]), str(data["source"]), str(data["overlay_build_hash"]), str(data["date"]),
-                data["calibrated"], schedule, energy, overlay, dict(data.get("fit") or {}), tuple(data.get("notes") or ()),
-            )
-        except (ScheduleError, ManifestError, CalibrationError) as exc:
-            raise CalibrationError(f"{origin}: {exc}") from None
-        except (TypeError, ValueError) as exc:
-            raise CalibrationError(f"{origin}: malformed calibration: {exc}") from None
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "CalibrationParams":
-        text = read_text(path, CalibrationError, "calibration")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CalibrationError(f"calibration {path} is not valid JSON: {exc}") from None
-        return cls.from_dict(data, origin=f"calibration {path}")
-
-
-def default_calibration_path() -> Path:
-    return Path(str(resources.files("autoq.calibration"))) / DEFAULT_CALIBRATION
-
-
-def load_default_calibration() -> CalibrationParams:
-    return CalibrationParams.load(default_calibration_path())
-
-
-def today() -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime())
-
+from autoq.overlay.schedule import STAGES, LayerEntry, table_cycles, tile_table
 
 def grid_entries(layers: Sequence[LayerSpec], wbits: Iterable[int], abits: Iterable[int]) -> list[LayerEntry]:
     """Every layer at every uniform (weight bits, activation bits) pair, layer-major then wbits then abits."""
@@ -196,8 +75,7 @@ class AnalyticCostModel:
         fetch, execute, result, overhead, total, bound, dram_bytes, binary_ops = self._layer_cycles(entries, batch, grouped).T
         seconds = total / self.overlay.clock_hz
         energy = self.params.energy
-        joules = (energy.idle_power_w * seconds + energy.energy_per_binary_op_j * binary_ops
-                  + energy.energy_per_dram_byte_j * dram_bytes)
+        joules = energy.total_j(seconds, binary_ops, dram_bytes)
         layers = tuple(
             LayerCost(
                 spec.name, float(seconds[i]), float(joules[i]), STAGES[int(bound[i])],

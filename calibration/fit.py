@@ -32,7 +32,7 @@ from autoq.overlay.resources import DEVICES, estimate
 from autoq.overlay.schedule import LayerEntry, ScheduleError, ScheduleParams, table_cycles, tile_table
 from autoq.overlay.tiling import OperandError
 
-from .costmodel import CalibrationParams, EnergyParams, today
+from autoq.overlay.calibration_params import CalibrationParams, EnergyParams, today
 from .measurements import Dataset
 
 FREE_PARAMETERS = ("dram_efficiency", "result_efficiency", "layer_overhead_cycles", "tile_overhead_cycles",
@@ -319,7 +319,7 @@ def fit(dataset: Dataset, template: OverlayConfig, search_overlay: bool = False,
     energy_figures = None
     if energy is not None:
         have = np.isfinite(measured_energy)
-        predicted_energy = energy.idle_power_w * seconds + energy.energy_per_binary_op_j * ops + energy.energy_per_dram_byte_j * dram
+        predicted_energy = energy.total_j(seconds, ops, dram)
         energy_figures = error_figures(predicted_energy[have], measured_energy[have])
     return FitResult(structure, params, energy, error_figures(seconds, measured), kfold, lolo, energy_figures,
                      _baselines(dataset, measured), folds, tuple(log))

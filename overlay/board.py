@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from autoq.calibration.costmodel import CalibrationParams, load_default_calibration
+from autoq.overlay.calibration_params import CalibrationParams, load_default_calibration
 from autoq.common.errors import AutoQError, SpecError
 from autoq.common.measurement import LayerCost, Measurement, Provenance
 from autoq.common.network import LayerSpec, NetworkSpec

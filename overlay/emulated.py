@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from autoq.calibration.costmodel import CalibrationParams
+from autoq.overlay.calibration_params import CalibrationParams
 from autoq.common.errors import AutoQError, SpecError
 from autoq.common.network import LayerSpec, conv_kind
 
@@ -246,8 +246,7 @@ class EmulatedEngine:
                 for stage in ("fetch", "execute", "result", "total"):
                     self._set(f"cycles_{stage}", getattr(cycles, stage))
                 self.time_s += cycles.total / self.overlay.clock_hz
-                self.work_energy_j += (self.energy.energy_per_binary_op_j * cycles.binary_ops
-                                       + self.energy.energy_per_dram_byte_j * cycles.dram_bytes)
+                self.work_energy_j += self.energy.dynamic_j(cycles.binary_ops, cycles.dram_bytes)
                 self.runs += 1
         else:
             self._set("status", Status.BAD_COMMAND)

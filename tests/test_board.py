@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from autoq.calibration.costmodel import AnalyticCostModel, load_default_calibration
+from autoq.calibration.costmodel import AnalyticCostModel
+from autoq.overlay.calibration_params import load_default_calibration
 from autoq.common.network import NetworkSpec
 from autoq.common.plan import QuantPlan
 from autoq.overlay.board import Board, BitstreamError, BitstreamRegistry

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from autoq.calibration.costmodel import AnalyticCostModel, CalibrationParams, EnergyParams, load_default_calibration
+from autoq.calibration.costmodel import AnalyticCostModel
+from autoq.overlay.calibration_params import CalibrationParams, EnergyParams, load_default_calibration
 from autoq.calibration.fit import FitError, fit
 from autoq.calibration.measurements import (
     Dataset,

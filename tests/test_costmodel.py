@@ -6,13 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from autoq.calibration.costmodel import (
-    AnalyticCostModel,
-    CalibrationError,
-    CalibrationParams,
-    default_calibration_path,
-    load_default_calibration,
-)
+from autoq.calibration.costmodel import AnalyticCostModel
+from autoq.overlay.calibration_params import CalibrationError, CalibrationParams, default_calibration_path, load_default_calibration
 from autoq.common.backend import open_backend
 from autoq.common.errors import BackendError, PlanError
 from autoq.common.network import LayerSpec, NetworkSpec

@@ -13,7 +13,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import pynq
 
-from autoq.calibration.costmodel import load_default_calibration
+from autoq.overlay.calibration_params import load_default_calibration
 from autoq.common.network import LayerSpec
 from autoq.overlay.driver import BitSerialEngine, BusEngine, DriverError, LayerJob, known_vlnvs
 from autoq.overlay.emulated import EmulatedEngine, EmulatedPynqDevice

@@ -143,7 +143,7 @@ def test_cli_prints_a_pass_table_and_refuses_bad_arguments(builds, cache, monkey
 def test_emulated_device_answers_like_the_csim(builds):
     """The driver over the emulated device and the C-sim of the engine, on the same jobs: same results, same
     cycle counters (the emulated board stands in for this hardware)."""
-    from autoq.calibration.costmodel import load_default_calibration
+    from autoq.overlay.calibration_params import load_default_calibration
     from autoq.overlay.driver import BusEngine
     from autoq.overlay.emulated import EmulatedEngine
 

@@ -7,7 +7,7 @@ import pytest
 from autoq.common.backend import open_backend
 from autoq.common.errors import BackendError
 from autoq.host.backends.record import RecordingBackend, open_backend_recording
-from autoq.calibration.costmodel import CalibrationParams
+from autoq.overlay.calibration_params import CalibrationParams
 from autoq.host.backends.replay import FIT_CACHE_SUFFIX, parse_uri
 from autoq.host.traces import TraceStore
 from boardkit import TINY
@@ -185,3 +185,4 @@ def test_search_recorded_then_replayed_sees_the_same_measurements(tmp_path, monk
     assert main(["search", "--agent", "random", "--episodes", "1", "--seed", "4", "--no-progress", "--final-finetune-steps", "0", "--out", "other",
                  "--backend", "replay:trace.sqlite"]) == 2
     assert "replay miss" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()  # failed in its first episode: no empty results folder left behind

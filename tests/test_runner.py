@@ -120,7 +120,44 @@ def test_resolve_config_keeps_stored_settings_on_resume(tmp_path):
     runner.run(progress=False)
     assert resolve_config(tmp_path, {}, resume=True) == config
     assert resolve_config(tmp_path, {"agent": "haq", "seed": 4}, resume=True) == config
-    with pytest.raises(SearchError, match=r"drop episodes=9 \(stored: 7\)"):
-        resolve_config(tmp_path, {"episodes": 9}, resume=True)
+    assert resolve_config(tmp_path, {"episodes": 9}, resume=True) == SearchConfig(agent="haq", episodes=9, seed=4)  # extends
+    with pytest.raises(SearchError, match=r"--resume --episodes 5: .* runs 7 episodes; --episodes can extend it, not shorten it"):
+        resolve_config(tmp_path, {"episodes": 5}, resume=True)
+    with pytest.raises(SearchError, match=r"drop seed=5 \(stored: 4\)"):
+        resolve_config(tmp_path, {"seed": 5, "episodes": 9}, resume=True)
     with pytest.raises(SearchError, match="unknown agent 'dqn'"):
         SearchConfig(agent="dqn")
+
+
+def test_extending_a_search_continues_deterministically_from_its_checkpoint(tmp_path):
+    from autoq.host.search.runner import describe_extensions
+
+    for name in ("straight", "extended", "a", "b"):
+        (tmp_path / name).mkdir()
+    straight = make_runner(tmp_path / "straight", "random", episodes=4).run(progress=False)
+    make_runner(tmp_path / "extended", "random", episodes=2).run(progress=False)
+    extended = make_runner(tmp_path / "extended", "random", episodes=4)
+    assert summary(extended.run(resume=True, progress=False)) == summary(straight)  # random: budget-independent
+    assert extended.extensions == [{"at": 2, "from": 2, "to": 4}]
+    runs = []
+    for name in ("a", "b"):  # autoq's schedule depends on the budget: extended runs agree with each other
+        make_runner(tmp_path / name, "autoq", episodes=2).run(progress=False)
+        runs.append(summary(make_runner(tmp_path / name, "autoq", episodes=4).run(resume=True, progress=False)))
+    assert runs[0] == runs[1] and len(runs[0]) == 4
+    assert "follow the 4-episode schedule from episode 2 on" in describe_extensions("autoq", extended.extensions)
+    with pytest.raises(SearchError, match="holds a search of 4 episodes: .* cannot shorten it to 3"):
+        make_runner(tmp_path / "a", "autoq", episodes=3).run(resume=True, progress=False)
+
+
+def test_a_search_failing_in_its_first_episode_writes_no_history(tmp_path):
+    from searchtoys import ToyEvaluator
+
+    class FailingEvaluator(ToyEvaluator):
+        def accuracy(self, plan, finetune_steps=0):
+            raise RuntimeError("the evaluation failed")
+
+    runner = make_runner(tmp_path, "random")
+    runner.env.evaluator = FailingEvaluator(runner.env.network)
+    with pytest.raises(RuntimeError, match="the evaluation failed"):
+        runner.run(progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -59,8 +59,10 @@ def test_short_search_writes_results_records_every_measurement_and_resumes(tmp_p
     with_hls = json.loads((out / "final" / "final.json").read_text())
     assert (out / "final" / "hls4ml").is_dir() and with_hls["hls4ml"] and with_hls["accuracy_after_finetune"] == final["accuracy_after_finetune"]
     assert "hls4ml: `final/hls4ml`" in (out / "summary.md").read_text()
-    assert autoq("--resume", "--out", str(out), "--episodes", "5") == 2
-    assert "drop episodes=5 (stored: 2)" in capsys.readouterr().err
+    assert autoq("--resume", "--out", str(out), "--episodes", "1") == 2
+    assert "the search stored in" in capsys.readouterr().err  # --episodes can extend a search, not shorten it
+    assert autoq("--resume", "--out", str(out), "--seed", "7") == 2
+    assert "drop seed=7 (stored: 1)" in capsys.readouterr().err
     assert autoq("--out", str(out)) == 2
     assert "already holds a search: pass --resume" in capsys.readouterr().err
 
@@ -83,6 +85,31 @@ def assert_selected_on_val_and_reported_on_test(out, best, final, summary):
     assert f"**test accuracy: {on_test:.4f}**" in summary
     assert final["accuracy_split"] == "test" and final["accuracy_before_finetune"] == on_test
     assert f"test accuracy: {on_test:.4f} before the fine-tune" in summary
+
+
+def test_a_finished_search_is_extended_by_resume_with_more_episodes(tmp_path, capsys):
+    """The random agent's schedule does not depend on the budget: 2 episodes extended to 4 equal 4 at once."""
+    args = ["--agent", "random", "--seed", "5", "--final-finetune-steps", "0"]
+    assert autoq(*args, "--episodes", "4", "--out", str(tmp_path / "straight")) == 0
+    assert autoq(*args, "--episodes", "2", "--out", str(tmp_path / "extended")) == 0
+    assert autoq("--resume", "--episodes", "4", "--out", str(tmp_path / "extended")) == 0
+    assert "random: 4 episodes" in capsys.readouterr().out.splitlines()[-3]
+    for name in ("episodes.csv", "best_reward.plan.json", "pareto_latency.csv", "final/plan.json"):
+        assert (tmp_path / "extended" / name).read_text() == (tmp_path / "straight" / name).read_text(), name
+    assert "4 of 4 (extended from 2 to 4 episodes at episode 2)" in (tmp_path / "extended" / "summary.md").read_text()
+    assert load_checkpoint(tmp_path / "extended" / CHECKPOINT_NAME)["next_episode"] == 4
+
+
+def test_a_search_failing_before_its_first_checkpoint_removes_what_it_created(tmp_path, capsys):
+    out, trace = tmp_path / "new" / "run", tmp_path / "trace.sqlite"
+    assert autoq("--latency-budget", "0.05x", "--out", str(out), "--record", str(trace)) == 2
+    assert "cannot be met" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no empty folder, history or trace left behind
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert autoq("--latency-budget", "0.05x", "--out", str(kept / "run")) == 2
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
 
 
 def test_impossible_budget_is_refused_before_searching(tmp_path, capsys):

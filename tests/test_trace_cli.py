@@ -81,7 +81,7 @@ def test_unreadable_trace_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_calibrate_accepts_a_recorded_trace(tmp_path, capsys):
-    from autoq.calibration.costmodel import CalibrationParams
+    from autoq.overlay.calibration_params import CalibrationParams
     from autoq.common.backend import open_backend
     from autoq.host.backends.record import open_backend_recording
 

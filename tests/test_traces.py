@@ -115,7 +115,7 @@ def test_corrupt_record_is_reported_with_its_id(tmp_path):
     db.execute("UPDATE measurements SET measurement_json='{\"latency_s\": 1' WHERE id=?", (rid,))
     db.commit()
     db.close()
-    with TraceStore(path, mode="r") as store, pytest.raises(TraceError, match=f"record {rid} is corrupt"):
+    with TraceStore(path, mode="r") as store, pytest.raises(TraceError, match=f"record {rid} is damaged: its content does not match its checksum"):
         store.lookup(net.hash, plan.hash)
 
 

@@ -1,6 +1,6 @@
 """``model`` / ``model:CALIBRATION.json``: the analytic cost model as a cost backend.
 
-``model`` uses the bundled default calibration of the PYNQ-Z1 overlay (``calibration/pynq_z1_default.json``,
+``model`` uses the bundled default calibration of the PYNQ-Z1 overlay (``bitstreams/pynq_z1/calibration.json``,
 uncalibrated until board measurements replace it). ``model:FILE.json`` uses that calibration file; a file fitted
 for another overlay (e.g. the HAQ table's array) carries that overlay and runs on it; otherwise the calibration
 must match the bundled overlay's build hash.
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoq.calibration.costmodel import AnalyticCostModel, CalibrationError, CalibrationParams, load_default_calibration
+from autoq.calibration.costmodel import AnalyticCostModel
+from autoq.overlay.calibration_params import CalibrationError, CalibrationParams, load_default_calibration
 from autoq.common.backend import BackendInfo
 from autoq.common.errors import BackendError
 from autoq.common.measurement import Measurement

@@ -1,4 +1,9 @@
-"""``--record FILE``: wrap any cost backend so every measurement it returns is appended to a trace."""
+"""``--record FILE``: wrap any cost backend so every measurement it returns is appended to a trace.
+
+Each recording backend is one attempt of the trace (``TraceStore.open_attempt``). A search's recorder is also its
+``SearchListener``: the runner tells it the run it belongs to, the episode each measurement is of and what each
+checkpoint counts, so a replay can follow the run that survived a SIGKILL and ``--resume``.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,22 +13,37 @@ from autoq.common.errors import BackendError
 from autoq.common.measurement import Measurement
 from autoq.common.network import NetworkSpec
 from autoq.common.plan import QuantPlan
-from autoq.host.traces import TraceStore
+from autoq.host.traces import START_UP, TraceStore
 
 
 class RecordingBackend:
-    """Measures with ``inner`` and appends each measurement to ``store`` (committed before it is returned)."""
+    """Measures with ``inner`` and appends each measurement to ``store`` (committed before it is returned).
 
-    def __init__(self, inner: CostBackend, store: TraceStore) -> None:
+    With ``search``, the attempt is a search's: its measurements are marked with the episode the runner announced
+    (``START_UP`` before the first)."""
+
+    def __init__(self, inner: CostBackend, store: TraceStore, search: bool = False) -> None:
         self.inner = inner
         self.store = store
         self._info = inner.describe()
         store.record_backend(self._info)
+        self.attempt = store.open_attempt("search" if search else "record")
+        self.episode: int | None = START_UP if search else None
 
     def measure(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1) -> Measurement:
         measurement = self.inner.measure(network, plan, batch)
-        self.store.append(network, plan, measurement, self._info.uri, batch)
+        self.store.append(network, plan, measurement, self._info.uri, batch, self.attempt, self.episode)
         return measurement
+
+    # -- SearchListener -------------------------------------------------------------------------------------------
+    def search_started(self, run_id: str, resumed_at: int | None) -> None:
+        self.store.start_search(self.attempt, run_id, resumed_at)
+
+    def episode_started(self, episode: int) -> None:
+        self.episode = episode
+
+    def checkpointed(self, next_episode: int) -> None:
+        self.store.checkpointed(self.attempt, next_episode)
 
     def describe(self) -> BackendInfo:
         return self._info
@@ -35,8 +55,9 @@ class RecordingBackend:
             self.store.close()
 
 
-def open_backend_recording(uri: str, record_path: str | Path | None = None) -> CostBackend:
-    """Open the backend named by ``uri``; with ``record_path``, every measurement is also recorded there."""
+def open_backend_recording(uri: str, record_path: str | Path | None = None, search: bool = False) -> CostBackend:
+    """Open the backend named by ``uri``; with ``record_path``, every measurement is also recorded there (as a
+    search's attempt with ``search``)."""
     if record_path is not None and uri.startswith("replay:"):
         from autoq.host.backends.replay import trace_path_of
 
@@ -46,7 +67,13 @@ def open_backend_recording(uri: str, record_path: str | Path | None = None) -> C
     if record_path is None:
         return backend
     try:
-        return RecordingBackend(backend, TraceStore(record_path, mode="a"))
+        store = TraceStore(record_path, mode="a")
     except Exception:
         backend.close()
+        raise
+    try:
+        return RecordingBackend(backend, store, search)
+    except Exception:
+        backend.close()
+        store.close()
         raise

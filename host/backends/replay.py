@@ -2,8 +2,11 @@
 
 Each request for a (network, plan, batch) gets the recorded measurements of that key in recording order (the
 last one again once they run out), so a search replayed against its own trace sees exactly the values it saw when
-it was recorded, board noise included. Served measurements carry source ``replay``; the original source, backend
-and record id are kept in ``provenance.detail``.
+it was recorded, board noise included. Records a later ``--resume`` superseded (the killed run's unfinished
+episode, the resumed run's repeated start-up; ``autoq.host.traces``) are skipped, so the replay follows the run
+that survived. The whole trace is verified when the replay opens: a trace with a damaged record is refused, naming
+it, and nothing of it is served. Served measurements carry source ``replay``; the original source, backend and
+record id are kept in ``provenance.detail``.
 
 A plan the trace never measured is a ``BackendError`` naming the plan hash, unless ``?fallback=model`` is given:
 then the analytic cost model, fitted on this trace's measurements, predicts it (fitted once, on first miss, and
@@ -22,11 +25,11 @@ from autoq.common.errors import BackendError
 from autoq.common.measurement import Measurement
 from autoq.common.network import NetworkSpec
 from autoq.common.plan import QuantPlan
-from autoq.host.traces import TraceError, TraceStore
+from autoq.host.traces import DamagedRecord, TraceError, TraceStore, damaged_message
 from autoq.overlay.manifest import load_overlay
 
 if TYPE_CHECKING:
-    from autoq.calibration.costmodel import CalibrationParams
+    from autoq.overlay.calibration_params import CalibrationParams
 
 FALLBACKS = ("error", "model")
 FIT_CACHE_SUFFIX = ".model-fit.json"
@@ -59,12 +62,29 @@ class ReplayBackend:
             self.store = TraceStore(trace_path, mode="r")
         except TraceError as exc:
             raise BackendError(f"cannot replay {self.uri!r}: {exc}") from None
+        try:
+            self._recorded = self._index()
+            self.store.backends()  # verified now: describe() cannot fail later
+        except (TraceError, BackendError) as exc:
+            self.store.close()
+            raise BackendError(f"cannot replay {self.uri!r}: {exc}") from None
         self._served: defaultdict[tuple[str, str, int], int] = defaultdict(int)
         self._model: CostBackend | None = None
 
+    def _index(self) -> dict[tuple[str, str, int], list[Measurement]]:
+        """What each (network, plan, batch) serves, in recording order, superseded records left out."""
+        damaged: list[DamagedRecord] = []
+        index: defaultdict[tuple[str, str, int], list[Measurement]] = defaultdict(list)
+        for record in self.store.records(damaged=damaged):
+            if not record.superseded:
+                index[(record.network.hash, record.plan.hash, record.batch)].append(record.measurement)
+        if damaged:
+            raise BackendError(f"{damaged_message(self.store.path, damaged)}; replay an intact trace (or record again)")
+        return dict(index)
+
     def measure(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1) -> Measurement:
         key = (network.hash, plan.hash, batch)
-        recorded = self.store.lookup_all(*key)
+        recorded = self._recorded.get(key)
         if not recorded:
             if self.fallback == "model":
                 return self.fallback_model().measure(network, plan, batch)
@@ -92,7 +112,7 @@ class ReplayBackend:
     def fitted_calibration(self) -> "CalibrationParams":
         """The calibration fitted on this trace's per-layer measurements: read from the cache beside the trace while
         the trace is unchanged, else fitted (``autoq.calibration.fit``, as ``autoq calibrate`` does) and cached."""
-        from autoq.calibration.costmodel import CalibrationError, CalibrationParams, load_default_calibration
+        from autoq.overlay.calibration_params import CalibrationError, CalibrationParams, load_default_calibration
         from autoq.calibration.fit import FitError, calibration_from_fit, fit
         from autoq.calibration.measurements import MeasurementError, samples_from_trace
 

@@ -88,7 +88,7 @@ def render(report: dict[str, Any], path: str, overlay: dict[str, Any] | None) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoq.calibration.costmodel import load_default_calibration
+    from autoq.overlay.calibration_params import load_default_calibration
     from autoq.calibration.fit import calibration_from_fit, fit
     from autoq.calibration.measurements import MeasurementError, load_samples, merge
     from autoq.overlay.manifest import load_overlay

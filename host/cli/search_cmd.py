@@ -8,13 +8,16 @@ results in runs/search.
 
 Budgets: ``--latency-budget 3ms`` / ``250us`` / ``0.5x`` (fraction of the uniform 8-bit plan), ``--energy-budget
 40mJ`` / ``0.5x``; or ``--accuracy-guaranteed`` with reward psi_acc*acc - psi_l*lat/lat_8bit - psi_e*E/E_8bit.
-``--resume`` continues the search in --out exactly where its last checkpoint left it.
+``--resume`` continues the search in --out exactly where its last checkpoint left it; ``--resume --episodes N``
+with N above the stored budget extends it (finished or not) to N episodes (AutoQ and HAQ then follow the N-episode
+exploration schedule from there, which summary.md notes). A damaged checkpoint or history is refused, naming the
+file. A fresh search that fails before its first checkpoint removes the folder, history and trace it created.
 """
 from __future__ import annotations
 
 import argparse
 
-from autoq.host.cli._args import add_task_arguments, non_negative_float, non_negative_int
+from autoq.host.cli._args import add_task_arguments, non_negative_float, non_negative_int, output_dir, output_file
 from autoq.host.cli.inspect_cmd import positive_int
 
 
@@ -32,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "emulated, tcp://host:port, serial:///dev/X, replay:trace.sqlite")
     parser.add_argument("--episodes", type=positive_int, metavar="N", help="episodes (default 1000, about 10 minutes for the digits task)")
     parser.add_argument("--seed", type=non_negative_int, metavar="S", help="seed of every generator (default 0)")
-    parser.add_argument("--out", default="runs/search", metavar="DIR", help="results and checkpoint folder (default runs/search)")
-    parser.add_argument("--record", metavar="FILE", help="append every measurement to this SQLite trace")
+    parser.add_argument("--out", default="runs/search", type=output_dir, metavar="DIR", help="results and checkpoint folder (default runs/search)")
+    parser.add_argument("--record", type=output_file, metavar="FILE", help="append every measurement to this SQLite trace")
     parser.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")
     reward = parser.add_mutually_exclusive_group()
     reward.add_argument("--latency-budget", metavar="X", help="latency budget: 3ms, 250us, or 0.4x of the 8-bit plan (default 0.4x)")
@@ -79,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         "finetune_steps": args.finetune_steps, "final_finetune_steps": args.final_finetune_steps, "min_bits": args.min_bits,
     }
     config = resolve_config(args.out, {k: v for k, v in given.items() if v is not None}, args.resume)
+    from autoq.host.advice import warn_ignored_episodes
+    warn_ignored_episodes(config.agent, args.episodes, config.min_bits, config.max_bits)
     torch.set_num_threads(1)  # small MLPs on a shared 2-core machine: threads only contend (and results stay bit-exact)
     result = run_search(config, args.out, resume=args.resume, record=args.record, progress=not args.no_progress,
                         hls4ml=args.hls4ml)

@@ -6,9 +6,15 @@ of python, numpy and torch. The episode history, which only grows, goes to the a
 ``<checkpoint>.history`` (length-prefixed pickles); the checkpoint records how many of its bytes are committed, so
 a save costs the same at episode 1000 as at episode 1 and a record appended by a run killed before its checkpoint is
 cut off on resume. Both are pickles: load only checkpoints you wrote.
+
+Integrity: the checkpoint file is a header (format line, SHA-256 of the payload) followed by the payload, and the
+payload holds the SHA-256 of the history bytes it counts, so one flipped byte in either file is refused on resume
+with an error naming the file (never unpickled, never resumed into different results). The sidecar is created by the
+first save, so a search that fails before its first checkpoint leaves none.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -24,7 +30,9 @@ from autoq.common.fileio import atomic_write_bytes
 from .rewards import SearchError
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT = "autoq-search-checkpoint/2"
+FORMAT = "autoq-search-checkpoint/3"
+_HEADER = FORMAT.encode() + b"\n"
+_DIGEST_HEX = 64  # SHA-256, hex
 _LENGTH_BYTES = 8
 
 
@@ -57,55 +65,84 @@ class CheckpointWriter:
         self.path = Path(path)
         self._records = len(resume_from["history"]) if resume_from else 0
         self._bytes = int(resume_from["history_bytes"]) if resume_from else 0
-        with open(history_path(self.path), "ab") as fh:  # cut off what the checkpoint does not count
-            fh.truncate(self._bytes)
+        self._digest = hashlib.sha256()
+        if resume_from:
+            sidecar = history_path(self.path)
+            self._digest.update(_read_bytes(sidecar, self._bytes))
+            if self._digest.hexdigest() != resume_from["history_sha256"]:
+                raise SearchError(_damaged("search history", sidecar, "it changed after it was read", self.path))
 
     def save(self, payload: dict[str, Any]) -> None:
         """Append the records of ``payload["history"]`` not yet written, then write the rest of ``payload``."""
         history: Sequence[Any] = payload["history"]
         with open(history_path(self.path), "ab") as fh:
+            fh.truncate(self._bytes)  # cut off what the checkpoint does not count (a run killed before its checkpoint)
             for record in history[self._records:]:
                 data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-                fh.write(len(data).to_bytes(_LENGTH_BYTES, "little") + data)
+                data = len(data).to_bytes(_LENGTH_BYTES, "little") + data
+                fh.write(data)
+                self._digest.update(data)
             fh.flush()
             os.fsync(fh.fileno())
             self._bytes = fh.tell()
         self._records = len(history)
         state = {k: v for k, v in payload.items() if k != "history"}
         buffer = io.BytesIO()
-        torch.save({"format": FORMAT, **state, "history_records": self._records, "history_bytes": self._bytes}, buffer)
-        atomic_write_bytes(self.path, buffer.getvalue())
+        torch.save({"format": FORMAT, **state, "history_records": self._records, "history_bytes": self._bytes,
+                    "history_sha256": self._digest.hexdigest()}, buffer)
+        body = buffer.getvalue()
+        atomic_write_bytes(self.path, _HEADER + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The payload last saved to ``path``, with its ``history`` read back from the sidecar."""
+    """The payload last saved to ``path``, with its ``history`` read back from the sidecar; both verified."""
     path = Path(path)
     if not path.is_file():
         raise SearchError(f"no checkpoint to resume at {path}: start the search without --resume, or point --out at an earlier run's folder")
+    data = _read_bytes(path, None, "checkpoint")
+    if not data.startswith(_HEADER):
+        older = data.startswith(b"PK") or data.startswith(b"autoq-search-checkpoint/")
+        raise SearchError(f"checkpoint {path} cannot be read: it is not a search checkpoint of this autoq (format {FORMAT!r}"
+                          + ("; it was written by another autoq version" if older else "") + "): resume it with the autoq "
+                          "that wrote it, or start a fresh search with another --out")
+    digest, body = data[len(_HEADER) : len(_HEADER) + _DIGEST_HEX], data[len(_HEADER) + _DIGEST_HEX + 1 :]
+    if data[len(_HEADER) + _DIGEST_HEX : len(_HEADER) + _DIGEST_HEX + 1] != b"\n" or hashlib.sha256(body).hexdigest().encode() != digest:
+        raise SearchError(_damaged("checkpoint", path, "its SHA-256 does not match its content", path))
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, AttributeError, ModuleNotFoundError) as exc:
-        raise SearchError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it is not a search checkpoint or is damaged") from None
+        payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)
+    except Exception as exc:  # verified bytes that do not unpickle: written by something else under our header
+        raise SearchError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it is not a search checkpoint") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SearchError(f"{path} is not a search checkpoint (expected format {FORMAT!r})")
-    payload["history"] = _read_history(history_path(path), payload.pop("history_records"), payload["history_bytes"])
+    payload["history"] = _read_history(history_path(path), payload.pop("history_records"), payload["history_bytes"],
+                                       payload["history_sha256"], path)
     return payload
 
 
-def _read_history(path: Path, records: int, size: int) -> list[Any]:
+def _damaged(what: str, path: Path, why: str, checkpoint: Path) -> str:
+    return (f"{what} {path} is damaged ({why}): the search cannot be resumed from it; start a fresh search with another --out, "
+            f"or delete {checkpoint} and {history_path(checkpoint).name} to run this folder's search again from the start")
+
+
+def _read_bytes(path: Path, size: int | None, what: str = "search history") -> bytes:
     try:
         with open(path, "rb") as fh:
-            data = fh.read(size)
+            return fh.read() if size is None else fh.read(size)
     except OSError as exc:
-        raise SearchError(f"cannot read the search history {path}: {exc.strerror}") from None
+        raise SearchError(f"cannot read the {what} {path}: {exc.strerror}") from None
+
+
+def _read_history(path: Path, records: int, size: int, sha256: str, checkpoint: Path) -> list[Any]:
+    data = _read_bytes(path, size)
+    if len(data) != size:
+        raise SearchError(_damaged("search history", path, f"shorter than the {size} bytes its checkpoint counts", checkpoint))
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise SearchError(_damaged("search history", path, "its SHA-256 does not match the one its checkpoint recorded", checkpoint))
     history, offset = [], 0
-    try:
-        while offset < len(data):
-            length = int.from_bytes(data[offset : offset + _LENGTH_BYTES], "little")
-            offset += _LENGTH_BYTES + length
-            history.append(pickle.loads(data[offset - length : offset]))
-    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise SearchError(f"search history {path} is damaged ({exc})") from None
-    if len(data) != size or offset != size or len(history) != records:
-        raise SearchError(f"search history {path} is damaged: its checkpoint counts {records} records in {size} bytes")
+    while offset < len(data):  # verified: these are the bytes save() wrote
+        length = int.from_bytes(data[offset : offset + _LENGTH_BYTES], "little")
+        offset += _LENGTH_BYTES + length
+        history.append(pickle.loads(data[offset - length : offset]))
+    if offset != size or len(history) != records:
+        raise SearchError(_damaged("search history", path, f"its checkpoint counts {records} records in {size} bytes", checkpoint))
     return history

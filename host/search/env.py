@@ -108,6 +108,8 @@ class QuantEnv:
         self.objective: Objective = setting.resolve(
             reference, floor, evaluator.full_precision_accuracy(), f"all weights and activations at {min_bits} bits"
         )
+        from autoq.host.advice import warn_unconstraining_budget  # a budget the widest plan meets: say so
+        warn_unconstraining_budget(self.objective, f"all weights and activations at {max_bits} bits")
 
     def _checked_scales(self, scales: Mapping[str, Sequence[float]]) -> tuple[np.ndarray, ...]:
         """Per-kernel weight scales by layer (zeros where not given), e.g. each kernel's largest absolute weight."""

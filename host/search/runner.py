@@ -4,12 +4,21 @@
 backend (recording when asked) in a ``QuantEnv``, runs ``SearchRunner``, writes the results folder, then fine-tunes
 the best plan and exports it into ``final/`` (``autoq.host.export.finalize``) and adds it to ``summary.md``.
 The export comes after the last checkpoint, and resuming a finished search reuses a finished export.
+
+``--resume --episodes N`` with N above the stored budget extends the search (finished or not) from its checkpoint:
+deterministic, and identical to an uninterrupted N-episode search for the agents whose schedule does not depend
+on the budget (random, uniform, greedy); AutoQ and HAQ follow the N-episode warm-up and noise schedule from the
+episode they resume at, which the summary says. A fresh search that fails before its first checkpoint removes the
+folders, history and trace file it created.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Protocol
 
 import numpy as np
 
@@ -23,7 +32,8 @@ from .agents.autoq import AutoQAgent, AutoQConfig
 from .agents.base import AGENTS, Agent
 from .agents.baselines import GreedyAgent, RandomAgent, UniformAgent
 from .agents.haq import HAQAgent, HAQConfig
-from .checkpoint import CHECKPOINT_NAME, CheckpointWriter, capture_rng, load_checkpoint, restore_rng, seed_everything
+from .checkpoint import (CHECKPOINT_NAME, CheckpointWriter, capture_rng, history_path, load_checkpoint, restore_rng,
+                         seed_everything)
 from .env import QuantEnv
 from .rewards import BudgetSpec, RewardSetting, SearchError
 
@@ -68,6 +78,11 @@ class SearchConfig:
         return cls(**{**data, "reward": RewardSetting.from_dict(data["reward"])})
 
 
+#: Agents whose warm-up and exploration noise are spread over the episode budget (so an extended search differs
+#: from an uninterrupted one of the extended length); the others do not depend on it.
+BUDGET_SCHEDULED_AGENTS = ("autoq", "haq")
+
+
 def make_agent(name: str, episodes: int, num_layers: int, seed: int) -> Agent:
     if name == "autoq":
         return AutoQAgent(AutoQConfig(episodes), num_layers, seed)
@@ -82,22 +97,38 @@ def make_agent(name: str, episodes: int, num_layers: int, seed: int) -> Agent:
     raise SearchError(f"unknown agent {name!r}; choose one of {', '.join(AGENTS)}")
 
 
+class SearchListener(Protocol):
+    """Told where a search stands; a recording backend marks each measurement with it (``autoq.host.traces``)."""
+
+    def search_started(self, run_id: str, resumed_at: int | None) -> None: ...
+
+    def episode_started(self, episode: int) -> None: ...
+
+    def checkpointed(self, next_episode: int) -> None: ...
+
+
 class SearchRunner:
     """Runs ``agent`` on ``env`` for ``episodes`` episodes (fewer if the agent finishes), checkpointing after each.
 
-    ``settings`` (plain data) identifies the search; resuming a checkpoint written with other settings is refused.
+    ``settings`` (plain data) identifies the search; resuming a checkpoint written with other settings is refused,
+    except for a larger ``episodes`` budget, which extends the search (recorded in ``extensions``).
     Call ``seed_everything`` before building the environment and the agent, so a fresh run and a resumed one start
-    from the same weights before the checkpoint overwrites them.
+    from the same weights before the checkpoint overwrites them. The environment's objective (its reference
+    measurements) is checkpointed too, so a resumed run on a noisy board scores as the original run did.
     """
 
-    def __init__(self, env: QuantEnv, agent: Agent, episodes: int, checkpoint: str | Path, settings: Mapping[str, Any]) -> None:
+    def __init__(self, env: QuantEnv, agent: Agent, episodes: int, checkpoint: str | Path, settings: Mapping[str, Any],
+                 listener: SearchListener | None = None) -> None:
         self.env = env
         self.agent = agent
         self.episodes = episodes
         self.checkpoint = Path(checkpoint)
         self.settings = dict(settings)
+        self.listener = listener
         self.history: list[EpisodeRecord] = []
         self.next_episode = 0
+        self.run_id = ""
+        self.extensions: list[dict[str, int]] = []  # {"at": episode, "from": budget, "to": budget}
 
     def run(self, *, resume: bool = False, progress: bool = True) -> list[EpisodeRecord]:
         if resume:
@@ -106,17 +137,24 @@ class SearchRunner:
             raise SearchError(f"{self.checkpoint} already holds a search: pass --resume to continue it, or choose another --out")
         else:
             writer = CheckpointWriter(self.checkpoint)
+            self.run_id = uuid.uuid4().hex  # from the OS, not the seeded generators
+        if self.listener is not None:
+            self.listener.search_started(self.run_id, self.next_episode if resume else None)
         from tqdm import tqdm
 
         with tqdm(total=self.episodes, initial=self.next_episode, desc=self.agent.name, unit="ep", disable=not progress,
                   dynamic_ncols=True) as bar:
             while self.next_episode < self.episodes and not self.agent.finished():
+                if self.listener is not None:
+                    self.listener.episode_started(self.next_episode)
                 outcome = self.agent.run_episode(self.env, self.next_episode)
                 self.history.append(EpisodeRecord(
                     self.next_episode, outcome.plan, outcome.accuracy, outcome.measurement, outcome.reward, self.agent.name
                 ))
                 self.next_episode += 1
                 self._save(writer)
+                if self.listener is not None:
+                    self.listener.checkpointed(self.next_episode)
                 best = best_record(self.history, "reward")
                 bar.set_postfix(reward=f"{outcome.reward:.4f}", best_acc=f"{best.accuracy:.4f}",
                                 best_lat_ms=f"{best.measurement.latency_s * 1e3:.4g}", refresh=False)
@@ -126,7 +164,11 @@ class SearchRunner:
     def _save(self, writer: CheckpointWriter) -> None:
         writer.save({
             "settings": self.settings,
+            "run_id": self.run_id,
+            "episodes": self.episodes,
+            "extensions": self.extensions,
             "next_episode": self.next_episode,
+            "objective": self.env.objective,
             "agent": self.agent.state_dict(),
             "env": self.env.state_dict(),
             "rng": capture_rng(),
@@ -136,13 +178,23 @@ class SearchRunner:
 
     def _restore(self) -> dict[str, Any]:
         payload = load_checkpoint(self.checkpoint)
-        if payload["settings"] != self.settings:
+        stored = {k: v for k, v in payload["settings"].items() if k != "episodes"}
+        if stored != {k: v for k, v in self.settings.items() if k != "episodes"}:
             raise SearchError(f"{self.checkpoint} was written by another search: {_differences(payload['settings'], self.settings)}")
+        budget = int(payload["episodes"])
+        if self.episodes < budget:
+            raise SearchError(f"{self.checkpoint} holds a search of {budget} episodes: --resume continues or extends it "
+                              f"(--episodes above {budget}), it cannot shorten it to {self.episodes}")
         self.agent.load_state_dict(payload["agent"])
         self.env.load_state_dict(payload["env"])
+        self.env.objective = payload["objective"]
         restore_rng(payload["rng"])
         self.history = list(payload["history"])
         self.next_episode = int(payload["next_episode"])
+        self.run_id = str(payload["run_id"])
+        self.extensions = list(payload["extensions"])
+        if self.episodes > budget:
+            self.extensions.append({"at": self.next_episode, "from": budget, "to": self.episodes})
         return payload
 
 
@@ -153,15 +205,29 @@ def _differences(stored: Mapping[str, Any], given: Mapping[str, Any]) -> str:
 
 def resolve_config(out_dir: str | Path, overrides: Mapping[str, Any], resume: bool) -> SearchConfig:
     """The search to run: ``SearchConfig(**overrides)``, or with ``resume`` the stored one, which ``overrides`` may
-    repeat but not change."""
+    repeat but not change, except ``episodes``, which may be raised to extend the search."""
     if not resume:
         return SearchConfig(**overrides)
     stored = SearchConfig.from_dict(load_checkpoint(Path(out_dir) / CHECKPOINT_NAME)["settings"])
-    changed = {k: v for k, v in overrides.items() if getattr(stored, k) != v}
+    changed = {k: v for k, v in overrides.items() if getattr(stored, k) != v and k != "episodes"}
     if changed:
         detail = ", ".join(f"{k}={v!r} (stored: {getattr(stored, k)!r})" for k, v in changed.items())
         raise SearchError(f"--resume continues the search stored in {out_dir} with its own settings; drop {detail}")
-    return stored
+    episodes = overrides.get("episodes", stored.episodes)
+    if episodes < stored.episodes:
+        raise SearchError(f"--resume --episodes {episodes}: the search stored in {out_dir} runs {stored.episodes} episodes; "
+                          f"--episodes can extend it, not shorten it")
+    return dataclasses.replace(stored, episodes=episodes)
+
+
+def describe_extensions(agent: str, extensions: list[dict[str, int]]) -> str:
+    """How a search's budget was extended, for its summary."""
+    notes = [f"extended from {e['from']} to {e['to']} episodes at episode {e['at']}" for e in extensions]
+    if extensions and agent in BUDGET_SCHEDULED_AGENTS:
+        last = extensions[-1]
+        notes.append(f"{agent}'s warm-up and exploration noise follow the {last['to']}-episode schedule from episode "
+                     f"{extensions[0]['at']} on, so the result differs from an uninterrupted {last['to']}-episode search")
+    return "; ".join(notes)
 
 
 def kernel_weight_scales(model: Any, network: NetworkSpec) -> dict[str, np.ndarray]:
@@ -188,7 +254,7 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
                progress: bool = True, hls4ml: bool = False) -> SearchResult:
     """Run (or resume) the search ``config`` describes, write its results folder ``out_dir``, then fine-tune the best
     plan for ``config.final_finetune_steps`` steps and export it (ONNX, and an hls4ml project with ``hls4ml``)."""
-    from autoq.host.backends.record import open_backend_recording
+    from autoq.host.backends.record import RecordingBackend, open_backend_recording
     from autoq.host.evaluate import Evaluator
     from autoq.host.tasks import load_task
 
@@ -198,20 +264,30 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
         raise SearchError(f"{checkpoint} already holds a search: pass --resume to continue it, or choose another --out")
     seed_everything(config.seed)
     task = load_task(config.model, config.data, config.arch)
-    scales = kernel_weight_scales(task.model, task.network)
     evaluator = Evaluator.for_task(task)
+    scales = evaluator.kernel_scales()  # per-kernel float weights, BatchNorm folded; a torch or an ONNX model
+    created = _FreshFiles(out, record, resume)
     out.mkdir(parents=True, exist_ok=True)
-    backend = open_backend_recording(config.backend, record)
+    try:
+        backend = open_backend_recording(config.backend, record, search=True)
+    except BaseException:
+        created.remove()
+        raise
+    failed_before_checkpoint = False
     try:
         env = QuantEnv(task.network, evaluator, backend, config.reward, min_bits=config.min_bits, max_bits=config.max_bits,
                        finetune_steps=config.finetune_steps, kernel_scales=scales)
         agent = make_agent(config.agent, config.episodes, len(task.network), config.seed)
-        runner = SearchRunner(env, agent, config.episodes, checkpoint, config.to_dict())
+        runner = SearchRunner(env, agent, config.episodes, checkpoint, config.to_dict(),
+                              listener=backend if isinstance(backend, RecordingBackend) else None)
         records = runner.run(resume=resume, progress=progress)
         objective = env.objective
+        episodes = f"{len(records)} of {config.episodes}"
+        if runner.extensions:
+            episodes += f" ({describe_extensions(config.agent, runner.extensions)})"
         run_info = {
             "agent": config.agent, "task": task.name, "backend": backend.describe().uri, "seed": config.seed,
-            "episodes": f"{len(records)} of {config.episodes}", "reward": config.reward.describe(),
+            "episodes": episodes, "reward": config.reward.describe(),
             "bits": f"{config.min_bits}..{config.max_bits}", "finetune steps": config.finetune_steps,
             "full-precision accuracy (val)": f"{objective.full_accuracy:.4f}",
             "full-precision accuracy (test)": f"{evaluator.full_precision_accuracy(split='test'):.4f}",
@@ -224,9 +300,45 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
         # selected on val; reported on test, with the search's own fine-tune setting
         best_test = evaluator.accuracy(best.plan, config.finetune_steps, split="test")
         write_results(out, task.network, records, run_info, best_test_accuracy=best_test)  # stands if the export is interrupted
+    except BaseException:
+        failed_before_checkpoint = not checkpoint.exists()
+        raise
     finally:
         backend.close()
-    final = (completed_final(out, best.plan, config.final_finetune_steps, hls4ml)
-             or finalize(out, evaluator, best.plan, config.final_finetune_steps, hls4ml).to_dict())
+        if failed_before_checkpoint:
+            created.remove()
+    final_steps = config.final_finetune_steps if evaluator.trainable else 0  # an ONNX model cannot be fine-tuned
+    final = (completed_final(out, best.plan, final_steps, hls4ml)
+             or finalize(out, evaluator, best.plan, final_steps, hls4ml).to_dict())
     files = write_results(out, task.network, records, run_info, final, best_test_accuracy=best_test)
     return SearchResult(config, records, files, best, best_test, final)
+
+
+class _FreshFiles:
+    """What a fresh search is about to create (its folders, history sidecar, trace file), so that a search failing
+    before its first checkpoint can remove them again; a resumed search removes nothing."""
+
+    def __init__(self, out: Path, record: str | Path | None, resume: bool) -> None:
+        self.folders: list[Path] = []
+        self.files: list[Path] = []
+        if resume:
+            return
+        folder = out.absolute()
+        while not folder.exists():
+            self.folders.append(folder)
+            folder = folder.parent
+        sidecar = history_path(out / CHECKPOINT_NAME)
+        if not sidecar.exists():
+            self.files.append(sidecar)
+        if record is not None and not Path(record).exists():
+            trace = Path(record)
+            self.files += [trace, trace.with_name(trace.name + "-wal"), trace.with_name(trace.name + "-shm")]
+
+    def remove(self) -> None:
+        for path in self.files:
+            path.unlink(missing_ok=True)
+        for folder in self.folders:  # deepest first; only what is empty (this run wrote nothing else there)
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break

@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from autoq.calibration.costmodel import AnalyticCostModel, load_default_calibration
+from autoq.calibration.costmodel import AnalyticCostModel
+from autoq.overlay.calibration_params import load_default_calibration
 from autoq.common.plan import LayerPlan, QuantPlan
 from autoq.host.models.resolve import spec_for
 from autoq.overlay.manifest import load_overlay
