@@ -6,12 +6,20 @@ fine-tune's, which reports ``test``. Results are cached by (plan hash, fine-tune
 through the quantizer's straight-through estimator on batches of the train split drawn from a generator seeded
 with ``seed``, then puts every parameter and buffer back bit for bit; the optimizer is created per fine-tune, so no
 optimizer state outlives it. The same plan and settings therefore always give the same accuracy.
+
+``for_task`` folds BatchNorm into the convs before quantizing (``quant.bnfold``), and takes a task whose model is an
+ONNX graph too: it is then quantized and run in onnxruntime (``quant.onnx_quant``), which cannot fine-tune. Scoring
+a task whose model has no trained weights (a built-in architecture by name) warns with ``UntrainedWeightsWarning``;
+``Evaluator.trained`` says so too.
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +30,20 @@ from autoq.host.quant.quantizer import QuantizedModel, QuantizerConfig
 from autoq.host.tasks import Task
 from autoq.host.tasks.datasets import Split
 
+if TYPE_CHECKING:
+    from autoq.host.quant.onnx_quant import OnnxQuantizedModel
+
 #: The held-out splits an evaluator scores on: ``val`` selects plans, ``test`` reports them.
 HELD_OUT_SPLITS = ("val", "test")
+
+
+class UntrainedWeightsWarning(UserWarning):
+    """Accuracy is measured on a model whose weights are random (not trained): the number means nothing."""
+
+
+def untrained_message(name: str) -> str:
+    return (f"model {name!r} has random, untrained weights (built-in architectures ship none): its accuracy means "
+            "nothing. Load trained weights: MODEL.pt --arch ARCH (a torchvision-named state dict), or a .onnx model")
 
 
 @dataclass(frozen=True)
@@ -39,8 +59,8 @@ class Evaluator:
     """Scores plans: ``accuracy(plan, finetune_steps)`` and ``full_precision_accuracy()`` on ``val`` for the search,
     the same with ``split="test"`` for reporting."""
 
-    def __init__(self, qmodel: QuantizedModel, val: Split, test: Split, train: Split | None = None,
-                 config: EvaluatorConfig = EvaluatorConfig()) -> None:
+    def __init__(self, qmodel: "QuantizedModel | OnnxQuantizedModel", val: Split, test: Split, train: Split | None = None,
+                 config: EvaluatorConfig = EvaluatorConfig(), trained: bool = True) -> None:
         for name, split in (("val", val), ("test", test)):
             if len(split) == 0:
                 raise AutoQError(f"the {name} split is empty")
@@ -50,6 +70,9 @@ class Evaluator:
         self.held_out = {"val": val, "test": test}
         self.train = train
         self.config = config
+        self.trained = trained
+        #: whether ``finetune_steps`` can be given: only a torch model trains (not an ONNX graph)
+        self.trainable = isinstance(qmodel, QuantizedModel)
         self.evaluations = 0
         self._cache: dict[tuple[str, int, str], float] = {}
         self._float_accuracy: dict[str, float] = {}
@@ -57,18 +80,34 @@ class Evaluator:
     @classmethod
     def for_task(cls, task: Task, quantizer: QuantizerConfig = QuantizerConfig(),
                  config: EvaluatorConfig = EvaluatorConfig()) -> "Evaluator":
-        """Wrap the task's model (in place), calibrate its activations on the calib split."""
-        qmodel = QuantizedModel(task.model.eval(), task.network, quantizer)
+        """Wrap the task's model (in place; a BatchNorm-folded copy if it has BatchNorm), or its ONNX graph, and
+        calibrate its activations on the calib split."""
+        from torch import nn
+
+        if not task.trained:
+            warnings.warn(untrained_message(task.name), UntrainedWeightsWarning, stacklevel=2)
+        if isinstance(task.model, nn.Module):
+            from autoq.host.quant.bnfold import batchnorm_pairs, fold_batchnorm
+
+            model = fold_batchnorm(task.model) if batchnorm_pairs(task.model) else task.model.eval()
+            qmodel: QuantizedModel | OnnxQuantizedModel = QuantizedModel(model, task.network, quantizer)
+        else:
+            from autoq.host.quant.onnx_quant import OnnxQuantizedModel
+
+            qmodel = OnnxQuantizedModel(task.model, task.network, quantizer)
         qmodel.calibrate(_batches(task.calib, config.batch_size))
-        return cls(qmodel, task.val, task.test, task.train, config)
+        return cls(qmodel, task.val, task.test, task.train, config, trained=task.trained)
+
+    def kernel_scales(self) -> dict[str, np.ndarray]:
+        """Each quantized layer's largest absolute float weight per kernel (the search's per-kernel state)."""
+        return self.qmodel.kernel_scales()
 
     def accuracy(self, plan: QuantPlan, finetune_steps: int = 0, split: str = "val") -> float:
         """Top-1 accuracy on ``split`` under ``plan``, after ``finetune_steps`` SGD steps when asked (cached)."""
         held_out = self._held_out(split)
         if finetune_steps < 0:
             raise AutoQError(f"finetune_steps must be >= 0, got {finetune_steps}")
-        if finetune_steps and self.train is None:
-            raise AutoQError("fine-tuning needs a train split")
+        self._check_finetune(finetune_steps)
         key = (plan.hash, finetune_steps, split)
         if key not in self._cache:
             self.qmodel.apply(plan)
@@ -86,8 +125,7 @@ class Evaluator:
         returns its test-split accuracy. Accuracies cached before describe the old weights, so the cache is cleared."""
         if steps < 0:
             raise AutoQError(f"finetune_steps must be >= 0, got {steps}")
-        if steps and self.train is None:
-            raise AutoQError("fine-tuning needs a train split")
+        self._check_finetune(steps)
         self.qmodel.apply(plan)
         if steps:
             self._finetune(steps)
@@ -109,18 +147,27 @@ class Evaluator:
             raise AutoQError(f"no held-out split {split!r}; choose one of {HELD_OUT_SPLITS}")
         return self.held_out[split]
 
+    def _check_finetune(self, steps: int) -> None:
+        if steps and not self.trainable:
+            raise AutoQError(f"model {self.qmodel.network.name!r} is an ONNX graph: it cannot be fine-tuned "
+                             "(use 0 fine-tune steps, or give the model as a .pt state dict with --arch)")
+        if steps and self.train is None:
+            raise AutoQError("fine-tuning needs a train split")
+
     def _score(self, split: Split) -> float:
         self.evaluations += 1
-        model = self.qmodel.model
-        was_training = model.training
-        model.eval()
+        model = getattr(self.qmodel, "model", None)  # a torch module, or none for an ONNX graph
+        was_training = model is not None and model.training
+        if model is not None:
+            model.eval()
         correct = 0
         try:
             with torch.no_grad():
                 for x, y in _batches(split, self.config.batch_size):
-                    correct += int((model(x).argmax(1) == y).sum())
+                    correct += int((self.qmodel(x).argmax(1) == y).sum())
         finally:
-            model.train(was_training)
+            if model is not None:
+                model.train(was_training)
         return correct / len(split)
 
     def _finetune(self, steps: int) -> None:

@@ -94,3 +94,12 @@ def test_bad_requests(evaluator, task):
     no_train = Evaluator(evaluator.qmodel, task.val, task.test)
     with pytest.raises(AutoQError, match="fine-tuning needs a train split"):
         no_train.accuracy(QuantPlan.uniform(task.network, 4, 4), finetune_steps=2)
+
+
+def test_untrained_task_warns_and_is_flagged(evaluator):
+    from autoq.host.evaluate import UntrainedWeightsWarning
+
+    assert evaluator.trained is True  # the bundled task (its fixture raised no warning: pytest.ini shows them)
+    with pytest.warns(UntrainedWeightsWarning, match="random, untrained weights"):
+        flagged = Evaluator.for_task(load_task()._replace(trained=False))
+    assert flagged.trained is False

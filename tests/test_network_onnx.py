@@ -135,3 +135,21 @@ def test_unsupported_graphs():
     no_layers = _graph_model([helper.make_node("Relu", ["x"], ["y"])], [], input_dims=(1, 2, 4, 4))
     with pytest.raises(SpecError, match="has no Conv, Gemm or MatMul layers"):
         spec_from_onnx(no_layers)
+
+
+def test_weight_layers_name_the_nodes_as_the_spec_does(tmp_path):
+    import warnings
+
+    import onnx
+    import torch
+
+    from autoq.host.models import zoo
+    from autoq.host.network.onnx_import import spec_from_onnx, weight_layers
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(zoo.build("squeezenet1_1"), (torch.zeros(1, 3, 32, 32),), str(tmp_path / "s.onnx"), dynamo=False)
+    model = onnx.load(str(tmp_path / "s.onnx"))
+    layers = weight_layers(model)
+    assert [layer.name for layer in layers] == list(spec_from_onnx(model).names)
+    assert all(any(layer.node is node for node in model.graph.node) for layer in layers)  # the model's own nodes

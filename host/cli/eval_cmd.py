@@ -2,14 +2,20 @@
 quantized with a plan, next to its float accuracy, on the held-out test split (the search selects plans on the
 separate val split).
 
-MODEL defaults to the bundled ``digits`` task; a ``.pt`` state dict needs ``--arch``. ``--data`` takes an
-ImageFolder-style directory or an ``.npz`` with arrays ``x`` and ``y`` (split into train/calib/val/test with a fixed
-seed); without it the digits data is used. Activations are calibrated on the calib split.
+MODEL defaults to the bundled ``digits`` task; a ``.pt`` state dict needs ``--arch`` (torchvision state dicts fit the
+built-in architectures of the same name); an ``.onnx`` model is quantized and run in onnxruntime (no fine-tuning).
+``--data`` takes an ImageFolder-style directory (DIR/<class>/<image>) or an ``.npz`` with arrays ``x`` (N, C, H, W)
+float32 or uint8 and ``y`` (N,) integer labels (split into train/calib/val/test with a fixed seed); without it the
+digits data is used, which only digits-sized models take. BatchNorm is folded into the convs and activations are
+calibrated on the calib split. A built-in model named without weights has random weights: its accuracy comes with
+a warning on stderr and ``"trained_weights": false``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
 
 from autoq.host.cli._args import add_task_arguments, non_negative_int
 from autoq.host.cli.cost_cmd import parse_uniform
@@ -36,17 +42,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autoq.common.plan import QuantPlan
-    from autoq.host.evaluate import Evaluator, EvaluatorConfig
+    from autoq.host.evaluate import Evaluator, EvaluatorConfig, UntrainedWeightsWarning, untrained_message
     from autoq.host.quant.quantizer import QuantizerConfig
     from autoq.host.tasks import load_task
 
     task = load_task(args.model, args.data, args.arch)
     plan = QuantPlan.load(args.plan) if args.plan else QuantPlan.uniform(task.network, *args.uniform)
     plan.check(task.network)
-    evaluator = Evaluator.for_task(
-        task, QuantizerConfig(first_layer=args.first_layer, last_layer=args.last_layer),
-        EvaluatorConfig(batch_size=args.batch_size),
-    )
+    if not task.trained:  # said here once, as a CLI message, instead of as a Python warning
+        print(f"autoq eval: warning: {untrained_message(task.name)}", file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedWeightsWarning)
+        evaluator = Evaluator.for_task(
+            task, QuantizerConfig(first_layer=args.first_layer, last_layer=args.last_layer),
+            EvaluatorConfig(batch_size=args.batch_size),
+        )
     effective = evaluator.qmodel.effective_plan(plan)
     report = {
         "task": task.name,
@@ -54,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         "plan_hash": plan.hash,
         "split": "test",
         "test_samples": len(task.test),
+        "trained_weights": task.trained,
         "finetune_steps": args.finetune,
         "average_weight_bits": effective.average_weight_bits(task.network),
         "average_act_bits": effective.average_act_bits(),
@@ -63,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
     else:
+        if not task.trained:
+            print("UNTRAINED MODEL (random weights): the accuracies below mean nothing")
         print(f"task {report['task']} ({len(task.network)} layers), {report['test_samples']} samples of the test split")
         print(f"float accuracy      {report['float_accuracy']:.2%}")
         print(f"quantized accuracy  {report['quantized_accuracy']:.2%}  (plan {plan.hash}, "

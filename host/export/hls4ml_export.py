@@ -317,6 +317,9 @@ def export_hls4ml(qmodel: "QuantizedModel", plan: QuantPlan, output_dir: str | P
 
     import torch
 
+    if not hasattr(qmodel, "model"):  # quant.onnx_quant: an ONNX graph, no torch module for hls4ml to convert
+        raise AutoQError(f"hls4ml export needs a torch model; {qmodel.network.name!r} is an ONNX graph "
+                         "(give it as a .pt state dict with --arch)")
     qmodel.apply(plan)
     output = Path(output_dir)
     example = torch.zeros((1, *qmodel.network.input_shape))

@@ -68,6 +68,8 @@ def export_quantized_onnx(qmodel: QuantizedModel, plan: QuantPlan, path: str | P
     """Apply ``plan`` to ``qmodel`` (it keeps the plan) and write the quantized model to ``path`` (dynamic batch)."""
     if not qmodel.calibrated:
         raise AutoQError("cannot export: the quantized model's activations are not calibrated; call calibrate() first")
+    if not isinstance(qmodel, QuantizedModel):  # an ONNX model (quant.onnx_quant): its own quantized graph
+        return qmodel.export(plan, path)
     qmodel.apply(plan)
     model = folded_copy(qmodel)
     example = torch.zeros((1, *qmodel.network.input_shape))

@@ -1,11 +1,14 @@
 """Turn what a user names as a model into a torch module and its ``NetworkSpec``.
 
 A reference is one of
-- a built-in architecture (``resnet18``... see ``zoo.ARCHITECTURES``): random weights, ImageNet input;
+- a built-in architecture (``resnet18``... see ``zoo.ARCHITECTURES``): random weights (``trained`` is False),
+  ImageNet input;
 - ``digits``: the bundled task's trained model (``autoq.host.tasks.digits``);
-- a path to an ``.onnx`` file: the spec comes from the ONNX graph; there is no torch module;
+- a path to an ``.onnx`` file: the spec comes from the ONNX graph (kept as ``graph``); there is no torch module;
 - a path to a ``.pt``/``.pth`` state dict plus ``arch``: a built-in name or an importable factory
-  ``package.module:callable`` (called with no arguments; its module may define ``INPUT_SHAPE``).
+  ``package.module:callable`` (called with no arguments; its module may define ``INPUT_SHAPE``). Loading is strict:
+  a torchvision state dict (``resnet18-f37072fd.pth``...) fits the built-in architecture of the same name, anything
+  else fails naming the missing and unexpected keys and the mismatched shapes.
 
 ``spec_for`` memoises specs in-process, so cost studies can ask for the same network again and again cheaply.
 """
@@ -14,10 +17,13 @@ from __future__ import annotations
 import functools
 import importlib
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    import onnx
 
 from autoq.common.errors import AutoQError
 from autoq.common.network import NetworkSpec
@@ -39,6 +45,8 @@ class LoadedModel(NamedTuple):
     module: nn.Module | None
     spec: NetworkSpec
     input_shape: tuple[int, int, int]
+    trained: bool = True  # False for a built-in architecture named without a state dict (random weights)
+    graph: "onnx.ModelProto | None" = None  # the ONNX model, for a .onnx reference
 
     def require_module(self) -> nn.Module:
         """The torch module, or a clear error for models known only by their graph (``.onnx``)."""
@@ -55,6 +63,10 @@ def known_models() -> tuple[str, ...]:
 def _listing(items: Sequence[str]) -> str:
     shown = ", ".join(items[:_SHOWN])
     return shown + (f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else "")
+
+
+def _counted(what: str, items: Sequence[str]) -> str:
+    return f"{what} ({len(items)}): {_listing(items)}"
 
 
 def _bundled_digits() -> tuple[nn.Module, tuple[int, int, int]]:
@@ -126,11 +138,11 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
     misshaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
                  if k in state and state[k].shape != v.shape]
     if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
+        problems.append(_counted("missing keys", missing))
     if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
+        problems.append(_counted("unexpected keys", unexpected))
     if misshaped:
-        problems.append(f"shape mismatches (file != model): {_listing(misshaped)}")
+        problems.append(_counted("shape mismatches (file != model)", misshaped))
     if problems:
         raise ModelError(f"{what} does not fit: " + "; ".join(problems))
     model.load_state_dict(state)
@@ -172,11 +184,13 @@ def load_model(ref: str, arch: str | None = None, input_shape: Sequence[int] | N
     ``batch`` is the batch size of the traced forward pass (the spec itself is per sample)."""
     shape = check_input_shape(input_shape) if input_shape is not None else None
     path = _as_path(ref)
+    trained = True
     if path is None:
         if arch:
             raise ModelError(f"--arch applies only to .pt/.pth state dicts, not to {ref!r}")
         if ref in zoo.ARCHITECTURES:
             module, default_shape, name = zoo.build(ref), zoo.IMAGENET_INPUT_SHAPE, ref
+            trained = False
         elif ref == "digits":
             (module, default_shape), name = _bundled_digits(), ref
         else:
@@ -187,10 +201,13 @@ def load_model(ref: str, arch: str | None = None, input_shape: Sequence[int] | N
     elif path.suffix == ".onnx":
         if arch:
             raise ModelError(f"--arch applies only to .pt/.pth state dicts, not to {path}")
-        spec = spec_from_onnx(path)
+        import onnx
+
+        spec = spec_from_onnx(path)  # checks the file, naming what is wrong
+        graph = onnx.load(str(path))  # also reads weights kept beside it (model.onnx.data)
         if shape is not None and shape != spec.input_shape:
             raise ModelError(f"{path} takes input {spec.input_shape}, not {shape}: an ONNX graph fixes its input size")
-        return LoadedModel(None, spec, spec.input_shape)
+        return LoadedModel(None, spec, spec.input_shape, True, graph)
     elif path.suffix in STATE_DICT_SUFFIXES:
         (module, default_shape), name = _from_state_dict(path, arch), path.stem
     else:
@@ -199,7 +216,7 @@ def load_model(ref: str, arch: str | None = None, input_shape: Sequence[int] | N
     if shape is None:
         raise ModelError(f"input shape of {ref!r} unknown: give it (C, H, W), e.g. --input-shape 3,32,32, or define "
                          "INPUT_SHAPE in the architecture's module")
-    return LoadedModel(module, spec_from_torch(module, shape, name, batch), shape)
+    return LoadedModel(module, spec_from_torch(module, shape, name, batch), shape, trained)
 
 
 def _file_stamp(ref: str) -> tuple[int, int] | None:

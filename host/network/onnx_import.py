@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import onnx
 from onnx import helper, shape_inference
@@ -45,13 +46,15 @@ def _static_dims(value: onnx.ValueInfoProto) -> tuple[int | None, ...]:
 class _Graph:
     """Shapes, constants and producers of an ONNX graph, for looking things up by value name."""
 
-    def __init__(self, model: onnx.ModelProto, label: str) -> None:
+    def __init__(self, model: onnx.ModelProto, label: str, nodes_of: onnx.GraphProto | None = None) -> None:
+        """``nodes_of``: walk that graph's nodes (the caller's own objects) instead of the shape-inferred copy's."""
         self.label = label
         try:
-            model = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+            inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
         except Exception as exc:
             raise SpecError(f"{label}: ONNX shape inference failed: {type(exc).__name__}: {exc}") from None
-        self.graph = model.graph
+        self.graph = nodes_of if nodes_of is not None else inferred.graph
+        model = inferred
         self.constants: dict[str, tuple[int, ...]] = {t.name: tuple(t.dims) for t in self.graph.initializer}
         self.producer: dict[str, onnx.NodeProto] = {}
         for node in self.graph.node:
@@ -59,7 +62,8 @@ class _Graph:
                 self.producer[output] = node
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
                 self.constants[node.output[0]] = tuple(node.attribute[0].t.dims)
-        self.shapes = {v.name: _static_dims(v) for v in (*self.graph.input, *self.graph.value_info, *self.graph.output)}
+        graph = model.graph
+        self.shapes = {v.name: _static_dims(v) for v in (*graph.input, *graph.value_info, *graph.output)}
 
     def input_shape(self) -> tuple[int, int, int]:
         inputs = [v for v in self.graph.input if v.name not in self.constants]
@@ -166,13 +170,18 @@ def _linear(g: _Graph, node: onnx.NodeProto, name: str, w: tuple[int, ...]) -> L
     return LayerSpec(name, "linear", c_in, c_out, in_hw=(positions, 1), out_hw=(positions, 1))
 
 
-def spec_from_onnx(source: str | Path | onnx.ModelProto, name: str | None = None) -> NetworkSpec:
-    """Spec of an ONNX model (a path, with or without a ``.onnx.data`` side file, or a loaded ``ModelProto``)."""
-    model, default_name = _load(source)
-    label = f"ONNX model {default_name if isinstance(source, onnx.ModelProto) else str(source)!r}"
-    g = _Graph(model, label)
-    input_shape = g.input_shape()
-    layers: list[LayerSpec] = []
+class WeightLayer(NamedTuple):
+    """A Conv/Gemm/MatMul node with a constant weight: its layer name, the node, and the weight's source initializer
+    (or Constant output) with its dims as the node consumes it."""
+
+    name: str
+    node: onnx.NodeProto
+    weight: str
+    dims: tuple[int, ...]
+
+
+def _weight_layers(g: _Graph, label: str) -> list[WeightLayer]:
+    layers: list[WeightLayer] = []
     used_by: dict[str, str] = {}
     for node in g.graph.node:
         if node.op_type in UNSUPPORTED_OPS:
@@ -191,7 +200,24 @@ def spec_from_onnx(source: str | Path | onnx.ModelProto, name: str | None = None
             raise SpecError(f"{label}: weight {weight!r} is used by two layers ({used_by[weight]!r} and "
                             f"{layer_name!r}); shared weights are not supported")
         used_by[weight] = layer_name
-        layers.append((_conv if node.op_type == "Conv" else _linear)(g, node, layer_name, dims))
+        layers.append(WeightLayer(layer_name, node, weight, dims))
     if not layers:
         raise SpecError(f"{label} has no Conv, Gemm or MatMul layers")
+    return layers
+
+
+def weight_layers(model: onnx.ModelProto) -> list[WeightLayer]:
+    """The weight layers of ``model`` in graph order, named as ``spec_from_onnx`` names them (nodes of ``model`` itself)."""
+    label = f"ONNX model {model.graph.name or 'onnx-model'!r}"
+    return _weight_layers(_Graph(model, label, model.graph), label)
+
+
+def spec_from_onnx(source: str | Path | onnx.ModelProto, name: str | None = None) -> NetworkSpec:
+    """Spec of an ONNX model (a path, with or without a ``.onnx.data`` side file, or a loaded ``ModelProto``)."""
+    model, default_name = _load(source)
+    label = f"ONNX model {default_name if isinstance(source, onnx.ModelProto) else str(source)!r}"
+    g = _Graph(model, label)
+    input_shape = g.input_shape()
+    layers = [(_conv if layer.node.op_type == "Conv" else _linear)(g, layer.node, layer.name, layer.dims)
+              for layer in _weight_layers(g, label)]
     return NetworkSpec(name or default_name, tuple(layers), input_shape)

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple
+from typing import Collection, Iterable, Iterator, Mapping, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -141,6 +142,53 @@ def mse_optimal_activation_scales(values: torch.Tensor, signed: bool, ratios: to
         q = torch.round(values[None] / scales[:, None]).clamp(low, high) * scales[:, None]
         table[bits - 1] = scales[(q - values[None]).square().sum(1).argmin()]
     return table
+
+
+def kernel_absmax(weight: torch.Tensor) -> np.ndarray:
+    """Largest absolute value of each kernel (output channel, axis 0) of ``weight``, as float64."""
+    return weight.detach().flatten(1).abs().amax(1).double().numpy()
+
+
+def effective_plan(plan: QuantPlan, network: NetworkSpec, quantized: Collection[str], config: QuantizerConfig) -> QuantPlan:
+    """``plan`` with ``config``'s first/last-layer policies applied and the layers not in ``quantized`` at 8/8."""
+    plan.check(network)
+    edges = ((0, config.first_layer), (len(network) - 1, config.last_layer))
+    layers = []
+    for index, layer in enumerate(plan.layers):
+        policies = {p for i, p in edges if i == index} if layer.name in quantized else {"keep8"}
+        if "keep8" in policies:
+            layer = LayerPlan(layer.name, (KEPT_BITS,) * len(layer.weight_bits), KEPT_BITS)
+        elif "act8" in policies:
+            layer = LayerPlan(layer.name, layer.weight_bits, KEPT_BITS)
+        layers.append(layer)
+    return QuantPlan(tuple(layers))
+
+
+class ActivationSampler:
+    """A seeded subsample (``config.calibration_values``) of each layer's float inputs over calibration batches;
+    ``fit`` gives each layer's ``LayerQuantizer`` its activation scales. Shared by the torch and ONNX paths."""
+
+    def __init__(self, names: Iterable[str], config: QuantizerConfig) -> None:
+        self.config = config
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.samples: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+
+    def add(self, name: str, x: torch.Tensor) -> None:
+        """Keep a subsample of one batch of layer ``name``'s input."""
+        values = x.detach().flatten().float()
+        keep = self.config.calibration_values
+        if values.numel() > keep:
+            values = values[torch.randint(values.numel(), (keep,), generator=self.generator)]
+        self.samples[name].append(values)
+
+    def fit(self, quantizers: Mapping[str, "LayerQuantizer"]) -> None:
+        for name, quantizer in quantizers.items():
+            if not self.samples[name]:
+                raise QuantizerError(f"calibration saw no input for layer {name!r} (empty data, or the layer is not used)")
+            values = torch.cat(self.samples[name])
+            if values.numel() > self.config.calibration_values:
+                values = values[torch.randperm(values.numel(), generator=self.generator)[: self.config.calibration_values]]
+            quantizer.set_activation_calibration(values)
 
 
 class LayerQuantizer(nn.Module):
@@ -289,17 +337,7 @@ class QuantizedModel:
 
     def effective_plan(self, plan: QuantPlan) -> QuantPlan:
         """``plan`` with the first/last-layer policies applied and float layers at 8/8 (what runs, and what to cost)."""
-        plan.check(self.network)
-        edges = ((0, self.config.first_layer), (len(self.network) - 1, self.config.last_layer))
-        layers = []
-        for index, layer in enumerate(plan.layers):
-            policies = {p for i, p in edges if i == index} if layer.name in self.quantizers else {"keep8"}
-            if "keep8" in policies:
-                layer = LayerPlan(layer.name, (KEPT_BITS,) * len(layer.weight_bits), KEPT_BITS)
-            elif "act8" in policies:
-                layer = LayerPlan(layer.name, layer.weight_bits, KEPT_BITS)
-            layers.append(layer)
-        return QuantPlan(tuple(layers))
+        return effective_plan(plan, self.network, self.quantizers, self.config)
 
     def apply(self, plan: QuantPlan) -> None:
         """Switch to ``plan`` (validated against the network): writes bit-width tensors, rebuilds nothing."""
@@ -316,17 +354,12 @@ class QuantizedModel:
 
         ``batches`` yields input tensors or (input, label, ...) tuples, as a DataLoader does.
         """
-        generator = torch.Generator().manual_seed(self.config.seed)
-        samples: dict[str, list[torch.Tensor]] = {name: [] for name in self.quantizers}
+        sampler = ActivationSampler(self.quantizers, self.config)
         modules = dict(self.model.named_modules())
 
         def collector(name: str):
             def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-                values = args[0].detach().flatten().float()
-                keep = self.config.calibration_values
-                if values.numel() > keep:
-                    values = values[torch.randint(values.numel(), (keep,), generator=generator)]
-                samples[name].append(values)
+                sampler.add(name, args[0])
 
             return hook
 
@@ -338,13 +371,12 @@ class QuantizedModel:
         finally:
             for handle in handles:
                 handle.remove()
-        for name, quantizer in self.quantizers.items():
-            if not samples[name]:
-                raise QuantizerError(f"calibration saw no input for layer {name!r} (empty data, or the layer is not used)")
-            values = torch.cat(samples[name])
-            if values.numel() > self.config.calibration_values:
-                values = values[torch.randperm(values.numel(), generator=generator)[: self.config.calibration_values]]
-            quantizer.set_activation_calibration(values)
+        sampler.fit(self.quantizers)
+
+    def kernel_scales(self) -> dict[str, np.ndarray]:
+        """Each quantized layer's largest absolute float weight per kernel (c_out,), float64."""
+        return {name: kernel_absmax(self._module(name).parametrizations.weight.original)
+                for name in self.quantizers}
 
     @contextmanager
     def float_mode(self) -> Iterator[None]:

@@ -114,6 +114,16 @@ def _load_image_folder(root: Path) -> Split:
     return make_split(x, np.asarray(labels), str(root))
 
 
+def data_needed(model: str, input_shape: tuple[int, ...], classes: int) -> str:
+    """What to pass as data for ``model``: its input shape and the two layouts ``load_dataset`` reads."""
+    c, h, w = input_shape
+    return (f"model {model!r} needs data: it takes inputs of shape {input_shape} (C, H, W) and has {classes} outputs; "
+            f"pass --data DIR, an ImageFolder-style directory (DIR/<class>/<image>.png|.jpg|.bmp, {w}x{h} "
+            f"{'RGB' if c == 3 else 'grayscale' if c == 1 else f'{c}-channel'} images, class folders sorted by name "
+            f"= labels 0, 1, ...), or --data FILE.npz with arrays x of shape (N, {c}, {h}, {w}) (float32, fed as it is, or "
+            "uint8 pixels, scaled to [0, 1]) and y of shape (N,) (integer labels)")
+
+
 def load_dataset(path: str | Path) -> Split:
     """Load a user dataset: an ImageFolder-style directory (class subfolders of images) or an ``.npz`` with ``x``, ``y``."""
     path = Path(path)
