@@ -16,7 +16,7 @@ import onnx
 from onnx import helper, shape_inference
 
 from autoq.common.errors import SpecError
-from autoq.common.network import LayerSpec, NetworkSpec
+from autoq.common.network import LayerSpec, NetworkSpec, conv_kind
 
 UNSUPPORTED_OPS = frozenset({"ConvTranspose", "ConvInteger", "QLinearConv", "QLinearMatMul", "MatMulInteger"})
 # Ops that pass a constant weight through unchanged on its way to a Conv/Gemm/MatMul.
@@ -151,7 +151,7 @@ def _conv(g: _Graph, node: onnx.NodeProto, name: str, w: tuple[int, ...]) -> Lay
         padding = tuple(t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals)
     else:
         padding = tuple(attrs.get("pads", (0, 0, 0, 0))[:2])  # leading (top, left) pads
-    kind = "depthwise" if groups == c_in > 1 else "conv"
+    kind = conv_kind(c_in, groups)
     return LayerSpec(name, kind, c_in, c_out, w[2:], stride, padding, groups, in_hw, out_hw)
 
 
