@@ -1,4 +1,10 @@
-"""Kernel-wise quantization plans: per layer, one weight bit-width per output channel and one activation bit-width."""
+"""Kernel-wise quantization plans: per layer, one weight bit-width per output channel and one activation bit-width.
+
+Validation happens at the boundaries, once: a ``LayerPlan`` checks its bit-widths when it is built, and
+``QuantPlan.check(network)`` checks the fit to a network the first time it is asked for that network (a plan
+remembers the network it fits, so the backends, quantizer and results that check again at their own boundary cost
+a comparison, not a second validation).
+"""
 from __future__ import annotations
 
 import functools
@@ -78,7 +84,10 @@ class QuantPlan:
         )
 
     def check(self, network: NetworkSpec) -> None:
-        """Raise ``PlanError`` naming the first mismatch between this plan and ``network``."""
+        """Raise ``PlanError`` naming the first mismatch between this plan and ``network``; a plan that fitted
+        ``network`` (by structure hash) once is not validated again."""
+        if self.__dict__.get("_fits") == network.hash:
+            return
         plan_names = [layer.name for layer in self.layers]
         if plan_names != list(network.names):
             missing = [n for n in network.names if n not in plan_names]
@@ -96,6 +105,10 @@ class QuantPlan:
                 raise PlanError(
                     f"layer {spec.name!r}: plan has {len(lp.weight_bits)} kernel bit-widths but the layer has {spec.c_out} output channels"
                 )
+        object.__setattr__(self, "_fits", network.hash)  # a memo, not a field: not compared, hashed or pickled
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_fits"}
 
     # -- access -------------------------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -8,7 +8,12 @@
 - ``pareto_latency.{csv,png}``, ``pareto_energy.{csv,png}``: the non-dominated episodes for accuracy (higher is
   better) against latency or energy (lower is better);
 - ``bits_heatmap.png``: the best plan's weight bit-width of every kernel (layers x kernels);
-- ``summary.md``, with the fine-tuned final plan's figures when ``final`` (a ``final/final.json`` document) is given.
+- ``summary.md``, with the fine-tuned final plan's figures when ``final`` (``final/final.json``'s report) is given.
+
+Records are the search's ``EpisodeOutcome``s, placed in it (episode and agent set). The run and the final plan are
+described by typed reports (``RunReport``, ``FinalReport``), formatted only here, where they are written.
+``ResultsWriter`` writes a file only when its content changed since it last wrote it, and renders a plot only when
+its data changed (a search writes its results before the final export, then again with it: only ``summary.md``).
 
 An episode's ``accuracy`` is on the validation split: the split the search selected plans by. The best plan's
 test-split accuracy (``best_test_accuracy``) and the final plan's accuracies are on the test split, kept apart from it.
@@ -21,27 +26,58 @@ import csv
 import io
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Hashable, Sequence
 
 from autoq.common.errors import AutoQError
-from autoq.common.fileio import atomic_write_bytes, atomic_write_text
-from autoq.common.measurement import Measurement
+from autoq.common.fileio import atomic_write_bytes
 from autoq.common.network import NetworkSpec
-from autoq.common.plan import QuantPlan
-from autoq.host.export.finalize import FINAL_DIR
+from autoq.host.export.finalize import FINAL_DIR, FinalReport
+from autoq.host.search.env import EpisodeOutcome
+from autoq.host.search.rewards import CostPoint, RewardSetting
+
+#: One episode of a search's history (an ``EpisodeOutcome`` with its episode and agent set).
+EpisodeRecord = EpisodeOutcome
 
 
 @dataclass(frozen=True)
-class EpisodeRecord:
-    """What one search episode produced: its plan, the plan's (validation) accuracy and cost, and the agent's reward."""
+class RunReport:
+    """What a search was (listed at the top of ``summary.md`` and in ``best_plans.json``)."""
 
-    episode: int
-    plan: QuantPlan
-    accuracy: float
-    measurement: Measurement
-    reward: float
     agent: str
+    task: str
+    backend: str  # the backend's URI
+    seed: int
+    episodes_run: int
+    episodes: int  # the budget
+    reward: RewardSetting
+    min_bits: int
+    max_bits: int
+    finetune_steps: int
+    full_accuracy_val: float
+    full_accuracy_test: float
+    reference: CostPoint  # the uniform max_bits plan's cost
+    record: str | None = None  # the trace the measurements were recorded to
+    budget_limit: float | None = None  # the resolved budget, in seconds or joules
+    extensions: str = ""  # how the episode budget was extended, if it was
+
+    def rows(self) -> dict[str, str]:
+        """The report as table rows: label -> formatted value."""
+        episodes = f"{self.episodes_run} of {self.episodes}" + (f" ({self.extensions})" if self.extensions else "")
+        rows = {
+            "agent": self.agent, "task": self.task, "backend": self.backend, "seed": str(self.seed),
+            "episodes": episodes, "reward": self.reward.describe(),
+            "bits": f"{self.min_bits}..{self.max_bits}", "finetune steps": str(self.finetune_steps),
+            "full-precision accuracy (val)": f"{self.full_accuracy_val:.4f}",
+            "full-precision accuracy (test)": f"{self.full_accuracy_test:.4f}",
+            f"uniform {self.max_bits}-bit plan": f"{self.reference.latency_s * 1e3:.4g} ms, {self.reference.energy_j * 1e3:.4g} mJ",
+            "record": self.record or "-",
+        }
+        if self.budget_limit is not None and self.reward.budget is not None:
+            unit = "s" if self.reward.budget.metric == "latency" else "J"
+            rows["budget limit"] = f"{self.budget_limit:.6g} ({unit})"
+        return rows
 
 
 Key = Callable[[EpisodeRecord], tuple]
@@ -84,57 +120,88 @@ def pareto_front(records: Sequence[EpisodeRecord], cost: Callable[[EpisodeRecord
     return front
 
 
-def write_results(
-    out_dir: str | Path,
-    network: NetworkSpec,
-    records: Sequence[EpisodeRecord],
-    run_info: Mapping[str, object] | None = None,
-    final: Mapping[str, object] | None = None,
-    best_test_accuracy: float | None = None,
-) -> dict[str, Path]:
-    """Write the results folder (see the module docstring); returns the written files by role.
+class ResultsWriter:
+    """Writes one search's results folder ``out_dir`` (see the module docstring) as often as asked, each file only
+    when its content changed since this writer last wrote it; a plot is rendered only when its data changed."""
 
-    ``run_info`` (agent, backend, seed, budget, ...) is listed at the top of ``summary.md`` and in ``best_plans.json``;
-    ``final`` is what ``autoq.host.export.finalize`` wrote to ``final/final.json``; ``best_test_accuracy`` is the
-    highest-reward plan's accuracy on the test split.
-    """
-    if not records:
-        raise AutoQError("no episodes to write results for")
-    for record in records:
-        record.plan.check(network)
-        if record.measurement.plan_hash != record.plan.hash:
-            raise AutoQError(f"episode {record.episode}: its measurement is of plan {record.measurement.plan_hash}, not {record.plan.hash}")
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AutoQError(f"cannot create results folder {out}: {exc.strerror}") from None
-    info = {k: str(v) for k, v in (run_info or {}).items()}
-    written: dict[str, Path] = {}
+    def __init__(self, out_dir: str | Path, network: NetworkSpec) -> None:
+        self.out = Path(out_dir)
+        self.network = network
+        self._written: dict[str, Hashable] = {}  # file name -> what its content was made from, when this writer wrote it
+        self.writes = 0  # files written (for tests and profiles)
 
-    best = {name: best_record(records, name) for name in CRITERIA}
-    index = {"network": network.name, "network_hash": network.hash, "run": info, "accuracy_split": "val",
-             "best_reward_test_accuracy": best_test_accuracy, "best": {}}
-    for name, record in best.items():
-        path = out / f"best_{name}.plan.json"
-        record.plan.save(path)
-        written[f"best_{name}"] = path
-        index["best"][name] = {"meaning": CRITERIA[name][0], "plan_file": path.name, **_figures(network, record)}
-    written["best_plans"] = _write_text(out / "best_plans.json", json.dumps(index, indent=1) + "\n")
-    written["episodes"] = _write_text(out / "episodes.csv", _csv(network, records))
+    def write(self, records: Sequence[EpisodeRecord], run: RunReport | None = None, final: FinalReport | None = None,
+              best_test_accuracy: float | None = None) -> dict[str, Path]:
+        """Bring the folder up to date with ``records``; returns every results file by role.
 
-    fronts = {}
-    for cost_name, (label, scale, cost) in COSTS.items():
-        fronts[cost_name] = front = pareto_front(records, cost)
-        written[f"pareto_{cost_name}_csv"] = _write_text(out / f"pareto_{cost_name}.csv", _csv(network, front))
-        written[f"pareto_{cost_name}_png"] = _write_bytes(
-            out / f"pareto_{cost_name}.png", _pareto_png(records, front, cost, label, scale, network.name)
+        ``run`` is listed at the top of ``summary.md`` and in ``best_plans.json``; ``final`` is the report
+        ``autoq.host.export.finalize`` wrote to ``final/final.json``; ``best_test_accuracy`` is the highest-reward
+        plan's accuracy on the test split.
+        """
+        network = self.network
+        if not records:
+            raise AutoQError("no episodes to write results for")
+        for record in records:
+            if record.episode is None:
+                raise AutoQError(f"an outcome of plan {record.plan.hash} is not placed in a search (no episode number)")
+            record.plan.check(network)
+            if record.measurement.plan_hash != record.plan.hash:
+                raise AutoQError(f"episode {record.episode}: its measurement is of plan {record.measurement.plan_hash}, not {record.plan.hash}")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AutoQError(f"cannot create results folder {self.out}: {exc.strerror}") from None
+        info = run.rows() if run is not None else {}
+        written: dict[str, Path] = {}
+
+        best = {name: best_record(records, name) for name in CRITERIA}
+        index = {"network": network.name, "network_hash": network.hash, "run": info, "accuracy_split": "val",
+                 "best_reward_test_accuracy": best_test_accuracy, "best": {}}
+        for name, record in best.items():
+            path = self.out / f"best_{name}.plan.json"
+            written[f"best_{name}"] = self._text(path.name, record.plan.to_json)
+            index["best"][name] = {"meaning": CRITERIA[name][0], "plan_file": path.name, **_figures(network, record)}
+        written["best_plans"] = self._text("best_plans.json", lambda: json.dumps(index, indent=1) + "\n")
+        written["episodes"] = self._text("episodes.csv", lambda: _csv(network, records))
+
+        fronts = {}
+        for cost_name, (label, scale, cost) in COSTS.items():
+            fronts[cost_name] = front = pareto_front(records, cost)
+            written[f"pareto_{cost_name}_csv"] = self._text(f"pareto_{cost_name}.csv", partial(_csv, network, front))
+            plotted = (network.name, tuple((cost(r), r.accuracy) for r in records), tuple(r.episode for r in front))
+            written[f"pareto_{cost_name}_png"] = self._bytes(
+                f"pareto_{cost_name}.png", plotted, partial(_pareto_png, records, front, cost, label, scale, network.name)
+            )
+        top = best["reward"]
+        written["heatmap"] = self._bytes("bits_heatmap.png", (network.hash, network.name, top.episode, top.plan.hash),
+                                         lambda: _heatmap_png(network, top))
+        written["summary"] = self._text(
+            "summary.md", lambda: _summary_md(network, records, best, fronts, info, written, final, best_test_accuracy)
         )
-    written["heatmap"] = _write_bytes(out / "bits_heatmap.png", _heatmap_png(network, best["reward"]))
-    written["summary"] = _write_text(
-        out / "summary.md", _summary_md(network, records, best, fronts, info, written, final, best_test_accuracy)
-    )
-    return written
+        return written
+
+    def _text(self, name: str, render: Callable[[], str]) -> Path:
+        """Write ``render()`` to ``name`` unless this writer already wrote that very text there."""
+        text = render()
+        return self._put(name, text, lambda: text.encode())
+
+    def _bytes(self, name: str, made_from: Hashable, render: Callable[[], bytes]) -> Path:
+        """Write ``render()`` to ``name`` unless this writer already wrote it from the same ``made_from``."""
+        return self._put(name, made_from, render)
+
+    def _put(self, name: str, made_from: Hashable, render: Callable[[], bytes]) -> Path:
+        path = self.out / name
+        if self._written.get(name) != made_from or not path.exists():
+            atomic_write_bytes(path, render())
+            self._written[name] = made_from
+            self.writes += 1
+        return path
+
+
+def write_results(out_dir: str | Path, network: NetworkSpec, records: Sequence[EpisodeRecord], run: RunReport | None = None,
+                  final: FinalReport | None = None, best_test_accuracy: float | None = None) -> dict[str, Path]:
+    """Write the results folder once (see ``ResultsWriter.write``); returns the written files by role."""
+    return ResultsWriter(out_dir, network).write(records, run, final, best_test_accuracy)
 
 
 # -- tables -----------------------------------------------------------------------------------------------------------
@@ -216,16 +283,17 @@ def _summary_md(network, records, best, fronts, info, written, final, best_test_
     return "\n".join(lines) + "\n"
 
 
-def _final_md(final: Mapping[str, object] | None) -> list[str]:
+def _final_md(final: FinalReport | None) -> list[str]:
     if final is None:
         return []
-    exported = ", ".join(f"{what}: `{FINAL_DIR}/{Path(str(final[what])).name}`" for what in ("onnx", "hls4ml") if final.get(what))
+    exports = (("onnx", final.onnx), ("hls4ml", final.hls4ml))
+    exported = ", ".join(f"{what}: `{FINAL_DIR}/{Path(where).name}`" for what, where in exports if where)
     return [
-        f"## Final plan: fine-tuned {final['finetune_steps']} steps and exported",
+        f"## Final plan: fine-tuned {final.finetune_steps} steps and exported",
         "",
-        f"- test accuracy: {final['accuracy_before_finetune']:.4f} before the fine-tune, "
-        f"**{final['accuracy_after_finetune']:.4f} after**",
-        f"- plan {final['plan_hash']}: `{FINAL_DIR}/plan.json`; {exported or 'nothing exported'}",
+        f"- {final.accuracy_split} accuracy: {final.accuracy_before:.4f} before the fine-tune, "
+        f"**{final.accuracy_after:.4f} after**",
+        f"- plan {final.plan_hash}: `{FINAL_DIR}/plan.json`; {exported or 'nothing exported'}",
         "",
     ]
 
@@ -283,13 +351,3 @@ def _heatmap_png(network: NetworkSpec, record: EpisodeRecord) -> bytes:
     )
     fig.colorbar(image, ax=ax, ticks=range(1, 9), label="weight bits")
     return _png(fig)
-
-
-def _write_text(path: Path, text: str) -> Path:
-    atomic_write_text(path, text)
-    return path
-
-
-def _write_bytes(path: Path, data: bytes) -> Path:
-    atomic_write_bytes(path, data)
-    return path

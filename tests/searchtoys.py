@@ -16,7 +16,7 @@ import numpy as np
 from autoq.common.backend import BackendInfo
 from autoq.common.measurement import LayerCost, Measurement, Provenance
 from autoq.common.network import LayerSpec, NetworkSpec
-from autoq.common.plan import QuantPlan
+from autoq.common.plan import MAX_BITS, QuantPlan
 
 TILE_ROWS = 4
 
@@ -46,11 +46,19 @@ class ToyEvaluator:
         self.full = full_accuracy
         self.scales = toy_kernel_scales(network)
         self.calls = 0
+        self.cache: dict[tuple[str, int], float] = {}
 
     def full_precision_accuracy(self) -> float:
         return self.full
 
     def accuracy(self, plan: QuantPlan, finetune_steps: int = 0) -> float:
+        """Cached by (plan hash, fine-tune steps), as the real evaluator's; ``calls`` counts the evaluations."""
+        key = (plan.hash, finetune_steps)
+        if key not in self.cache:
+            self.cache[key] = self._score(plan)
+        return self.cache[key]
+
+    def _score(self, plan: QuantPlan) -> float:
         plan.check(self.network)
         self.calls += 1
         loss = 0.0
@@ -83,7 +91,7 @@ class ToyBackend:
                            tuple(layers), Provenance("model", "toy", calibrated=False))
 
     def describe(self) -> BackendInfo:
-        return BackendInfo("toy", "model", types.SimpleNamespace(dm=TILE_ROWS), ("latency", "energy"), "test double")
+        return BackendInfo("toy", "model", types.SimpleNamespace(dm=TILE_ROWS, max_bits=MAX_BITS), ("latency", "energy"), "test double")
 
     def close(self) -> None:
         self.closed = True
@@ -105,10 +113,10 @@ class KillingEvaluator(ToyEvaluator):
         super().__init__(network)
         self.kill_at = kill_at
 
-    def accuracy(self, plan: QuantPlan, finetune_steps: int = 0) -> float:
+    def _score(self, plan: QuantPlan) -> float:
         if self.calls + 1 == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        return super().accuracy(plan, finetune_steps)
+        return super()._score(plan)
 
 
 def run_toy_search(agent_name: str, episodes: int, checkpoint: str, resume: bool = False, kill_at: int = 0, seed: int = 3):

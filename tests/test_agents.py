@@ -151,3 +151,23 @@ def test_agent_state_round_trip_continues_identically(make):
             assert clone.finished()
             break
         assert agent.run_episode(env_a, episode).plan == clone.run_episode(env_b, episode).plan
+
+
+def test_one_agent_registry_builds_every_agent_and_feeds_the_cli():
+    import argparse
+
+    from autoq.host.cli.search_cmd import register
+    from autoq.host.search.agents.base import AGENTS, Agent, agent_class, make_agent
+    from autoq.host.search.rewards import SearchError
+
+    for name in AGENTS:
+        agent = make_agent(name, 10, 4, seed=0)
+        assert isinstance(agent, Agent) and agent.name == name
+    assert [n for n in AGENTS if agent_class(n).budget_scheduled] == ["autoq", "haq"]
+    with pytest.raises(SearchError, match="unknown agent 'dqn'; choose one of autoq, haq, random, uniform, greedy"):
+        make_agent("dqn", 10, 4, seed=0)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    (search,) = parser._subparsers._group_actions[0].choices.values()
+    (agent_option,) = [a for a in search._actions if "--agent" in a.option_strings]
+    assert tuple(agent_option.choices) == tuple(AGENTS)

@@ -1,4 +1,5 @@
 import json
+import pickle
 
 import pytest
 
@@ -112,3 +113,21 @@ def test_plan_mismatch_names_the_problem():
         wrong_len.check(net)
     with pytest.raises(PlanError, match="unknown layers"):
         QuantPlan.for_network(net, [LayerPlan("zzz", (1,), 1)])
+
+
+def test_a_plan_is_validated_against_a_network_once(monkeypatch):
+    net = tiny_net()
+    plan = QuantPlan.uniform(net, 4, 4)  # validated when built for the network
+    validations = []
+    names = NetworkSpec.names
+    monkeypatch.setattr(NetworkSpec, "names", property(lambda self: validations.append(self.name) or names.fget(self)))
+    plan.check(net)
+    plan.check(net)
+    assert validations == []  # the fit was remembered: no second validation
+    QuantPlan.from_json(plan.to_json()).check(net)
+    assert validations == ["tiny"]  # a plan read back from JSON is validated at that boundary, once
+    other = NetworkSpec("other", net.layers[:-1], net.input_shape)
+    with pytest.raises(PlanError, match=r"unknown layers \['fc'\]"):
+        plan.check(other)  # another network: validated again
+    copy = pickle.loads(pickle.dumps(plan))
+    assert copy == plan and "_fits" not in copy.__dict__  # the memo is not part of the plan

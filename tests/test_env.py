@@ -1,6 +1,10 @@
 """QuantEnv contract (in the spirit of stable-baselines3's check_env) and the reward settings."""
+import types
+
 import numpy as np
 import pytest
+
+from autoq.common.backend import BackendInfo
 
 from autoq.common.plan import QuantPlan
 from autoq.host.search.env import KERNEL_OBS_DIM, LAYER_OBS_DIM, QuantEnv
@@ -141,7 +145,7 @@ def test_rewards_of_both_settings():
     assert RewardSetting.from_dict(HALF_LATENCY.to_dict()) == HALF_LATENCY
 
 
-def test_state_round_trip_mid_episode_and_accuracy_memo():
+def test_state_round_trip_mid_episode_and_the_evaluators_accuracy_cache():
     env = toy_env(HALF_LATENCY)
     env.reset()
     env.step(0.3, np.full(env.layer.c_out, 0.6))
@@ -153,10 +157,24 @@ def test_state_round_trip_mid_episode_and_accuracy_memo():
     plan = QuantPlan.uniform(env.network, 4, 4)
     first = env.accuracy(plan)
     calls = env.evaluator.calls
-    assert env.accuracy(plan) == first and env.evaluator.calls == calls  # memoised
+    assert env.accuracy(plan) == first and env.evaluator.calls == calls  # served by the evaluator's cache
+    assert env.evaluator.cache[(plan.hash, env.finetune_steps)] == first  # the only memo
     restored = toy_env(HALF_LATENCY)
     restored.load_state_dict(env.state_dict())
-    assert restored.accuracy(plan) == first and restored.evaluator.calls == 0  # served from the restored memo
+    before = restored.evaluator.calls
+    assert restored.accuracy(plan) == first and restored.evaluator.calls == before + 1  # evaluated again: same value
+
+
+def test_bit_range_defaults_to_the_overlays_max_bits():
+    network = toy_network()
+    backend = ToyBackend()
+    backend.describe = lambda: BackendInfo("toy", "model", types.SimpleNamespace(dm=4, max_bits=6), ("latency",), "")
+    env = QuantEnv(network, ToyEvaluator(network), backend, HALF_LATENCY)
+    assert (env.min_bits, env.max_bits) == (2, 6)
+    assert env.objective.reference == CostPoint.of(backend.measure(network, QuantPlan.uniform(network, 6, 6)))
+    backend.describe = lambda: BackendInfo("toy", "model", types.SimpleNamespace(dm=4, max_bits=16), ("latency",), "")
+    with pytest.raises(SearchError, match=r"bit range must satisfy 1 <= min_bits <= max_bits <= 8, got \[2, 16\]"):
+        QuantEnv(network, ToyEvaluator(network), backend, HALF_LATENCY)
 
 
 def test_bad_construction_is_refused():
@@ -167,3 +185,14 @@ def test_bad_construction_is_refused():
         QuantEnv(network, ToyEvaluator(network), ToyBackend(), HALF_LATENCY, kernel_scales={"nope": [1.0]})
     with pytest.raises(SearchError, match="3 kernel scales for 8 kernels"):
         QuantEnv(network, ToyEvaluator(network), ToyBackend(), HALF_LATENCY, kernel_scales={"conv1": [1.0, 2.0, 3.0]})
+
+
+def test_one_accuracy_guaranteed_reward_and_its_penalty():
+    setting = RewardSetting.accuracy_guaranteed(psi_acc=2.0, psi_latency=0.3, psi_energy=0.7)
+    env = toy_env(setting)
+    objective = env.objective
+    cost = CostPoint(objective.reference.latency_s * 0.5, objective.reference.energy_j * 0.25)
+    assert objective.reward(0.9, cost) == pytest.approx(2.0 * 0.9 - 0.3 * 0.5 - 0.7 * 0.25)
+    assert objective.reward(0.9, cost) == pytest.approx(2.0 * (0.9 - objective.penalty(cost)))
+    budget = toy_env(HALF_LATENCY).objective
+    assert budget.penalty(cost) == cost.latency_s and budget.reward(0.9, cost) == 0.9

@@ -8,9 +8,22 @@ from matplotlib.image import imread
 from autoq.common.errors import AutoQError, PlanError
 from autoq.common.network import NetworkSpec
 from autoq.common.plan import QuantPlan
-from autoq.host.results import CRITERIA, EpisodeRecord, best_record, pareto_front, write_results
+from autoq.host.export.finalize import FinalReport
+from autoq.host.results import CRITERIA, ResultsWriter, RunReport, best_record, pareto_front, write_results
+from autoq.host.search.env import EpisodeOutcome
+from autoq.host.search.rewards import BudgetSpec, CostPoint, RewardSetting
 from boardkit import TINY
 from tracekit import ToyBackend, some_plans
+
+
+def record(episode, plan, accuracy, measurement, reward, agent="random"):
+    """Episode ``episode`` of a search: an outcome whose plan met the budget as proposed."""
+    outcome = EpisodeOutcome(plan, plan, accuracy, measurement, reward, CostPoint.of(measurement), True)
+    return outcome.placed(episode, agent)
+
+
+RUN = RunReport("random", "tiny", "toy://", 3, 40, 50, RewardSetting.resource_constrained(BudgetSpec("latency", 0.4, True)),
+                2, 8, 0, 0.95, 0.9375, CostPoint(2e-3, 5e-3), budget_limit=8e-4)
 
 
 def episodes(count=40, seed=0):
@@ -19,7 +32,7 @@ def episodes(count=40, seed=0):
     for i, plan in enumerate(some_plans(net, count, seed)):
         # accuracy grows with bits (plus noise) so there is a real trade-off to find
         accuracy = min(1.0, 0.5 + 0.06 * plan.average_weight_bits(net) + rng.uniform(-0.05, 0.05))
-        records.append(EpisodeRecord(i, plan, accuracy, backend.measure(net, plan), accuracy - 0.1 * rng.random(), "random"))
+        records.append(record(i, plan, accuracy, backend.measure(net, plan), accuracy - 0.1 * rng.random()))
     return net, records
 
 
@@ -41,15 +54,14 @@ def test_pareto_front_is_exactly_the_non_dominated_set(cost_name):
 
 def test_pareto_front_keeps_one_of_identical_points():
     net, records = episodes(3)
-    twin = EpisodeRecord(99, records[0].plan, records[0].accuracy, records[0].measurement, 0.0, "random")
+    twin = record(99, records[0].plan, records[0].accuracy, records[0].measurement, 0.0)
     front = pareto_front(records + [twin], lambda r: r.measurement.latency_s)
     assert twin not in front
 
 
 def test_results_folder(tmp_path):
     net, records = episodes()
-    written = write_results(tmp_path / "out", net, records, {"agent": "random", "backend": "toy://", "seed": 3},
-                            best_test_accuracy=0.8125)
+    written = write_results(tmp_path / "out", net, records, RUN, best_test_accuracy=0.8125)
     out = tmp_path / "out"
     for name in CRITERIA:
         plan = QuantPlan.load(out / f"best_{name}.plan.json")
@@ -58,7 +70,9 @@ def test_results_folder(tmp_path):
     index = json.loads((out / "best_plans.json").read_text())
     assert index["best"]["accuracy"]["accuracy"] == max(r.accuracy for r in records)
     assert index["best"]["latency"]["latency_s"] == min(r.measurement.latency_s for r in records)
-    assert index["run"]["seed"] == "3"
+    assert index["run"]["seed"] == "3" and index["run"]["episodes"] == "40 of 50" and index["run"]["bits"] == "2..8"
+    assert index["run"]["uniform 8-bit plan"] == "2 ms, 5 mJ" and index["run"]["budget limit"] == "0.0008 (s)"
+    assert index["run"]["record"] == "-" and index["run"]["full-precision accuracy (test)"] == "0.9375"
     assert index["accuracy_split"] == "val" and index["best_reward_test_accuracy"] == 0.8125
     assert len(list(csv.DictReader(open(out / "episodes.csv")))) == len(records)
     for cost_name, key in (("latency", "latency_s"), ("energy", "energy_j")):
@@ -82,9 +96,33 @@ def test_results_folder(tmp_path):
     assert f"energy: {best.measurement.energy_j * 1e3:.4f} mJ" in summary
     assert f"average weight bits: {best.plan.average_weight_bits(net):.3f}" in summary
     assert f"average activation bits: {best.plan.average_act_bits():.3f}" in summary
-    assert "| backend | toy:// |" in summary
+    assert "| backend | toy:// |" in summary and "| reward | resource-constrained: latency <= 0.4x the max-bit plan |" in summary
     assert set(written) >= {"summary", "heatmap", "best_reward", "pareto_latency_png", "pareto_energy_csv"}
     assert not list(out.glob(".*.tmp")), "atomic writes leave no temp files"
+
+
+def test_writer_rewrites_only_what_changed(tmp_path):
+    net, records = episodes()
+    writer = ResultsWriter(tmp_path, net)
+    files = writer.write(records[:30], RUN)
+    assert writer.writes == len(files)  # every file once
+    stamps = {role: path.stat().st_mtime_ns for role, path in files.items()}
+    writer.write(records[:30], RUN)
+    assert writer.writes == len(files)  # nothing changed: nothing written, no plot rendered
+    final = FinalReport("abc", 7, 0.5, 0.625, "/x/final/model.onnx", None)
+    writer.write(records[:30], RUN, final)
+    assert writer.writes == len(files) + 1  # the summary, with the final plan
+    assert {role for role, path in files.items() if path.stat().st_mtime_ns != stamps[role]} <= {"summary"}
+    summary = files["summary"].read_text()
+    assert "## Final plan: fine-tuned 7 steps and exported" in summary and "**0.6250 after**" in summary
+    assert "- plan abc: `final/plan.json`; onnx: `final/model.onnx`" in summary
+    before = writer.writes
+    writer.write(records, RUN, final)  # ten more episodes: the episodes and every figure drawn from them change
+    assert before < writer.writes <= before + len(files)
+    assert len(list(csv.DictReader(open(files["episodes"])))) == len(records)
+    files["heatmap"].unlink()
+    writer.write(records, RUN, final)
+    assert files["heatmap"].is_file()  # a file removed behind the writer's back is written again
 
 
 def test_bad_input(tmp_path):
@@ -94,5 +132,8 @@ def test_bad_input(tmp_path):
     other = NetworkSpec("other", net.layers[:-1], net.input_shape)
     with pytest.raises(PlanError, match=r"unknown layers \['fc'\]"):
         write_results(tmp_path, other, records)
+    unplaced = EpisodeOutcome(records[0].plan, records[0].plan, 0.5, records[0].measurement, 0.5, CostPoint(1.0, 1.0), True)
+    with pytest.raises(AutoQError, match="not placed in a search"):
+        write_results(tmp_path, net, [unplaced])
     with pytest.raises(AutoQError, match="unknown criterion"):
         best_record(records, "speed")

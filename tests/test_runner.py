@@ -72,7 +72,8 @@ def test_checkpoint_after_every_episode_holds_the_whole_state(tmp_path):
     assert {"hlc", "llc", "rng"} <= payload["agent"].keys()
     assert {"actor", "critics", "actor_optim", "critic_optim", "buffer"} <= payload["agent"]["hlc"].keys()
     assert {"python", "numpy", "torch"} == payload["rng"].keys()
-    assert payload["env"]["accuracy_memo"] and payload["best_plan"]["format"] == "autoq-plan/1"
+    assert payload["env"]["position"] == len(runner.env.network) and payload["best_plan"]["format"] == "autoq-plan/1"
+    assert [(r.episode, r.agent) for r in payload["history"]] == [(0, "autoq"), (1, "autoq")] and payload["history"] == history
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
 
 

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("search", help="search kernel-wise quantization plans (AutoQ, HAQ, baselines)",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Defaults are None so that --resume can tell the options given from those left out (see resolve_config).
-    parser.add_argument("--agent", choices=AGENTS, help="search agent (default autoq)")
+    parser.add_argument("--agent", choices=tuple(AGENTS), help="search agent (default autoq)")
     add_task_arguments(parser, model_default=None)
     parser.add_argument("--backend", metavar="URI", help=f"cost backend (default {DEFAULT_BACKEND}): model[:calib.json], "
                         "emulated, tcp://host:port, serial:///dev/X, replay:trace.sqlite")
@@ -82,16 +82,14 @@ def run(args: argparse.Namespace) -> int:
         "finetune_steps": args.finetune_steps, "final_finetune_steps": args.final_finetune_steps, "min_bits": args.min_bits,
     }
     config = resolve_config(args.out, {k: v for k, v in given.items() if v is not None}, args.resume)
-    from autoq.host.advice import warn_ignored_episodes
-    warn_ignored_episodes(config.agent, args.episodes, config.min_bits, config.max_bits)
     torch.set_num_threads(1)  # small MLPs on a shared 2-core machine: threads only contend (and results stay bit-exact)
     result = run_search(config, args.out, resume=args.resume, record=args.record, progress=not args.no_progress,
-                        hls4ml=args.hls4ml)
+                        hls4ml=args.hls4ml, given_episodes=args.episodes)
     best, final = result.best, result.final
     print(f"{config.agent}: {len(result.records)} episodes; best plan (episode {best.episode}): accuracy {best.accuracy:.4f} "
           f"on val (selected it), {result.best_test_accuracy:.4f} on test, "
           f"latency {best.measurement.latency_s * 1e3:.4g} ms, energy {best.measurement.energy_j * 1e3:.4g} mJ")
-    print(f"final plan: test accuracy {final['accuracy_after_finetune']:.4f} after {final['finetune_steps']} fine-tune steps; "
+    print(f"final plan: {final.accuracy_split} accuracy {final.accuracy_after:.4f} after {final.finetune_steps} fine-tune steps; "
           f"exported to {result.files['summary'].parent / FINAL_DIR}")
     print(f"results: {result.files['summary'].parent}")
     return 0

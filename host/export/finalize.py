@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 from autoq.common.fileio import atomic_write_text
 from autoq.common.plan import QuantPlan
@@ -27,6 +27,36 @@ DEFAULT_FINAL_FINETUNE_STEPS = 375
 
 
 @dataclass(frozen=True)
+class FinalReport:
+    """What ``final/final.json`` says: the final plan, its fine-tune, its test-split accuracies before and after the
+    fine-tune, and where its exports went (``None``: not exported)."""
+
+    plan_hash: str
+    finetune_steps: int
+    accuracy_before: float
+    accuracy_after: float
+    onnx: str | None
+    hls4ml: str | None
+    accuracy_split: str = REPORT_SPLIT
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plan_hash": self.plan_hash,
+            "finetune_steps": self.finetune_steps,
+            "accuracy_split": self.accuracy_split,
+            "accuracy_before_finetune": self.accuracy_before,
+            "accuracy_after_finetune": self.accuracy_after,
+            "onnx": self.onnx,
+            "hls4ml": self.hls4ml,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FinalReport":
+        return cls(str(data["plan_hash"]), int(data["finetune_steps"]), float(data["accuracy_before_finetune"]),
+                   float(data["accuracy_after_finetune"]), data.get("onnx"), data.get("hls4ml"), str(data["accuracy_split"]))
+
+
+@dataclass(frozen=True)
 class FinalExport:
     plan: QuantPlan
     finetune_steps: int
@@ -35,16 +65,9 @@ class FinalExport:
     onnx: Path | None
     hls4ml: "HlsExport | None"
 
-    def to_dict(self) -> dict:
-        return {
-            "plan_hash": self.plan.hash,
-            "finetune_steps": self.finetune_steps,
-            "accuracy_split": REPORT_SPLIT,
-            "accuracy_before_finetune": self.accuracy_before,
-            "accuracy_after_finetune": self.accuracy_after,
-            "onnx": str(self.onnx) if self.onnx else None,
-            "hls4ml": str(self.hls4ml.output_dir) if self.hls4ml else None,
-        }
+    def report(self) -> FinalReport:
+        return FinalReport(self.plan.hash, self.finetune_steps, self.accuracy_before, self.accuracy_after,
+                           str(self.onnx) if self.onnx else None, str(self.hls4ml.output_dir) if self.hls4ml else None)
 
 
 def export_final(
@@ -75,20 +98,21 @@ def finalize(out_dir: str | Path, evaluator: "Evaluator", plan: QuantPlan, finet
     final.mkdir(parents=True, exist_ok=True)
     plan.save(final / "plan.json")
     result = export_final(evaluator, plan, finetune_steps, final / "model.onnx", final / "hls4ml" if hls4ml else None)
-    atomic_write_text(final / FINAL_SUMMARY, json.dumps(result.to_dict(), indent=1) + "\n")
+    atomic_write_text(final / FINAL_SUMMARY, json.dumps(result.report().to_dict(), indent=1) + "\n")
     return result
 
 
-def completed_final(out_dir: str | Path, plan: QuantPlan, finetune_steps: int, hls4ml: bool = False) -> dict | None:
-    """The ``final.json`` of an earlier ``finalize`` of ``plan`` with these settings in ``out_dir``, or ``None``.
+def completed_final(out_dir: str | Path, plan: QuantPlan, finetune_steps: int, hls4ml: bool = False) -> FinalReport | None:
+    """The report in ``final.json`` of an earlier ``finalize`` of ``plan`` with these settings in ``out_dir``, or
+    ``None`` (also for a ``final.json`` that cannot be read).
 
     ``final.json`` is written last, so its presence means the whole folder was written.
     """
     try:
-        done = json.loads((Path(out_dir) / FINAL_DIR / FINAL_SUMMARY).read_text())
-    except (OSError, ValueError):
+        done = FinalReport.from_dict(json.loads((Path(out_dir) / FINAL_DIR / FINAL_SUMMARY).read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
         return None
-    if (done.get("plan_hash") != plan.hash or done.get("finetune_steps") != finetune_steps
-            or done.get("accuracy_split") != REPORT_SPLIT or (hls4ml and not done.get("hls4ml"))):
+    if (done.plan_hash != plan.hash or done.finetune_steps != finetune_steps
+            or done.accuracy_split != REPORT_SPLIT or (hls4ml and not done.hls4ml)):
         return None
     return done

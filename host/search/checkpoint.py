@@ -1,7 +1,7 @@
 """Search checkpoints: everything a search needs to continue exactly, written after every episode.
 
 The checkpoint file, rewritten atomically, holds the search settings, the next episode, the agent (networks,
-optimisers, replay buffers, its own generators), the environment (position, accuracy memo) and the global generators
+optimisers, replay buffers, its own generators), the environment (its position in an episode) and the global generators
 of python, numpy and torch. The episode history, which only grows, goes to the append-only sidecar
 ``<checkpoint>.history`` (length-prefixed pickles); the checkpoint records how many of its bytes are committed, so
 a save costs the same at episode 1000 as at episode 1 and a record appended by a run killed before its checkpoint is
@@ -30,7 +30,7 @@ from autoq.common.fileio import atomic_write_bytes
 from .rewards import SearchError
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT = "autoq-search-checkpoint/3"
+FORMAT = "autoq-search-checkpoint/4"  # 4: the history holds EpisodeOutcome records; no accuracy memo
 _HEADER = FORMAT.encode() + b"\n"
 _DIGEST_HEX = 64  # SHA-256, hex
 _LENGTH_BYTES = 8

@@ -6,9 +6,13 @@ to bit-widths (HAQ's ``round(b_min - 0.5 + a * (b_max - b_min + 1))``). After th
 ``QuantPlan``, lowers bits until the plan meets the budget (HAQ's rule, from the last layer, activations first,
 the widest kernels of a layer first), measures accuracy with the injected evaluator and cost with the injected
 ``CostBackend``, and computes the extrinsic reward. Agents that pick whole plans call ``evaluate`` directly.
+
+The bit range defaults to [``min_bits``, the backend overlay's ``max_bits``], within the plan type's limits. Plans
+are validated where they enter (``evaluate``, the backends' own boundary); accuracies are cached by the evaluator.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Protocol, Sequence
 
@@ -23,7 +27,10 @@ from .rewards import CostPoint, Objective, RewardSetting, SearchError
 
 
 class Evaluator(Protocol):
-    """Accuracy on the validation split: what the search selects plans by (never the test split it reports on)."""
+    """Accuracy on the validation split: what the search selects plans by (never the test split it reports on).
+
+    Deterministic (the same plan and settings always give the same accuracy) and cached by plan hash and settings:
+    the search's one accuracy memo (``autoq.host.evaluate.Evaluator``)."""
 
     def accuracy(self, plan: QuantPlan, finetune_steps: int = 0) -> float: ...
 
@@ -54,9 +61,25 @@ def _min_max(table: np.ndarray) -> np.ndarray:
     return (table - low) / span
 
 
+def check_bit_range(min_bits: int, max_bits: int | None) -> None:
+    """Refuse a search bit range outside the plan type's limits [``MIN_BITS``, ``MAX_BITS``]; ``max_bits`` None
+    (the overlay's, not known yet) checks ``min_bits`` alone."""
+    if not MIN_BITS <= min_bits <= (MAX_BITS if max_bits is None else max_bits) <= MAX_BITS:
+        top = "the overlay's max_bits" if max_bits is None else max_bits
+        raise SearchError(f"bit range must satisfy {MIN_BITS} <= min_bits <= max_bits <= {MAX_BITS}, got [{min_bits}, {top}]")
+
+
+def overlay_max_bits(backend: CostBackend) -> int:
+    """The widest bit-width the backend's overlay computes (its ``OverlayConfig.max_bits``)."""
+    return int(backend.describe().overlay.max_bits)
+
+
 @dataclass(frozen=True)
 class EpisodeOutcome:
-    """One scored plan: ``plan`` is what was evaluated (after budget enforcement), ``proposed`` what the agent chose."""
+    """One scored plan: ``plan`` is what was evaluated (after budget enforcement), ``proposed`` what the agent chose.
+
+    The environment leaves ``episode`` and ``agent`` unset; the runner stamps them (``placed``) when the outcome
+    enters the search history, which is what the results folder is written from."""
 
     plan: QuantPlan
     proposed: QuantPlan
@@ -65,6 +88,12 @@ class EpisodeOutcome:
     reward: float
     cost: CostPoint
     fits: bool
+    episode: int | None = None
+    agent: str = ""
+
+    def placed(self, episode: int, agent: str) -> "EpisodeOutcome":
+        """This outcome as episode ``episode`` of ``agent``'s search."""
+        return dataclasses.replace(self, episode=episode, agent=agent)
 
 
 class StepResult(NamedTuple):
@@ -83,13 +112,13 @@ class QuantEnv:
         setting: RewardSetting,
         *,
         min_bits: int = 2,
-        max_bits: int = MAX_BITS,
+        max_bits: int | None = None,
         finetune_steps: int = 0,
         kernel_scales: Mapping[str, Sequence[float]] | None = None,
         batch: int = 1,
     ) -> None:
-        if not MIN_BITS <= min_bits <= max_bits <= MAX_BITS:
-            raise SearchError(f"bit range must satisfy {MIN_BITS} <= min_bits <= max_bits <= {MAX_BITS}, got [{min_bits}, {max_bits}]")
+        max_bits = overlay_max_bits(backend) if max_bits is None else max_bits
+        check_bit_range(min_bits, max_bits)
         if finetune_steps < 0 or batch < 1:
             raise SearchError(f"finetune_steps must be >= 0 and batch >= 1, got {finetune_steps} and {batch}")
         self.network = network
@@ -101,7 +130,6 @@ class QuantEnv:
         self._layer_table = _min_max(np.array([_raw_layer_features(i, l) for i, l in enumerate(network)], np.float64))
         self.kernel_scales = self._checked_scales(kernel_scales or {})
         self._kernel_features = [_min_max(scales[:, None])[:, 0] for scales in self.kernel_scales]
-        self._accuracy_memo: dict[str, float] = {}
         self.reset()
         reference = CostPoint.of(self.measure(QuantPlan.uniform(network, max_bits, max_bits)))
         floor = CostPoint.of(self.measure(QuantPlan.uniform(network, min_bits, min_bits)))
@@ -213,10 +241,8 @@ class QuantEnv:
         )
 
     def accuracy(self, plan: QuantPlan) -> float:
-        """Evaluator accuracy, memoised by plan hash (the memo is part of the state, so resumed runs see the same values)."""
-        if plan.hash not in self._accuracy_memo:
-            self._accuracy_memo[plan.hash] = float(self.evaluator.accuracy(plan, finetune_steps=self.finetune_steps))
-        return self._accuracy_memo[plan.hash]
+        """The evaluator's accuracy of ``plan`` with this search's fine-tune setting (cached by the evaluator)."""
+        return float(self.evaluator.accuracy(plan, finetune_steps=self.finetune_steps))
 
     def enforce_budget(self, plan: QuantPlan) -> tuple[QuantPlan, Measurement]:
         """Lower bits until ``plan`` meets the budget: sweep layers from the last, each time first the activation
@@ -224,8 +250,9 @@ class QuantEnv:
         measurement = self.measure(plan)
         if self.objective.fits(CostPoint.of(measurement)):
             return plan, measurement
-        acts = [l.act_bits for l in plan.layers]
-        weights = [np.array(l.weight_bits) for l in plan.layers]
+        layers = list(plan.layers)
+        acts = [l.act_bits for l in layers]
+        weights = [np.array(l.weight_bits) for l in layers]
         while True:
             changed = False
             for i in reversed(range(len(acts))):
@@ -233,7 +260,8 @@ class QuantEnv:
                     if not lower(acts, weights, i):
                         continue
                     changed = True
-                    plan = QuantPlan(tuple(LayerPlan(l.name, tuple(int(b) for b in w), a) for l, w, a in zip(self.network, weights, acts)))
+                    layers[i] = LayerPlan(layers[i].name, tuple(int(b) for b in weights[i]), acts[i])  # only layer i changed
+                    plan = QuantPlan(tuple(layers))
                     measurement = self.measure(plan)
                     if self.objective.fits(CostPoint.of(measurement)):
                         return plan, measurement
@@ -260,7 +288,6 @@ class QuantEnv:
             "act_bits": list(self._act_bits),
             "weight_bits": [list(w) for w in self._weight_bits],
             "previous": list(self._previous),
-            "accuracy_memo": dict(self._accuracy_memo),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -268,4 +295,3 @@ class QuantEnv:
         self._act_bits = [int(a) for a in state["act_bits"]]
         self._weight_bits = [tuple(int(b) for b in w) for w in state["weight_bits"]]
         self._previous = (float(state["previous"][0]), float(state["previous"][1]))
-        self._accuracy_memo = {str(k): float(v) for k, v in state["accuracy_memo"].items()}

@@ -157,13 +157,26 @@ class Objective:
         budget = self.setting.budget
         return budget is None or cost.get(budget.metric) <= self.limit  # type: ignore[operator]
 
-    def reward(self, accuracy: float, cost: CostPoint) -> float:
+    def cost_terms(self, cost: CostPoint) -> tuple[float, float]:
+        """The reward's cost terms: psi_l * latency / latency_8bit and psi_e * energy / energy_8bit (both 0 under a
+        budget, whose setting has zero cost weights)."""
         s = self.setting
-        return (
-            s.psi_acc * accuracy
-            - s.psi_latency * cost.latency_s / self.reference.latency_s
-            - s.psi_energy * cost.energy_j / self.reference.energy_j
-        )
+        return s.psi_latency * cost.latency_s / self.reference.latency_s, s.psi_energy * cost.energy_j / self.reference.energy_j
+
+    def reward(self, accuracy: float, cost: CostPoint) -> float:
+        """psi_acc * accuracy - psi_l * latency / latency_8bit - psi_e * energy / energy_8bit (the paper's
+        accuracy-guaranteed reward; psi_acc * accuracy under a budget)."""
+        latency, energy = self.cost_terms(cost)
+        return self.setting.psi_acc * accuracy - latency - energy
+
+    def penalty(self, cost: CostPoint) -> float:
+        """The cost the search trades accuracy against: under a budget, the budgeted metric; otherwise the reward's
+        cost terms in units of accuracy, so that ``reward == psi_acc * (accuracy - penalty)``."""
+        budget = self.setting.budget
+        if budget is not None:
+            return cost.get(budget.metric)
+        latency, energy = self.cost_terms(cost)
+        return (latency + energy) / self.setting.psi_acc
 
 
 def haq_reward(accuracy: float, full_accuracy: float) -> float:

@@ -24,17 +24,13 @@ import numpy as np
 
 from autoq.common.backend import DEFAULT_BACKEND
 from autoq.common.network import NetworkSpec
-from autoq.common.plan import MAX_BITS, MIN_BITS
-from autoq.host.export.finalize import DEFAULT_FINAL_FINETUNE_STEPS, completed_final, finalize
-from autoq.host.results import EpisodeRecord, best_record, write_results
+from autoq.host.export.finalize import DEFAULT_FINAL_FINETUNE_STEPS, FinalReport, completed_final, finalize
+from autoq.host.results import EpisodeRecord, ResultsWriter, RunReport, best_record
 
-from .agents.autoq import AutoQAgent, AutoQConfig
-from .agents.base import AGENTS, Agent
-from .agents.baselines import GreedyAgent, RandomAgent, UniformAgent
-from .agents.haq import HAQAgent, HAQConfig
+from .agents.base import AGENTS, Agent, agent_class, make_agent
 from .checkpoint import (CHECKPOINT_NAME, CheckpointWriter, capture_rng, history_path, load_checkpoint, restore_rng,
                          seed_everything)
-from .env import QuantEnv
+from .env import QuantEnv, check_bit_range
 from .rewards import BudgetSpec, RewardSetting, SearchError
 
 #: ``autoq search`` with no arguments: 5-10 minutes on 2 cores for the digits task with the model backend
@@ -58,7 +54,7 @@ class SearchConfig:
     finetune_steps: int = 0
     final_finetune_steps: int = DEFAULT_FINAL_FINETUNE_STEPS
     min_bits: int = 2
-    max_bits: int = MAX_BITS
+    max_bits: int | None = None  # None: the backend overlay's max_bits
 
     def __post_init__(self) -> None:
         if self.agent not in AGENTS:
@@ -67,8 +63,7 @@ class SearchConfig:
             raise SearchError(f"episodes must be >= 1, got {self.episodes}")
         if self.finetune_steps < 0 or self.final_finetune_steps < 0:
             raise SearchError(f"fine-tune steps must be >= 0, got {self.finetune_steps} and {self.final_finetune_steps} (final)")
-        if not MIN_BITS <= self.min_bits <= self.max_bits <= MAX_BITS:
-            raise SearchError(f"bit range must satisfy {MIN_BITS} <= min_bits <= max_bits <= {MAX_BITS}, got [{self.min_bits}, {self.max_bits}]")
+        check_bit_range(self.min_bits, self.max_bits)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "reward": self.reward.to_dict()}
@@ -76,25 +71,6 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SearchConfig":
         return cls(**{**data, "reward": RewardSetting.from_dict(data["reward"])})
-
-
-#: Agents whose warm-up and exploration noise are spread over the episode budget (so an extended search differs
-#: from an uninterrupted one of the extended length); the others do not depend on it.
-BUDGET_SCHEDULED_AGENTS = ("autoq", "haq")
-
-
-def make_agent(name: str, episodes: int, num_layers: int, seed: int) -> Agent:
-    if name == "autoq":
-        return AutoQAgent(AutoQConfig(episodes), num_layers, seed)
-    if name == "haq":
-        return HAQAgent(HAQConfig(episodes), num_layers, seed)
-    if name == "random":
-        return RandomAgent(seed)
-    if name == "uniform":
-        return UniformAgent()
-    if name == "greedy":
-        return GreedyAgent()
-    raise SearchError(f"unknown agent {name!r}; choose one of {', '.join(AGENTS)}")
 
 
 class SearchListener(Protocol):
@@ -148,9 +124,7 @@ class SearchRunner:
                 if self.listener is not None:
                     self.listener.episode_started(self.next_episode)
                 outcome = self.agent.run_episode(self.env, self.next_episode)
-                self.history.append(EpisodeRecord(
-                    self.next_episode, outcome.plan, outcome.accuracy, outcome.measurement, outcome.reward, self.agent.name
-                ))
+                self.history.append(outcome.placed(self.next_episode, self.agent.name))
                 self.next_episode += 1
                 self._save(writer)
                 if self.listener is not None:
@@ -223,7 +197,7 @@ def resolve_config(out_dir: str | Path, overrides: Mapping[str, Any], resume: bo
 def describe_extensions(agent: str, extensions: list[dict[str, int]]) -> str:
     """How a search's budget was extended, for its summary."""
     notes = [f"extended from {e['from']} to {e['to']} episodes at episode {e['at']}" for e in extensions]
-    if extensions and agent in BUDGET_SCHEDULED_AGENTS:
+    if extensions and agent_class(agent).budget_scheduled:
         last = extensions[-1]
         notes.append(f"{agent}'s warm-up and exploration noise follow the {last['to']}-episode schedule from episode "
                      f"{extensions[0]['at']} on, so the result differs from an uninterrupted {last['to']}-episode search")
@@ -247,13 +221,17 @@ class SearchResult(NamedTuple):
     files: dict[str, Path]
     best: EpisodeRecord
     best_test_accuracy: float  # the best plan's accuracy on the test split (``best.accuracy`` is on val, which chose it)
-    final: dict[str, Any]  # final/final.json: the best plan's accuracy before and after the final fine-tune, exports
+    final: FinalReport  # final/final.json: the best plan's accuracy before and after the final fine-tune, exports
 
 
 def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = False, record: str | Path | None = None,
-               progress: bool = True, hls4ml: bool = False) -> SearchResult:
+               progress: bool = True, hls4ml: bool = False, given_episodes: int | None = None) -> SearchResult:
     """Run (or resume) the search ``config`` describes, write its results folder ``out_dir``, then fine-tune the best
-    plan for ``config.final_finetune_steps`` steps and export it (ONNX, and an hls4ml project with ``hls4ml``)."""
+    plan for ``config.final_finetune_steps`` steps and export it (ONNX, and an hls4ml project with ``hls4ml``).
+
+    ``given_episodes`` is an episode count the user gave explicitly, which an agent that sets its own count is
+    warned to ignore (once the bit range, which depends on the backend's overlay, is known)."""
+    from autoq.host.advice import warn_ignored_episodes
     from autoq.host.backends.record import RecordingBackend, open_backend_recording
     from autoq.host.evaluate import Evaluator
     from autoq.host.tasks import load_task
@@ -277,29 +255,23 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
     try:
         env = QuantEnv(task.network, evaluator, backend, config.reward, min_bits=config.min_bits, max_bits=config.max_bits,
                        finetune_steps=config.finetune_steps, kernel_scales=scales)
+        warn_ignored_episodes(config.agent, given_episodes, env.min_bits, env.max_bits)
         agent = make_agent(config.agent, config.episodes, len(task.network), config.seed)
         runner = SearchRunner(env, agent, config.episodes, checkpoint, config.to_dict(),
                               listener=backend if isinstance(backend, RecordingBackend) else None)
         records = runner.run(resume=resume, progress=progress)
         objective = env.objective
-        episodes = f"{len(records)} of {config.episodes}"
-        if runner.extensions:
-            episodes += f" ({describe_extensions(config.agent, runner.extensions)})"
-        run_info = {
-            "agent": config.agent, "task": task.name, "backend": backend.describe().uri, "seed": config.seed,
-            "episodes": episodes, "reward": config.reward.describe(),
-            "bits": f"{config.min_bits}..{config.max_bits}", "finetune steps": config.finetune_steps,
-            "full-precision accuracy (val)": f"{objective.full_accuracy:.4f}",
-            "full-precision accuracy (test)": f"{evaluator.full_precision_accuracy(split='test'):.4f}",
-            f"uniform {config.max_bits}-bit plan": f"{objective.reference.latency_s * 1e3:.4g} ms, {objective.reference.energy_j * 1e3:.4g} mJ",
-            "record": record or "-",
-        }
-        if objective.limit is not None:
-            run_info["budget limit"] = f"{objective.limit:.6g} ({'s' if objective.setting.budget.metric == 'latency' else 'J'})"
+        run = RunReport(
+            config.agent, task.name, backend.describe().uri, config.seed, len(records), config.episodes, config.reward,
+            env.min_bits, env.max_bits, config.finetune_steps, objective.full_accuracy,
+            evaluator.full_precision_accuracy(split="test"), objective.reference,
+            None if record is None else str(record), objective.limit, describe_extensions(config.agent, runner.extensions),
+        )
         best = best_record(records, "reward")
         # selected on val; reported on test, with the search's own fine-tune setting
         best_test = evaluator.accuracy(best.plan, config.finetune_steps, split="test")
-        write_results(out, task.network, records, run_info, best_test_accuracy=best_test)  # stands if the export is interrupted
+        results = ResultsWriter(out, task.network)
+        results.write(records, run, best_test_accuracy=best_test)  # stands if the export is interrupted
     except BaseException:
         failed_before_checkpoint = not checkpoint.exists()
         raise
@@ -309,8 +281,8 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
             created.remove()
     final_steps = config.final_finetune_steps if evaluator.trainable else 0  # an ONNX model cannot be fine-tuned
     final = (completed_final(out, best.plan, final_steps, hls4ml)
-             or finalize(out, evaluator, best.plan, final_steps, hls4ml).to_dict())
-    files = write_results(out, task.network, records, run_info, final, best_test_accuracy=best_test)
+             or finalize(out, evaluator, best.plan, final_steps, hls4ml).report())
+    files = results.write(records, run, final, best_test_accuracy=best_test)  # only summary.md changes
     return SearchResult(config, records, files, best, best_test, final)
 
 

@@ -51,6 +51,11 @@ class AutoQConfig(DDPGAgentConfig):
 
 class AutoQAgent(Agent):
     name: ClassVar[str] = "autoq"
+    budget_scheduled: ClassVar[bool] = True
+
+    @classmethod
+    def for_search(cls, episodes: int, num_layers: int, seed: int) -> "AutoQAgent":
+        return cls(AutoQConfig(episodes), num_layers, seed)
 
     def __init__(self, config: AutoQConfig, num_layers: int, seed: int) -> None:
         self.config = config

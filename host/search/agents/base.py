@@ -1,15 +1,25 @@
-"""The interface every search agent implements, so one runner drives RL agents and plain baselines alike."""
+"""The interface every search agent implements, so one runner drives RL agents and plain baselines alike, and the
+registry of the agents a search can run (``AGENTS``; what ``autoq search --agent`` offers and ``make_agent`` builds)."""
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..env import EpisodeOutcome, QuantEnv
+from ..rewards import SearchError
 
-#: The agents ``autoq search --agent`` offers (built by ``autoq.host.search.runner.make_agent``).
-AGENTS: tuple[str, ...] = ("autoq", "haq", "random", "uniform", "greedy")
+#: The agents a search can run: name -> ``module:Class`` under ``autoq.host.search.agents``, imported when used
+#: (so the CLI lists them without importing torch). Each class's ``name`` is its key here.
+AGENTS: dict[str, str] = {
+    "autoq": "autoq:AutoQAgent",
+    "haq": "haq:HAQAgent",
+    "random": "baselines:RandomAgent",
+    "uniform": "baselines:UniformAgent",
+    "greedy": "baselines:GreedyAgent",
+}
 
 
 class Agent(ABC):
@@ -17,6 +27,14 @@ class Agent(ABC):
     ``state_dict`` so a resumed search continues exactly."""
 
     name: ClassVar[str]
+    #: whether the agent's warm-up and exploration noise are spread over the episode budget (so a search whose
+    #: budget is extended differs from an uninterrupted one of the extended length)
+    budget_scheduled: ClassVar[bool] = False
+
+    @classmethod
+    def for_search(cls, episodes: int, num_layers: int, seed: int) -> "Agent":
+        """The agent with its default settings for a search of ``episodes`` episodes on ``num_layers`` layers."""
+        return cls()
 
     @abstractmethod
     def run_episode(self, env: QuantEnv, episode: int) -> EpisodeOutcome:
@@ -39,3 +57,19 @@ def generator_state(rng: np.random.Generator) -> dict[str, Any]:
 
 def restore_generator(rng: np.random.Generator, state: dict[str, Any]) -> None:
     rng.bit_generator.state = state
+
+
+def agent_class(name: str) -> type[Agent]:
+    """The class registered as ``name`` in ``AGENTS``."""
+    if name not in AGENTS:
+        raise SearchError(f"unknown agent {name!r}; choose one of {', '.join(AGENTS)}")
+    module, _, attribute = AGENTS[name].partition(":")
+    cls = getattr(importlib.import_module(f"{__package__}.{module}"), attribute)
+    if cls.name != name:
+        raise SearchError(f"agent registry: {AGENTS[name]} is named {cls.name!r}, registered as {name!r}")
+    return cls
+
+
+def make_agent(name: str, episodes: int, num_layers: int, seed: int) -> Agent:
+    """The agent ``name`` for a search of ``episodes`` episodes on a network of ``num_layers`` layers."""
+    return agent_class(name).for_search(episodes, num_layers, seed)

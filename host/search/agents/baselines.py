@@ -72,6 +72,10 @@ class RandomAgent(Agent):
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
 
+    @classmethod
+    def for_search(cls, episodes: int, num_layers: int, seed: int) -> "RandomAgent":
+        return cls(seed)
+
     def run_episode(self, env: QuantEnv, episode: int) -> EpisodeOutcome:
         env.reset()
         while True:
@@ -150,13 +154,7 @@ class GreedyAgent(Agent):
 
         objective = env.objective
         setting = objective.setting
-
-        def penalty(cost: CostPoint) -> float:
-            """The cost the search is minimising: the budgeted metric, or the weighted normalised costs."""
-            if setting.budget is not None:
-                return cost.get(setting.budget.metric)
-            return (setting.psi_latency * cost.latency_s / objective.reference.latency_s
-                    + setting.psi_energy * cost.energy_j / objective.reference.energy_j) / setting.psi_acc
+        penalty = objective.penalty  # the cost the search minimises, in the reward's own terms
 
         cost = CostPoint.of(env.measure(plan()))
         while not (setting.constrained and objective.fits(cost)):

@@ -42,6 +42,7 @@ class HAQConfig(DDPGAgentConfig):
 
 class HAQAgent(Agent):
     name: ClassVar[str] = "haq"
+    budget_scheduled: ClassVar[bool] = True
     STATE_DIM = LAYER_OBS_DIM + 2  # + weight/activation flag + previous action
 
     def __init__(self, config: HAQConfig, num_layers: int, seed: int) -> None:
@@ -49,6 +50,10 @@ class HAQAgent(Agent):
         self.ddpg = ActorCritic(config.actor_critic(self.STATE_DIM, 1, gamma=1.0, learning_starts=min(config.batch_size, 4 * num_layers)))
         self.noise = config.noise()
         self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def for_search(cls, episodes: int, num_layers: int, seed: int) -> "HAQAgent":
+        return cls(HAQConfig(episodes), num_layers, seed)
 
     def _action(self, state: np.ndarray, learning: bool, sigma: float) -> float:
         if not learning:
