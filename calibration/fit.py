@@ -327,23 +327,35 @@ def fit(dataset: Dataset, template: OverlayConfig, search_overlay: bool = False,
 
 def calibration_from_fit(result: FitResult, dataset: Dataset, base: CalibrationParams, calibration_id: str,
                          bundled: OverlayConfig | None) -> CalibrationParams:
-    """The calibration file of a fit. Energy parameters not measured are kept from ``base`` (and say so); the fitted
-    overlay is carried in the file unless it is the ``bundled`` one."""
+    """The calibration file of a fit. ``calibrated`` only when every latency of ``dataset`` was measured (hardware,
+    RTL simulation, an external measurement file), else false with the reason in ``notes`` and ``fit``. Energy
+    parameters not measured are kept from ``base`` (and say so); the fitted overlay is carried in the file unless it
+    is the ``bundled`` one."""
     overlay = result.structure.overlay
     carried = None if bundled is not None and overlay.build_hash == bundled.build_hash else overlay.with_changes(
         name=f"{calibration_id}-overlay")
-    notes = [f"latency fitted on {dataset.source}: {len(dataset.samples)} measurements of {len(dataset.layer_keys)} layers"]
+    calibrated = not dataset.predicted
+    kinds = "/".join(dataset.measured_by) or "no"
+    if calibrated:
+        notes = [f"calibrated: latency fitted on {kinds} measurements ({dataset.source}): {len(dataset.samples)} "
+                 f"measurements of {len(dataset.layer_keys)} layers"]
+    else:
+        notes = [f"NOT calibrated: {dataset.predicted}; a fit on a model's predictions reproduces that model, it "
+                 f"measures nothing (fitted on {dataset.source})"]
     if result.energy is None:
         notes.append(f"energy parameters not measured: kept from calibration {base.id!r} (calibrated={base.calibrated})")
+    figures = result.figures()
+    figures["fitted_on"] = {"measured_by": list(dataset.measured_by), "predicted": dataset.predicted,
+                            "calibrated": calibrated}
     return CalibrationParams(
         id=calibration_id,
         source=dataset.source,
         overlay_build_hash=overlay.build_hash,
         date=today(),
-        calibrated=True,
+        calibrated=calibrated,
         schedule=result.schedule,
         energy=result.energy or base.energy,
         overlay=carried,
-        fit=result.figures(),
+        fit=figures,
         notes=tuple(notes),
     )

@@ -29,13 +29,13 @@ import io
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence, cast
 
 import numpy as np
 
 from autoq.common.errors import AutoQError, SpecError
 from autoq.common.fileio import atomic_write_text
-from autoq.common.network import LayerSpec, conv_kind
+from autoq.common.network import LayerKind, LayerSpec, NetworkSpec, conv_kind
 
 REQUIRED_COLUMNS = ("network", "layer", "c_in", "c_out", "kernel", "stride", "groups", "in_h", "in_w", "out_h", "out_w",
                     "batch", "wbits", "abits", "latency_s")
@@ -68,8 +68,14 @@ class Sample(NamedTuple):
 
 
 class Dataset(NamedTuple):
+    """Samples and where they come from. ``predicted`` is empty when every latency is a measurement (of hardware,
+    the RTL simulation, or an external measurement file), else says which were a model's predictions: a fit on
+    them is not a calibration. ``measured_by`` names the kinds of measurement (board, rtlsim, CSV, ...)."""
+
     samples: tuple[Sample, ...]
     source: str
+    predicted: str = ""
+    measured_by: tuple[str, ...] = ()
 
     @property
     def layer_keys(self) -> tuple[str, ...]:
@@ -87,7 +93,7 @@ def _pair(text: str, what: str) -> tuple[int, int]:
     return a, b
 
 
-def _infer_kind(c_in: int, groups: int, kernel: tuple[int, int], in_hw: tuple[int, int]) -> str:
+def _infer_kind(c_in: int, groups: int, kernel: tuple[int, int], in_hw: tuple[int, int]) -> LayerKind:
     if groups == 1 and kernel == (1, 1) and in_hw == (1, 1):
         return "linear"
     return conv_kind(c_in, groups)
@@ -105,7 +111,8 @@ def _row_sample(row: dict[str, str], where: str) -> Sample:
         energy = float(energy_text) if energy_text else math.nan
     except (TypeError, ValueError) as exc:
         raise MeasurementError(f"{where}: {exc}") from None
-    kind = (row.get("kind") or "").strip() or _infer_kind(c_in, groups, kernel, in_hw)
+    # the CSV's kind is unchecked text: LayerSpec rejects anything but a LayerKind, naming it
+    kind = cast(LayerKind, (row.get("kind") or "").strip() or _infer_kind(c_in, groups, kernel, in_hw))
     try:
         layer = LayerSpec(row["layer"], kind, c_in, c_out, kernel, stride, (0, 0), groups, in_hw, out_hw)
     except SpecError as exc:
@@ -127,7 +134,7 @@ def read_measurements_csv(path: str | Path) -> Dataset:
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise MeasurementError(f"cannot read measurements {path}: {exc.strerror}") from None
+        raise MeasurementError(f"cannot read measurements {path}: {exc.strerror}") from exc
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     reader = csv.DictReader(lines)
     columns = [c.strip() for c in reader.fieldnames or []]
@@ -148,7 +155,7 @@ def read_measurements_csv(path: str | Path) -> Dataset:
         samples.append(_row_sample(row, f"{path}: data row {number - 1}"))
     if not samples:
         raise MeasurementError(f"{path}: no measurements")
-    return Dataset(tuple(samples), f"CSV {Path(path).name}")
+    return Dataset(tuple(samples), f"CSV {Path(path).name}", measured_by=("CSV",))
 
 
 def _trace_csv_columns() -> tuple[str, ...]:
@@ -161,8 +168,9 @@ def _trace_export_samples(path: str | Path, rows: list[dict[str, str]]) -> Datas
     """Whole-network samples from the rows of ``autoq trace --export csv`` (see the module docstring)."""
     from autoq.common.plan import QuantPlan
 
-    networks: dict[str, object] = {}
+    networks: dict[str, NetworkSpec] = {}
     samples = []
+    sources: list[str] = []
     for number, row in enumerate(rows, start=1):
         where = f"{path}: data row {number} (trace record {row.get('id')})"
         if None in row or any(v is None for v in row.values()):
@@ -188,12 +196,14 @@ def _trace_export_samples(path: str | Path, rows: list[dict[str, str]]) -> Datas
             raise MeasurementError(f"{where}: batch must be >= 1 and latency_s a positive number")
         parts = tuple((spec, lp.weight_bits, lp.act_bits) for spec, lp in zip(network.layers, plan.layers))
         samples.append(Sample(*parts[0], batch, latency, energy if energy > 0 else math.nan, name, parts[1:]))
+        sources.append(row["source"])
     if not samples:
         raise MeasurementError(f"{path}: no measurements")
-    return Dataset(tuple(samples), f"trace export {Path(path).name}")
+    return _labelled(Dataset(tuple(samples), f"trace export {Path(path).name}"), sources,
+                     [s in MEASURED_SOURCES for s in sources])
 
 
-def _named_network(name: str, where: str):
+def _named_network(name: str, where: str) -> NetworkSpec:
     from autoq.host.models.resolve import spec_for
 
     try:
@@ -231,19 +241,45 @@ def samples_from_trace(path: str | Path) -> Dataset:
     except TraceError as exc:
         raise MeasurementError(str(exc)) from None
     samples = []
+    sources: list[str] = []
+    measured: list[bool] = []
     with store:
         for record in store:
-            costs = {c.name: c for c in record.measurement.layers}
+            m = record.measurement
+            costs = {c.name: c for c in m.layers}
+            latency_measured = m.is_measured("layers.latency_s")
+            energy_measured = m.is_measured("layers.energy_j")
             for spec, lp in zip(record.network.layers, record.plan.layers):
                 cost = costs.get(spec.name)
                 if cost is None or not cost.latency_s > 0:
                     continue
                 samples.append(Sample(spec, lp.weight_bits, lp.act_bits, record.batch, cost.latency_s,
-                                      cost.energy_j if cost.energy_j > 0 else math.nan,
+                                      cost.energy_j if energy_measured and cost.energy_j > 0 else math.nan,
                                       f"{record.network.name}/{spec.name}"))
+                sources.append(m.provenance.source if latency_measured else
+                               f"{m.provenance.source} (predicted by {m.predicted.get('layers.latency_s')!r})")
+                measured.append(latency_measured)
     if not samples:
         raise MeasurementError(f"trace {path} holds no per-layer measurements")
-    return Dataset(tuple(samples), f"trace {Path(path).name}")
+    return _labelled(Dataset(tuple(samples), f"trace {Path(path).name}"), sources, measured)
+
+
+MEASURED_SOURCES = ("board", "rtlsim")
+"""Sources whose latencies are measurements (``autoq.common.measurement``: the others' are a model's)."""
+
+
+def _labelled(dataset: Dataset, sources: Sequence[str], measured: Sequence[bool]) -> Dataset:
+    """``dataset`` with ``predicted``/``measured_by`` set from each sample's source and whether it was measured."""
+    predicted: dict[str, int] = {}
+    for source, was_measured in zip(sources, measured):
+        if not was_measured:
+            predicted[source] = predicted.get(source, 0) + 1
+    reason = ""
+    if predicted:
+        reason = (f"{sum(predicted.values())} of {len(sources)} latencies were predicted by a model, not measured ("
+                  + ", ".join(f"{n} from {s}" for s, n in predicted.items()) + ")")
+    by = tuple(dict.fromkeys(s for s, m in zip(sources, measured) if m))
+    return dataset._replace(predicted=reason, measured_by=by)
 
 
 def load_samples(path: str | Path) -> Dataset:
@@ -261,7 +297,9 @@ def load_samples(path: str | Path) -> Dataset:
 def merge(datasets: Sequence[Dataset]) -> Dataset:
     if not datasets:
         raise MeasurementError("no measurement inputs given")
-    return Dataset(tuple(s for d in datasets for s in d.samples), " + ".join(d.source for d in datasets))
+    return Dataset(tuple(s for d in datasets for s in d.samples), " + ".join(d.source for d in datasets),
+                   "; ".join(d.predicted for d in datasets if d.predicted),
+                   tuple(dict.fromkeys(k for d in datasets for k in d.measured_by)))
 
 
 class BundledTable(NamedTuple):
@@ -309,4 +347,4 @@ def samples_from_lookup_table(path: str | Path, layers: Sequence[LayerSpec], bat
         Sample(layer, (w + 1,) * layer.c_out, a + 1, batch, float(table[i, w, a]) / clock_hz, math.nan, f"{network}/{layer.name}")
         for i, layer in enumerate(layers) for w in range(table.shape[1]) for a in range(table.shape[2])
     )
-    return Dataset(samples, f"lookup table {Path(path).name} ({network}, batch {batch})")
+    return Dataset(samples, f"lookup table {Path(path).name} ({network}, batch {batch})", measured_by=("lookup table",))

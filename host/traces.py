@@ -8,7 +8,8 @@ cut — loses nothing that ``append`` returned from.
 Integrity: every row (measurement, network, plan, backend, attempt) carries the SHA-256 of its canonical content;
 a record whose row, network, plan or attempt does not verify is *damaged*: ``records`` raises on it (or, given a
 list, reports it there and yields the others), and it is never returned as a measurement. A file SQLite itself
-cannot read is a ``TraceError``. Traces of schema 1 (no checksums) are refused: record them again.
+cannot read is a ``TraceError``. Traces of schema 1 (no checksums) and 2 (measurements without measured/predicted
+labels) are refused: record them again.
 
 Attempts: each recording session (``open_attempt``) is an attempt, and a search's session is tied to its run (the
 run id of its checkpoint), the episode it starts at (-1 fresh, else the episode it resumed at), and how many
@@ -39,7 +40,7 @@ from autoq.common.plan import QuantPlan
 from autoq.overlay.manifest import OverlayConfig
 
 TRACE_FORMAT = "autoq-trace"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: measurements say which figures were measured and which predicted
 START_UP = -1  # the episode of a search's measurements before its first episode
 
 _SCHEMA = """
@@ -228,6 +229,10 @@ class TraceStore:
         if version == 1:
             raise TraceError(f"trace {self.path} has schema version 1, whose records carry no checksums (a damaged "
                              f"one would go unnoticed); this autoq reads version {SCHEMA_VERSION} only: record it again")
+        if version == 2:
+            raise TraceError(f"trace {self.path} has schema version 2, whose measurements do not say which figures were "
+                             f"measured and which a model predicted; this autoq reads version {SCHEMA_VERSION} only: "
+                             "record it again")
         if version != SCHEMA_VERSION:
             raise TraceError(f"trace {self.path} has schema version {version}; this autoq reads version {SCHEMA_VERSION}")
         if not _TABLES <= tables:
@@ -269,8 +274,9 @@ class TraceStore:
                 "INSERT INTO attempts (kind, run, start_episode, checkpointed, opened_at, checksum) VALUES (?, NULL, NULL, 0, ?, '')",
                 (kind, time.time()),
             )
-            self._rechecksum("attempts", cursor.lastrowid)
-            return int(cursor.lastrowid)
+            row_id = _inserted_id(cursor)
+            self._rechecksum("attempts", row_id)
+            return row_id
 
         return self._write(insert)
 
@@ -320,8 +326,9 @@ class TraceStore:
                     measurement.avg_power_w, p.timestamp, time.time(), json.dumps(measurement.to_dict()), attempt, episode,
                 ),
             )
-            self._rechecksum("measurements", cursor.lastrowid)
-            return int(cursor.lastrowid)
+            row_id = _inserted_id(cursor)
+            self._rechecksum("measurements", row_id)
+            return row_id
 
         return self._write(insert)
 
@@ -340,7 +347,7 @@ class TraceStore:
 
     # -- reading --------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return self._one("SELECT COUNT(*) FROM measurements")[0]
+        return self._aggregate("SELECT COUNT(*) FROM measurements")[0]
 
     def lookup(self, network_hash: str, plan_hash: str, batch: int = 1) -> Measurement | None:
         """The first measurement a replay serves for this network, plan and batch, or ``None``."""
@@ -438,7 +445,7 @@ class TraceStore:
 
     def fingerprint(self) -> tuple[int, int]:
         """(record count, last record id): changes whenever a record is appended."""
-        count, last = self._one("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM measurements")
+        count, last = self._aggregate("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM measurements")
         return int(count), int(last)
 
     def summary(self) -> TraceSummary:
@@ -489,6 +496,12 @@ class TraceStore:
     def _one(self, sql: str, params: tuple = ()) -> tuple | None:
         return next(self._rows(sql, params), None)
 
+    def _aggregate(self, sql: str) -> tuple:
+        """The one row an aggregate query (``COUNT``, ``MAX``) always returns."""
+        row = self._one(sql)
+        assert row is not None  # an aggregate without GROUP BY yields exactly one row
+        return row
+
     def _measurement(self, row_id: int, text: str) -> Measurement:
         return self._decode(Measurement.from_dict, text, f"record {row_id}")
 
@@ -497,6 +510,13 @@ class TraceStore:
             return parse(json.loads(text))
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             raise TraceError(f"trace {self.path}: {what} is corrupt: {exc}") from None
+
+
+def _inserted_id(cursor: sqlite3.Cursor) -> int:
+    """The id of the row the INSERT on ``cursor`` added (sqlite3 types ``lastrowid`` as optional)."""
+    row_id = cursor.lastrowid
+    assert row_id is not None  # set by every successful INSERT
+    return int(row_id)
 
 
 def _checksum(table: str, values: Sequence[Any]) -> str:

@@ -20,20 +20,22 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from autoq.overlay.calibration_params import CalibrationParams, load_default_calibration
+from autoq.overlay.calibration_params import CalibrationError, CalibrationParams, load_default_calibration
 from autoq.common.errors import AutoQError, SpecError
-from autoq.common.measurement import LayerCost, Measurement, Provenance
+from autoq.common.measurement import LATENCY_FIGURES, POWER_FIGURES, LayerCost, Measurement, Provenance, Source
 from autoq.common.network import LayerSpec, NetworkSpec
 from autoq.common.plan import MAX_BITS, QuantPlan
 
 from .driver import BusEngine, EngineDriver
 from .emulated import EmulatedEngine, EmulatedPowerSensor
+from .globaltimer import PYNQ_Z1_TIMER_HZ, TimerError, open_global_timer
 from .layout import TimingShape, timing_shape
 from .manifest import DEFAULT_OVERLAY, ManifestError, OverlayConfig, bitstreams_dir
 from .measure import Clock, MeasureSettings, ProtocolResult, RunRecord, run_protocol
 from .protocol import ProtocolError
 from .regmap import RegisterMap
 from .resources import estimate
+from .schedule import layer_cycles
 from .sensors.base import Sensor
 
 CHECKSUMS = "checksums.sha256"
@@ -201,7 +203,12 @@ class BitstreamRegistry:
 
 @dataclass
 class EngineSession:
-    """An attached engine with the sensors and time base that go with it."""
+    """An attached engine with the sensors and time base that go with it.
+
+    ``model_timing``: its cycle counters come from the schedule model (the emulated device), so latency is
+    predicted by calibration ``calibration_id``; ``model_power``: its power sensors report the analytic energy
+    model. ``timer``: a second clock read around each run (the Zynq's global timer, ``globaltimer``), or None.
+    """
 
     driver: EngineDriver
     sensors: list[Sensor]
@@ -210,6 +217,9 @@ class EngineSession:
     close: Callable[[], None] = lambda: None
     calibration_id: str = ""
     calibrated: bool = True
+    model_timing: bool = False
+    model_power: bool = False
+    timer: Any = None
 
 
 EngineFactory = Callable[[OverlayBuild], EngineSession]
@@ -227,19 +237,22 @@ def emulated_factory(calibration: CalibrationParams | None = None, compute: bool
         driver.attach(build.config)
         what = "bit-exact reference engine on the data" if compute else "timing only, data path not run"
         return EngineSession(
-            driver, [EmulatedPowerSensor(device)], Clock(device.now, device.idle),
+            driver, [EmulatedPowerSensor(device)], Clock(device.now, device.idle, "virtual"),
             f"emulated device: cycle counters from the schedule model ({what}); power from the analytic energy model "
-            f"of calibration {params.id!r}",
+            f"of calibration {params.id!r}; virtual time",
             device.ddr.release,
             params.id,
             params.calibrated,
+            model_timing=True,
+            model_power=True,
         )
 
     return open_engine
 
 
-def pynq_factory(sensors: Sequence[Sensor] = ()) -> EngineFactory:
-    """Engines on the FPGA through pynq: the build's bitstream is downloaded and its engine IP attached."""
+def pynq_factory(sensors: Sequence[Sensor] = (), timer_hz: float = PYNQ_Z1_TIMER_HZ) -> EngineFactory:
+    """Engines on the FPGA through pynq: the build's bitstream is downloaded and its engine IP attached; the
+    Cortex-A9's global timer (counting at ``timer_hz``) is read around each run as a cross-check of wall time."""
 
     def open_engine(build: OverlayBuild) -> EngineSession:
         try:
@@ -256,7 +269,12 @@ def pynq_factory(sensors: Sequence[Sensor] = ()) -> EngineFactory:
         if not isinstance(driver, EngineDriver):
             raise BoardError(f"pynq bound {type(driver).__name__} to {build.config.vlnv}, not the bit-serial engine driver")
         driver.attach(build.config)
-        return EngineSession(driver, list(sensors), Clock(), f"FPGA engine {names[0]} of {build.bitstream.name}")
+        try:
+            timer, timing = open_global_timer(timer_hz), f"global timer at {timer_hz / 1e6:g} MHz read around each run"
+        except TimerError as exc:
+            timer, timing = None, f"no global timer cross-check ({exc})"
+        return EngineSession(driver, list(sensors), Clock(), f"FPGA engine {names[0]} of {build.bitstream.name}; host "
+                             f"wall time by time.perf_counter_ns; {timing}", timer=timer)
 
     return open_engine
 
@@ -268,7 +286,7 @@ EMULATED_SETTINGS = MeasureSettings(warmup_runs=1, min_runs=3, min_window_s=0.0,
 class Board:
     """The board-side service the daemon and the ``emulated`` backend call: info, load_overlay, measure."""
 
-    def __init__(self, factory: EngineFactory, source: str, overlay: str = DEFAULT_OVERLAY,
+    def __init__(self, factory: EngineFactory, source: Source, overlay: str = DEFAULT_OVERLAY,
                  registry: BitstreamRegistry | None = None, settings: MeasureSettings = MeasureSettings(),
                  board_id: str | None = None, limits: RequestLimits = RequestLimits()):
         self.factory, self.source, self.settings, self.limits = factory, source, settings, limits
@@ -286,7 +304,7 @@ class Board:
 
     # -- requests ------------------------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        session, build = self._session(), self.build
+        session, build = self._loaded()
         return {
             "source": self.source,
             "board_id": self.board_id,
@@ -317,7 +335,8 @@ class Board:
         buffer is allocated; whatever was allocated is freed again however the measurement ends.
         """
         plan.check(network)
-        session, config = self._session(), self.build.config
+        session, build = self._loaded()
+        config = build.config
         driver = session.driver
         self.limits.check_request(network, batch)
         shapes = [timing_shape(layer, lp.weight_bits, lp.act_bits, config, batch)
@@ -328,11 +347,18 @@ class Board:
             for shape in shapes:
                 prepared.append(driver.prepare(shape.job()))
 
-            def run_once() -> RunRecord:
-                counters = [driver.run(p) for p in prepared]
-                return RunRecord(sum(c.total for c in counters) / config.clock_hz, counters)
+            clock, timer = session.clock, session.timer
 
-            result = run_protocol(run_once, session.sensors, self.settings, session.clock)
+            def run_once() -> RunRecord:
+                ticks = timer.ticks() if timer is not None else None
+                start = clock.now_ns()
+                counters = [driver.run(p) for p in prepared]
+                wall_s = (clock.now_ns() - start) / 1e9
+                timer_s = timer.elapsed_s(ticks, timer.ticks()) if timer is not None else None
+                return RunRecord(sum(c.total for c in counters) / config.clock_hz, counters, wall_s, timer_s)
+
+            result = run_protocol(run_once, session.sensors, self.settings, clock,
+                                  host_loop=lambda seconds: driver.host_loop(seconds, clock))
         finally:
             for p in prepared:
                 driver.release(p)
@@ -344,52 +370,111 @@ class Board:
             self.session = None
 
     # -- helpers -------------------------------------------------------------------------------------------------
-    def _session(self) -> EngineSession:
+    def _loaded(self) -> tuple[EngineSession, OverlayBuild]:
         if self.session is None or self.build is None:
             raise BoardError("no overlay is loaded")
-        return self.session
+        return self.session, self.build
+
+    def _energy_model(self) -> CalibrationParams:
+        """The calibration whose energy model predicts the energy a session does not measure: the loaded
+        overlay's bundled ``calibration.json``, else the default overlay's."""
+        build = self._loaded()[1]
+        problems = []
+        for name in dict.fromkeys((build.name, DEFAULT_OVERLAY)):
+            try:
+                return load_default_calibration(name)
+            except CalibrationError as exc:
+                problems.append(str(exc))
+        raise BoardError(f"no calibration to predict unmeasured energy for overlay {build.name!r}: {'; '.join(problems)}")
 
     def _assemble(self, network: NetworkSpec, plan: QuantPlan, batch: int, result: ProtocolResult,
                   session: EngineSession) -> Measurement:
-        """Per-layer medians of the cycle counters; energy = idle + idle-subtracted (dynamic) power over latency."""
-        config = self.build.config
+        """Per-layer medians of the cycle counters (and v2 stall counters); energy measured as ``idle power x
+        latency + dynamic energy`` when the meters resolve it, else predicted by an energy model and labelled so."""
+        config = self._loaded()[1].config
         latency = result.latency.median
-        dynamic_j = result.energy_per_inference_j
+        energy = result.energy()
         idle_w = result.idle_power
-        layers = []
-        for i, layer in enumerate(network.layers):
-            runs = np.array([[c.fetch, c.execute, c.result, c.total] for c in (r.detail[i] for r in result.runs)])
+        measured: list[str] = []
+        predicted: dict[str, str] = {}
+        reasons: dict[str, str] = {}
+        model = None if session.model_power else self._energy_model()
+        model_id = session.calibration_id if model is None else model.id
+        if session.model_timing:
+            predicted.update(dict.fromkeys(LATENCY_FIGURES, session.calibration_id))
+        else:
+            measured.extend(LATENCY_FIGURES)
+        layers, work = [], []
+        for i, (layer, lp) in enumerate(zip(network.layers, plan.layers)):
+            counters = [r.detail[i] for r in result.runs]
+            runs = np.array([[c.fetch, c.execute, c.result, c.total] for c in counters])
             fetch, execute, res, total = (int(v) for v in np.median(runs, axis=0))
             stages = {"fetch": fetch, "execute": execute, "result": res}
+            stalls = {name: int(np.median([c.stalls[name] for c in counters])) for name in counters[0].stalls}
             seconds = total / config.clock_hz
-            share = seconds / latency if latency > 0 else 0.0
-            layers.append(LayerCost(
-                layer.name, seconds, idle_w * seconds + dynamic_j * share, max(stages, key=stages.get),
-                {**stages, "overhead": total - max(stages.values()), "total": total},
-            ))
+            layers.append((layer.name, seconds, max(stages, key=lambda stage: stages[stage]),
+                           {**stages, "overhead": total - max(stages.values()), "total": total, **stalls}))
+            if model is not None:
+                cycles = layer_cycles(layer, np.asarray(lp.weight_bits), lp.act_bits, config, model.schedule, batch)
+                work.append((cycles.binary_ops, cycles.dram_bytes))
         samples = result.samples()
-        samples["dynamic_energy_j"] = [dynamic_j]
-        measured_power = bool(session.sensors)
+        dynamic_j = energy.dynamic_j
+        if session.model_power:  # the model's power: exact, no meter resolution to respect
+            dynamic_j = max(energy.dynamic_w, 0.0) * result.window_s / max(len(result.runs), 1)
+        if dynamic_j is not None:
+            energy_j, avg_w = idle_w * latency + dynamic_j, result.avg_power
+            samples["dynamic_energy_j"] = [dynamic_j]
+            samples["idle_energy_j"] = [energy.idle_j]
+            layer_j = [idle_w * s + dynamic_j * (s / latency if latency > 0 else 0.0) for _, s, _, _ in layers]
+            if session.model_power:
+                predicted.update(dict.fromkeys(POWER_FIGURES, model_id))
+            else:
+                measured.extend(f for f in POWER_FIGURES if f != "layers.energy_j")
+                predicted["layers.energy_j"] = "measured total apportioned by layer latency"
+                reasons["layers.energy_j"] = "one meter measures the whole board: per-layer energy is its share of time"
+        else:
+            assert model is not None
+            layer_j = [float(model.energy.total_j(s, ops, dram)) for (_, s, _, _), (ops, dram) in zip(layers, work)]
+            energy_j = float(sum(layer_j))
+            reason = energy.reason
+            if result.has_sensors:  # the readings are measured; only the energy they imply is not resolved
+                measured.extend(("avg_power_w", "idle_power_w"))
+                predicted.update(dict.fromkeys(("energy_j", "layers.energy_j"), model_id))
+                avg_w = result.avg_power
+                samples["idle_energy_j"] = [energy.idle_j]
+            else:
+                predicted.update(dict.fromkeys(POWER_FIGURES, model_id))
+                idle_w = model.energy.idle_power_w
+                avg_w = energy_j / latency if latency > 0 else idle_w
+            reasons.update(dict.fromkeys((f for f in POWER_FIGURES if f in predicted), reason))
+        hardware = session.driver.hardware
+        assert hardware is not None  # a session's driver is attached (EngineDriver.attach) before it runs layers
+        used_model = model_id in predicted.values()
+        calibrated = (session.calibrated if model is None else model.calibrated) if used_model else True
+        unmeasured = "" if not reasons else "; not measured: " + "; ".join(
+            f"{figure} ({why})" for figure, why in reasons.items() if figure in ("energy_j", "layers.energy_j"))
         return Measurement(
             network_hash=network.hash,
             plan_hash=plan.hash,
             batch=batch,
             latency_s=latency,
-            energy_j=idle_w * latency + dynamic_j if measured_power else 0.0,
-            avg_power_w=result.avg_power,
+            energy_j=energy_j,
+            avg_power_w=avg_w,
             idle_power_w=idle_w,
-            layers=tuple(layers),
+            layers=tuple(LayerCost(name, s, j, bound, cycles) for (name, s, bound, cycles), j in zip(layers, layer_j)),
             provenance=Provenance(
                 source=self.source,
-                overlay_build_hash=session.driver.hardware.build_hash,
+                overlay_build_hash=hardware.build_hash,
                 board_id=self.board_id,
-                calibration_id=session.calibration_id,
-                calibrated=session.calibrated,
-                detail=f"{session.detail}; {result.summary()}"
-                + ("" if measured_power else "; no power sensor: energy and power not measured"),
+                calibration_id=model_id if used_model else "",
+                calibrated=calibrated,
+                detail=f"{session.detail}; {result.summary()}{unmeasured}",
             ),
             resources=estimate(config).to_dict(),
             samples=samples,
+            measured=tuple(measured),
+            predicted=predicted,
+            reasons=reasons,
         )
 
 

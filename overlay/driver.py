@@ -40,6 +40,8 @@ from .regmap import (
 
 BUFFERS = ("weights", "activations", "results", "tiles")
 COUNTERS = ("cycles_fetch", "cycles_execute", "cycles_result", "cycles_total")
+STALL_COUNTERS = ("stall_fetch", "stall_execute", "stall_result")
+"""Register map v2 only: cycles each stage waited (read when the map has them)."""
 
 
 class DriverError(AutoQError, RuntimeError):
@@ -47,12 +49,14 @@ class DriverError(AutoQError, RuntimeError):
 
 
 class Counters(NamedTuple):
-    """Cycle counters of one run, as the engine reports them."""
+    """Cycle counters of one run, as the engine reports them; ``stalls`` maps ``STALL_COUNTERS`` names to their
+    values where the register map has them (v2), else is empty."""
 
     fetch: int
     execute: int
     result: int
     total: int
+    stalls: Mapping[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,19 @@ class EngineDriver:
         status = self.read_register("status")
         if status != Status.OK:
             raise DriverError(f"layer {job.name!r}: the engine rejected the run: {rejection_reason(status)}")
-        return Counters(*(self.read_register(name) for name in COUNTERS))
+        stalls = {name: self.read_register(name) for name in STALL_COUNTERS if name in self.registers}
+        return Counters(*(self.read_register(name) for name in COUNTERS), stalls=stalls)
+
+    def host_loop(self, seconds: float, clock: Any) -> None:
+        """The host side of a run without engine work, for ``seconds`` of ``clock``: the engine started on an empty
+        job (identify: no DDR traffic), then its control register polled every ``poll_s`` as ``run`` polls it.
+        The measurement protocol takes the idle power baseline with this running."""
+        end = clock.now() + seconds
+        self.write_register("command", CMD_IDENTIFY)
+        self._start_and_wait("idle host loop")
+        while clock.now() < end:
+            self.read_register("control")
+            clock.sleep(self.poll_s)
 
     def release(self, prepared: "PreparedLayer") -> None:
         """Free the job's DDR buffers."""

@@ -16,6 +16,7 @@ so pynq's own ``MMIO``/``DefaultIP``/``allocate`` drive it. Everything measured 
 from __future__ import annotations
 
 import bisect
+import math
 import struct
 import warnings
 from typing import Any, Sequence
@@ -296,6 +297,7 @@ class EmulatedEngine:
             raw = self.ddr.array_at(addresses[operand.buffer] + 8 * operand.offset, np.uint64, operand.words)
             words = raw.reshape(operand.rows, operand.planes, -1)
             if operand.buffer == "weights":
+                assert operand.tile is not None  # a weights operand is always one row tile's
                 channels = operand.tile.channels
                 values = unpack_bitplanes(BitPlanes(words, bits[channels], True, operand.k))
                 if operand.group == PACKED_GROUPS:
@@ -309,7 +311,7 @@ class EmulatedEngine:
                     columns[operand.group] = acts
                 else:
                     columns[operand.tile.channels // m] = acts.reshape(operand.tile.channels.size, k, n)
-        gemm = LayerSpec("gemm", "conv", groups * k, layer.c_out, 1, 1, 0, groups, (n, 1), (n, 1))
+        gemm = LayerSpec("gemm", "conv", groups * k, layer.c_out, (1, 1), (1, 1), (0, 0), groups, (n, 1), (n, 1))
         x = columns.reshape(1, groups * k, n, 1)
         output = run_layer(gemm, x, w.reshape(layer.c_out, k, 1, 1), bits, abits, self.overlay, self.schedule).output
         oh, ow = layer.out_hw
@@ -329,6 +331,8 @@ class EmulatedPowerSensor:
 
     kind = "emulated (analytic energy model)"
     unit = "W"
+    sample_rate_hz = math.inf  # exact at any reading
+    resolution_w = 0.0
 
     def __init__(self, device: EmulatedEngine, name: str = "emulated_power"):
         self.name, self.parents, self._device = name, (), device

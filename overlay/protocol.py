@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping
 from autoq.common.errors import AutoQError
 
 MAGIC = b"AQHL"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: measurements carry measured/predicted labels (common.measurement format 2)
 FLAG_HMAC = 0x01
 FLAG_CRC = 0x02
 KNOWN_FLAGS = FLAG_HMAC | FLAG_CRC
@@ -212,7 +212,7 @@ def load_key(path: str) -> bytes:
         with open(path, "rb") as fh:
             key = fh.read().strip()
     except OSError as exc:
-        raise ProtocolError("bad_hmac", f"cannot read key file {path}: {exc.strerror}") from None
+        raise ProtocolError("bad_hmac", f"cannot read key file {path}: {exc.strerror}") from exc
     if len(key) < MIN_KEY_BYTES:
         raise ProtocolError("bad_hmac", f"key file {path} holds {len(key)} bytes; a shared key needs at least {MIN_KEY_BYTES}")
     return key

@@ -120,14 +120,16 @@ def test_protocol_covers_the_window_and_subtracts_idle_power():
     assert result.avg_power == pytest.approx(5.0)
     lat = result.latency
     assert lat.median == pytest.approx(0.011) and lat.iqr == pytest.approx(0.002) and lat.stdev > 0
-    assert result.energy_per_inference_j == pytest.approx(3.0 * 0.011)
+    # (P_run - P_idle) x window / runs: the mean time of a run on the host loop, not the median latency
+    assert result.energy_per_inference_j == pytest.approx(3.0 * result.window_s / len(result.runs))
     assert result.samples()["latency_s"] == [r.latency_s for r in result.runs]
 
 
 def test_protocol_min_runs_without_sensors_and_failing_sensor():
     state, clock = virtual_clock()
     result = run_protocol(lambda: RunRecord(1.0), [], MeasureSettings(warmup_runs=0, min_runs=3, min_window_s=0), clock)
-    assert len(result.runs) == 3 and result.run_power_w == [] and result.energy_per_inference_j == 0.0
+    assert len(result.runs) == 3 and result.run_power_w == [] and result.energy_per_inference_j is None
+    assert result.energy().reason == "no power sensor"
 
     class Broken:
         name, parents = "broken", ()
@@ -220,9 +222,9 @@ def test_cli_board_info_on_the_emulated_backend(capsys):
 
     assert main(["board", "info", "emulated"]) == 0
     text = capsys.readouterr().out
-    assert "protocol version: 1" in text and "pynq_z1  build " + OVERLAY.build_hash in text
+    assert "protocol version: 2" in text and "pynq_z1  build " + OVERLAY.build_hash in text
     assert "emulated_power: emulated (analytic energy model)" in text
     assert main(["board", "info", "emulated", "--json"]) == 0
-    assert '"protocol_version": 1' in capsys.readouterr().out
+    assert '"protocol_version": 2' in capsys.readouterr().out
     assert main(["board", "info", "model"]) == 2
     assert "'model' is not a board" in capsys.readouterr().err

@@ -95,7 +95,7 @@ def test_serial_pty_end_to_end_matches_in_process_emulated(board, digits):
         plan = kernel_wise_plan(digits, 3, min_act_bits=2)
         os.write(master, os.urandom(64).replace(MAGIC, b""))  # line noise before the first frame
         assert_same_measurement(remote.measure(digits, plan), local.measure(digits, plan))
-        assert remote.info()["protocol_version"] == 1
+        assert remote.info()["protocol_version"] == 2
     finally:
         remote.close()
         local.close()
@@ -166,7 +166,7 @@ def test_wrong_version_names_the_supported_one(daemon):
     frame[4] = 9
     answer = exchange(port, bytes(frame))
     assert (answer.header["code"], answer.id) == ("bad_version", 5)
-    assert "speaks 1" in answer.header["message"]
+    assert "speaks 2" in answer.header["message"]
 
 
 def test_bad_json_and_unknown_requests(daemon):

@@ -135,7 +135,7 @@ def test_fallback_predicts_misses_with_the_model_fitted_on_the_trace(tmp_path):
     for plan in unseen:
         predicted, expected = replay.measure(net, plan), truth.measure(net, plan)
         assert predicted.provenance.source == "model"
-        assert predicted.provenance.calibration_id == f"replay-fit:{path.name}:8:8"
+        assert predicted.provenance.calibration_id == f"replay-fit/2:{path.name}:8:8"
         # the trace came from the model itself, so the model refitted on it predicts unseen plans closely
         assert predicted.latency_s == pytest.approx(expected.latency_s, rel=0.02)
         assert predicted.energy_j == pytest.approx(expected.energy_j, rel=0.05)
@@ -145,7 +145,7 @@ def test_fallback_predicts_misses_with_the_model_fitted_on_the_trace(tmp_path):
     CalibrationParams.load(cache).with_changes(notes=("cached",)).save(cache)
     assert open_backend(f"replay:{path}?fallback=model").fitted_calibration().notes == ("cached",), "read from the cache"
     record_with_model_backend(path, net, unseen[:1])  # the trace grows: the cached fit is stale
-    assert open_backend(f"replay:{path}?fallback=model").fitted_calibration().id == f"replay-fit:{path.name}:9:9"
+    assert open_backend(f"replay:{path}?fallback=model").fitted_calibration().id == f"replay-fit/2:{path.name}:9:9"
     assert recorded  # recorded measurements remain hits
 
 

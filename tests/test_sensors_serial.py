@@ -466,3 +466,44 @@ def test_unplugged_adapter_is_a_sensor_error(instruments):
             meter.read()
     finally:
         meter.close()
+
+
+def test_idle_baseline_with_the_host_loop_keeps_polling_power_out_of_the_engine(instruments):
+    """A board whose meter reads 2 W at rest, +0.5 W while the Cortex-A9 polls the engine, +3 W while the engine
+    runs: with the idle baseline taken while the same host loop polls, the dynamic power is the engine's 3 W;
+    with the old baseline (the host asleep) the polling power is counted as the engine's too."""
+    sim = instruments()
+    streamer = LineStreamer(sim, b"2.0\n", period_s=0.002).start()
+    [sensor] = sensors_from_spec(f"line:{sim.device}")
+
+    def draw(cpu: bool, engine: bool) -> None:
+        streamer.steady = f"{2.0 + 0.5 * cpu + 3.0 * engine}\n".encode()
+
+    def run_once() -> RunRecord:
+        draw(cpu=True, engine=True)  # the engine runs while the host polls it
+        time.sleep(0.02)
+        draw(cpu=True, engine=False)  # the host polls on between runs
+        time.sleep(0.005)
+        return RunRecord(0.02)
+
+    def host_loop(seconds: float) -> None:
+        draw(cpu=True, engine=False)
+        time.sleep(seconds)
+
+    def at_rest(seconds: float) -> None:
+        draw(cpu=False, engine=False)
+        time.sleep(seconds)
+
+    settings = MeasureSettings(warmup_runs=1, min_runs=5, min_window_s=0.4, idle_window_s=0.3, sample_period_s=0.05)
+    try:
+        new = run_protocol(run_once, [sensor], settings, Clock(), host_loop=host_loop)
+        old = run_protocol(run_once, [sensor], settings, Clock(), host_loop=at_rest)
+    finally:
+        streamer.stop()
+        sensor.close()
+    assert new.idle_power == pytest.approx(2.5, abs=0.05) and old.idle_power == pytest.approx(2.0, abs=0.05)
+    engine_share = 0.02 / 0.025  # of each run's time on the host loop
+    assert new.energy().dynamic_w == pytest.approx(3.0 * engine_share, abs=0.4)
+    assert old.energy().dynamic_w == pytest.approx(3.0 * engine_share + 0.5, abs=0.4)
+    assert old.energy().dynamic_w - new.energy().dynamic_w == pytest.approx(0.5, abs=0.1)
+    assert new.idle_host_loop and "with the host loop running" in new.summary()

@@ -117,7 +117,7 @@ class ReplayBackend:
         from autoq.calibration.measurements import MeasurementError, samples_from_trace
 
         count, last = self.store.fingerprint()
-        calibration_id = f"replay-fit:{self.store.path.name}:{count}:{last}"
+        calibration_id = f"replay-fit/2:{self.store.path.name}:{count}:{last}"  # /2: calibrated only on measurements
         cache = self.store.path.with_name(self.store.path.name + FIT_CACHE_SUFFIX)
         try:
             cached = CalibrationParams.load(cache)

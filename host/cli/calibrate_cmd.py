@@ -71,7 +71,9 @@ def render(report: dict[str, Any], path: str, overlay: dict[str, Any] | None) ->
     fit = report["fit"]
     folds = next(k for k in fit if k.endswith("fold") and k.startswith("latency_"))
     lines = [
-        f"calibration {report['id']!r} from {report['source']}",
+        f"calibration {report['id']!r} from {report['source']}: "
+        + ("calibrated" if report["calibrated"] else "NOT calibrated (calibrated: false)"),
+        *report["notes"][:1],
         f"structure: {fit['structure']}" + (f" (carried overlay, part {overlay['part']})" if overlay else ""),
         "latency error (absolute percentage):",
         _line("in-sample", fit["latency_in_sample"]),
@@ -109,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     bundled = None if Path(args.overlay).suffix == ".json" else template
     calibration = calibration_from_fit(result, dataset, load_default_calibration(), calibration_id, bundled)
     calibration.save(args.output)
+    if not calibration.calibrated:
+        print(f"warning: {args.output} is NOT calibrated (calibrated: false): {dataset.predicted}", file=sys.stderr)
     report = calibration.to_dict()
     print(json.dumps(report, indent=1) if args.json else render(report, args.output, report["overlay"]))
     return 0

@@ -29,7 +29,9 @@ class Sensor(Protocol):
     name: str
     parents: tuple[Any, ...]
     unit: str
-    kind: str
+
+    @property
+    def kind(self) -> str: ...  # read-only: a plain attribute or a property
 
     def get_value(self, parents: Any = None) -> float: ...
 
@@ -48,7 +50,8 @@ class PowerSample(NamedTuple):
 
 class PowerMeter(Protocol):
     """An instrument that returns one fresh sample per ``read()``, raising :class:`SensorError` after its timeout.
-    ``close()`` may be called from another thread while ``read()`` waits, and makes it return promptly."""
+    ``close()`` may be called from another thread while ``read()`` waits, and makes it return promptly. A meter
+    may declare ``max_rate_hz`` (fresh readings per second at best) and ``resolution_w`` (smallest power step)."""
 
     description: str
 
@@ -94,6 +97,18 @@ class SampledPowerSensor:
         return self.meter.description
 
     @property
+    def sample_rate_hz(self) -> float:
+        """Readings per second this sensor delivers: the meter's own rate (``max_rate_hz``, unbounded if it
+        declares none), capped by the sampling period."""
+        rate = float(getattr(self.meter, "max_rate_hz", math.inf))
+        return min(rate, 1.0 / self.period_s) if self.period_s > 0 else rate
+
+    @property
+    def resolution_w(self) -> float:
+        """The smallest power difference the meter resolves (``resolution_w``; 0 when it declares none)."""
+        return float(getattr(self.meter, "resolution_w", 0.0))
+
+    @property
     def latest(self) -> PowerSample | None:
         """The most recent sample (volts and amps included where the meter gives them)."""
         with self._changed:
@@ -112,6 +127,7 @@ class SampledPowerSensor:
                 return math.fsum(pending) / len(pending)
             if self._error is not None:
                 raise SensorError(f"sensor {self.name!r} ({self.kind}): {self._error}") from self._error
+            assert self._latest is not None  # the wait above ends on a reading or an error
             return self._latest.watts
 
     def close(self) -> None:

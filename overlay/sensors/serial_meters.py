@@ -227,6 +227,8 @@ UM_RECORD_LEN = 130
 UM_POLL = b"\xf0"
 UM_END_MARK = 0xFFF1
 UM_ANSWER_S = 0.3  # latency before a record starts (Bluetooth included), on top of its transfer time
+UM_MAX_RATE_HZ = 5.0  # records per second at best (HARDWARE_NOTES.md; libsigrok rdtech-um polls at that pace)
+UM_NOMINAL_VOLTS, UM_NOMINAL_AMPS = 5.0, 1.0  # the load at which ``UmModel.resolution_w`` is stated
 UM_RETRY_PAUSE_S = 0.05  # after a bad record: let the rest of a garbled burst arrive before dropping the input
 UM34C_CHECKSUM_OFFSETS = (1, 3, 7, 9, 15, 17, 19, 23, 31, 39, 41, 45, 49, 53, 55, 57, 59, 63, 67, 69, 73, 79, 83, 89,
                           97, 99, 109, 111, 113, 119, 121, 127)
@@ -239,6 +241,11 @@ class UmModel:
     volts_per_lsb: float
     amps_per_lsb: float
     xor_checksum: bool  # UM34C: XOR checksum in the last byte; UM24C/UM25C: fixed end mark 0xFFF1
+
+    @property
+    def resolution_w(self) -> float:
+        """Power step of volts x amps at a 5 V, 1 A USB load: one current LSB at 5 V plus one voltage LSB at 1 A."""
+        return UM_NOMINAL_VOLTS * self.amps_per_lsb + UM_NOMINAL_AMPS * self.volts_per_lsb
 
 
 UM_MODELS = {
@@ -287,7 +294,10 @@ class UmMeter(SerialMeter):
         self.answer_s = min(timeout_s, UM_ANSWER_S + transfer_s)
         self.model = UM_MODELS[model.upper()] if model else None
         self.bad_records = 0
+        self.max_rate_hz = UM_MAX_RATE_HZ
         self.read()
+        assert self.model is not None  # read() sets it from the first record
+        self.resolution_w = self.model.resolution_w
         self.description = f"RDTech {self.model.name} on {device}"
 
     def _read(self) -> PowerSample:
