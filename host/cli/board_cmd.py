@@ -1,4 +1,4 @@
-"""``autoq board serve`` (on the board, or ``--emulate`` anywhere) and ``autoq board info URI``."""
+"""``autoq board serve`` (on the board, or ``--emulate`` / ``--rtlsim`` anywhere) and ``autoq board info URI``."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,8 @@ import json
 import signal
 import sys
 from typing import Any
+
+from autoq.host.cli._board_keygen import register_keygen
 
 DEFAULT_TCP = "127.0.0.1:7700"
 
@@ -15,12 +17,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = board.add_subparsers(dest="board_command", required=True, metavar="ACTION")
 
     serve = commands.add_parser("serve", help="answer measurement requests on TCP and/or a serial link")
-    serve.add_argument("--emulate", action="store_true", help="use the emulated device instead of the FPGA (any machine)")
+    device = serve.add_mutually_exclusive_group()
+    device.add_argument("--emulate", action="store_true", help="use the emulated device instead of the FPGA (any machine)")
+    device.add_argument("--rtlsim", action="store_true",
+                        help="use the cycle-accurate Verilator simulation of the RTL engine (needs verilator, amaranth; "
+                             "default overlay rtl_small)")
+    serve.add_argument("--rtlsim-memory", metavar="QUERY", default=None,
+                       help="HP-port model of --rtlsim, e.g. 'read_latency=40&write_latency=30&outstanding=8&bandwidth=8'")
     serve.add_argument("--tcp", metavar="HOST:PORT", help=f"listen on TCP (default {DEFAULT_TCP} when no --serial)")
     serve.add_argument("--serial", metavar="DEVICE", help="serve on a serial port, e.g. /dev/ttyPS1")
     serve.add_argument("--baud", type=int, default=115200, help="serial baud rate (default 115200)")
     serve.add_argument("--key-file", metavar="FILE", help="shared HMAC key; required to listen beyond loopback")
-    serve.add_argument("--overlay", default=None, help="overlay to load from the board's bitstreams/ (default pynq_z1)")
+    serve.add_argument("--overlay", default=None,
+                       help="overlay to load from the board's bitstreams/ (default pynq_z1; rtl_small with --rtlsim)")
     serve.add_argument("--meter", action="append", default=[], metavar="SPEC",
                        help="power meter to read while measuring (repeatable; the board has none of its own on PYNQ-Z1): "
                             "um25c:/dev/rfcomm0, scpi:/dev/ttyUSB0?mode=vi|power|all, line:/dev/ttyACM0, "
@@ -31,9 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.set_defaults(handler=serve_handler)
 
     info = commands.add_parser("info", help="print a board's manifest, sensors and protocol version")
-    info.add_argument("uri", help="tcp://HOST:PORT[?key=FILE], serial:///dev/X?baud=N, or emulated")
+    info.add_argument("uri", help="tcp://HOST:PORT[?key=FILE], serial:///dev/X?baud=N, emulated or rtlsim")
     info.add_argument("--json", action="store_true", help="print the raw answer as JSON")
     info.set_defaults(handler=info_handler)
+    register_keygen(commands)
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -65,9 +75,21 @@ def serve_handler(args: argparse.Namespace) -> int:
         host, port = _host_port(tcp)
     if args.meter and args.emulate:
         raise DaemonError("--meter reads a real board's power; the emulated device has its own power model")
+    if args.meter and args.rtlsim:
+        raise DaemonError("--meter reads a real board's power; the RTL simulation has no power to read")
+    if args.rtlsim_memory is not None and not args.rtlsim:
+        raise DaemonError("--rtlsim-memory sets the HP-port model of --rtlsim; add --rtlsim")
+    if args.rtlsim:
+        from autoq.hls.rtlsim.board import DEFAULT_RTL_OVERLAY, rtlsim_board
+        from autoq.hls.rtlsim.memory import HPPortModel
+
+        memory = HPPortModel.from_query(args.rtlsim_memory or "")  # refuse bad settings before building anything
     sensors = power_sensors_from_specs(args.meter)
     try:
-        board = open_board(emulate=args.emulate, overlay=args.overlay or DEFAULT_OVERLAY, sensors=sensors)
+        if args.rtlsim:
+            board = rtlsim_board(args.overlay or DEFAULT_RTL_OVERLAY, memory)
+        else:
+            board = open_board(emulate=args.emulate, overlay=args.overlay or DEFAULT_OVERLAY, sensors=sensors)
     except BaseException:
         close_sensors(sensors)
         raise
@@ -120,7 +142,7 @@ def info_handler(args: argparse.Namespace) -> int:
     backend = open_backend(args.uri)
     try:
         if not hasattr(backend, "info"):
-            raise BackendError(f"{args.uri!r} is not a board: use tcp://, serial:// or emulated")
+            raise BackendError(f"{args.uri!r} is not a board: use tcp://, serial://, emulated or rtlsim")
         info = backend.info()
     finally:
         backend.close()
