@@ -41,7 +41,7 @@ class Status(IntEnum):
     BUFFER_OVERFLOW = 4
 
 
-_STATUS_REASONS = {
+_STATUS_REASONS: dict[int, str] = {
     Status.BAD_COMMAND: "bad command",
     Status.BAD_DESCRIPTOR: "bad layer descriptor",
     Status.BAD_TABLE: "bad tile table",
@@ -147,7 +147,22 @@ _ARGS_V1: tuple[tuple[str, int, Access, Section, str], ...] = (
     ("cycles_result", 64, "ro", "counters", "cycles the result stage scheduled on the last run"),
     ("cycles_total", 64, "ro", "counters", "cycles of the last run, stages overlapped, overheads included"),
 )
-_LAYOUTS = {1: _ARGS_V1}
+_COUNTERS_V2: tuple[tuple[str, int, Access, Section, str], ...] = (
+    ("cycles_fetch", 64, "ro", "counters", "cycles the fetch stage made progress on the last run (AXI reads, buffer fills)"),
+    ("cycles_execute", 64, "ro", "counters", "cycles the execute stage made progress on the last run (passes, drain)"),
+    ("cycles_result", 64, "ro", "counters", "cycles the result stage made progress on the last run (AXI writes)"),
+    ("cycles_total", 64, "ro", "counters",
+     "free-running cycle counter at done minus its value at start: the whole run, setup and checks included"),
+    ("stall_fetch", 64, "ro", "counters", "cycles the fetch stage waited for a free buffer region or for DDR data"),
+    ("stall_execute", 64, "ro", "counters", "cycles the execute stage waited for operands or a free result buffer"),
+    ("stall_result", 64, "ro", "counters", "cycles the result stage waited for results or for the AXI write channels"),
+)
+_ARGS_V2: tuple[tuple[str, int, Access, Section, str], ...] = (
+    tuple(arg for arg in _ARGS_V1 if arg[3] != "counters") + _COUNTERS_V2
+)
+"""Version 2 (the Amaranth RTL engine, ``hls/rtl``): v1 with measured counters. ``cycles_*`` are per-stage active
+cycles and ``cycles_total`` a real cycle count; each stage's active plus stall cycles lie within ``cycles_total``."""
+_LAYOUTS = {1: _ARGS_V1, 2: _ARGS_V2}
 
 
 @dataclass(frozen=True)

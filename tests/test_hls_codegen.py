@@ -11,7 +11,8 @@ from autoq.overlay.manifest import ManifestError, OverlayConfig, bitstreams_dir,
 from autoq.overlay.regmap import RegisterMap
 from autoq.overlay.schedule import ScheduleError, ScheduleParams
 
-MANIFESTS = sorted(bitstreams_dir().glob("*/manifest.json"))
+# The HLS C++ engine speaks register map v1; v2 overlays are built from the RTL (hls/rtl), which has no generated C++.
+MANIFESTS = [p for p in sorted(bitstreams_dir().glob("*/manifest.json")) if OverlayConfig.load(p).regmap_version == 1]
 SCRIPTS = codegen.hls_dir() / "scripts"
 
 

@@ -1,0 +1,195 @@
+"""Execute stage: the Dm x Dn dot-product array (AND + popcount + shift + conditional negate, no multipliers).
+
+Per step (one row tile x one column tile) it takes an ``rhs_full`` token, then streams ``tbits * abits * kw``
+cycles: weight plane ``i`` (outer), activation plane ``j``, Dk-word ``w`` (inner), every unit ``(r, c)`` doing
+``acc += (-1 if neg_r else 1) * (popcount(lhs_r & rhs_c) << (i + j))`` where ``neg_r`` marks row ``r``'s MSB plane
+(``i == bits_r - 1``, ``bits_r >= 2``); planes at or above a row's width are zero in the buffer. A column unit
+accumulates ``colsum_c = sum_j popcount(rhs_c) << j`` during the ``i == 0`` passes, and a binary row ({-1, +1},
+``bits_r == 1``) reads out ``2 * acc - colsum_c``. Pipeline: buffer read, chunk popcounts, sum, accumulate
+(``PIPE`` cycles after the last read). It gives ``rhs_free`` after the step's last read, then takes ``res_free``,
+drains the accumulators row by row (``Dm`` cycles) into the result region with the step's ``ResultBank``, gives
+``res_full`` and, after a row tile's last column tile, ``lhs_free``.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal
+
+from autoq.overlay.manifest import OverlayConfig
+
+from .common import LayerParams, ResultBank, TileBank, Token, popcount, region_base
+
+CHUNK = 32
+PIPE = 3
+
+
+class Execute(Elaboratable):
+    def __init__(self, cfg: OverlayConfig, p: LayerParams, banks: list[TileBank], rbanks: list[ResultBank],
+                 lhs_ports, rhs_ports, res_port, rhs_full: Token, rhs_free: Token, lhs_free: Token,
+                 res_free: Token, res_full: Token):
+        self.cfg, self.p, self.banks, self.rbanks = cfg, p, banks, rbanks
+        self.lhs_ports, self.rhs_ports, self.res_port = lhs_ports, rhs_ports, res_port
+        self.rhs_full, self.rhs_free, self.lhs_free = rhs_full, rhs_free, lhs_free
+        self.res_free, self.res_full = res_free, res_full
+        self.start = Signal()
+        self.finished = Signal()
+        self.active = Signal()
+
+    def elaborate(self, platform) -> Module:
+        cfg, p = self.cfg, self.p
+        dm, dn, acc_bits = cfg.dm, cfg.dn, cfg.acc_bits
+        m = Module()
+        lreg, rreg, qreg = Signal(), Signal(), Signal()
+        step, n0 = Signal(32), Signal(32)
+        i, j, w = Signal(32), Signal(32), Signal(32)
+        la_plane, ra_plane = Signal(32), Signal(32)
+        flush = Signal(range(PIPE + 1))
+        row = Signal(range(dm + 1))
+        progress = Signal()
+        running = Signal()
+
+        def pick(getter):
+            return Mux(lreg, getter(self.banks[1]), getter(self.banks[0]))
+
+        tbits, rows, kw = pick(lambda b: b.tbits), pick(lambda b: b.rows), pick(lambda b: b.kw)
+        row_bits = [pick(lambda b, r=r: b.bits[r]) for r in range(dm)]
+        last_col = Signal()
+        m.d.comb += last_col.eq(n0 + dn >= p.n)
+        remaining = Signal(32)
+        m.d.comb += remaining.eq(p.n - n0)
+        cols = Mux(remaining < dn, remaining, dn)
+
+        # ---- issue
+        issue = Signal()
+        last_w, last_j, last_i = Signal(), Signal(), Signal()
+        m.d.comb += [last_w.eq(w == kw - 1), last_j.eq(j == p.abits - 1), last_i.eq(i == tbits - 1)]
+        for port in self.lhs_ports:
+            m.d.comb += port.addr.eq(region_base(cfg.lhs_mem_words, lreg, p.lhs_single) + la_plane + w)
+        for port in self.rhs_ports:
+            m.d.comb += port.addr.eq(region_base(cfg.rhs_mem_words, rreg, p.rhs_single) + ra_plane + w)
+        shift_w = (2 * cfg.max_bits - 1).bit_length()
+        c1_valid, c1_first, c1_csum = Signal(), Signal(), Signal()
+        c1_shift, c1_neg = Signal(shift_w), Signal(dm)
+        m.d.sync += [c1_valid.eq(issue), c1_first.eq((i == 0) & (j == 0) & (w == 0)), c1_csum.eq(i == 0),
+                     c1_shift.eq(i + j),
+                     c1_neg.eq(Cat(*((i == row_bits[r] - 1) & (row_bits[r] >= 2) for r in range(dm))))]
+
+        # ---- stage 1: AND + chunk popcounts
+        chunks = -(-cfg.dk // CHUNK)
+        lhs = [port.data for port in self.lhs_ports]
+        rhs = [port.data for port in self.rhs_ports]
+
+        def chunk_counts(value, name):
+            regs = []
+            for k in range(chunks):
+                part = value[k * CHUNK:min((k + 1) * CHUNK, cfg.dk)]
+                reg = Signal(range(len(part) + 1), name=f"{name}_k{k}")
+                m.d.sync += reg.eq(popcount(part))
+                regs.append(reg)
+            return regs
+
+        pc1 = [[chunk_counts(lhs[r] & rhs[c], f"pc1_{r}_{c}") for c in range(dn)] for r in range(dm)]
+        cc1 = [chunk_counts(rhs[c], f"cc1_{c}") for c in range(dn)]
+        c2_valid, c2_first, c2_csum = Signal(), Signal(), Signal()
+        c2_shift, c2_neg = Signal(shift_w), Signal(dm)
+        m.d.sync += [c2_valid.eq(c1_valid), c2_first.eq(c1_first), c2_csum.eq(c1_csum), c2_shift.eq(c1_shift),
+                     c2_neg.eq(c1_neg)]
+
+        # ---- stage 2: sum the chunks
+        def total(regs, name):
+            out = Signal(range(cfg.dk + 1), name=name)
+            terms = list(regs)
+            while len(terms) > 1:
+                terms = [terms[a] + terms[a + 1] if a + 1 < len(terms) else terms[a] for a in range(0, len(terms), 2)]
+            m.d.sync += out.eq(terms[0])
+            return out
+
+        pc2 = [[total(pc1[r][c], f"pc2_{r}_{c}") for c in range(dn)] for r in range(dm)]
+        cc2 = [total(cc1[c], f"cc2_{c}") for c in range(dn)]
+        c3_valid, c3_first, c3_csum = Signal(), Signal(), Signal()
+        c3_shift, c3_neg = Signal(shift_w), Signal(dm)
+        m.d.sync += [c3_valid.eq(c2_valid), c3_first.eq(c2_first), c3_csum.eq(c2_csum), c3_shift.eq(c2_shift),
+                     c3_neg.eq(c2_neg)]
+
+        # ---- stage 3: shift, conditional negate, accumulate
+        acc = [[Signal(acc_bits, name=f"acc_{r}_{c}") for c in range(dn)] for r in range(dm)]
+        colsum = [Signal(acc_bits, name=f"colsum_{c}") for c in range(dn)]
+        with m.If(c3_valid):
+            for r in range(dm):
+                neg = c3_neg[r]
+                for c in range(dn):
+                    x = (pc2[r][c] << c3_shift)[:acc_bits]
+                    base = Mux(c3_first, 0, acc[r][c])
+                    m.d.sync += acc[r][c].eq(base + (x ^ neg.replicate(acc_bits)) + neg)
+            for c in range(dn):
+                with m.If(c3_csum):
+                    x = (cc2[c] << c3_shift)[:acc_bits]
+                    m.d.sync += colsum[c].eq(Mux(c3_first, 0, colsum[c]) + x)
+
+        # ---- drain: one row per cycle into the result region (binary rows: 2 * acc - colsum)
+        row_words = []
+        for r in range(dm):
+            binary = row_bits[r] == 1
+            row_words.append(Cat(*(Mux(binary, (acc[r][c] << 1) - colsum[c], acc[r][c])[:acc_bits]
+                                   for c in range(dn))))
+        drain_data = row_words[0]
+        for r in range(1, dm):
+            drain_data = Mux(row == r, row_words[r], drain_data)
+        m.d.comb += [self.res_port.addr.eq(Mux(qreg, dm, 0) + row), self.res_port.data.eq(drain_data)]
+
+        with m.FSM(name="execute"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [lreg.eq(0), rreg.eq(0), qreg.eq(0), step.eq(0), n0.eq(0), running.eq(1)]
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If(step == p.total_steps):
+                    m.d.sync += running.eq(0)
+                    m.next = "IDLE"
+                with m.Elif(self.rhs_full.avail):
+                    m.d.comb += [self.rhs_full.take.eq(1), progress.eq(1)]
+                    m.d.sync += [i.eq(0), j.eq(0), w.eq(0), la_plane.eq(0), ra_plane.eq(0)]
+                    m.next = "ISSUE"
+            with m.State("ISSUE"):
+                m.d.comb += [issue.eq(1), progress.eq(1)]
+                with m.If(~last_w):
+                    m.d.sync += w.eq(w + 1)
+                with m.Else():
+                    m.d.sync += w.eq(0)
+                    with m.If(~last_j):
+                        m.d.sync += [j.eq(j + 1), ra_plane.eq(ra_plane + kw)]
+                    with m.Else():
+                        m.d.sync += [j.eq(0), ra_plane.eq(0)]
+                        with m.If(~last_i):
+                            m.d.sync += [i.eq(i + 1), la_plane.eq(la_plane + kw)]
+                        with m.Else():
+                            m.d.comb += self.rhs_free.give.eq(1)
+                            m.d.sync += [flush.eq(PIPE), rreg.eq(~rreg)]
+                            m.next = "FLUSH"
+            with m.State("FLUSH"):
+                m.d.comb += progress.eq(1)
+                m.d.sync += flush.eq(flush - 1)
+                with m.If(flush == 1):
+                    m.next = "RES"
+            with m.State("RES"):
+                with m.If(self.res_free.avail):
+                    m.d.comb += [self.res_free.take.eq(1), progress.eq(1)]
+                    m.d.sync += row.eq(0)
+                    m.next = "DRAIN"
+            with m.State("DRAIN"):
+                m.d.comb += [progress.eq(1), self.res_port.en.eq(1)]
+                m.d.sync += row.eq(row + 1)
+                with m.If(row == dm - 1):
+                    for q, rb in enumerate(self.rbanks):
+                        with m.If(qreg == q):
+                            m.d.sync += [rb.rows.eq(rows), rb.cols.eq(cols), rb.first.eq(n0 == 0)]
+                            m.d.sync += [rb.chan_off[r].eq(pick(lambda b, r=r: b.chan_off[r])) for r in range(dm)]
+                    m.d.comb += self.res_full.give.eq(1)
+                    m.d.sync += [qreg.eq(~qreg), step.eq(step + 1)]
+                    with m.If(last_col):
+                        m.d.comb += self.lhs_free.give.eq(1)
+                        m.d.sync += [n0.eq(0), lreg.eq(~lreg)]
+                    with m.Else():
+                        m.d.sync += n0.eq(n0 + dn)
+                    m.next = "WAIT"
+        m.d.comb += [self.finished.eq(~running), self.active.eq(progress)]
+        return m

@@ -1,0 +1,288 @@
+"""Fetch stage: moves tile-table entries, weights and activations from DDR into the operand buffers.
+
+Two halves share the read DMA: the *requester* walks the loop nest (block, row tile, column tile), takes a free
+buffer region (``lhs_free`` per row tile, ``rhs_free`` per step), issues the DMA commands and tells the *sink*
+(through a small FIFO of descriptors) where the returning beats go; the sink writes beats into the banks and
+buffers in order and gives ``rhs_full`` when a step's activations are in. The requester runs up to two steps
+ahead of execute, so reads of the next step stream while the current one executes.
+
+Per row tile: the entry (``1 + Dm`` beats) into the region's ``TileBank``; then ``rows * tbits * wpp`` weight beats
+(row ``r``'s planes into lhs buffer ``r``: plane ``i``, Dk-word ``w`` at ``region + i*kw + w``). Per column tile:
+``cols * abits * wpp`` activation beats (column ``c`` into rhs buffer ``c``: plane ``j`` at ``region + j*kw + w``).
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, Value
+from amaranth.lib.fifo import SyncFIFO
+
+from autoq.overlay.layout import row_tile_words
+from autoq.overlay.manifest import OverlayConfig
+
+from .arith import SeqMul
+from .common import WORD_BITS, LayerParams, TileBank, Token, bits_for, region_base
+
+KIND_TABLE, KIND_WEIGHTS, KIND_ACTS = 0, 1, 2
+
+
+class Fetch(Elaboratable):
+    def __init__(self, cfg: OverlayConfig, p: LayerParams, banks: list[TileBank], lhs_ports, rhs_ports,
+                 lhs_free: Token, rhs_free: Token, rhs_full: Token):
+        self.cfg, self.p, self.banks = cfg, p, banks
+        self.lhs_ports, self.rhs_ports = lhs_ports, rhs_ports
+        self.lhs_free, self.rhs_free, self.rhs_full = lhs_free, rhs_free, rhs_full
+        self.start = Signal()
+        self.finished = Signal()
+        self.active = Signal()
+        self.cmd_valid, self.cmd_ready = Signal(), Signal()
+        self.cmd_addr, self.cmd_beats = Signal(32), Signal(32)
+        self.rdata, self.rvalid, self.rready = Signal(64), Signal(), Signal()
+
+    def elaborate(self, platform) -> Module:
+        cfg, p, banks = self.cfg, self.p, self.banks
+        m = Module()
+        lanes = cfg.dk // WORD_BITS
+        entry_beats = row_tile_words(cfg.dm) // 2
+        count_bits = bits_for(max(cfg.dm, cfg.dn, entry_beats))
+        m.submodules.mul = mul = SeqMul(32)
+        m.submodules.queue = queue = SyncFIFO(width=2 + 1 + count_bits + 32, depth=4)
+
+        # ---------------- requester
+        t, tt, n0 = Signal(32), Signal(32), Signal(32)
+        lreg, rreg = Signal(), Signal()
+        w_off, act_base, col_addr, tbl_off = Signal(32), Signal(32), Signal(32), Signal(32)
+        wpp_t, p1, w_beats, acol, acols_full, col_beats = (Signal(32, name=n) for n in (
+            "f_wpp", "f_p1", "f_wbeats", "f_acol", "f_acols_full", "f_col_beats"))
+        cols = Signal(range(cfg.dn + 1))
+        ch_r = Signal(range(cfg.dm + 1))
+        table_loaded = Signal()
+        table_loaded_set = Signal()
+        requester_done = Signal()
+        req_progress = Signal()
+        bank = _BankMux(banks, lreg)
+
+        def push(kind, reg, count, unit):
+            return [queue.w_en.eq(1), queue.w_data.eq(Cat(Const(kind, 2), reg, fit(count, count_bits), fit(unit, 32)))]
+
+        remaining_cols = Signal(32)
+        m.d.comb += remaining_cols.eq(p.n - n0)
+        m.d.comb += cols.eq(Mux(remaining_cols < cfg.dn, remaining_cols, cfg.dn))
+        with m.If(table_loaded_set):
+            m.d.sync += table_loaded.eq(1)
+
+        with m.FSM(name="fetch_req"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [t.eq(0), tt.eq(0), n0.eq(0), lreg.eq(0), rreg.eq(0), w_off.eq(0), act_base.eq(0),
+                                 tbl_off.eq(0), requester_done.eq(0), table_loaded.eq(0)]
+                    m.next = "TILE"
+            with m.State("TILE"):
+                with m.If(t == p.num_tiles):
+                    m.d.sync += requester_done.eq(1)
+                    m.next = "IDLE"
+                with m.Elif(self.lhs_free.avail & queue.w_rdy):
+                    m.d.comb += [self.cmd_valid.eq(1), self.cmd_addr.eq(p.tiles_addr + tbl_off),
+                                 self.cmd_beats.eq(entry_beats)]
+                    with m.If(self.cmd_ready):
+                        m.d.comb += [self.lhs_free.take.eq(1), req_progress.eq(1)]
+                        m.d.comb += push(KIND_TABLE, lreg, entry_beats, 0)
+                        m.d.sync += [tbl_off.eq(tbl_off + 8 * entry_beats), table_loaded.eq(0)]
+                        m.next = "WAIT_TABLE"
+            with m.State("WAIT_TABLE"):
+                with m.If(table_loaded):
+                    full = bank.rows == cfg.dm
+                    m.d.sync += [wpp_t.eq(Mux(p.packed, Mux(full, p.wppf, p.wppl), p.wpp)),
+                                 bank.set("kw", Mux(p.packed, Mux(full, p.kwf, p.kwl), p.kwords))]
+                    m.next = "MUL_P1"
+            self._mul(m, mul, "MUL_P1", bank.tbits, wpp_t, p1, "MUL_W", req_progress)
+            self._mul(m, mul, "MUL_W", bank.rows, p1, w_beats, "MUL_A", req_progress)
+            self._mul(m, mul, "MUL_A", p.abits, wpp_t, acol, "MUL_AF", req_progress)
+            self._mul(m, mul, "MUL_AF", cfg.dn, acol, acols_full, "MUL_CH0", req_progress, after=[ch_r.eq(0)])
+            # channel offsets: ch[r] * out_h * out_w * 4 for each used row
+            with m.State("MUL_CH0"):
+                m.d.comb += req_progress.eq(1)
+                with m.If(ch_r == bank.rows):
+                    m.next = "WEIGHTS"
+                with m.Else():
+                    m.d.comb += [mul.a.eq(p.ohw4), mul.b.eq(bank.ch_at(ch_r)), mul.start.eq(1)]
+                    m.next = "MUL_CH1"
+            with m.State("MUL_CH1"):
+                m.d.comb += req_progress.eq(1)
+                with m.If(mul.ready):
+                    m.d.sync += bank.set_off(ch_r, mul.product)
+                    m.d.sync += ch_r.eq(ch_r + 1)
+                    m.next = "MUL_CH0"
+            with m.State("WEIGHTS"):
+                with m.If(queue.w_rdy):
+                    m.d.comb += [self.cmd_valid.eq(1), self.cmd_addr.eq(p.weights_addr + (w_off << 3)),
+                                 self.cmd_beats.eq(w_beats)]
+                    with m.If(self.cmd_ready):
+                        m.d.comb += req_progress.eq(1)
+                        m.d.comb += push(KIND_WEIGHTS, lreg, bank.rows, p1)
+                        m.d.sync += [w_off.eq(w_off + w_beats), col_addr.eq(act_base)]
+                        m.next = "COL"
+            with m.State("COL"):
+                m.d.comb += req_progress.eq(1)
+                with m.If(cols == cfg.dn):
+                    m.d.sync += col_beats.eq(acols_full)
+                    m.next = "ACTS"
+                with m.Else():
+                    m.d.comb += [mul.a.eq(acol), mul.b.eq(cols), mul.start.eq(1)]
+                    m.next = "COL_W"
+            with m.State("COL_W"):
+                m.d.comb += req_progress.eq(1)
+                with m.If(mul.ready):
+                    m.d.sync += col_beats.eq(mul.product)
+                    m.next = "ACTS"
+            with m.State("ACTS"):
+                with m.If(self.rhs_free.avail & queue.w_rdy):
+                    m.d.comb += [self.cmd_valid.eq(1), self.cmd_addr.eq(p.activations_addr + (col_addr << 3)),
+                                 self.cmd_beats.eq(col_beats)]
+                    with m.If(self.cmd_ready):
+                        m.d.comb += [self.rhs_free.take.eq(1), req_progress.eq(1)]
+                        m.d.comb += push(KIND_ACTS, rreg, cols, acol)
+                        next_addr = col_addr + col_beats
+                        m.d.sync += [col_addr.eq(next_addr), rreg.eq(~rreg)]
+                        with m.If(n0 + cfg.dn >= p.n):
+                            m.d.sync += [n0.eq(0), t.eq(t + 1), lreg.eq(~lreg)]
+                            with m.If(p.packed):
+                                m.d.sync += act_base.eq(next_addr)
+                            with m.If(tt == p.tpb - 1):
+                                m.d.sync += tt.eq(0)
+                                with m.If(~p.packed):
+                                    m.d.sync += act_base.eq(next_addr)
+                            with m.Else():
+                                m.d.sync += tt.eq(tt + 1)
+                            m.next = "TILE"
+                        with m.Else():
+                            m.d.sync += n0.eq(n0 + cfg.dn)
+                            m.next = "COL"
+
+        # ---------------- sink
+        kind = Signal(2)
+        sreg = Signal()
+        scount = Signal(count_bits)
+        sunit = Signal(32)
+        unit_idx = Signal(range(max(cfg.dm, cfg.dn, entry_beats) + 1))
+        beat_in_unit = Signal(32)
+        lane = Signal(range(max(lanes, 2)))
+        word = Signal(32)
+        sink_busy = Signal()
+        beat = Signal()
+        m.d.comb += beat.eq(self.rvalid & self.rready)
+        m.d.comb += self.rready.eq(sink_busy)
+        wdata = Cat(*([self.rdata] * lanes))
+        lane_en = Signal(lanes)
+        m.d.comb += lane_en.eq(1 << lane)
+        for r, port in enumerate(self.lhs_ports):
+            m.d.comb += [port.addr.eq(region_base(cfg.lhs_mem_words, sreg, p.lhs_single) + word), port.data.eq(wdata)]
+            m.d.comb += port.en.eq(Mux(beat & (kind == KIND_WEIGHTS) & (unit_idx == r), lane_en, 0))
+        for c, port in enumerate(self.rhs_ports):
+            m.d.comb += [port.addr.eq(region_base(cfg.rhs_mem_words, sreg, p.rhs_single) + word), port.data.eq(wdata)]
+            m.d.comb += port.en.eq(Mux(beat & (kind == KIND_ACTS) & (unit_idx == c), lane_en, 0))
+        with m.If(~sink_busy):
+            with m.If(queue.r_rdy):
+                m.d.comb += queue.r_en.eq(1)
+                m.d.sync += [Cat(kind, sreg, scount, sunit).eq(queue.r_data), sink_busy.eq(1), unit_idx.eq(0),
+                             beat_in_unit.eq(0), lane.eq(0), word.eq(0)]
+        with m.Elif(beat):
+            with m.If(kind == KIND_TABLE):
+                for b in range(entry_beats):
+                    with m.If(unit_idx == b):
+                        for pos, value in ((2 * b, self.rdata[:32]), (2 * b + 1, self.rdata[32:])):
+                            for i, bk in enumerate(banks):
+                                with m.If(sreg == i):
+                                    m.d.sync += _table_field(cfg, bk, pos, value)
+                m.d.sync += unit_idx.eq(unit_idx + 1)
+                with m.If(unit_idx == entry_beats - 1):
+                    m.d.sync += sink_busy.eq(0)
+                    m.d.comb += table_loaded_set.eq(1)
+            with m.Else():
+                with m.If(lane == lanes - 1):
+                    m.d.sync += [lane.eq(0), word.eq(word + 1)]
+                with m.Else():
+                    m.d.sync += lane.eq(lane + 1)
+                with m.If(beat_in_unit == sunit - 1):
+                    m.d.sync += [beat_in_unit.eq(0), lane.eq(0), word.eq(0), unit_idx.eq(unit_idx + 1)]
+                    with m.If(unit_idx == scount - 1):
+                        m.d.sync += sink_busy.eq(0)
+                        with m.If(kind == KIND_ACTS):
+                            m.d.comb += self.rhs_full.give.eq(1)
+                with m.Else():
+                    m.d.sync += beat_in_unit.eq(beat_in_unit + 1)
+        m.d.comb += self.finished.eq(requester_done & ~sink_busy & ~queue.r_rdy)
+        m.d.comb += self.active.eq(req_progress | beat)
+        return m
+
+    @staticmethod
+    def _mul(m, mul, state, a, b, dst, after_state, progress, after=()):
+        with m.State(state):
+            m.d.comb += [mul.a.eq(a), mul.b.eq(b), mul.start.eq(1), progress.eq(1)]
+            m.next = state + "_W"
+        with m.State(state + "_W"):
+            m.d.comb += progress.eq(1)
+            with m.If(mul.ready):
+                m.d.sync += [dst.eq(mul.product), *after]
+                m.next = after_state
+
+
+def fit(value, width: int) -> Value:
+    """``value`` zero-extended or truncated to exactly ``width`` bits."""
+    value = Value.cast(value)
+    return value[:width] if len(value) >= width else Cat(value, Const(0, width - len(value)))
+
+
+def _table_field(cfg: OverlayConfig, bank: TileBank, pos: int, value):
+    """Assignment of tile-table word ``pos`` of an entry into ``bank`` (layout: bits, rows, channels, row bits)."""
+    if pos == 0:
+        return [bank.tbits.eq(value)]
+    if pos == 1:
+        return [bank.rows.eq(value)]
+    if pos < 2 + cfg.dm:
+        return [bank.ch[pos - 2].eq(value)]
+    return [bank.bits[pos - 2 - cfg.dm].eq(value)]
+
+
+class _BankMux:
+    """Reads and writes of the ``TileBank`` selected by a region bit."""
+
+    def __init__(self, banks: list[TileBank], sel: Signal):
+        self.banks, self.sel = banks, sel
+
+    def _pick(self, getter):
+        a, b = (getter(bank) for bank in self.banks)
+        return Mux(self.sel, b, a)
+
+    @property
+    def rows(self):
+        return self._pick(lambda bank: bank.rows)
+
+    @property
+    def tbits(self):
+        return self._pick(lambda bank: bank.tbits)
+
+    def ch_at(self, index):
+        result = self._pick(lambda bank: bank.ch[0])
+        for r in range(1, len(self.banks[0].ch)):
+            result = Mux(index == r, self._pick(lambda bank, r=r: bank.ch[r]), result)
+        return result
+
+    def set(self, field, value):
+        return _SelectAssign(self.banks, self.sel, lambda bank: getattr(bank, field), value)
+
+    def set_off(self, index, value):
+        return _SelectAssign(self.banks, self.sel, lambda bank: bank.chan_off, value, index)
+
+
+class _SelectAssign(list):
+    """Statements assigning ``value`` into the selected bank's field (or element ``index`` of a list field)."""
+
+    def __init__(self, banks, sel, getter, value, index=None):
+        statements = []
+        for i, bank in enumerate(banks):
+            target = getter(bank)
+            if index is None:
+                statements.append(target.eq(Mux(sel == i, value, target)))
+            else:
+                for r, element in enumerate(target):
+                    statements.append(element.eq(Mux((sel == i) & (index == r), value, element)))
+        super().__init__(statements)
