@@ -34,7 +34,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
     """Delete the ``.NAME.PID.tmp`` files in ``folder`` whose process ``PID`` is not alive; returns them."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
@@ -68,4 +68,4 @@ def read_text(path: str | Path, error: type[Exception], what: str) -> str:
     try:
         return Path(path).read_text()
     except OSError as exc:
-        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from exc  # the cause keeps errno and filename

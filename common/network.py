@@ -41,7 +41,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _pair(value: Any, what: str) -> tuple[int, int]:
+def as_pair(value: Any, what: str) -> tuple[int, int]:
+    """``value`` (an int or two ints) as a pair of ints; raises ``SpecError`` naming ``what`` otherwise."""
     if _is_int(value):
         return (int(value), int(value))
     if not isinstance(value, (str, bytes, Mapping)) and isinstance(value, Iterable):
@@ -79,7 +80,7 @@ class LayerSpec:
         if not isinstance(self.name, str) or not self.name:
             raise SpecError(f"layer name must be a non-empty string, got {reprlib.repr(self.name)}")
         for attr in ("kernel", "stride", "padding", "in_hw", "out_hw"):
-            object.__setattr__(self, attr, _pair(getattr(self, attr), f"layer {self.name!r}: {attr}"))
+            object.__setattr__(self, attr, as_pair(getattr(self, attr), f"layer {self.name!r}: {attr}"))
         if self.kind not in LAYER_KINDS:
             raise SpecError(f"layer {self.name!r}: kind must be one of {LAYER_KINDS}, got {reprlib.repr(self.kind)}")
         for attr in ("c_in", "c_out", "groups"):

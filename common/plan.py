@@ -4,6 +4,10 @@ Validation happens at the boundaries, once: a ``LayerPlan`` checks its bit-width
 ``QuantPlan.check(network)`` checks the fit to a network the first time it is asked for that network (a plan
 remembers the network it fits, so the backends, quantizer and results that check again at their own boundary cost
 a comparison, not a second validation).
+
+A plan's ``hash`` is the SHA-256 of its JSON body (``[[name, act_bits, [weight_bits...]], ...]``, compact), built
+from per-layer fragments that each frozen ``LayerPlan`` encodes once and caches (with its weight bits as bytes,
+``bits_bytes``, which the cost model reads), so plans that share layers hash in a join and one SHA-256.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from .errors import PlanError
 from .fileio import atomic_write_text, read_text
@@ -40,15 +46,38 @@ class LayerPlan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight_bits", tuple(self.weight_bits))
-        if not self.weight_bits:
+        bits = self.weight_bits
+        if not bits:
             raise PlanError(f"layer {self.name!r}: weight_bits is empty")
-        for c, bits in enumerate(self.weight_bits):
-            _check_bits(bits, f"layer {self.name!r}: weight_bits[{c}]")
+        if not (set(map(type, bits)) == {int} and MIN_BITS <= min(bits) and max(bits) <= MAX_BITS):  # else: say where
+            for c, value in enumerate(bits):
+                _check_bits(value, f"layer {self.name!r}: weight_bits[{c}]")
         _check_bits(self.act_bits, f"layer {self.name!r}: act_bits")
 
     @property
     def mean_weight_bits(self) -> float:
         return sum(self.weight_bits) / len(self.weight_bits)
+
+    # memos, not fields: not compared, hashed or pickled
+    @functools.cached_property
+    def bits_bytes(self) -> bytes:
+        """``weight_bits`` as one byte per kernel."""
+        return bytes(self.weight_bits)
+
+    @functools.cached_property
+    def json_fragment(self) -> bytes:
+        """This layer's entry of the plan's hashed JSON body: ``json.dumps([name, act_bits, list(weight_bits)])``
+        with compact separators."""
+        if MAX_BITS < 10:  # single digits: interleave them with commas in one numpy pass
+            digits = np.full(2 * len(self.weight_bits) - 1, ord(","), np.uint8)
+            digits[::2] = np.frombuffer(self.bits_bytes, np.uint8) + ord("0")
+            numbers = digits.tobytes()
+        else:
+            numbers = ",".join(map(str, self.weight_bits)).encode()
+        return b"[%s,%d,[%s]]" % (json.dumps(self.name).encode(), self.act_bits, numbers)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("bits_bytes", "json_fragment")}
 
 
 @dataclass(frozen=True)
@@ -149,8 +178,10 @@ class QuantPlan:
 
     @functools.cached_property
     def hash(self) -> str:
-        body = json.dumps([[l.name, l.act_bits, list(l.weight_bits)] for l in self.layers], separators=(",", ":"))
-        return hashlib.sha256(body.encode()).hexdigest()[:16]
+        """First 16 hex digits of the SHA-256 of ``json.dumps([[name, act_bits, list(weight_bits)], ...],
+        separators=(",", ":"))``, joined from the layers' cached fragments."""
+        body = b"[" + b",".join(l.json_fragment for l in self.layers) + b"]"
+        return hashlib.sha256(body).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "QuantPlan":

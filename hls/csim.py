@@ -160,7 +160,7 @@ class LayerCheck(NamedTuple):
 
 
 def check_layer(csim: CsimBuild, layer: LayerSpec, x_int: np.ndarray, w_int: np.ndarray,
-                weight_bits: Sequence[int], act_bits: int, params: ScheduleParams = ScheduleParams()) -> LayerCheck:
+                weight_bits: Sequence[int] | np.ndarray, act_bits: int, params: ScheduleParams = ScheduleParams()) -> LayerCheck:
     """Run ``layer`` through the C-sim and the reference engine; compare outputs and cycle counters."""
     overlay = csim.overlay
     job = build_job(layer, x_int, w_int, weight_bits, act_bits, overlay)
@@ -170,10 +170,11 @@ def check_layer(csim: CsimBuild, layer: LayerSpec, x_int: np.ndarray, w_int: np.
     reference = run_layer(layer, x_int, w_int, weight_bits, act_bits, overlay, params).output
     reference = reference.reshape(run.results.shape)
     batch = int(np.shape(x_int)[0])
+    fetch, execute, result, total = (run.registers[name] for name in COUNTERS)
     return LayerCheck(
         layer, tuple(int(b) for b in weight_bits), act_bits, batch,
         int(np.count_nonzero(run.results.astype(np.int64) != reference)),
-        tuple(run.registers[name] for name in COUNTERS),
+        (fetch, execute, result, total),
         layer_cycles(layer, weight_bits, act_bits, overlay, params, batch),
     )
 
@@ -206,7 +207,7 @@ def random_case(rng: np.random.Generator, name: str, kind: str | None = None, ma
             c_in, c_out = groups * int(rng.integers(1, 6)), groups * int(rng.integers(1, 14))
     out = conv_output_size(size, kernel, stride, pad)
     layer = LayerSpec(name, "linear" if kind == "linear" else "depthwise" if kind == "depthwise" else "conv",
-                      c_in, c_out, kernel, stride, pad, groups, size, out)
+                      c_in, c_out, (kernel, kernel), (stride, stride), (pad, pad), groups, (size, size), (out, out))
     pool = rng.integers(1, max_bits + 1, size=3)  # a few widths, so tiles mix equal and different kernels
     weight_bits = rng.choice(pool, size=c_out)
     act_bits = int(rng.integers(1, max_bits + 1))

@@ -7,6 +7,10 @@ through the quantizer's straight-through estimator on batches of the train split
 with ``seed``, then puts every parameter and buffer back bit for bit; the optimizer is created per fine-tune, so no
 optimizer state outlives it. The same plan and settings therefore always give the same accuracy.
 
+``score`` gives, beside top-1, the mean cross-entropy and the mean KL divergence of the quantized model's
+predictions from the float model's on the same split (a reward that still moves when top-1 on a few hundred images
+does not); ``accuracy`` is its first figure.
+
 ``for_task`` folds BatchNorm into the convs before quantizing (``quant.bnfold``), and takes a task whose model is an
 ONNX graph too: it is then quantized and run in onnxruntime (``quant.onnx_quant``), which cannot fine-tune. Scoring
 a task whose model has no trained weights (a built-in architecture by name) warns with ``UntrainedWeightsWarning``;
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 from autoq.common.errors import AutoQError
 from autoq.common.plan import QuantPlan
 from autoq.host.quant.quantizer import QuantizedModel, QuantizerConfig
+from autoq.host.search.env import PlanScore
 from autoq.host.tasks import Task
 from autoq.host.tasks.datasets import Split
 
@@ -60,7 +65,7 @@ class Evaluator:
     the same with ``split="test"`` for reporting."""
 
     def __init__(self, qmodel: "QuantizedModel | OnnxQuantizedModel", val: Split, test: Split, train: Split | None = None,
-                 config: EvaluatorConfig = EvaluatorConfig(), trained: bool = True) -> None:
+                 config: EvaluatorConfig = EvaluatorConfig(), trained: bool = True, calib: Split | None = None) -> None:
         for name, split in (("val", val), ("test", test)):
             if len(split) == 0:
                 raise AutoQError(f"the {name} split is empty")
@@ -69,13 +74,15 @@ class Evaluator:
         self.qmodel = qmodel
         self.held_out = {"val": val, "test": test}
         self.train = train
+        self.calib = calib  # what the activations were calibrated on (and the sensitivity is estimated on)
         self.config = config
         self.trained = trained
         #: whether ``finetune_steps`` can be given: only a torch model trains (not an ONNX graph)
         self.trainable = isinstance(qmodel, QuantizedModel)
         self.evaluations = 0
-        self._cache: dict[tuple[str, int, str], float] = {}
+        self._cache: dict[tuple[str, int, str], PlanScore] = {}
         self._float_accuracy: dict[str, float] = {}
+        self._float_log_probs: dict[str, torch.Tensor] = {}
 
     @classmethod
     def for_task(cls, task: Task, quantizer: QuantizerConfig = QuantizerConfig(),
@@ -96,7 +103,7 @@ class Evaluator:
 
             qmodel = OnnxQuantizedModel(task.model, task.network, quantizer)
         qmodel.calibrate(_batches(task.calib, config.batch_size))
-        return cls(qmodel, task.val, task.test, task.train, config, trained=task.trained)
+        return cls(qmodel, task.val, task.test, task.train, config, trained=task.trained, calib=task.calib)
 
     def kernel_scales(self) -> dict[str, np.ndarray]:
         """Each quantized layer's largest absolute float weight per kernel (the search's per-kernel state)."""
@@ -104,6 +111,11 @@ class Evaluator:
 
     def accuracy(self, plan: QuantPlan, finetune_steps: int = 0, split: str = "val") -> float:
         """Top-1 accuracy on ``split`` under ``plan``, after ``finetune_steps`` SGD steps when asked (cached)."""
+        return self.score(plan, finetune_steps, split).accuracy
+
+    def score(self, plan: QuantPlan, finetune_steps: int = 0, split: str = "val") -> PlanScore:
+        """Top-1 accuracy, mean cross-entropy and mean KL(float || quantized) on ``split`` under ``plan``, after
+        ``finetune_steps`` SGD steps when asked (cached)."""
         held_out = self._held_out(split)
         if finetune_steps < 0:
             raise AutoQError(f"finetune_steps must be >= 0, got {finetune_steps}")
@@ -114,11 +126,24 @@ class Evaluator:
             if finetune_steps:
                 with self._restored_state():
                     self._finetune(finetune_steps)
-                    accuracy = self._score(held_out)
+                    result = self._full_score(split)
             else:
-                accuracy = self._score(held_out)
-            self._cache[key] = accuracy
+                result = self._full_score(split)
+            self._cache[key] = result
         return self._cache[key]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """A copy of every parameter and buffer of the torch model (to put back with ``restore_weights``)."""
+        return {key: value.detach().clone() for key, value in self._torch_model().state_dict(keep_vars=True).items()}
+
+    def restore_weights(self, saved: dict[str, torch.Tensor]) -> None:
+        """Put back weights taken with ``weights``; cached scores of other weights are dropped."""
+        with torch.no_grad():
+            for key, value in self._torch_model().state_dict(keep_vars=True).items():
+                value.copy_(saved[key])
+        self._cache.clear()
+        self._float_accuracy.clear()
+        self._float_log_probs.clear()
 
     def finetune_and_keep(self, plan: QuantPlan, steps: int) -> float:
         """Fine-tune under ``plan`` for ``steps`` SGD steps and *keep* the weights (the final model, before export);
@@ -129,9 +154,10 @@ class Evaluator:
         self.qmodel.apply(plan)
         if steps:
             self._finetune(steps)
-            self.qmodel.model.eval()
+            self._torch_model().eval()
             self._cache.clear()
             self._float_accuracy.clear()
+            self._float_log_probs.clear()
         return self._score(self.held_out["test"])
 
     def full_precision_accuracy(self, split: str = "val") -> float:
@@ -147,6 +173,13 @@ class Evaluator:
             raise AutoQError(f"no held-out split {split!r}; choose one of {HELD_OUT_SPLITS}")
         return self.held_out[split]
 
+    def _torch_model(self) -> torch.nn.Module:
+        """The torch module that fine-tuning trains and ``weights`` copies; an ONNX graph has none."""
+        if not isinstance(self.qmodel, QuantizedModel):
+            raise AutoQError(f"model {self.qmodel.network.name!r} is an ONNX graph: it has no torch weights to fine-tune "
+                             "(use 0 fine-tune steps, or give the model as a .pt state dict with --arch)")
+        return self.qmodel.model
+
     def _check_finetune(self, steps: int) -> None:
         if steps and not self.trainable:
             raise AutoQError(f"model {self.qmodel.network.name!r} is an ONNX graph: it cannot be fine-tuned "
@@ -155,24 +188,36 @@ class Evaluator:
             raise AutoQError("fine-tuning needs a train split")
 
     def _score(self, split: Split) -> float:
+        return float((self._log_probs(split).argmax(1) == split.y).float().mean())
+
+    def _full_score(self, name: str) -> PlanScore:
+        split = self._held_out(name)
+        if name not in self._float_log_probs:
+            with self.qmodel.float_mode():
+                self._float_log_probs[name] = self._log_probs(split)
+        log_q, log_p = self._log_probs(split), self._float_log_probs[name]
+        accuracy = float((log_q.argmax(1) == split.y).float().mean())
+        loss = float(F.nll_loss(log_q, split.y))
+        kl = float((log_p.exp() * (log_p - log_q)).sum(1).mean())
+        return PlanScore(accuracy, loss, max(0.0, kl))
+
+    def _log_probs(self, split: Split) -> torch.Tensor:
         self.evaluations += 1
         model = getattr(self.qmodel, "model", None)  # a torch module, or none for an ONNX graph
         was_training = model is not None and model.training
         if model is not None:
             model.eval()
-        correct = 0
         try:
             with torch.no_grad():
-                for x, y in _batches(split, self.config.batch_size):
-                    correct += int((self.qmodel(x).argmax(1) == y).sum())
+                out = [F.log_softmax(torch.as_tensor(self.qmodel(x)).double(), 1) for x, _ in _batches(split, self.config.batch_size)]
         finally:
             if model is not None:
                 model.train(was_training)
-        return correct / len(split)
+        return torch.cat(out)
 
     def _finetune(self, steps: int) -> None:
         assert self.train is not None
-        model = self.qmodel.model
+        model = self._torch_model()
         generator = torch.Generator().manual_seed(self.config.seed)
         optimizer = torch.optim.SGD(model.parameters(), lr=self.config.finetune_lr, momentum=self.config.finetune_momentum)
         model.train()
@@ -186,7 +231,7 @@ class Evaluator:
     @contextmanager
     def _restored_state(self) -> Iterator[None]:
         """Put every parameter and buffer (and the train/eval mode) back bit for bit on exit."""
-        model = self.qmodel.model
+        model = self._torch_model()
         training = model.training
         saved = {key: value.detach().clone() for key, value in model.state_dict(keep_vars=True).items()}
         try:

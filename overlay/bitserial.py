@@ -91,9 +91,7 @@ def padded_words(k: int, dk: int) -> int:
 
 
 def _row_bits(bits: int | Sequence[int] | np.ndarray, rows: int) -> np.ndarray:
-    if np.ndim(bits) == 0:
-        bits = np.full(rows, bits)
-    array = check_bit_widths(bits, "bits", MAX_OPERAND_BITS)
+    array = check_bit_widths(np.full(rows, bits) if np.ndim(bits) == 0 else np.asarray(bits), "bits", MAX_OPERAND_BITS)
     if array.size != rows:
         raise OperandError(f"got {array.size} bit-widths for {rows} rows")
     return array

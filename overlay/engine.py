@@ -21,7 +21,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from autoq.common.network import LayerSpec, conv_kind
+from autoq.common.network import LayerSpec, as_pair, conv_kind
 
 from .bitserial import BitPlanes, bitplane_product, pack_bitplanes
 from .manifest import OverlayConfig
@@ -71,7 +71,8 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
 
 def _output_hw(layer: LayerSpec) -> tuple[int, int]:
     """Output height and width that the layer's input size, kernel, stride and padding give."""
-    return tuple(map(conv_output_size, layer.in_hw, layer.kernel, layer.stride, layer.padding))
+    height, width = map(conv_output_size, layer.in_hw, layer.kernel, layer.stride, layer.padding)
+    return height, width
 
 
 def _check_layer_operands(layer: LayerSpec, x: np.ndarray, w: np.ndarray) -> None:
@@ -190,7 +191,8 @@ def conv2d(
     x = _integer_array(x_int, 4, "conv2d input")
     w = _integer_array(w_int, 4, "conv2d weights")
     kind = conv_kind(x.shape[1], groups)
-    shape_only = LayerSpec("conv2d", kind, x.shape[1], w.shape[0], w.shape[2:], stride, padding, groups, x.shape[2:])
+    pair_stride, pair_padding = as_pair(stride, "layer 'conv2d': stride"), as_pair(padding, "layer 'conv2d': padding")
+    shape_only = LayerSpec("conv2d", kind, x.shape[1], w.shape[0], w.shape[2:], pair_stride, pair_padding, groups, x.shape[2:])
     out_hw = _output_hw(shape_only)
     if min(out_hw) < 1:
         raise OperandError(f"conv2d: a {w.shape[2]}x{w.shape[3]} kernel does not fit the padded {x.shape[2:]} input")

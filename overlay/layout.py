@@ -208,6 +208,7 @@ def build_job(layer: LayerSpec, x_int: np.ndarray, w_int: np.ndarray, weight_bit
                "activations": np.zeros(layout.activation_words, np.uint64)}
     for operand in layout.operands:
         if operand.buffer == "weights":
+            assert operand.tile is not None  # a weights operand is always one row tile's
             rows = operand.tile.channels
             if operand.group == PACKED_GROUPS:
                 # outside its own span of K_eff a row holds bit code 0: value 0, or -1 for a binary {-1, +1} row

@@ -107,7 +107,7 @@ class OverlayConfig:
         try:
             data = json.loads(Path(path).read_text())
         except OSError as exc:
-            raise ManifestError(f"cannot read manifest {path}: {exc.strerror}") from None
+            raise ManifestError(f"cannot read manifest {path}: {exc.strerror}") from exc
         except json.JSONDecodeError as exc:
             raise ManifestError(f"manifest {path} is not valid JSON: {exc}") from None
         return cls.from_dict(data)

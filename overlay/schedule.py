@@ -112,7 +112,7 @@ class ScheduleParams:
         if unknown:
             raise ScheduleError(f"unknown schedule parameters {unknown}; known: {sorted(known)}")
         try:
-            values = {k: v if k == "per_image_convs" else float(v) for k, v in data.items()}
+            values: dict[str, Any] = {k: v if k == "per_image_convs" else float(v) for k, v in data.items()}
         except (TypeError, ValueError):
             raise ScheduleError(f"schedule parameters must be numbers (per_image_convs true/false), got {data!r}") from None
         return cls(**values)
@@ -162,6 +162,16 @@ class LayerEntry(NamedTuple):
     act_bits: int
 
 
+class TiledEntry(NamedTuple):
+    """One layer given by its row tilings (one per group, one for a packed depthwise layer) instead of per-kernel
+    bits: a ``TileTable`` reads only the tiles' sizes and maxima, so tilings built from bit-width histograms
+    (``tiling.grouped_tile_bits``) give the same table as the bits themselves, grouped."""
+
+    layer: LayerSpec
+    tilings: Sequence[RowTiling]
+    act_bits: int
+
+
 class TileTable(NamedTuple):
     """Tile costs of many layer entries that do not depend on ``ScheduleParams``, grouped into cells.
 
@@ -171,7 +181,7 @@ class TileTable(NamedTuple):
     """
 
     entry: np.ndarray  # entry index of each row tile (row tiles,)
-    count: np.ndarray  # tiles in each cell
+    cell_tiles: np.ndarray  # tiles in each cell (not ``count``: that would shadow ``tuple.count``)
     fetch_bytes: np.ndarray
     result_bytes: np.ndarray
     kwords: np.ndarray  # (row tiles, 1)
@@ -229,20 +239,34 @@ def _block_starts(words: np.ndarray, block_of_row: np.ndarray, capacity: int, ne
     return starts
 
 
-def _entry_tilings(entry: LayerEntry, overlay: OverlayConfig, grouped: bool, packed: bool, m: int) -> list[RowTiling]:
+def _check_act_bits(layer: LayerSpec, act_bits: Any, overlay: OverlayConfig) -> None:
+    if isinstance(act_bits, bool) or not isinstance(act_bits, (int, np.integer)) or not 1 <= act_bits <= overlay.max_bits:
+        raise ScheduleError(f"layer {layer.name!r}: act_bits must be an int in [1, {overlay.max_bits}], got {act_bits!r}")
+
+
+def _entry_tilings(entry: LayerEntry | TiledEntry, overlay: OverlayConfig, grouped: bool, packed: bool,
+                   m: int) -> list[RowTiling]:
     """Row tilings of one entry's groups (one for a packed layer); bad bit-widths raise naming the layer."""
     layer, act_bits = entry.layer, entry.act_bits
+    if isinstance(entry, TiledEntry):
+        _check_act_bits(layer, act_bits, overlay)
+        tilings = list(entry.tilings)
+        rows = [int(t.tile_rows.sum()) for t in tilings]
+        if rows != ([layer.c_out] if packed else [m] * layer.groups):
+            raise ScheduleError(f"layer {layer.name!r}: tilings of {rows} rows for {layer.groups} groups of {m} rows")
+        for tiling in tilings:
+            check_bit_widths(tiling.tile_bits, f"layer {layer.name!r}: tile_bits", overlay.max_bits)
+        return tilings
     bits = check_bit_widths(entry.weight_bits, f"layer {layer.name!r}: weight_bits", overlay.max_bits)
     if bits.size != layer.c_out:
         raise ScheduleError(f"layer {layer.name!r}: {bits.size} weight bit-widths for {layer.c_out} output channels")
-    if isinstance(act_bits, bool) or not isinstance(act_bits, (int, np.integer)) or not 1 <= act_bits <= overlay.max_bits:
-        raise ScheduleError(f"layer {layer.name!r}: act_bits must be an int in [1, {overlay.max_bits}], got {act_bits!r}")
+    _check_act_bits(layer, act_bits, overlay)
     if packed:
         return [tile_rows(bits, overlay.dm, grouped)]
     return [tile_rows(bits[g * m:(g + 1) * m], overlay.dm, grouped) for g in range(layer.groups)]
 
 
-def _layout_and_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, batch: int, grouped: bool,
+def _layout_and_table(entries: Sequence[LayerEntry | TiledEntry], overlay: OverlayConfig, batch: int, grouped: bool,
                       per_image_convs: bool) -> tuple[_Layout, TileTable]:
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ScheduleError(f"batch must be a positive int, got {batch!r}")
@@ -253,13 +277,19 @@ def _layout_and_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, bat
     r_rows, r_bits, r_keff = [], [], []
     for index, entry in enumerate(entries):
         images = batch if per_image_convs and entry.layer.kind != "linear" else 1
-        groups, m, k, n = entry.layer.gemm(batch // images)
+        groups, m, k, gemm_n = entry.layer.gemm(batch // images)
         packed = m == 1 and groups > 1
         tilings = _entry_tilings(entry, overlay, grouped, packed, m)
         for g, tiling in zip([PACKED_GROUPS] if packed else range(groups), tilings):
-            b_entry.append(index), b_group.append(g), b_n.append(n), b_shared.append(not packed), b_images.append(images)
-            b_order.append(tiling.order if packed else tiling.order + g * m), b_abits.append(int(entry.act_bits))
-            r_rows.append(tiling.tile_rows), r_bits.append(tiling.tile_bits)
+            b_entry.append(index)
+            b_group.append(g)
+            b_n.append(gemm_n)
+            b_shared.append(not packed)
+            b_images.append(images)
+            b_order.append(tiling.order if packed else tiling.order + g * m)
+            b_abits.append(int(entry.act_bits))
+            r_rows.append(tiling.tile_rows)
+            r_bits.append(tiling.tile_bits)
             r_keff.append(tiling.tile_rows * k if packed else np.full(tiling.tile_rows.size, k, dtype=np.int64))
     sizes = np.array([r.size for r in r_rows])
     row_block = np.repeat(np.arange(sizes.size), sizes)
@@ -318,10 +348,11 @@ def _layout_and_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, bat
     return layout, table
 
 
-def tile_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, batch: int = 1, grouped: bool = True,
+def tile_table(entries: Sequence[LayerEntry | TiledEntry], overlay: OverlayConfig, batch: int = 1, grouped: bool = True,
                per_image_convs: bool = False) -> TileTable:
     """The tile costs of ``entries`` that do not depend on the timing parameters; evaluate them under any
-    ``ScheduleParams`` with the same ``per_image_convs`` with ``table_cycles``."""
+    ``ScheduleParams`` with the same ``per_image_convs`` with ``table_cycles``. A ``TiledEntry`` brings its own
+    tilings (``grouped`` does not apply to it)."""
     return _layout_and_table(entries, overlay, batch, grouped, per_image_convs)[1]
 
 
@@ -363,17 +394,17 @@ def table_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParam
                             f"{table.per_image_convs} but the parameters say {params.per_image_convs}")
     whole = _relaxed if relaxed else np.ceil
     fetch, execute, result = _cell_cycles(table, overlay, params, whole)
-    cells = np.broadcast_to(table.entry[:, None], table.count.shape).ravel()
-    count = table.count.ravel()
+    cells = np.broadcast_to(table.entry[:, None], table.cell_tiles.shape).ravel()
+    count = table.cell_tiles.ravel()
     per_entry = lambda cycles: np.bincount(cells, cycles.ravel() * count, minlength=table.entries)
     stages = np.stack([per_entry(fetch), per_entry(execute), per_entry(result)])
     tiles = per_entry(np.ones(count.shape))
     overhead = whole(params.layer_overhead_cycles + tiles * params.tile_overhead_cycles)
     bound = np.argmax(stages, axis=0)
     return TableCycles(
-        *stages, overhead, stages.max(axis=0) + overhead, bound,
-        np.ceil(per_entry(np.broadcast_to(table.fetch_bytes + table.result_bytes, table.count.shape))),
-        per_entry(np.broadcast_to(table.binary_ops, table.count.shape)),
+        stages[0], stages[1], stages[2], overhead, stages.max(axis=0) + overhead, bound,
+        np.ceil(per_entry(np.broadcast_to(table.fetch_bytes + table.result_bytes, table.cell_tiles.shape))),
+        per_entry(np.broadcast_to(table.binary_ops, table.cell_tiles.shape)),
     )
 
 
@@ -423,7 +454,9 @@ def layer_tiles(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, act_b
         offsets = np.r_[0, np.cumsum(layout.rows[first:stop])]
         col_tiles, per_block = int(layout.column_tiles[block]), int(layout.columns_per_block[block])
 
-        def tile(r: int, c: int) -> TileWork:
+        # this block's values bound now (tile() runs only within this iteration, but a closure reads them late)
+        def tile(r: int, c: int, image: int = image, block: int = block, order: np.ndarray = order, first: int = first,
+                 offsets: np.ndarray = offsets, col_tiles: int = col_tiles, per_block: int = per_block) -> TileWork:
             kind = 0 if c == 0 else 3 if c == col_tiles - 1 else 1 if c % per_block == 0 else 2
             cell = first + r
             return TileWork(

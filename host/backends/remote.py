@@ -167,6 +167,7 @@ class BoardClient:
             kept = self._reader is not None
             try:
                 reader = self._connect()
+                assert self._link is not None  # _connect opened it
                 self._link.send(frame)
                 return self._await(reader, message.id, timeout_s)
             except (ConnectionError, OSError, LinkClosed, TimeoutError) as exc:

@@ -86,7 +86,7 @@ def overlay_sweep(backend: Any, layers: Sequence[LayerSpec], bits: Sequence[tupl
             total = cost.cycles.get("total") or max(1, sum(cost.cycles.get(s, 0) for s in STAGE_NAMES))
             achieved = ops / measured.latency_s
             rows.append(BenchRow(
-                layer.name, layer.kind, tuple(layer.gemm(batch)), wbits, abits, measured.latency_s, ops, achieved,
+                layer.name, layer.kind, (*layer.gemm(batch),), wbits, abits, measured.latency_s, ops, achieved,
                 achieved / peak, {s: cost.cycles.get(s, 0) / total for s in STAGE_NAMES}, cost.bound,
             ))
     return rows

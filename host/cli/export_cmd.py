@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"hls4ml project: {result.hls4ml.output_dir} (synthesis needs Vivado HLS)")
     if args.csim:
         from autoq.host.export.hls4ml_export import check_csim
+        from autoq.host.quant.quantizer import QuantizedModel
 
-        print(check_csim(result.hls4ml, evaluator.qmodel, task.test.x[: args.csim]).describe())
+        hls, qmodel = result.hls4ml, evaluator.qmodel
+        assert hls is not None and isinstance(qmodel, QuantizedModel)  # --csim implies --hls4ml, which needs a torch model
+        print(check_csim(hls, qmodel, task.test.x[: args.csim]).describe())
     return 0

@@ -63,7 +63,7 @@ def export(store, fmt: str, output: str, damaged: list) -> None:
         try:
             atomic_write_text(output, text)
         except OSError as exc:
-            raise AutoQError(f"cannot write {output}: {exc.strerror}") from None
+            raise AutoQError(f"cannot write {output}: {exc.strerror}") from exc
         print(f"wrote {len(store) - len(damaged)} records to {output}", file=sys.stderr)
 
 

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import torch
     from torch import fx, nn
 
+    from autoq.host.quant.onnx_quant import OnnxQuantizedModel
     from autoq.host.quant.quantizer import QuantizedModel
 
 HLS_BACKEND = "Vivado"
@@ -138,7 +139,7 @@ def integer_domain_model(qmodel: "QuantizedModel", example: "torch.Tensor") -> t
         try:
             traced = fx.symbolic_trace(qmodel.model)
         except Exception as exc:  # torch.fx raises many types for untraceable control flow
-            raise HlsExportError(f"cannot trace the model for hls4ml export: {exc}") from None
+            raise HlsExportError(f"cannot trace the model for hls4ml export: {exc}") from exc  # its traceback locates the code
         with torch.no_grad():
             ShapeProp(traced).propagate(example)
 
@@ -176,9 +177,10 @@ def integer_domain_model(qmodel: "QuantizedModel", example: "torch.Tensor") -> t
             result_bound = float((row_bound * scale.abs() + bias.abs()).max())
             result_integer = _integer_bits(result_bound)
 
+            integer: nn.Conv2d | nn.Linear
             if isinstance(source, nn.Conv2d):
-                integer = nn.Conv2d(
-                    c_in, c_out, source.kernel_size, source.stride, source.padding, source.dilation, source.groups, bias=False
+                integer = nn.Conv2d(  # torch types _ConvNd's sizes as tuple[int, ...]; a Conv2d's are pairs
+                    c_in, c_out, source.kernel_size, source.stride, source.padding, source.dilation, source.groups, bias=False  # type: ignore[arg-type]
                 )
             elif spatial:  # a Linear on a flattened 1x1 map runs as a 1x1 convolution on the map
                 integer = nn.Conv2d(c_in, c_out, 1, bias=False)
@@ -238,8 +240,8 @@ def _is_global_average_pool(node: "fx.Node", modules: dict[str, Any]) -> bool:
 
     if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
-    elif node.op == "call_module" and isinstance(modules[node.target], nn.AdaptiveAvgPool2d):
-        size = modules[node.target].output_size
+    elif node.op == "call_module" and isinstance(modules[str(node.target)], nn.AdaptiveAvgPool2d):  # target: a name
+        size = modules[str(node.target)].output_size
     else:
         return False
     return size in (1, (1, 1), [1, 1])
@@ -308,7 +310,7 @@ def hls4ml_config(integer_model: "fx.GraphModule", precisions: dict[str, LayerPr
     return config
 
 
-def export_hls4ml(qmodel: "QuantizedModel", plan: QuantPlan, output_dir: str | Path, *, part: str = PYNQ_Z1_PART) -> HlsExport:
+def export_hls4ml(qmodel: "QuantizedModel | OnnxQuantizedModel", plan: QuantPlan, output_dir: str | Path, *, part: str = PYNQ_Z1_PART) -> HlsExport:
     """Apply ``plan`` to ``qmodel`` and write an hls4ml project for it into ``output_dir`` (not compiled: call
     ``result.hls_model.compile()`` for the C simulation, or run the vendor tools on the project)."""
     import contextlib
@@ -317,7 +319,9 @@ def export_hls4ml(qmodel: "QuantizedModel", plan: QuantPlan, output_dir: str | P
 
     import torch
 
-    if not hasattr(qmodel, "model"):  # quant.onnx_quant: an ONNX graph, no torch module for hls4ml to convert
+    from autoq.host.quant.quantizer import QuantizedModel
+
+    if not isinstance(qmodel, QuantizedModel):  # quant.onnx_quant: an ONNX graph, no torch module for hls4ml to convert
         raise AutoQError(f"hls4ml export needs a torch model; {qmodel.network.name!r} is an ONNX graph "
                          "(give it as a .pt state dict with --arch)")
     qmodel.apply(plan)
@@ -338,7 +342,7 @@ def export_hls4ml(qmodel: "QuantizedModel", plan: QuantPlan, output_dir: str | P
     except HlsExportError:
         raise
     except Exception as exc:  # hls4ml reports unsupported graphs with bare Exceptions
-        raise HlsExportError(f"hls4ml could not convert the model: {exc}\n{log.getvalue()[-2000:]}") from None
+        raise HlsExportError(f"hls4ml could not convert the model: {exc}\n{log.getvalue()[-2000:]}") from exc
     from autoq.common.fileio import atomic_write_text
 
     atomic_write_text(
@@ -360,4 +364,4 @@ def _is_flatten(node: "fx.Node", modules: dict[str, Any]) -> bool:
         return node.target is torch.flatten
     if node.op == "call_method":
         return node.target == "flatten"
-    return node.op == "call_module" and isinstance(modules[node.target], nn.Flatten)
+    return node.op == "call_module" and isinstance(modules[str(node.target)], nn.Flatten)  # target: a module name

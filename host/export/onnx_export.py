@@ -18,6 +18,7 @@ import copy
 import io
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,23 +28,28 @@ from autoq.common.fileio import atomic_write_bytes
 from autoq.common.plan import QuantPlan
 from autoq.host.quant.quantizer import QuantizedModel
 
+if TYPE_CHECKING:
+    from autoq.host.quant.onnx_quant import OnnxQuantizedModel
+
 OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 
 
-def _plain_layer(module: nn.Module, weight: torch.Tensor) -> nn.Conv2d | nn.Linear:
+def _plain_layer(module: nn.Conv2d | nn.Linear, weight: torch.Tensor) -> nn.Conv2d | nn.Linear:
     """A fresh, unparametrized layer like ``module`` holding ``weight`` and ``module``'s bias."""
     if isinstance(module, nn.Conv2d):
+        # torch types _ConvNd's sizes as tuple[int, ...]; a Conv2d's are pairs, as its constructor wants
         plain: nn.Conv2d | nn.Linear = nn.Conv2d(
-            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-            module.dilation, module.groups, module.bias is not None, module.padding_mode,
+            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,  # type: ignore[arg-type]
+            module.dilation, module.groups, module.bias is not None, module.padding_mode,  # type: ignore[arg-type]
         )
     else:
         plain = nn.Linear(module.in_features, module.out_features, module.bias is not None)
     with torch.no_grad():
         plain.weight.copy_(weight)
         if module.bias is not None:
+            assert plain.bias is not None  # made with bias=True
             plain.bias.copy_(module.bias)
     return plain
 
@@ -55,7 +61,9 @@ def folded_copy(qmodel: QuantizedModel) -> nn.Module:
     for name in qmodel.quantized_layers:
         # torch's remove_parametrizations would edit the parametrized class the copy shares with the original.
         module = model.get_submodule(name)
-        quantizer = module.parametrizations.weight[0]
+        assert isinstance(module, (nn.Conv2d, nn.Linear))  # the only layers QuantizedModel quantizes
+        parametrized: Any = module  # torch types dynamic children (the parametrization lists) as Tensor | Module
+        quantizer = parametrized.parametrizations.weight[0]
         with torch.no_grad():
             plain = _plain_layer(module, module.weight)
         plain.register_forward_pre_hook(quantizer.quantize_input)
@@ -64,7 +72,7 @@ def folded_copy(qmodel: QuantizedModel) -> nn.Module:
     return model
 
 
-def export_quantized_onnx(qmodel: QuantizedModel, plan: QuantPlan, path: str | Path) -> Path:
+def export_quantized_onnx(qmodel: QuantizedModel | OnnxQuantizedModel, plan: QuantPlan, path: str | Path) -> Path:
     """Apply ``plan`` to ``qmodel`` (it keeps the plan) and write the quantized model to ``path`` (dynamic batch)."""
     if not qmodel.calibrated:
         raise AutoQError("cannot export: the quantized model's activations are not calibrated; call calibrate() first")
@@ -77,7 +85,8 @@ def export_quantized_onnx(qmodel: QuantizedModel, plan: QuantPlan, path: str | P
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, torch.jit.TracerWarning))
         torch.onnx.export(
-            model, (example,), buffer, dynamo=False, opset_version=OPSET,
+            # torch's stub says str | PathLike, but the TorchScript exporter (dynamo=False) writes to a file object
+            model, (example,), buffer, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )

@@ -3,7 +3,7 @@
 A reference is one of
 - a built-in architecture (``resnet18``... see ``zoo.ARCHITECTURES``): random weights (``trained`` is False),
   ImageNet input;
-- ``digits``: the bundled task's trained model (``autoq.host.tasks.digits``);
+- ``digits`` or ``fashion``: a bundled task's trained model (``autoq.host.tasks.digits``, ``autoq.host.tasks.fashion``);
 - a path to an ``.onnx`` file: the spec comes from the ONNX graph (kept as ``graph``); there is no torch module;
 - a path to a ``.pt``/``.pth`` state dict plus ``arch``: a built-in name or an importable factory
   ``package.module:callable`` (called with no arguments; its module may define ``INPUT_SHAPE``). Loading is strict:
@@ -31,7 +31,7 @@ from autoq.host.models import zoo
 from autoq.host.network.onnx_import import spec_from_onnx
 from autoq.host.network.trace import check_input_shape, spec_from_torch
 
-BUNDLED_TASKS = ("digits",)
+BUNDLED_TASKS = ("digits", "fashion")
 STATE_DICT_SUFFIXES = (".pt", ".pth")
 _STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 _SHOWN = 6  # how many offending keys an error message lists
@@ -69,14 +69,15 @@ def _counted(what: str, items: Sequence[str]) -> str:
     return f"{what} ({len(items)}): {_listing(items)}"
 
 
-def _bundled_digits() -> tuple[nn.Module, tuple[int, int, int]]:
+def _bundled(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
+    """A bundled task's trained model (module ``autoq.host.tasks.<name>``) and its input shape."""
     try:
-        digits = importlib.import_module("autoq.host.tasks.digits")
+        task = importlib.import_module(f"autoq.host.tasks.{name}")
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("autoq.host.tasks"):
             raise
-        raise ModelError("the bundled 'digits' task is not part of this install (autoq.host.tasks.digits is missing)") from None
-    return digits.build_model(pretrained=True), tuple(digits.INPUT_SHAPE)
+        raise ModelError(f"the bundled {name!r} task is not part of this install (autoq.host.tasks.{name} is missing)") from None
+    return task.build_model(pretrained=True), tuple(task.INPUT_SHAPE)
 
 
 def _factory(arch: str) -> tuple[nn.Module, tuple[int, int, int] | None]:
@@ -185,14 +186,15 @@ def load_model(ref: str, arch: str | None = None, input_shape: Sequence[int] | N
     shape = check_input_shape(input_shape) if input_shape is not None else None
     path = _as_path(ref)
     trained = True
+    default_shape: tuple[int, int, int] | None  # a state dict's architecture may not say
     if path is None:
         if arch:
             raise ModelError(f"--arch applies only to .pt/.pth state dicts, not to {ref!r}")
         if ref in zoo.ARCHITECTURES:
             module, default_shape, name = zoo.build(ref), zoo.IMAGENET_INPUT_SHAPE, ref
             trained = False
-        elif ref == "digits":
-            (module, default_shape), name = _bundled_digits(), ref
+        elif ref in BUNDLED_TASKS:
+            (module, default_shape), name = _bundled(ref), ref
         else:
             raise ModelError(f"unknown model {ref!r}: give a built-in name ({', '.join(known_models())}) "
                              "or a path to an .onnx file or a .pt/.pth state dict")

@@ -78,6 +78,11 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
+    layer1: nn.Sequential  # set by setattr in __init__ (torchvision's names)
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], depths: tuple[int, int, int, int],
                  num_classes: int = 1000) -> None:
         super().__init__()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import onnx
 from onnx import helper, shape_inference
@@ -131,7 +131,7 @@ def _layer_name(node: onnx.NodeProto, weight: str) -> str:
     return _scope_path(node.name) or _namespace_path(node) or node.name or weight
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:  # an attribute is an int, float, bytes, list, tensor...
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 

@@ -24,23 +24,30 @@ def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
         raise SpecError(f"input shape must be three positive ints (C, H, W), got {input_shape!r}")
-    return shape  # type: ignore[return-value]
+    return shape
+
+
+def _hw(values: Sequence[int]) -> tuple[int, int]:
+    """The (height, width) pair of a 2-D conv's sizes (torch types them as tuples of any length)."""
+    return values[0], values[1]
 
 
 def _conv_padding(module: nn.Conv2d) -> tuple[int, int]:
     """Leading (top, left) zero padding; torch's 'same' pads any odd remainder at the end, as ONNX export does."""
-    if module.padding == "valid":
+    padding = module.padding
+    if padding == "valid":
         return (0, 0)
-    if module.padding == "same":
-        return tuple(d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size))  # type: ignore[return-value]
-    return tuple(module.padding)  # type: ignore[return-value]
+    if isinstance(padding, str):  # "same": torch accepts no other string
+        return _hw([d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size)])
+    return _hw(padding)
 
 
 def _layer(name: str, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerSpec:
     if isinstance(module, nn.Conv2d):
         kind = conv_kind(module.in_channels, module.groups)
-        return LayerSpec(name, kind, module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                         _conv_padding(module), module.groups, tuple(x.shape[-2:]), tuple(y.shape[-2:]))
+        return LayerSpec(name, kind, module.in_channels, module.out_channels, _hw(module.kernel_size), _hw(module.stride),
+                         _conv_padding(module), module.groups, _hw(x.shape[-2:]), _hw(y.shape[-2:]))
+    assert isinstance(module, nn.Linear)  # only Conv2d and Linear layers are traced
     # A linear layer applied at several positions (input (B, ..., F)) runs as a 1x1 conv over them.
     positions = math.prod(x.shape[1:-1]) if x.dim() > 2 else 1
     return LayerSpec(name, "linear", module.in_features, module.out_features,
@@ -60,7 +67,7 @@ def spec_from_torch(model: nn.Module, input_shape: Sequence[int], name: str, bat
     shape = check_input_shape(input_shape)
     if not isinstance(batch, int) or batch < 1:
         raise SpecError(f"batch must be a positive int, got {batch!r}")
-    traced = {m: (n or type(m).__name__.lower()) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    traced: dict[nn.Module, str] = {m: (n or type(m).__name__.lower()) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     unsupported = [f"{n or '<root>'} ({type(m).__name__})" for n, m in model.named_modules() if isinstance(m, UNSUPPORTED_LAYERS)]
     if unsupported:
         raise SpecError(f"model {name!r} has layers the spec cannot describe (only Conv2d and Linear): {', '.join(unsupported)}")

@@ -48,23 +48,24 @@ def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
         graph = fx.symbolic_trace(model).graph
     except Exception as exc:
         raise BatchNormFoldError(f"cannot locate the BatchNorm layers to fold: torch.fx cannot trace the model "
-                                 f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+                                 f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from exc
     modules = dict(model.named_modules())
     calls: dict[str, int] = {}
     for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+        if node.op == "call_module":  # its target is the module's qualified name
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+        if node.op != "call_module" or not isinstance(modules.get(str(node.target)), nn.BatchNorm2d):
             continue
         source = node.args[0] if node.args else None
         if not (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1):
             continue
-        conv, bn = modules[source.target], modules[node.target]
-        if (isinstance(conv, nn.Conv2d) and calls[source.target] == 1 and calls[node.target] == 1
+        conv_name, bn_name = str(source.target), str(node.target)
+        conv, bn = modules[conv_name], modules[bn_name]
+        if (isinstance(conv, nn.Conv2d) and calls[conv_name] == 1 and calls[bn_name] == 1
                 and bn.track_running_stats and bn.num_features == conv.out_channels):
-            pairs.append((source.target, node.target))
+            pairs.append((conv_name, bn_name))
     return pairs
 
 
@@ -80,14 +81,19 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     folded = copy.deepcopy(model).eval()
     for conv_name, bn_name in pairs:
         conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
+        assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)  # what batchnorm_pairs pairs
+        mean, var = bn.running_mean, bn.running_var
+        assert mean is not None and var is not None  # batchnorm_pairs keeps BatchNorms that track running stats
         weight, bias = fold_arrays(
             conv.weight.detach().numpy(), None if conv.bias is None else conv.bias.detach().numpy(),
             (bn.weight if bn.affine else torch.ones(bn.num_features)).detach().numpy(),
             (bn.bias if bn.affine else torch.zeros(bn.num_features)).detach().numpy(),
-            bn.running_mean.numpy(), bn.running_var.numpy(), bn.eps,
+            mean.numpy(), var.numpy(), bn.eps,
         )
-        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                          conv.dilation, conv.groups, True, conv.padding_mode)
+        # torch types _ConvNd's sizes as tuple[int, ...]; a Conv2d's are pairs, as its constructor wants
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
+                          conv.dilation, conv.groups, True, conv.padding_mode)  # type: ignore[arg-type]
+        assert plain.bias is not None  # made with bias=True
         with torch.no_grad():
             plain.weight.copy_(torch.from_numpy(weight))
             plain.bias.copy_(torch.from_numpy(bias))

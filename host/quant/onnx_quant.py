@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import onnx
@@ -128,7 +128,8 @@ class OnnxQuantizedModel:
             self.quantizers[spec.name] = LayerQuantizer(spec.name, spec.c_out, config.clip_ratios)
         self.plan = QuantPlan.uniform(network, KEPT_BITS, KEPT_BITS)
         self._float = False
-        self._sessions: dict[str, tuple[object, object]] = {}  # "float" / plan key -> (session, batch ok)
+        # "float" / plan key -> (onnxruntime session, untyped; batch ok: None until the first batch tells)
+        self._sessions: dict[str, tuple[Any, bool | None]] = {}
 
     # -- the QuantizedModel interface ------------------------------------------------------------------------------
     @property
@@ -234,7 +235,7 @@ class OnnxQuantizedModel:
                 node.input[1] = weight_name
                 nodes, node.input[0] = self._input_quantizer(graph, name, quantizer, node.input[0])
                 inserted[layer.node_index] = nodes
-        ordered = []
+        ordered: list[onnx.NodeProto] = []
         for i, node in enumerate(graph.node):
             ordered.extend(inserted.get(i, ()))
             ordered.append(node)
@@ -249,8 +250,8 @@ class OnnxQuantizedModel:
         scale, bits, signed = np.float32(quantizer.act_scale), quantizer.act_bits, quantizer.act_signed
         p = f"{_PREFIX}/{name}/act"
 
-        def const(suffix: str, value: np.ndarray) -> str:
-            graph.initializer.append(numpy_helper.from_array(value, f"{p}/{suffix}"))
+        def const(suffix: str, value: np.ndarray | np.generic) -> str:
+            graph.initializer.append(numpy_helper.from_array(np.asarray(value), f"{p}/{suffix}"))  # a scalar: 0-d
             return f"{p}/{suffix}"
 
         if signed and bits == 1:

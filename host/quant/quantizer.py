@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Collection, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, Collection, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -197,6 +197,11 @@ class LayerQuantizer(nn.Module):
     ``weight_bits`` (one per output channel) is a buffer the plan writes into. In inference (no gradient) the
     quantized weight is cached until the float weight or the bits change (tracked by tensor version counters).
     """
+
+    # buffers (register_buffer in __init__), declared for the type checker
+    weight_bits: torch.Tensor
+    act_scales: torch.Tensor
+    ratios: torch.Tensor
 
     def __init__(self, name: str, out_channels: int, clip_ratios: int) -> None:
         super().__init__()
@@ -375,8 +380,7 @@ class QuantizedModel:
 
     def kernel_scales(self) -> dict[str, np.ndarray]:
         """Each quantized layer's largest absolute float weight per kernel (c_out,), float64."""
-        return {name: kernel_absmax(self._module(name).parametrizations.weight.original)
-                for name in self.quantizers}
+        return {name: kernel_absmax(self._float_weight(name)) for name in self.quantizers}
 
     @contextmanager
     def float_mode(self) -> Iterator[None]:
@@ -400,10 +404,15 @@ class QuantizedModel:
     def _module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
 
+    def _float_weight(self, name: str) -> torch.Tensor:
+        """Layer ``name``'s float weight, under its quantizing parametrization."""
+        layer: Any = self._module(name)  # torch types a module's dynamic children (parametrizations) as Tensor | Module
+        return layer.parametrizations.weight.original
+
     def integer_weights(self, name: str) -> IntegerWeights:
         """Layer ``name``'s weights under the current plan: int32 values (c_out, ...) and per-channel scales (c_out,)."""
         quantizer = self._quantizer(name)
-        return quantizer.integer_weights(self._module(name).parametrizations.weight.original)
+        return quantizer.integer_weights(self._float_weight(name))
 
     def integer_activation_scale(self, name: str) -> float:
         """Scale of layer ``name``'s quantized input: input = integer level * scale."""

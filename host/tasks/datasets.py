@@ -26,7 +26,7 @@ class Split(NamedTuple):
     x: torch.Tensor
     y: torch.Tensor
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def subset(self, index: torch.Tensor | slice) -> "Split":

@@ -46,15 +46,16 @@ def main() -> None:
     overlay, params, rng = load_overlay(args.overlay), ScheduleParams(), np.random.default_rng(0)
     print(f"overlay {overlay.name}: Dm={overlay.dm} Dn={overlay.dn} Dk={overlay.dk}; act bits 4, weight bits 2..8 per kernel")
     print(f"{'layer':24s} {'tiles':>7s} {'engine s':>9s} {'ref s':>8s} {'engine/ref':>10s} {'exec grouped/natural':>21s}")
+    as_float = lambda a: torch.from_numpy(a.astype(np.float64))
     for layer in LAYERS:
         bits = rng.integers(2, 9, size=layer.c_out)
         low, high = value_range(bits, signed=True)
         w = rng.integers(low[:, None, None, None], high[:, None, None, None] + 1,
                          size=(layer.c_out, layer.c_in // layer.groups, *layer.kernel))
         x = rng.integers(0, 16, size=(1, layer.c_in, *layer.in_hw))
-        engine_s, result = best_of(args.repeat, lambda: run_layer(layer, x, w, bits, 4, overlay, params))
-        as_float = lambda a: torch.from_numpy(a.astype(np.float64))
-        ref_s, reference = best_of(args.repeat, lambda: torch.nn.functional.conv2d(
+        # best_of() calls the function at once: the defaults only bind the loop's values explicitly
+        engine_s, result = best_of(args.repeat, lambda layer=layer, x=x, w=w, bits=bits: run_layer(layer, x, w, bits, 4, overlay, params))
+        ref_s, reference = best_of(args.repeat, lambda layer=layer, x=x, w=w: torch.nn.functional.conv2d(
             as_float(x), as_float(w), stride=layer.stride, padding=layer.padding, groups=layer.groups).numpy())
         assert np.array_equal(result.output, reference.astype(np.int64)), layer.name
         natural = run_layer(layer, x, w, bits, 4, overlay, params, grouped=False).cycles
