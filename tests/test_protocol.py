@@ -9,6 +9,7 @@ import zlib
 import pytest
 
 from autoq.overlay.protocol import (
+    PROTOCOL_VERSION,
     FLAG_HMAC,
     MAGIC,
     PREFIX_BYTES,
@@ -113,7 +114,7 @@ def test_link_closed_mid_frame():
 
 def test_oversize_frame_is_refused_before_reading_its_body():
     codec = Codec(limits=FrameLimits(max_payload=1024))
-    prefix = struct.pack(">4sBBII", MAGIC, 1, 0, 10, 1 << 30)
+    prefix = struct.pack(">4sBBII", MAGIC, PROTOCOL_VERSION, 0, 10, 1 << 30)
     reader = reader_for(prefix + codec.encode(Message({"type": "hello", "id": 5})), codec)
     with pytest.raises(FrameError, match="limits are") as exc:
         reader.read()
@@ -126,7 +127,7 @@ def test_oversize_frame_is_refused_before_reading_its_body():
 def test_wrong_version_names_both_versions_and_keeps_request_id():
     frame = bytearray(Codec().encode(Message({"type": "hello", "id": 9})))
     frame[4] = 7
-    with pytest.raises(FrameError, match="version 7 is not supported; this side speaks 1") as exc:
+    with pytest.raises(FrameError, match=f"version 7 is not supported; this side speaks {PROTOCOL_VERSION}") as exc:
         reader_for(bytes(frame), Codec()).read()
     assert exc.value.code == "bad_version" and exc.value.request_id == 9
 
@@ -150,7 +151,7 @@ def test_tampered_payload_fails_hmac_even_with_valid_crc():
 
 def test_bad_header_is_reported():
     raw = b"not json"
-    frame = struct.pack(">4sBBII", MAGIC, 1, 0, len(raw), 0) + raw
+    frame = struct.pack(">4sBBII", MAGIC, PROTOCOL_VERSION, 0, len(raw), 0) + raw
     with pytest.raises(FrameError, match="header is not valid JSON") as exc:
         reader_for(frame, Codec()).read()
     assert exc.value.code == "bad_header"
@@ -175,7 +176,7 @@ def test_error_message_and_key_file(tmp_path):
 
 # -- hostile input: every frame gets a FrameError naming the problem, and the next frame is read -------------------
 def raw_frame(header: bytes, payload: bytes = b"", flags: int = 0) -> bytes:
-    return struct.pack(">4sBBII", MAGIC, 1, flags, len(header), len(payload)) + header + payload
+    return struct.pack(">4sBBII", MAGIC, PROTOCOL_VERSION, flags, len(header), len(payload)) + header + payload
 
 
 HOSTILE_HEADERS = {
