@@ -116,7 +116,7 @@ class Evaluator:
     def score(self, plan: QuantPlan, finetune_steps: int = 0, split: str = "val") -> PlanScore:
         """Top-1 accuracy, mean cross-entropy and mean KL(float || quantized) on ``split`` under ``plan``, after
         ``finetune_steps`` SGD steps when asked (cached)."""
-        held_out = self._held_out(split)
+        self._held_out(split)  # refuses an unknown split
         if finetune_steps < 0:
             raise AutoQError(f"finetune_steps must be >= 0, got {finetune_steps}")
         self._check_finetune(finetune_steps)

@@ -8,7 +8,12 @@
 - ``pareto_latency.{csv,png}``, ``pareto_energy.{csv,png}``: the non-dominated episodes for accuracy (higher is
   better) against latency or energy (lower is better);
 - ``bits_heatmap.png``: the best plan's weight bit-width of every kernel (layers x kernels);
-- ``summary.md``, with the fine-tuned final plan's figures when ``final`` (``final/final.json``'s report) is given.
+- ``summary.md``, with the fine-tuned final plan's figures when ``final`` (``final/final.json``'s report) is given,
+  and ``summary.json``, its machine-readable twin (``SUMMARY_JSON``: task, agent, seed, episodes, budget, the float
+  and uniform max-bit figures, and the selected plan's episode, accuracies, cost and tile widths per layer).
+
+The selected plan is the highest-reward episode after the agent's warm-up (``RunReport.warmup_episodes``: random
+exploration, never selected); a warm-up episode that scored higher is named in the summary.
 
 Records are the search's ``EpisodeOutcome``s, placed in it (episode and agent set). The run and the final plan are
 described by typed reports (``RunReport``, ``FinalReport``), formatted only here, where they are written.
@@ -61,6 +66,11 @@ class RunReport:
     record: str | None = None  # the trace the measurements were recorded to
     budget_limit: float | None = None  # the resolved budget, in seconds or joules
     extensions: str = ""  # how the episode budget was extended, if it was
+    warmup_episodes: int = 0  # random exploration at the start: not selectable
+    tile_rows: int = 1  # rows per tile of the overlay (Dm): how kernels share a tile's bits
+    uniform_accuracy_val: float | None = None  # the uniform max-bit plan's accuracies
+    uniform_accuracy_test: float | None = None
+    sensitivity: str = ""  # how the per-kernel sensitivity was estimated
 
     def rows(self) -> dict[str, str]:
         """The report as table rows: label -> formatted value."""
@@ -73,7 +83,12 @@ class RunReport:
             "full-precision accuracy (test)": f"{self.full_accuracy_test:.4f}",
             f"uniform {self.max_bits}-bit plan": f"{self.reference.latency_s * 1e3:.4g} ms, {self.reference.energy_j * 1e3:.4g} mJ",
             "record": self.record or "-",
+            "warm-up episodes (not selected)": str(self.warmup_episodes),
         }
+        if self.uniform_accuracy_val is not None and self.uniform_accuracy_test is not None:
+            rows[f"uniform {self.max_bits}-bit accuracy (val / test)"] = f"{self.uniform_accuracy_val:.4f} / {self.uniform_accuracy_test:.4f}"
+        if self.sensitivity:
+            rows["kernel sensitivity"] = self.sensitivity
         if self.budget_limit is not None and self.reward.budget is not None:
             unit = "s" if self.reward.budget.metric == "latency" else "J"
             rows["budget limit"] = f"{self.budget_limit:.6g} ({unit})"
@@ -106,6 +121,20 @@ def best_record(records: Sequence[EpisodeRecord], criterion: str) -> EpisodeReco
     if not records:
         raise AutoQError("no episodes: nothing is best")
     return min(records, key=CRITERIA[criterion][1])
+
+
+def selected_record(records: Sequence[EpisodeRecord], warmup_episodes: int = 0) -> EpisodeRecord:
+    """The search's selected plan: the highest-reward record after the first ``warmup_episodes`` (random
+    exploration); all records compete if none is past the warm-up."""
+    learned = [r for r in records if r.episode is None or r.episode >= warmup_episodes]
+    return best_record(learned or records, "reward")
+
+
+def tile_widths(weight_bits: Sequence[int], tile_rows: int) -> int:
+    """How many distinct tile widths the overlay runs a layer at (its kernels sorted by bits into Dm-row tiles)."""
+    from autoq.overlay.tiling import tile_rows as cut
+
+    return len(set(cut(list(weight_bits), tile_rows).tile_bits.tolist()))
 
 
 def pareto_front(records: Sequence[EpisodeRecord], cost: Callable[[EpisodeRecord], float]) -> list[EpisodeRecord]:
@@ -154,7 +183,10 @@ class ResultsWriter:
         info = run.rows() if run is not None else {}
         written: dict[str, Path] = {}
 
+        warmup = run.warmup_episodes if run is not None else 0
         best = {name: best_record(records, name) for name in CRITERIA}
+        overall = best["reward"]
+        best["reward"] = selected_record(records, warmup)
         index = {"network": network.name, "network_hash": network.hash, "run": info, "accuracy_split": "val",
                  "best_reward_test_accuracy": best_test_accuracy, "best": {}}
         for name, record in best.items():
@@ -175,9 +207,14 @@ class ResultsWriter:
         top = best["reward"]
         written["heatmap"] = self._bytes("bits_heatmap.png", (network.hash, network.name, top.episode, top.plan.hash),
                                          lambda: _heatmap_png(network, top))
+        passed_over = overall if overall.episode != top.episode else None
         written["summary"] = self._text(
-            "summary.md", lambda: _summary_md(network, records, best, fronts, info, written, final, best_test_accuracy)
+            "summary.md", lambda: _summary_md(network, records, best, fronts, info, written, final, best_test_accuracy,
+                                              passed_over, run.tile_rows if run else 1)
         )
+        written["summary_json"] = self._text(
+            SUMMARY_JSON, lambda: json.dumps(summary_dict(network, records, top, run, final, best_test_accuracy, passed_over),
+                                             indent=1) + "\n")
         return written
 
     def _text(self, name: str, render: Callable[[], str]) -> Path:
@@ -202,6 +239,44 @@ def write_results(out_dir: str | Path, network: NetworkSpec, records: Sequence[E
                   final: FinalReport | None = None, best_test_accuracy: float | None = None) -> dict[str, Path]:
     """Write the results folder once (see ``ResultsWriter.write``); returns the written files by role."""
     return ResultsWriter(out_dir, network).write(records, run, final, best_test_accuracy)
+
+
+SUMMARY_JSON = "summary.json"
+
+
+def summary_dict(network: NetworkSpec, records: Sequence[EpisodeRecord], selected: EpisodeRecord, run: RunReport | None,
+                 final: FinalReport | None, test_accuracy: float | None, passed_over: EpisodeRecord | None) -> dict:
+    """``summary.json``: the machine-readable twin of ``summary.md``."""
+    rows = run.tile_rows if run is not None else 1
+    m = selected.measurement
+    out: dict = {"network": network.name, "network_hash": network.hash, "episodes_run": len(records)}
+    if run is not None:
+        budget = run.reward.budget
+        out.update({
+            "task": run.task, "agent": run.agent, "seed": run.seed, "episodes": run.episodes, "backend": run.backend,
+            "warmup_episodes": run.warmup_episodes, "tile_rows": rows, "bits": [run.min_bits, run.max_bits],
+            "reward": run.reward.to_dict(), "sensitivity": run.sensitivity,
+            "budget": None if budget is None else {"metric": budget.metric, "value": budget.value, "relative": budget.relative,
+                                                   "limit": run.budget_limit},
+            "float": {"val_accuracy": run.full_accuracy_val, "test_accuracy": run.full_accuracy_test},
+            "uniform": {"bits": run.max_bits, "val_accuracy": run.uniform_accuracy_val, "test_accuracy": run.uniform_accuracy_test,
+                        "latency_s": run.reference.latency_s, "energy_j": run.reference.energy_j},
+        })
+    mixed = [tile_widths(lp.weight_bits, rows) for lp in selected.plan.layers]
+    out["selected"] = {
+        "episode": selected.episode, "plan_hash": selected.plan.hash, "val_accuracy": selected.accuracy,
+        "test_accuracy": test_accuracy, "val_kl": selected.kl, "val_loss": selected.loss, "latency_s": m.latency_s,
+        "energy_j": m.energy_j, "reward": selected.reward, "proposal_met_budget": selected.proposal_fits,
+        "avg_weight_bits": selected.plan.average_weight_bits(network), "avg_act_bits": selected.plan.average_act_bits(),
+        "tile_widths": {lp.name: n for lp, n in zip(selected.plan.layers, mixed)},
+        "mixed_layers_fraction": sum(n > 1 for n in mixed) / len(mixed),
+    }
+    out["warmup_best"] = None if passed_over is None else {
+        "episode": passed_over.episode, "reward": passed_over.reward, "val_accuracy": passed_over.accuracy,
+        "why_not_selected": "warm-up episodes are random exploration; the plan is selected among learning episodes"}
+    out["proposals_met_budget"] = sum(r.proposal_fits for r in records) / len(records)
+    out["final"] = None if final is None else final.to_dict()
+    return out
 
 
 # -- tables -----------------------------------------------------------------------------------------------------------
@@ -231,7 +306,7 @@ def _csv(network: NetworkSpec, records: Sequence[EpisodeRecord]) -> str:
     return out.getvalue()
 
 
-def _summary_md(network, records, best, fronts, info, written, final, best_test_accuracy) -> str:
+def _summary_md(network, records, best, fronts, info, written, final, best_test_accuracy, passed_over=None, tile_rows=1) -> str:
     top = best["reward"]
     f = _figures(network, top)
     lines = [f"# Search results: {network.name}", ""]
@@ -242,14 +317,20 @@ def _summary_md(network, records, best, fronts, info, written, final, best_test_
         f"({network.hash}, {len(network)} layers, {network.total_weights} weights). Episode accuracies are on the "
         "validation split, which the search selected plans by; test-split accuracies are reported apart from it.",
         "",
-        f"## Best plan (highest reward): episode {top.episode}, plan {top.plan.hash}",
+        f"## Selected plan (highest reward after the warm-up): episode {top.episode}, plan {top.plan.hash}",
         "",
-        f"- validation accuracy (selected it): {top.accuracy:.4f}",
+        *([f"- warm-up episode {passed_over.episode} scored a higher reward ({passed_over.reward:.6g}, val accuracy "
+           f"{passed_over.accuracy:.4f}) but is not selected: warm-up episodes are random exploration"]
+          if passed_over is not None else []),
+        f"- validation accuracy (selected it): {top.accuracy:.4f}; KL to the float model {top.kl:.4g}",
         *([f"- **test accuracy: {best_test_accuracy:.4f}**"] if best_test_accuracy is not None else []),
         f"- latency: {f['latency_s'] * 1e3:.4f} ms",
         f"- energy: {f['energy_j'] * 1e3:.4f} mJ",
         f"- average weight bits: {f['avg_weight_bits']:.3f}; average activation bits: {f['avg_act_bits']:.3f}",
-        f"- reward: {top.reward:.6g}; cost measured by: {f['source']}",
+        f"- reward: {top.reward:.6g}; cost measured by: {f['source']}; "
+        f"{'proposed within the budget' if top.proposal_fits else 'lowered to the budget by the environment'}",
+        f"- distinct tile widths per layer ({tile_rows}-row tiles): "
+        + ", ".join(f"{lp.name} {tile_widths(lp.weight_bits, tile_rows)}" for lp in top.plan.layers),
         f"- plan: `{written['best_reward'].name}`; kernel bit-widths: `{written['heatmap'].name}`",
         "",
         *_final_md(final),
@@ -288,11 +369,14 @@ def _final_md(final: FinalReport | None) -> list[str]:
         return []
     exports = (("onnx", final.onnx), ("hls4ml", final.hls4ml))
     exported = ", ".join(f"{what}: `{FINAL_DIR}/{Path(where).name}`" for what, where in exports if where)
+    val = ""
+    if final.val_accuracy_before is not None and final.val_accuracy_after is not None:
+        val = f"; val accuracy {final.val_accuracy_before:.4f} before, {final.val_accuracy_after:.4f} after"
     return [
-        f"## Final plan: fine-tuned {final.finetune_steps} steps and exported",
+        f"## Final plan: fine-tuned {final.finetune_steps} steps; the {final.exported} model exported (chosen on val)",
         "",
         f"- {final.accuracy_split} accuracy: {final.accuracy_before:.4f} before the fine-tune, "
-        f"**{final.accuracy_after:.4f} after**",
+        f"**{final.accuracy_after:.4f} after**{val}",
         f"- plan {final.plan_hash}: `{FINAL_DIR}/plan.json`; {exported or 'nothing exported'}",
         "",
     ]

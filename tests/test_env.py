@@ -58,8 +58,11 @@ def test_observations_carry_layer_and_kernel_features():
     obs = env.reset()
     assert obs[0] == 0.0 and obs[-2:].tolist() == [1.0, 1.0]  # first layer; no previous action yet
     kernels = env.kernel_observations(0.25, 0.75)
-    assert kernels[:, -4].tolist() == pytest.approx(np.linspace(0, 1, env.layer.c_out).tolist())  # kernel index
-    assert kernels[:, -3].min() == 0.0 and kernels[:, -3].max() == 1.0  # weight scale, normalised in the layer
+    assert kernels[:, -6].tolist() == pytest.approx(np.linspace(0, 1, env.layer.c_out).tolist())  # kernel index
+    assert kernels[:, -5].min() == 0.0 and kernels[:, -5].max() == 1.0  # weight scale, normalised in the layer
+    order = env.sensitivity.order(0)  # sensitivity rank in the layer: 0 for the most sensitive kernel
+    assert kernels[order, -3].tolist() == pytest.approx(np.linspace(0, 1, env.layer.c_out).tolist())
+    assert np.argmax(kernels[:, -4]) == order[0]  # log Fisher, normalised over the network
     assert (kernels[:, -2] == 0.25).all() and (kernels[:, -1] == 0.75).all()  # goal, activation action
     result = env.step(0.0, np.ones(env.layer.c_out))
     assert result.act_bits == env.min_bits and set(result.weight_bits) == {env.max_bits}

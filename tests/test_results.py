@@ -96,7 +96,7 @@ def test_results_folder(tmp_path):
     assert f"energy: {best.measurement.energy_j * 1e3:.4f} mJ" in summary
     assert f"average weight bits: {best.plan.average_weight_bits(net):.3f}" in summary
     assert f"average activation bits: {best.plan.average_act_bits():.3f}" in summary
-    assert "| backend | toy:// |" in summary and "| reward | resource-constrained: latency <= 0.4x the max-bit plan |" in summary
+    assert "| backend | toy:// |" in summary and "| reward | resource-constrained: latency <= 0.4x the max-bit plan; " in summary
     assert set(written) >= {"summary", "heatmap", "best_reward", "pareto_latency_png", "pareto_energy_csv"}
     assert not list(out.glob(".*.tmp")), "atomic writes leave no temp files"
 
@@ -111,10 +111,10 @@ def test_writer_rewrites_only_what_changed(tmp_path):
     assert writer.writes == len(files)  # nothing changed: nothing written, no plot rendered
     final = FinalReport("abc", 7, 0.5, 0.625, "/x/final/model.onnx", None)
     writer.write(records[:30], RUN, final)
-    assert writer.writes == len(files) + 1  # the summary, with the final plan
-    assert {role for role, path in files.items() if path.stat().st_mtime_ns != stamps[role]} <= {"summary"}
+    assert writer.writes == len(files) + 2  # the summaries (md and json), with the final plan
+    assert {role for role, path in files.items() if path.stat().st_mtime_ns != stamps[role]} <= {"summary", "summary_json"}
     summary = files["summary"].read_text()
-    assert "## Final plan: fine-tuned 7 steps and exported" in summary and "**0.6250 after**" in summary
+    assert "## Final plan: fine-tuned 7 steps; the fine-tuned model exported" in summary and "**0.6250 after**" in summary
     assert "- plan abc: `final/plan.json`; onnx: `final/model.onnx`" in summary
     before = writer.writes
     writer.write(records, RUN, final)  # ten more episodes: the episodes and every figure drawn from them change
@@ -137,3 +137,34 @@ def test_bad_input(tmp_path):
         write_results(tmp_path, net, [unplaced])
     with pytest.raises(AutoQError, match="unknown criterion"):
         best_record(records, "speed")
+
+
+def test_summary_json_is_the_machine_readable_twin(tmp_path):
+    import dataclasses
+
+    net, records = episodes()
+    run = dataclasses.replace(RUN, warmup_episodes=5, tile_rows=2, uniform_accuracy_val=0.9, uniform_accuracy_test=0.875,
+                              sensitivity="fisher")
+    warm = max(records[:5], key=lambda r: r.reward)
+    records[warm.episode] = dataclasses.replace(warm, reward=9.0)  # a warm-up episode with the best reward: passed over
+    final = FinalReport("abc", 7, 0.5, 0.625, None, None, "test", 0.7, 0.65, False)
+    files = write_results(tmp_path, net, records, run, final, best_test_accuracy=0.8125)
+    data = json.loads(files["summary_json"].read_text())
+    selected = max(records[5:], key=lambda r: (r.reward, r.accuracy, -r.measurement.latency_s))
+    assert data["task"] == "tiny" and data["agent"] == "random" and data["seed"] == 3 and data["episodes"] == 50
+    assert data["budget"] == {"metric": "latency", "value": 0.4, "relative": True, "limit": 8e-4}
+    assert data["float"] == {"val_accuracy": 0.95, "test_accuracy": 0.9375}
+    assert data["uniform"]["val_accuracy"] == 0.9 and data["uniform"]["latency_s"] == 2e-3
+    sel = data["selected"]
+    assert sel["episode"] == selected.episode != warm.episode and sel["test_accuracy"] == 0.8125
+    assert sel["val_accuracy"] == selected.accuracy and sel["latency_s"] == selected.measurement.latency_s
+    assert sel["energy_j"] == selected.measurement.energy_j
+    widths = {lp.name: len({sorted(lp.weight_bits, reverse=True)[k] for k in range(0, len(lp.weight_bits), 2)})
+              for lp in selected.plan.layers}  # 2-row tiles of bits sorted widest first: each tile's first row
+    assert sel["tile_widths"] == widths
+    assert sel["mixed_layers_fraction"] == sum(n > 1 for n in widths.values()) / len(widths)
+    assert data["warmup_best"]["episode"] == warm.episode and data["warmup_best"]["reward"] == 9.0
+    assert data["final"]["exported"] == "not fine-tuned" and data["final"]["exported_accuracy"] == 0.5
+    summary = files["summary"].read_text()
+    assert f"warm-up episode {warm.episode} scored a higher reward" in summary
+    assert "the not fine-tuned model exported" in summary

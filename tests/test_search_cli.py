@@ -38,9 +38,12 @@ def test_short_search_writes_results_records_every_measurement_and_resumes(tmp_p
     assert not (out / "final" / "hls4ml").exists()  # only with --hls4ml
     summary = (out / "summary.md").read_text()
     assert "resource-constrained: latency <= 0.4x the max-bit plan" in summary and "| backend | model" in summary
-    assert "## Final plan: fine-tuned 3 steps and exported" in summary
+    assert "## Final plan: fine-tuned 3 steps; the " in summary and f"the {final['exported']} model exported" in summary
     assert f"**{final['accuracy_after_finetune']:.4f} after**" in summary and "`final/model.onnx`" in summary
     assert_selected_on_val_and_reported_on_test(out, best, final, summary)
+    twin = json.loads((out / "summary.json").read_text())
+    assert twin["selected"]["plan_hash"] == best.hash and twin["final"] == final and twin["agent"] == "random"
+    assert (out / "sensitivity.npz").is_file() and twin["sensitivity"] == "fisher"
     payload = load_checkpoint(out / CHECKPOINT_NAME)
     assert payload["next_episode"] == 2 and best in [r.plan for r in payload["history"]]
     with TraceStore(trace, mode="r") as store:

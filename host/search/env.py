@@ -2,10 +2,18 @@
 
 An episode visits the network's layers in order. At each layer the agent gives one continuous action in [0, 1]
 for the activation bits and one per kernel (output channel) for the weight bits; the environment projects them
-to bit-widths (HAQ's ``round(b_min - 0.5 + a * (b_max - b_min + 1))``). After the last layer it builds the
-``QuantPlan``, lowers bits until the plan meets the budget (HAQ's rule, from the last layer, activations first,
-the widest kernels of a layer first), measures accuracy with the injected evaluator and cost with the injected
-``CostBackend``, and computes the extrinsic reward. Agents that pick whole plans call ``evaluate`` directly.
+to bit-widths (HAQ's ``round(b_min - 0.5 + a * (b_max - b_min + 1))``). Per-kernel bits are snapped to the tiles
+the overlay runs: the layer's kernels, sorted by sensitivity (``Sensitivity``), are cut into ``tile_rows``-row tiles
+(the overlay's Dm) and each tile takes the rounded mean of its kernels' bits, so a proposal never pays a tile's
+widest kernel for kernels that asked for less. After the last layer it builds the ``QuantPlan`` and scores it.
+
+The proposal is scored against the budget itself (``Objective.learning_reward``: the reward minus
+``budget_penalty`` times the relative overshoot), so an agent learns to meet the budget. Only as a last resort is an
+over-budget proposal lowered until it fits: a layer-wise proposal by HAQ's rule (from the last layer, activations
+first, then all the layer's kernels), a kernel-wise one by the cheapest estimated loss per cost saved, which lowers
+a layer's least sensitive tile first. The plan that fits is what is evaluated (accuracy, loss and KL to the float
+model with the injected evaluator, cost with the injected ``CostBackend``) and recorded. Agents that pick whole
+plans call ``evaluate`` directly.
 
 The bit range defaults to [``min_bits``, the backend overlay's ``max_bits``], within the plan type's limits. Plans
 are validated where they enter (``evaluate``, the backends' own boundary); accuracies are cached by the evaluator.
@@ -24,6 +32,7 @@ from autoq.common.network import LayerSpec, NetworkSpec
 from autoq.common.plan import MAX_BITS, MIN_BITS, LayerPlan, QuantPlan
 
 from .rewards import CostPoint, Objective, RewardSetting, SearchError
+from .sensitivity import Sensitivity, scales_by_layer
 
 
 class Evaluator(Protocol):
@@ -37,14 +46,23 @@ class Evaluator(Protocol):
     def full_precision_accuracy(self) -> float: ...
 
 
+class PlanScore(NamedTuple):
+    """What an evaluator says of a plan on a split: top-1, mean cross-entropy, mean KL(float || quantized)."""
+
+    accuracy: float
+    loss: float = 0.0
+    kl: float = 0.0
+
+
 #: Static per-layer features, each min-max normalised over the network's layers (HAQ's state).
 LAYER_FEATURES: tuple[str, ...] = (
     "layer_index", "c_in", "c_out", "kernel_size", "stride", "feature_map", "depthwise", "linear", "weights",
 )
 #: Layer observation = static features + the previous layer's activation and mean weight actions.
 LAYER_OBS_DIM = len(LAYER_FEATURES) + 2
-#: Kernel observation = static layer features + kernel index, kernel weight scale, the layer's goal and activation action.
-KERNEL_OBS_DIM = len(LAYER_FEATURES) + 4
+#: Kernel observation = static layer features + kernel index, kernel weight scale, kernel sensitivity (log Fisher,
+#: min-max over the network), its sensitivity rank in the layer (0 = most sensitive), the layer's goal and activation action.
+KERNEL_OBS_DIM = len(LAYER_FEATURES) + 6
 
 
 def _raw_layer_features(index: int, layer: LayerSpec) -> list[float]:
@@ -90,6 +108,19 @@ class EpisodeOutcome:
     fits: bool
     episode: int | None = None
     agent: str = ""
+    kl: float = 0.0  # KL(float || quantized) of ``plan`` on the validation split
+    loss: float = 0.0  # cross-entropy of ``plan`` on the validation split
+    proposed_cost: CostPoint | None = None  # the proposal's cost (before enforcement)
+    learning_reward: float | None = None  # what agents learn from: ``reward`` minus the proposal's budget penalty
+
+    @property
+    def proposal_fits(self) -> bool:
+        """Whether the agent's own proposal met the budget (no enforcement was needed)."""
+        return self.plan == self.proposed
+
+    @property
+    def learn(self) -> float:
+        return self.reward if self.learning_reward is None else self.learning_reward
 
     def placed(self, episode: int, agent: str) -> "EpisodeOutcome":
         """This outcome as episode ``episode`` of ``agent``'s search."""
@@ -116,6 +147,9 @@ class QuantEnv:
         finetune_steps: int = 0,
         kernel_scales: Mapping[str, Sequence[float]] | None = None,
         batch: int = 1,
+        sensitivity: Sensitivity | None = None,
+        tile_rows: int | None = None,
+        snap_tiles: bool = True,
     ) -> None:
         max_bits = overlay_max_bits(backend) if max_bits is None else max_bits
         check_bit_range(min_bits, max_bits)
@@ -130,6 +164,20 @@ class QuantEnv:
         self._layer_table = _min_max(np.array([_raw_layer_features(i, l) for i, l in enumerate(network)], np.float64))
         self.kernel_scales = self._checked_scales(kernel_scales or {})
         self._kernel_features = [_min_max(scales[:, None])[:, 0] for scales in self.kernel_scales]
+        self.sensitivity = sensitivity or Sensitivity.from_scales(network, scales_by_layer(network, dict(zip(network.names, self.kernel_scales))))
+        self.sensitivity.check(network)
+        self.tile_rows = int(tile_rows or backend_tile_rows(backend))
+        self.snap_tiles = snap_tiles
+        self.tiles = [self.sensitivity.tiles(i, self.tile_rows) for i in range(len(network))]
+        log_fisher = [np.log(np.maximum(f, 1e-30)) for f in self.sensitivity.fisher]
+        every = np.concatenate(log_fisher)
+        low, span = every.min(), max(float(every.max() - every.min()), 1e-12)
+        self._sensitivity_features = [(lf - low) / span for lf in log_fisher]
+        self._rank_features = []
+        for i, layer in enumerate(network):
+            rank = np.empty(layer.c_out)
+            rank[self.sensitivity.order(i)] = np.arange(layer.c_out) / max(1, layer.c_out - 1)
+            self._rank_features.append(rank)
         self.reset()
         reference = CostPoint.of(self.measure(QuantPlan.uniform(network, max_bits, max_bits)))
         floor = CostPoint.of(self.measure(QuantPlan.uniform(network, min_bits, min_bits)))
@@ -187,6 +235,7 @@ class QuantEnv:
         self._act_bits: list[int] = []
         self._weight_bits: list[tuple[int, ...]] = []
         self._previous = (1.0, 1.0)
+        self._kernel_wise = False
         return self.observation()
 
     def observation(self) -> np.ndarray:
@@ -198,8 +247,10 @@ class QuantEnv:
         c_out = self.layer.c_out
         rows = np.empty((c_out, KERNEL_OBS_DIM), np.float32)
         rows[:, : len(LAYER_FEATURES)] = self._layer_table[self._position]
-        rows[:, -4] = np.arange(c_out) / max(1, c_out - 1)
-        rows[:, -3] = self._kernel_features[self._position]
+        rows[:, -6] = np.arange(c_out) / max(1, c_out - 1)
+        rows[:, -5] = self._kernel_features[self._position]
+        rows[:, -4] = self._sensitivity_features[self._position]
+        rows[:, -3] = self._rank_features[self._position]
         rows[:, -2] = np.clip(goal_action, 0.0, 1.0)
         rows[:, -1] = np.clip(act_action, 0.0, 1.0)
         return rows
@@ -210,10 +261,15 @@ class QuantEnv:
         weight_actions = np.asarray(weight_actions, np.float64).reshape(-1)
         if weight_actions.size == 1:
             weight_actions = np.repeat(weight_actions, layer.c_out)
+        else:
+            self._kernel_wise = True
         if weight_actions.size != layer.c_out:
             raise SearchError(f"layer {layer.name!r}: {weight_actions.size} weight actions for {layer.c_out} kernels")
         act_bits = int(self.bits_of(act_action))
-        weight_bits = tuple(int(b) for b in self.bits_of(weight_actions))
+        bits = self.bits_of(weight_actions)
+        if self.snap_tiles:
+            bits = self.snapped(self._position, bits)
+        weight_bits = tuple(int(b) for b in bits)
         self._act_bits.append(act_bits)
         self._weight_bits.append(weight_bits)
         self._previous = (float(self.action_of(act_bits)), float(self.action_of(np.mean(weight_bits))))
@@ -223,33 +279,104 @@ class QuantEnv:
         proposed = QuantPlan.for_network(
             self.network, (LayerPlan(l.name, w, a) for l, w, a in zip(self.network, self._weight_bits, self._act_bits))
         )
-        return StepResult(None, act_bits, weight_bits, self.evaluate(proposed))
+        return StepResult(None, act_bits, weight_bits, self.evaluate(proposed, layer_wise=not self._kernel_wise))
+
+    def snapped(self, i: int, bits: np.ndarray) -> np.ndarray:
+        """Layer ``i``'s kernel bits with each sensitivity-sorted tile at the rounded mean of its kernels' bits."""
+        out = np.array(bits, dtype=int)
+        for tile in self.tiles[i]:
+            out[tile] = int(np.floor(out[tile].mean() + 0.5))
+        return out
 
     # -- scoring --------------------------------------------------------------------------------------------------
     def measure(self, plan: QuantPlan) -> Measurement:
         return self.backend.measure(self.network, plan, self.batch)
 
-    def evaluate(self, plan: QuantPlan) -> EpisodeOutcome:
-        """Enforce the budget on ``plan``, then score it: accuracy, cost, reward. Ends the episode."""
+    def evaluate(self, plan: QuantPlan, layer_wise: bool | None = None) -> EpisodeOutcome:
+        """Score ``plan`` against the budget, enforce the budget on it if it must be, then score the plan that fits:
+        accuracy, loss, KL, cost, reward. ``layer_wise`` picks the enforcement rule (default: whether every layer of
+        ``plan`` has one weight bit-width). Ends the episode."""
         plan.check(self.network)
-        final, measurement = self.enforce_budget(plan)
+        proposed = self.measure(plan)
+        if layer_wise is None:
+            layer_wise = all(len(set(lp.weight_bits)) == 1 for lp in plan.layers)
+        final, measurement = self.enforce_budget(plan, proposed, layer_wise=layer_wise)
         cost = CostPoint.of(measurement)
-        accuracy = self.accuracy(final)
+        score = self.score(final)
         self._position = len(self.network)
+        reward = self.objective.reward(score.accuracy, cost, score.kl)
+        proposed_cost = CostPoint.of(proposed)
         return EpisodeOutcome(
-            final, plan, accuracy, measurement, self.objective.reward(accuracy, cost), cost, self.objective.fits(cost)
+            final, plan, score.accuracy, measurement, reward, cost, self.objective.fits(cost), kl=score.kl,
+            loss=score.loss, proposed_cost=proposed_cost, learning_reward=self.objective.learning_reward(reward, proposed_cost),
         )
 
     def accuracy(self, plan: QuantPlan) -> float:
         """The evaluator's accuracy of ``plan`` with this search's fine-tune setting (cached by the evaluator)."""
         return float(self.evaluator.accuracy(plan, finetune_steps=self.finetune_steps))
 
-    def enforce_budget(self, plan: QuantPlan) -> tuple[QuantPlan, Measurement]:
-        """Lower bits until ``plan`` meets the budget: sweep layers from the last, each time first the activation
-        bits by one, then the layer's widest kernels by one, measuring after every change (HAQ, made kernel-wise)."""
-        measurement = self.measure(plan)
+    def score(self, plan: QuantPlan) -> PlanScore:
+        """The evaluator's accuracy, loss and KL of ``plan`` (accuracy alone from an evaluator without ``score``)."""
+        score = getattr(self.evaluator, "score", None)
+        if score is None:
+            return PlanScore(self.accuracy(plan))
+        return PlanScore(*score(plan, finetune_steps=self.finetune_steps))
+
+    def enforce_budget(self, plan: QuantPlan, measurement: Measurement | None = None,
+                       layer_wise: bool = True) -> tuple[QuantPlan, Measurement]:
+        """``plan`` if it meets the budget; otherwise lowered until it does (``layer_wise``: HAQ's rule, see
+        ``_enforce_layer_wise``; else ``_enforce_by_sensitivity``), measuring after every change."""
+        measurement = self.measure(plan) if measurement is None else measurement
         if self.objective.fits(CostPoint.of(measurement)):
             return plan, measurement
+        if layer_wise:
+            return self._enforce_layer_wise(plan)
+        return self._enforce_by_sensitivity(plan, measurement)
+
+    def _enforce_by_sensitivity(self, plan: QuantPlan, measurement: Measurement) -> tuple[QuantPlan, Measurement]:
+        """Repeatedly take the move with the least estimated loss per estimated cost saved: one activation bit off a
+        layer, or one bit off one tile of a layer (its sensitivity-sorted Dm kernels, all set to the tile's widest
+        bits minus one). A layer's cost is taken as proportional to its activation bits and to the sum of its tiles'
+        bits, so within a layer the least sensitive tile at a given width goes first."""
+        sens, lo = self.sensitivity, self.min_bits
+        metric = self.objective.setting.budget.metric if self.objective.setting.budget else "latency"
+        acts = [l.act_bits for l in plan.layers]
+        weights = [np.array(l.weight_bits) for l in plan.layers]
+        while True:
+            per_layer = _layer_costs(measurement, metric, len(acts))
+            best: tuple[float, int, np.ndarray | None] | None = None
+            for i in range(len(acts)):
+                tile_tops = [int(weights[i][t].max()) for t in self.tiles[i]]
+                if acts[i] > lo:
+                    added = sens.act_loss[i, acts[i] - 2] - sens.act_loss[i, acts[i] - 1]
+                    score = max(added, 0.0) / max(per_layer[i] / acts[i], 1e-30)
+                    if best is None or score < best[0]:
+                        best = (score, i, None)
+                for tile, top in zip(self.tiles[i], tile_tops):
+                    if top <= lo:
+                        continue
+                    old = weights[i][tile]
+                    new = np.minimum(old, top - 1)
+                    added = float((sens.weight_loss[i][tile, new - 1] - sens.weight_loss[i][tile, old - 1]).sum())
+                    score = max(added, 0.0) / max(per_layer[i] / sum(tile_tops), 1e-30)
+                    if best is None or score < best[0]:
+                        best = (score, i, tile)
+            if best is None:  # every bit at the floor, which resolve() checked fits; only a drifting backend gets here
+                return plan, measurement
+            _, i, tile = best
+            if tile is None:
+                acts[i] -= 1
+            else:
+                weights[i][tile] = np.minimum(weights[i][tile], weights[i][tile].max() - 1)
+            plan = plan.replace(plan.layers[i].name, LayerPlan(plan.layers[i].name, tuple(int(b) for b in weights[i]), acts[i]))
+            measurement = self.measure(plan)
+            if self.objective.fits(CostPoint.of(measurement)):
+                return plan, measurement
+
+    def _enforce_layer_wise(self, plan: QuantPlan) -> tuple[QuantPlan, Measurement]:
+        """HAQ's rule: sweep layers from the last, each time first the activation bits by one, then the layer's
+        widest kernels by one, measuring after every change."""
+        measurement = self.measure(plan)
         layers = list(plan.layers)
         acts = [l.act_bits for l in layers]
         weights = [np.array(l.weight_bits) for l in layers]
@@ -288,6 +415,7 @@ class QuantEnv:
             "act_bits": list(self._act_bits),
             "weight_bits": [list(w) for w in self._weight_bits],
             "previous": list(self._previous),
+            "kernel_wise": self._kernel_wise,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -295,3 +423,18 @@ class QuantEnv:
         self._act_bits = [int(a) for a in state["act_bits"]]
         self._weight_bits = [tuple(int(b) for b in w) for w in state["weight_bits"]]
         self._previous = (float(state["previous"][0]), float(state["previous"][1]))
+        self._kernel_wise = bool(state.get("kernel_wise", False))
+
+
+def backend_tile_rows(backend: CostBackend) -> int:
+    """Rows per tile of the backend's overlay (``dm``), 1 if the backend does not say."""
+    overlay = getattr(backend.describe(), "overlay", None)
+    return int(getattr(overlay, "dm", 1) or 1)
+
+
+def _layer_costs(measurement: Measurement, metric: str, layers: int) -> np.ndarray:
+    """Each layer's measured latency or energy (the total split evenly if the backend gives no per-layer figures)."""
+    if len(measurement.layers) == layers:
+        return np.array([l.latency_s if metric == "latency" else l.energy_j for l in measurement.layers])
+    total = measurement.latency_s if metric == "latency" else measurement.energy_j
+    return np.full(layers, total / layers)

@@ -1,11 +1,14 @@
 """Reward settings of the search (AutoQ section 3): resource-constrained and accuracy-guaranteed.
 
 * resource-constrained: a latency or energy budget, absolute (``3ms``, ``40mJ``) or a fraction of the uniform
-  max-bit plan's cost (``0.5x``), enforced as a constraint by the environment; reward = psi_acc * accuracy.
-* accuracy-guaranteed: reward = psi_acc * accuracy - psi_l * latency / latency_8bit - psi_e * energy / energy_8bit,
-  with psi_acc = 2 and cost weights below 1 by default.
+  max-bit plan's cost (``0.5x``); reward = psi_acc * (accuracy - kl_weight * KL). The agent learns from that minus
+  ``budget_penalty * max(0, proposal_cost / budget - 1)`` (the paper's resource-constrained reward as a penalty on
+  the budget), so it meets the budget itself; the environment enforces it only on proposals that still miss.
+* accuracy-guaranteed: reward = psi_acc * (accuracy - kl_weight * KL) - psi_l * latency / latency_8bit
+  - psi_e * energy / energy_8bit, with psi_acc = 2 and cost weights below 1 by default.
 
-Accuracies are fractions in [0, 1].
+Accuracies are fractions in [0, 1]; KL is the mean KL divergence (nats) of the quantized model's predictions from
+the float model's on the validation split: top-1 on a few hundred images moves in coarse steps, the KL does not.
 """
 from __future__ import annotations
 
@@ -22,6 +25,12 @@ _UNITS: dict[str, dict[str, float]] = {
     "energy": {"j": 1.0, "mj": 1e-3, "uj": 1e-6},
 }
 _BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+#: Weight of the KL divergence to the float model beside top-1 in the reward's accuracy term.
+DEFAULT_KL_WEIGHT = 0.5
+#: Reward lost per unit of relative budget overshoot of a proposal (1.0 = 10% over costs 0.1, i.e. 10 accuracy points).
+DEFAULT_BUDGET_PENALTY = 1.0
 
 
 class SearchError(AutoQError, ValueError):
@@ -93,6 +102,8 @@ class RewardSetting:
     psi_acc: float = 2.0
     psi_latency: float = 0.5
     psi_energy: float = 0.5
+    kl_weight: float = DEFAULT_KL_WEIGHT
+    budget_penalty: float = DEFAULT_BUDGET_PENALTY
 
     def __post_init__(self) -> None:
         if not self.psi_acc > 0 or self.psi_latency < 0 or self.psi_energy < 0:
@@ -100,24 +111,30 @@ class RewardSetting:
                 f"reward weights need psi_acc > 0 and psi_latency, psi_energy >= 0; got "
                 f"{self.psi_acc}, {self.psi_latency}, {self.psi_energy}"
             )
+        if self.kl_weight < 0 or self.budget_penalty < 0:
+            raise SearchError(f"kl_weight and budget_penalty must be >= 0, got {self.kl_weight} and {self.budget_penalty}")
 
     @classmethod
-    def resource_constrained(cls, budget: BudgetSpec) -> "RewardSetting":
-        return cls(budget, psi_acc=1.0, psi_latency=0.0, psi_energy=0.0)
+    def resource_constrained(cls, budget: BudgetSpec, kl_weight: float = DEFAULT_KL_WEIGHT,
+                             budget_penalty: float = DEFAULT_BUDGET_PENALTY) -> "RewardSetting":
+        return cls(budget, psi_acc=1.0, psi_latency=0.0, psi_energy=0.0, kl_weight=kl_weight, budget_penalty=budget_penalty)
 
     @classmethod
-    def accuracy_guaranteed(cls, psi_acc: float = 2.0, psi_latency: float = 0.5, psi_energy: float = 0.5) -> "RewardSetting":
-        return cls(None, psi_acc, psi_latency, psi_energy)
+    def accuracy_guaranteed(cls, psi_acc: float = 2.0, psi_latency: float = 0.5, psi_energy: float = 0.5,
+                            kl_weight: float = DEFAULT_KL_WEIGHT) -> "RewardSetting":
+        return cls(None, psi_acc, psi_latency, psi_energy, kl_weight)
 
     @property
     def constrained(self) -> bool:
         return self.budget is not None
 
     def describe(self) -> str:
+        acc = f"acc - {self.kl_weight:g}*KL" if self.kl_weight else "acc"
         if self.budget is not None:
-            return f"resource-constrained: {self.budget}"
+            return (f"resource-constrained: {self.budget}; reward = {acc}, learned with "
+                    f"- {self.budget_penalty:g}*max(0, proposal/budget - 1)")
         return (
-            f"accuracy-guaranteed: reward = {self.psi_acc:g}*acc - {self.psi_latency:g}*latency/latency_8bit "
+            f"accuracy-guaranteed: reward = {self.psi_acc:g}*({acc}) - {self.psi_latency:g}*latency/latency_8bit "
             f"- {self.psi_energy:g}*energy/energy_8bit"
         )
 
@@ -127,7 +144,8 @@ class RewardSetting:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RewardSetting":
         budget = data.get("budget")
-        return cls(BudgetSpec(**budget) if budget else None, data["psi_acc"], data["psi_latency"], data["psi_energy"])
+        return cls(BudgetSpec(**budget) if budget else None, data["psi_acc"], data["psi_latency"], data["psi_energy"],
+                   data.get("kl_weight", 0.0), data.get("budget_penalty", 0.0))
 
     def resolve(self, reference: CostPoint, floor: CostPoint, full_accuracy: float, floor_label: str) -> "Objective":
         """Bind the setting to one network and backend; an unreachable budget is a ``SearchError`` here, before any search."""
@@ -163,11 +181,23 @@ class Objective:
         s = self.setting
         return s.psi_latency * cost.latency_s / self.reference.latency_s, s.psi_energy * cost.energy_j / self.reference.energy_j
 
-    def reward(self, accuracy: float, cost: CostPoint) -> float:
-        """psi_acc * accuracy - psi_l * latency / latency_8bit - psi_e * energy / energy_8bit (the paper's
-        accuracy-guaranteed reward; psi_acc * accuracy under a budget)."""
+    def reward(self, accuracy: float, cost: CostPoint, kl: float = 0.0) -> float:
+        """psi_acc * (accuracy - kl_weight * kl) - psi_l * latency / latency_8bit - psi_e * energy / energy_8bit (the
+        paper's accuracy-guaranteed reward with the KL term; psi_acc * (accuracy - kl_weight * kl) under a budget)."""
         latency, energy = self.cost_terms(cost)
-        return self.setting.psi_acc * accuracy - latency - energy
+        return self.setting.psi_acc * (accuracy - self.setting.kl_weight * kl) - latency - energy
+
+    def overshoot(self, cost: CostPoint) -> float:
+        """How far ``cost`` is over the budget, relative to it: max(0, cost / budget - 1); 0 without a budget."""
+        budget = self.setting.budget
+        if budget is None:
+            return 0.0
+        return max(0.0, cost.get(budget.metric) / self.limit - 1.0)  # type: ignore[operator]
+
+    def learning_reward(self, reward: float, proposed: CostPoint) -> float:
+        """What an agent learns from: the scored plan's ``reward`` minus ``budget_penalty`` times its proposal's
+        relative overshoot (the penalty form of the resource-constrained reward)."""
+        return reward - self.setting.budget_penalty * self.overshoot(proposed)
 
     def penalty(self, cost: CostPoint) -> float:
         """The cost the search trades accuracy against: under a budget, the budgeted metric; otherwise the reward's

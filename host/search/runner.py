@@ -1,8 +1,10 @@
 """The search loop: one agent, one environment, a checkpoint after every episode, exact ``resume``.
 
-``run_search`` is the library entry behind ``autoq search``: it loads the task, wraps the evaluator and the cost
-backend (recording when asked) in a ``QuantEnv``, runs ``SearchRunner``, writes the results folder, then fine-tunes
-the best plan and exports it into ``final/`` (``autoq.host.export.finalize``) and adds it to ``summary.md``.
+``run_search`` is the library entry behind ``autoq search``: it loads the task, estimates (or reads from the
+folder's cache) the per-kernel Fisher sensitivity, wraps the evaluator and the cost backend (recording when asked)
+in a ``QuantEnv``, runs ``SearchRunner``, writes the results folder, then fine-tunes the selected plan and exports
+it into ``final/`` (``autoq.host.export.finalize``) and adds it to ``summary.md`` and ``summary.json``. The
+selected plan is the best after the agent's warm-up episodes (``selected_record``).
 The export comes after the last checkpoint, and resuming a finished search reuses a finished export.
 
 ``--resume --episodes N`` with N above the stored budget extends the search (finished or not) from its checkpoint:
@@ -24,8 +26,9 @@ import numpy as np
 
 from autoq.common.backend import DEFAULT_BACKEND
 from autoq.common.network import NetworkSpec
+from autoq.common.plan import QuantPlan
 from autoq.host.export.finalize import DEFAULT_FINAL_FINETUNE_STEPS, FinalReport, completed_final, finalize
-from autoq.host.results import EpisodeRecord, ResultsWriter, RunReport, best_record
+from autoq.host.results import EpisodeRecord, ResultsWriter, RunReport, selected_record
 
 from .agents.base import AGENTS, Agent, agent_class, make_agent
 from .checkpoint import (CHECKPOINT_NAME, CheckpointWriter, capture_rng, history_path, load_checkpoint, restore_rng,
@@ -129,7 +132,7 @@ class SearchRunner:
                 self._save(writer)
                 if self.listener is not None:
                     self.listener.checkpointed(self.next_episode)
-                best = best_record(self.history, "reward")
+                best = selected_record(self.history, self.agent.warmup_episodes)
                 bar.set_postfix(reward=f"{outcome.reward:.4f}", best_acc=f"{best.accuracy:.4f}",
                                 best_lat_ms=f"{best.measurement.latency_s * 1e3:.4g}", refresh=False)
                 bar.update(1)
@@ -147,7 +150,7 @@ class SearchRunner:
             "env": self.env.state_dict(),
             "rng": capture_rng(),
             "history": self.history,
-            "best_plan": best_record(self.history, "reward").plan.to_dict(),
+            "best_plan": selected_record(self.history, self.agent.warmup_episodes).plan.to_dict(),
         })
 
     def _restore(self) -> dict[str, Any]:
@@ -236,6 +239,8 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
     from autoq.host.evaluate import Evaluator
     from autoq.host.tasks import load_task
 
+    from .sensitivity import SENSITIVITY_NAME, task_sensitivity
+
     out = Path(out_dir)
     checkpoint = out / CHECKPOINT_NAME
     if not resume and checkpoint.exists():
@@ -245,8 +250,11 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
     evaluator = Evaluator.for_task(task)
     scales = evaluator.kernel_scales()  # per-kernel float weights, BatchNorm folded; a torch or an ONNX model
     created = _FreshFiles(out, record, resume)
+    if not resume and not (out / SENSITIVITY_NAME).exists():
+        created.files.append(out / SENSITIVITY_NAME)
     out.mkdir(parents=True, exist_ok=True)
     try:
+        sensitivity = task_sensitivity(evaluator, out)  # once per task: cached in the folder by its key
         backend = open_backend_recording(config.backend, record, search=True)
     except BaseException:
         created.remove()
@@ -254,20 +262,23 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
     failed_before_checkpoint = False
     try:
         env = QuantEnv(task.network, evaluator, backend, config.reward, min_bits=config.min_bits, max_bits=config.max_bits,
-                       finetune_steps=config.finetune_steps, kernel_scales=scales)
+                       finetune_steps=config.finetune_steps, kernel_scales=scales, sensitivity=sensitivity)
         warn_ignored_episodes(config.agent, given_episodes, env.min_bits, env.max_bits)
         agent = make_agent(config.agent, config.episodes, len(task.network), config.seed)
         runner = SearchRunner(env, agent, config.episodes, checkpoint, config.to_dict(),
                               listener=backend if isinstance(backend, RecordingBackend) else None)
         records = runner.run(resume=resume, progress=progress)
         objective = env.objective
+        uniform = QuantPlan.uniform(task.network, env.max_bits, env.max_bits)
         run = RunReport(
             config.agent, task.name, backend.describe().uri, config.seed, len(records), config.episodes, config.reward,
             env.min_bits, env.max_bits, config.finetune_steps, objective.full_accuracy,
             evaluator.full_precision_accuracy(split="test"), objective.reference,
             None if record is None else str(record), objective.limit, describe_extensions(config.agent, runner.extensions),
+            agent.warmup_episodes, env.tile_rows, evaluator.accuracy(uniform, config.finetune_steps),
+            evaluator.accuracy(uniform, config.finetune_steps, split="test"), sensitivity.source,
         )
-        best = best_record(records, "reward")
+        best = selected_record(records, agent.warmup_episodes)
         # selected on val; reported on test, with the search's own fine-tune setting
         best_test = evaluator.accuracy(best.plan, config.finetune_steps, split="test")
         results = ResultsWriter(out, task.network)

@@ -8,7 +8,13 @@
   LLC already realises the HLC's goal and the hierarchy starts out no worse than a layer-wise agent; its
   exploration noise is ``kernel_noise_scale`` times the HLC's. Each kernel decision is a one-step transition whose reward is shaped: goal completion
   (minus the distance between the goal and the layer's achieved average, scaled to [-1, 0]) mixed with the
-  extrinsic reward.
+  extrinsic reward and a per-kernel credit: a difference reward, minus ``kernel_credit`` times the kernel's
+  Fisher-estimated quantization loss at its bits relative to the layer's mean (in units of the layer's mean loss at
+  the narrowest bits), so kernels of one layer no longer share one scalar. The kernel state carries the kernel's
+  sensitivity and its sensitivity rank in the layer (the environment snaps bits to sensitivity-sorted tiles).
+
+The extrinsic reward is the environment's learning reward: the scored plan's reward minus the budget penalty of the
+proposal, so the controllers learn to meet the budget themselves.
 
 Defaults are the paper's (actor lr 1e-4, critic lr 1e-3, batch 64, replay 2000, noise 0.5 held for the first
 quarter of the learning episodes, then decayed exponentially, goal_max = action_max = 8), with the schedule
@@ -38,6 +44,7 @@ class AutoQConfig(DDPGAgentConfig):
     hlc_updates_per_layer: int = 1
     llc_updates_per_layer: int = 4
     kernel_noise_scale: float = 0.5  # LLC exploration noise relative to the HLC's
+    kernel_credit: float = 1.0  # weight of the per-kernel Fisher credit in the LLC's reward
 
     @property
     def warmup_episodes(self) -> int:
@@ -52,6 +59,10 @@ class AutoQConfig(DDPGAgentConfig):
 class AutoQAgent(Agent):
     name: ClassVar[str] = "autoq"
     budget_scheduled: ClassVar[bool] = True
+
+    @property
+    def warmup_episodes(self) -> int:
+        return self.config.warmup_episodes
 
     @classmethod
     def for_search(cls, episodes: int, num_layers: int, seed: int) -> "AutoQAgent":
@@ -106,15 +117,27 @@ class AutoQAgent(Agent):
 
     def _remember(self, env, outcome, layer_states, layer_actions, kernel_states, kernel_actions) -> None:
         cfg = self.config
-        extrinsic = cfg.reward_scale * outcome.reward
+        extrinsic = cfg.reward_scale * outcome.learn
         states = np.stack(layer_states)
         self.hlc.remember(states, np.stack(layer_actions), extrinsic, *successors(states))
         span = env.max_bits - env.min_bits
-        for layer_plan, layer_action, kernels, actions in zip(outcome.proposed.layers, layer_actions, kernel_states, kernel_actions):
+        for i, (layer_plan, layer_action, kernels, actions) in enumerate(
+                zip(outcome.proposed.layers, layer_actions, kernel_states, kernel_actions)):
             goal = env.goal_of(layer_action[1])
             goal_completion = -abs(goal - layer_plan.mean_weight_bits) / span if span else 0.0
-            reward = cfg.goal_mix * goal_completion + (1.0 - cfg.goal_mix) * extrinsic
+            credit = self.kernel_credit(env, i, np.array(layer_plan.weight_bits))
+            reward = cfg.goal_mix * goal_completion + (1.0 - cfg.goal_mix) * (extrinsic + cfg.kernel_credit * credit)
             self.llc.remember(kernels, actions[:, None], reward, kernels, 1.0)
+
+    @staticmethod
+    def kernel_credit(env: QuantEnv, i: int, bits: np.ndarray) -> np.ndarray:
+        """Per-kernel difference term of layer ``i``: minus each kernel's estimated loss at ``bits`` above the layer's
+        mean, in units of the layer's mean estimated loss at the narrowest bits (0 for a layer with no loss)."""
+        loss = env.sensitivity.kernel_loss(i, bits)
+        scale = float(env.sensitivity.kernel_loss(i, np.full(len(bits), env.min_bits)).mean())
+        if not scale > 0:
+            return np.zeros(len(bits))
+        return -(loss - loss.mean()) / scale
 
     def state_dict(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "hlc": self.hlc.state_dict(), "llc": self.llc.state_dict(), "rng": generator_state(self.rng)}

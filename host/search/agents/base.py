@@ -19,6 +19,8 @@ AGENTS: dict[str, str] = {
     "random": "baselines:RandomAgent",
     "uniform": "baselines:UniformAgent",
     "greedy": "baselines:GreedyAgent",
+    "oracle": "oracle:OracleAgent",
+    "oracle-layer": "oracle:LayerOracleAgent",
 }
 
 
@@ -35,6 +37,11 @@ class Agent(ABC):
     def for_search(cls, episodes: int, num_layers: int, seed: int) -> "Agent":
         """The agent with its default settings for a search of ``episodes`` episodes on ``num_layers`` layers."""
         return cls()
+
+    @property
+    def warmup_episodes(self) -> int:
+        """Episodes of random exploration at the start: the search never selects its plan from them."""
+        return 0
 
     @abstractmethod
     def run_episode(self, env: QuantEnv, episode: int) -> EpisodeOutcome:

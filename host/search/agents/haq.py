@@ -51,6 +51,10 @@ class HAQAgent(Agent):
         self.noise = config.noise()
         self.rng = np.random.default_rng(seed)
 
+    @property
+    def warmup_episodes(self) -> int:
+        return self.config.warmup_episodes
+
     @classmethod
     def for_search(cls, episodes: int, num_layers: int, seed: int) -> "HAQAgent":
         return cls(HAQConfig(episodes), num_layers, seed)
