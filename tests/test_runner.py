@@ -4,9 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from autoq.host.rl.sealed import Sealed
 from autoq.host.search.checkpoint import CHECKPOINT_NAME, history_path, load_checkpoint, seed_everything
 from autoq.host.search.rewards import BudgetSpec, RewardSetting, SearchError
 from autoq.host.search.runner import SearchConfig, SearchRunner, make_agent, resolve_config
@@ -28,11 +30,18 @@ def agent_tensors(checkpoint):
     flat = {}
 
     def walk(prefix, value):
-        if isinstance(value, dict):
+        if isinstance(value, Sealed):  # an actor-critic's snapshot and journal
+            walk(prefix, value.value)
+        elif isinstance(value, dict):
             for k, v in value.items():
                 walk(f"{prefix}.{k}", v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(f"{prefix}.{i}", v)
         elif isinstance(value, torch.Tensor):
             flat[prefix] = value
+        elif isinstance(value, np.ndarray):
+            flat[prefix] = torch.from_numpy(value)
 
     walk("agent", state)
     return flat
@@ -70,7 +79,9 @@ def test_checkpoint_after_every_episode_holds_the_whole_state(tmp_path):
     payload = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert payload["next_episode"] == 2 and len(payload["history"]) == 2 == len(history)
     assert {"hlc", "llc", "rng"} <= payload["agent"].keys()
-    assert {"actor", "critics", "actor_optim", "critic_optim", "buffer"} <= payload["agent"]["hlc"].keys()
+    assert {"actor", "critics", "actor_optim", "critic_optim", "buffer"} <= payload["agent"]["hlc"]["snapshot"].value.keys()
+    assert "actor_target" in payload["agent"]["hlc"]["snapshot"].value  # the LLC (gamma 0) has no target networks
+    assert "actor_target" not in payload["agent"]["llc"]["snapshot"].value
     assert {"python", "numpy", "torch"} == payload["rng"].keys()
     assert payload["env"]["position"] == len(runner.env.network) and payload["best_plan"]["format"] == "autoq-plan/1"
     assert [(r.episode, r.agent) for r in payload["history"]] == [(0, "autoq"), (1, "autoq")] and payload["history"] == history
@@ -162,3 +173,33 @@ def test_a_search_failing_in_its_first_episode_writes_no_history(tmp_path):
     with pytest.raises(RuntimeError, match="the evaluation failed"):
         runner.run(progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_save_appends_the_agents_journal_and_rewrites_its_snapshot_only_every_snapshot_every_episodes(tmp_path, monkeypatch):
+    """After the first episode a checkpoint costs the journal and the small payload, not the ~MB of networks; a
+    snapshot is taken again after SNAPSHOT_EVERY episodes, and resuming between snapshots replays the journal."""
+    import autoq.host.rl.actor_critic as actor_critic
+    from autoq.host.search.checkpoint import CheckpointWriter
+
+    monkeypatch.setattr(actor_critic, "SNAPSHOT_EVERY", 3)
+    costs = []
+    save = CheckpointWriter.save
+
+    def counting(self, payload):
+        before = self.bytes_written
+        save(self, payload)
+        costs.append(self.bytes_written - before)
+
+    monkeypatch.setattr(CheckpointWriter, "save", counting)
+    make_runner(tmp_path, "autoq", episodes=5).run(progress=False)
+    journal = max(costs[1:3] + costs[4:])
+    assert len(costs) == 5 and min(costs[0], costs[3]) > 10 * journal  # snapshots at saves 1 and 4 (Adam state from 2 on)
+    (tmp_path / "again").mkdir()
+    resumed = make_runner(tmp_path / "again", "autoq", episodes=5)  # the same search, its agent live in memory
+    resumed.run(progress=False)
+    agent = make_runner(tmp_path, "autoq", episodes=5).agent
+    agent.load_state_dict(load_checkpoint(tmp_path / CHECKPOINT_NAME)["agent"])  # snapshot + one journal chunk replayed
+    for live, loaded in ((resumed.agent.hlc, agent.hlc), (resumed.agent.llc, agent.llc)):
+        for a, b in zip(live.critics.parameters(), loaded.critics.parameters()):
+            assert torch.equal(a, b)
+        assert live.updates == loaded.updates > 0

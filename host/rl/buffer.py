@@ -58,9 +58,15 @@ class ReplayBuffer:
         self._size = min(self.capacity, self._size + count - start)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        return self.rows(self.sample_indices(batch_size, rng))
+
+    def sample_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+        """Rows of a uniform minibatch drawn with ``rng`` (what ``sample`` returns the transitions of)."""
         if self._size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
-        idx = rng.integers(0, self._size, size=batch_size)
+        return rng.integers(0, self._size, size=batch_size)
+
+    def rows(self, idx: np.ndarray) -> Batch:
         return Batch(self._states[idx], self._actions[idx], self._rewards[idx], self._next_states[idx], self._dones[idx])
 
     def state_dict(self) -> dict[str, Any]:
