@@ -59,12 +59,17 @@ def output_dir(text: str) -> str:
     return text
 
 
-def add_task_arguments(parser: argparse.ArgumentParser, *, positional_model: bool = False, model_default: str | None = "digits") -> None:
-    """MODEL (positional or ``--model``), ``--arch`` and ``--data``: what ``autoq.host.tasks.load_task`` takes."""
-    model_help = "'digits' (default), a built-in model name, or a .pt state dict with --arch"
+def add_task_arguments(parser: argparse.ArgumentParser, *, positional_model: bool = False, model_default: str | None = "digits",
+                       shown_default: str | None = None) -> None:
+    """MODEL (positional or ``--model``), ``--arch`` and ``--data``: what ``autoq.host.tasks.load_task`` takes.
+    ``shown_default`` is the task the help names as default when ``model_default`` is None (decided later)."""
+    default = model_default or shown_default or "digits"
+    model_help = (f"a bundled task: 'fashion' (Fashion-MNIST) or 'digits' (small, quick); default {default!r}; "
+                  "or a built-in model name, or a .pt state dict with --arch")
     if positional_model:
         parser.add_argument("model", metavar="MODEL", nargs="?", default=model_default, help=model_help)
     else:
         parser.add_argument("--model", default=model_default, help=model_help)
     parser.add_argument("--arch", help="architecture of a .pt/.pth state dict: built-in name or package.module:callable")
-    parser.add_argument("--data", metavar="PATH", help="ImageFolder-style directory or .npz (x, y); default: digits data")
+    parser.add_argument("--data", metavar="PATH", help="ImageFolder-style directory or .npz (x, y), or fashion-mnist[:DIR] "
+                        "(Fashion-MNIST's fixed splits; DIR: its IDX files); default: the bundled task's own data")

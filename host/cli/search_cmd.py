@@ -2,9 +2,9 @@
 results folder (best plans, Pareto fronts, bit-width heatmap, summary.md), checkpointing after every episode;
 then fine-tune the best plan and export it to final/ (plan.json, model.onnx, final.json; hls4ml/ with --hls4ml).
 
-With no arguments: the bundled digits task, the analytic ``model`` cost backend, the AutoQ agent, a latency
-budget of 0.4x the uniform 8-bit plan, 1000 episodes (5-10 minutes on 2 cores: 0.33-0.55 s per episode),
-results in runs/search.
+With no arguments: the bundled digits task (``DEFAULT_TASK``; ``--model fashion`` is the Fashion-MNIST task), the
+analytic ``model`` cost backend, the AutoQ agent, a latency budget of 0.4x the uniform 8-bit plan, 1000
+episodes, results in runs/search.
 
 Budgets: ``--latency-budget 3ms`` / ``250us`` / ``0.5x`` (fraction of the uniform 8-bit plan), ``--energy-budget
 40mJ`` / ``0.5x``; or ``--accuracy-guaranteed`` with reward psi_acc*acc - psi_l*lat/lat_8bit - psi_e*E/E_8bit.
@@ -20,6 +20,9 @@ import argparse
 from autoq.host.cli._args import add_task_arguments, non_negative_float, non_negative_int, output_dir, output_file
 from autoq.host.cli.inspect_cmd import positive_int
 
+#: the task a fresh ``autoq search`` runs when no --model is given (a resumed one keeps its stored task)
+DEFAULT_TASK = "digits"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from autoq.common.backend import DEFAULT_BACKEND
@@ -30,10 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Defaults are None so that --resume can tell the options given from those left out (see resolve_config).
     parser.add_argument("--agent", choices=tuple(AGENTS), help="search agent (default autoq)")
-    add_task_arguments(parser, model_default=None)
+    add_task_arguments(parser, model_default=None, shown_default=DEFAULT_TASK)
     parser.add_argument("--backend", metavar="URI", help=f"cost backend (default {DEFAULT_BACKEND}): model[:calib.json], "
                         "emulated, tcp://host:port, serial:///dev/X, replay:trace.sqlite")
-    parser.add_argument("--episodes", type=positive_int, metavar="N", help="episodes (default 1000, about 10 minutes for the digits task)")
+    parser.add_argument("--episodes", type=positive_int, metavar="N", help="episodes (default 1000)")
     parser.add_argument("--seed", type=non_negative_int, metavar="S", help="seed of every generator (default 0)")
     parser.add_argument("--out", default="runs/search", type=output_dir, metavar="DIR", help="results and checkpoint folder (default runs/search)")
     parser.add_argument("--record", type=output_file, metavar="FILE", help="append every measurement to this SQLite trace")
@@ -76,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
     from autoq.host.export.finalize import FINAL_DIR
     from autoq.host.search.runner import resolve_config, run_search
 
+    model = args.model if args.model is not None or args.resume else DEFAULT_TASK
     given = {
-        "agent": args.agent, "model": args.model, "arch": args.arch, "data": args.data, "backend": args.backend,
+        "agent": args.agent, "model": model, "arch": args.arch, "data": args.data, "backend": args.backend,
         "episodes": args.episodes, "seed": args.seed, "reward": reward_setting(args),
         "finetune_steps": args.finetune_steps, "final_finetune_steps": args.final_finetune_steps, "min_bits": args.min_bits,
     }

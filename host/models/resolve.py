@@ -31,7 +31,7 @@ from autoq.host.models import zoo
 from autoq.host.network.onnx_import import spec_from_onnx
 from autoq.host.network.trace import check_input_shape, spec_from_torch
 
-BUNDLED_TASKS = ("digits", "fashion")
+BUNDLED_TASKS = ("fashion", "digits")
 STATE_DICT_SUFFIXES = (".pt", ".pth")
 _STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 _SHOWN = 6  # how many offending keys an error message lists

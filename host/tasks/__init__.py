@@ -1,5 +1,5 @@
 """Tasks: a model, its network spec and its data splits. ``load_task()`` gives the bundled digits task by default;
-``load_task("fashion")`` the Fashion-MNIST task (the default of ``autoq search``).
+``load_task("fashion")`` the Fashion-MNIST task.
 
 Imports happen inside ``load_task`` so that importing this package stays light.
 """
