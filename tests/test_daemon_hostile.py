@@ -20,7 +20,16 @@ from autoq.common.plan import QuantPlan
 from autoq.host.backends.remote import BoardClient, parse_uri
 from autoq.overlay.board import Board
 from autoq.overlay.daemon import POLL_S, Daemon
-from autoq.overlay.protocol import MAGIC, Codec, FrameLimits, FrameReader, LinkClosed, Message, make_message
+from autoq.overlay.protocol import (
+    MAGIC,
+    PROTOCOL_VERSION,
+    Codec,
+    FrameLimits,
+    FrameReader,
+    LinkClosed,
+    Message,
+    make_message,
+)
 
 from boardkit import TINY, PtyMasterLink
 
@@ -47,7 +56,8 @@ def thread_deaths():
     assert not deaths, deaths
 
 
-def raw_frame(header: bytes, payload: bytes = b"", flags: int = 0, crc: bool = False, version: int = 1) -> bytes:
+def raw_frame(header: bytes, payload: bytes = b"", flags: int = 0, crc: bool = False,
+              version: int = PROTOCOL_VERSION) -> bytes:
     """A frame with ``header`` bytes as they are (no JSON encoding); a made-up MAC when ``flags`` say signed, the
     CRC appended on serial links."""
     frame = struct.pack(">4sBBII", MAGIC, version, flags | (2 if crc else 0), len(header), len(payload)) + header + payload
@@ -377,7 +387,7 @@ def fuzz_frames(rng: random.Random, codec: Codec) -> Iterator[tuple[str, bytes]]
             flags = rng.choice([0x01, 0x04, 0x08, 0x80, 0xFC, 0x05])
             yield kind, raw_frame(b'{"type":"hello","id":7}', flags=flags, crc=crc)
         elif kind == "version":
-            yield kind, raw_frame(b'{"type":"hello","id":8}', version=rng.choice([0, 2, 255]), crc=crc)
+            yield kind, raw_frame(b'{"type":"hello","id":8}', version=rng.choice([0, PROTOCOL_VERSION + 1, 255]), crc=crc)
         elif kind == "lengths":
             base[8:16] = struct.pack(">II", rng.choice([0, 1, 70_000, 1 << 31]), rng.choice([0, 5, 1 << 20, 0xFFFFFFFF]))
             yield kind, bytes(base)

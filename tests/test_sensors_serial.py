@@ -505,5 +505,7 @@ def test_idle_baseline_with_the_host_loop_keeps_polling_power_out_of_the_engine(
     engine_share = 0.02 / 0.025  # of each run's time on the host loop
     assert new.energy().dynamic_w == pytest.approx(3.0 * engine_share, abs=0.4)
     assert old.energy().dynamic_w == pytest.approx(3.0 * engine_share + 0.5, abs=0.4)
-    assert old.energy().dynamic_w - new.energy().dynamic_w == pytest.approx(0.5, abs=0.1)
+    # the run phases are timed with real sleeps (a loaded machine stretches them), so the baselines carry the
+    # exact claim and the dynamic powers only its direction
+    assert old.energy().dynamic_w - new.energy().dynamic_w > 0.2
     assert new.idle_host_loop and "with the host loop running" in new.summary()

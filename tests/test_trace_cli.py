@@ -93,7 +93,9 @@ def test_calibrate_accepts_a_recorded_trace(tmp_path, capsys):
     out = tmp_path / "fitted.json"
     assert main(["calibrate", str(path), "-o", str(out)]) == 0
     params = CalibrationParams.load(out)
-    assert params.calibrated and "trace.sqlite" in params.source
+    # a model trace holds predictions, not measurements: the fit reproduces them but is not a calibration
+    assert not params.calibrated and "trace.sqlite" in params.source
+    assert "predicted by a model" in capsys.readouterr().err
     refitted = open_backend(f"model:{out}")
     for plan, m in zip(plans, measured):
         assert refitted.measure(net, plan).latency_s == pytest.approx(m.latency_s, rel=0.02)
