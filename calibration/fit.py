@@ -27,6 +27,7 @@ import numpy as np
 from scipy.optimize import least_squares, nnls
 
 from autoq.common.errors import AutoQError
+from autoq.common.network import LayerSpec
 from autoq.overlay.manifest import OverlayConfig
 from autoq.overlay.resources import DEVICES, estimate
 from autoq.overlay.schedule import LayerEntry, ScheduleError, ScheduleParams, table_cycles, tile_table
@@ -358,4 +359,99 @@ def calibration_from_fit(result: FitResult, dataset: Dataset, base: CalibrationP
         overlay=carried,
         fit=figures,
         notes=tuple(notes),
+    )
+
+
+# ---- the RTL engine's step pipeline (ScheduleParams.pipeline), fitted on RTL-simulation cycle counts -------------
+
+PIPELINE_PARAMETERS = ("layer_overhead_cycles", "step_sync_cycles", "row_tile_cycles", "row_cycles",
+                       "boundary_overlap", "result_burst_cycles", "write_slot_cycles", "table_beat_cycles")
+PORT_PARAMETERS = ("read_latency_cycles", "read_outstanding", "write_latency_cycles", "write_outstanding",
+                   "port_bytes_per_cycle")
+_PIPELINE_START = np.array([150.0, 2.0, 10.0, 3.0, 1.5, 2.0, 2.0, 2.0])
+_PIPELINE_UPPER = np.array([1e5, 1e3, 1e4, 1e3, 8.0, 64.0, 1e3, 64.0])
+
+
+class PipelineRun(NamedTuple):
+    """One layer run on the RTL under one HP-port setting (``port``: ``PORT_PARAMETERS`` values) and its
+    measured ``cycles`` (the engine's ``cycles_total``)."""
+
+    layer: LayerSpec
+    weight_bits: tuple[int, ...]
+    act_bits: int
+    batch: int
+    port: tuple[float, float, float, float, float]
+    cycles: float
+
+
+class _PipelinePredictor:
+    """Tile tables of the runs, one per (port setting, batch); cycles of all runs under the fitted constants."""
+
+    def __init__(self, runs: Sequence[PipelineRun], overlay: OverlayConfig):
+        self.overlay, self.n = overlay, len(runs)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, run in enumerate(runs):
+            groups[(run.port, run.batch)].append(i)
+        self.groups = []
+        for (port, batch), index in groups.items():
+            entries = [LayerEntry(runs[i].layer, runs[i].weight_bits, runs[i].act_bits) for i in index]
+            self.groups.append((np.array(index), dict(zip(PORT_PARAMETERS, port)), tile_table(entries, overlay, batch)))
+
+    def cycles(self, x: np.ndarray, relaxed: bool = False) -> np.ndarray:
+        out = np.empty(self.n)
+        constants = dict(zip(PIPELINE_PARAMETERS, (float(v) for v in x)))
+        for index, port, table in self.groups:
+            params = ScheduleParams(pipeline=True, **constants, **port)
+            out[index] = table_cycles(table, self.overlay, params, relaxed).total
+        return out
+
+
+def _fit_pipeline_x(predictor: _PipelinePredictor, measured: np.ndarray, train: np.ndarray, x0: np.ndarray) -> np.ndarray:
+    residual = lambda x: np.log(predictor.cycles(x, relaxed=True)[train] / measured[train])
+    return least_squares(residual, x0, bounds=(np.zeros_like(x0), _PIPELINE_UPPER), x_scale=np.maximum(x0, 1.0)).x
+
+
+class PipelineFit(NamedTuple):
+    """The fitted pipeline constants and how well they predict the runs (exact model, not the relaxation)."""
+
+    params: ScheduleParams  # pipeline=True, the constants fitted, the port fields at their defaults
+    predicted: np.ndarray
+    in_sample: ErrorFigures
+    kfold: ErrorFigures
+    leave_one_shape_out: ErrorFigures
+    by_shape: dict[str, ErrorFigures]
+    shape_out: dict[str, ErrorFigures]  # each shape's error when held out of the fit
+
+    def figures(self) -> dict:
+        return {"latency_in_sample": self.in_sample.to_dict(), "latency_kfold": self.kfold.to_dict(),
+                "latency_leave_one_shape_out": self.leave_one_shape_out.to_dict(),
+                "by_shape": {k: v.to_dict() for k, v in self.by_shape.items()},
+                "shape_held_out": {k: v.to_dict() for k, v in self.shape_out.items()}}
+
+
+def fit_pipeline(runs: Sequence[PipelineRun], overlay: OverlayConfig, folds: int = 5, seed: int = 0) -> PipelineFit:
+    """Least squares on the log of predicted/measured cycles for ``PIPELINE_PARAMETERS``; errors in-sample,
+    ``folds``-fold and leaving out each layer shape (every run of one ``layer.name``) in turn."""
+    if len(runs) < len(PIPELINE_PARAMETERS) + 1:
+        raise FitError(f"{len(runs)} runs cannot fit {len(PIPELINE_PARAMETERS)} pipeline constants")
+    predictor = _PipelinePredictor(runs, overlay)
+    measured = np.array([run.cycles for run in runs], dtype=float)
+    everything = np.ones(len(runs), dtype=bool)
+    x = _fit_pipeline_x(predictor, measured, everything, _PIPELINE_START)
+    predicted = predictor.cycles(x)
+    fold = np.random.default_rng(seed).permutation(len(runs)) % folds
+    kfold = np.empty(len(runs))
+    for k in range(folds):
+        kfold[fold == k] = predictor.cycles(_fit_pipeline_x(predictor, measured, fold != k, x))[fold == k]
+    shapes = np.array([run.layer.name for run in runs])
+    held = np.empty(len(runs))
+    for name in dict.fromkeys(shapes.tolist()):
+        held[shapes == name] = predictor.cycles(_fit_pipeline_x(predictor, measured, shapes != name, x))[shapes == name]
+    names = sorted(set(shapes.tolist()))
+    params = ScheduleParams(pipeline=True, **dict(zip(PIPELINE_PARAMETERS, (round(float(v), 4) for v in x))))
+    return PipelineFit(
+        params, predicted, error_figures(predicted, measured), error_figures(kfold, measured),
+        error_figures(held, measured),
+        {n: error_figures(predicted[shapes == n], measured[shapes == n]) for n in names},
+        {n: error_figures(held[shapes == n], measured[shapes == n]) for n in names},
     )

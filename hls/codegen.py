@@ -39,9 +39,12 @@ TIMING_FIELDS = ("dram_efficiency", "result_efficiency", "layer_overhead_cycles"
 
 
 def check_timing(params: ScheduleParams) -> None:
-    """The engine runs a batch as one product (``per_image_convs`` off); every other parameter it charges."""
+    """The engine runs a batch as one product (``per_image_convs`` off) and counts the stage-total model
+    (``pipeline`` off: that is the RTL engine's); every other parameter it charges."""
     if params.per_image_convs:
         raise ScheduleError("the HLS engine runs a batch as one product: per_image_convs must be false")
+    if params.pipeline:
+        raise ScheduleError("the HLS engine counts the stage-total model: pipeline must be false (the RTL's timing)")
 
 
 class Vlnv(NamedTuple):

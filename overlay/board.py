@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from autoq.overlay.calibration_params import CalibrationError, CalibrationParams, load_default_calibration
+from autoq.overlay.calibration_params import (CalibrationError, CalibrationParams, default_calibration_path,
+                                              load_default_calibration)
 from autoq.common.errors import AutoQError, SpecError
 from autoq.common.measurement import LATENCY_FIGURES, POWER_FIGURES, LayerCost, Measurement, Provenance, Source
 from autoq.common.network import LayerSpec, NetworkSpec
@@ -225,13 +226,21 @@ class EngineSession:
 EngineFactory = Callable[[OverlayBuild], EngineSession]
 
 
+def _bundled_calibration(overlay: str) -> CalibrationParams:
+    """``overlay``'s bundled calibration (its timing, e.g. fitted on rtlsim for an RTL overlay), else the default's."""
+    if default_calibration_path(overlay).is_file():
+        return load_default_calibration(overlay)
+    return load_default_calibration()
+
+
 def emulated_factory(calibration: CalibrationParams | None = None, compute: bool = False,
                      ddr_bytes: int | None = None) -> EngineFactory:
     """Engines on the emulated device: cycle counters from the schedule, power from the analytic energy model of
-    ``calibration`` (default: the bundled one), virtual time; ``ddr_bytes`` bounds its DDR (default: unbounded)."""
+    ``calibration`` (default: the loaded overlay's bundled one, else the default overlay's), virtual time;
+    ``ddr_bytes`` bounds its DDR (default: unbounded)."""
 
     def open_engine(build: OverlayBuild) -> EngineSession:
-        params = calibration or load_default_calibration()
+        params = calibration or _bundled_calibration(build.config.name)
         device = EmulatedEngine(build.config, params, compute=compute, ddr_bytes=ddr_bytes)
         driver = BusEngine(device, device.allocate)
         driver.attach(build.config)

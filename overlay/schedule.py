@@ -60,6 +60,13 @@ PACKED_GROUPS = -1
 """``TileWork.group`` of a packed depthwise tile, whose rows come from several groups."""
 
 
+_FLAGS = ("per_image_convs", "pipeline")
+RTL_READ_BURSTS = 8  # bursts the RTL's read DMA keeps in flight (hls/rtl/engine.py READ_OUTSTANDING)
+RTL_WRITE_BURSTS = 16  # and its result stage (WRITE_OUTSTANDING)
+RTL_BURST_BEATS = 16  # AXI3 INCR bursts of up to 16 beats, never across 4 KiB
+RTL_PAGE_BEATS = 512
+
+
 class ScheduleError(AutoQError, ValueError):
     """Schedule parameters or a layer's bit-widths are invalid."""
 
@@ -77,6 +84,19 @@ class ScheduleParams:
     ``per_image_convs``: how the runtime lowers a batch. False: a conv layer is one product over all
     ``batch * out_h * out_w`` columns. True: one product per image (im2col per image; weights fetched again for
     every image, the last column tile of each image partial); linear layers always take the batch as columns.
+
+    ``pipeline``: False: the stage-total model above (``max`` of the three stage totals plus overheads). True: the
+    RTL engine's step pipeline (``hls/rtl``, see ``_pipeline_cycles``): every step (row tile x column tile) costs
+    the slowest of its fetch, execute, result and the two-region fetch/execute loop, its first column tile also the
+    row tile's table round trip and weights; the efficiencies and tile/pass overheads are then unused and
+    ``layer_overhead_cycles`` is the setup and drain beyond the memory latencies. Its inputs: the HP port's
+    ``read_latency_cycles``, ``read_outstanding`` bursts, ``write_latency_cycles``, ``write_outstanding`` bursts and
+    ``port_bytes_per_cycle`` (each direction; the rtlsim ``HPPortModel``'s fields); its fitted constants:
+    ``step_sync_cycles`` (token hand-over in the fetch/execute loop), ``row_tile_cycles`` and ``row_cycles``
+    (a row tile's table decode and sequential multiplies: fixed and per row), ``boundary_overlap`` (periods of
+    the previous steps that hide a row tile's bubble), ``result_burst_cycles`` (per write burst),
+    ``write_slot_cycles`` (a write burst's hold of an outstanding slot beyond latency and beats) and
+    ``table_beat_cycles`` (per tile-table beat of the check pass).
     """
 
     dram_efficiency: float = 0.8
@@ -85,13 +105,26 @@ class ScheduleParams:
     tile_overhead_cycles: float = 8.0
     pass_overhead_cycles: float = 2.0
     per_image_convs: bool = False
+    pipeline: bool = False
+    read_latency_cycles: float = 40.0
+    read_outstanding: float = 8.0
+    write_latency_cycles: float = 30.0
+    write_outstanding: float = 8.0
+    port_bytes_per_cycle: float = 6.4
+    step_sync_cycles: float = 0.0
+    row_tile_cycles: float = 20.0
+    row_cycles: float = 3.0
+    boundary_overlap: float = 1.5
+    result_burst_cycles: float = 2.0
+    write_slot_cycles: float = 0.0
+    table_beat_cycles: float = 1.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "per_image_convs":
+            if f.name in _FLAGS:
                 if not isinstance(value, bool):
-                    raise ScheduleError(f"schedule parameter per_image_convs must be true or false, got {value!r}")
+                    raise ScheduleError(f"schedule parameter {f.name} must be true or false, got {value!r}")
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
                 raise ScheduleError(f"schedule parameter {f.name} must be a finite number, got {value!r}")
@@ -101,6 +134,11 @@ class ScheduleParams:
             raise ScheduleError(f"dram_efficiency must be in (0, 1], got {self.dram_efficiency!r}")
         if self.result_efficiency <= 0:
             raise ScheduleError(f"result_efficiency must be > 0, got {self.result_efficiency!r}")
+        for name in ("read_outstanding", "write_outstanding"):
+            if getattr(self, name) < 1:
+                raise ScheduleError(f"{name} must be >= 1 burst, got {getattr(self, name)!r}")
+        if self.port_bytes_per_cycle <= 0:
+            raise ScheduleError(f"port_bytes_per_cycle must be > 0, got {self.port_bytes_per_cycle!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,9 +150,10 @@ class ScheduleParams:
         if unknown:
             raise ScheduleError(f"unknown schedule parameters {unknown}; known: {sorted(known)}")
         try:
-            values: dict[str, Any] = {k: v if k == "per_image_convs" else float(v) for k, v in data.items()}
+            values: dict[str, Any] = {k: v if k in _FLAGS else float(v) for k, v in data.items()}
         except (TypeError, ValueError):
-            raise ScheduleError(f"schedule parameters must be numbers (per_image_convs true/false), got {data!r}") from None
+            raise ScheduleError(f"schedule parameters must be numbers (per_image_convs, pipeline true/false), "
+                                f"got {data!r}") from None
         return cls(**values)
 
 
@@ -135,6 +174,7 @@ class TileWork(NamedTuple):
     fetch: int
     execute: int
     result: int
+    cycles: int = 0  # the step's pipeline cycles (``ScheduleParams.pipeline``; 0 in the stage-total model)
 
 
 class LayerCycles(NamedTuple):
@@ -189,6 +229,16 @@ class TileTable(NamedTuple):
     binary_ops: np.ndarray
     entries: int
     per_image_convs: bool
+    # the RTL's transfers per step (``ScheduleParams.pipeline``): it fetches a step's activations every step and a
+    # row tile's weights with its first column tile; 64-bit beats and burst counts (expected values where the
+    # address alignment is not known here)
+    act_beats: np.ndarray
+    act_bursts: np.ndarray
+    weight_beats: np.ndarray  # (row tiles, 1)
+    weight_bursts: np.ndarray  # (row tiles, 1)
+    rows: np.ndarray  # (row tiles, 1)
+    result_beats: np.ndarray
+    result_bursts: np.ndarray
 
 
 class _Layout(NamedTuple):
@@ -273,7 +323,7 @@ def _layout_and_table(entries: Sequence[LayerEntry | TiledEntry], overlay: Overl
     if not entries:
         raise ScheduleError("no layers to schedule")
     dk, dn = overlay.dk, overlay.dn
-    b_entry, b_group, b_order, b_n, b_shared, b_abits, b_images = [], [], [], [], [], [], []
+    b_entry, b_group, b_order, b_n, b_shared, b_abits, b_images, b_ohw = [], [], [], [], [], [], [], []
     r_rows, r_bits, r_keff = [], [], []
     for index, entry in enumerate(entries):
         images = batch if per_image_convs and entry.layer.kind != "linear" else 1
@@ -286,6 +336,7 @@ def _layout_and_table(entries: Sequence[LayerEntry | TiledEntry], overlay: Overl
             b_n.append(gemm_n)
             b_shared.append(not packed)
             b_images.append(images)
+            b_ohw.append(1 if entry.layer.kind == "linear" else entry.layer.out_hw[0] * entry.layer.out_hw[1])
             b_order.append(tiling.order if packed else tiling.order + g * m)
             b_abits.append(int(entry.act_bits))
             r_rows.append(tiling.tile_rows)
@@ -331,6 +382,17 @@ def _layout_and_table(entries: Sequence[LayerEntry | TiledEntry], overlay: Overl
     width = np.where(row_as, as_width, ws_width)
     count = np.where(row_as, as_count, ws_count) * np.array(b_images, dtype=np.int64)[row_block][:, None]
     passes = (bits[:, None] * row_abits)
+    beat_bits = overlay.dram_width_bits
+    act_beats = width * kwords[:, None] * dk * row_abits / beat_bits
+    weight_beats = (rows * kwords * dk * bits / beat_bits)[:, None]
+    bursts = lambda beats: np.ceil(beats / RTL_BURST_BEATS) + beats / RTL_PAGE_BEATS
+    # result: one burst per row and run of columns inside one image (linear: every column is its own image), an odd
+    # int32 start costs half a beat on average where the alignment varies
+    ohw = np.array(b_ohw, dtype=np.int64)[row_block][:, None]
+    crossings = np.where(ohw == 1, width - 1, np.where(ohw % dn == 0, 0, (width - 1) / np.maximum(ohw, 1)))
+    row_bursts = 1 + crossings + width * overlay.acc_bits / 8 / 4096
+    odd = np.where(ohw == 1, 1.0, np.where((ohw % 2 == 1) | (dn % 2 == 1), 0.5, 0.0))
+    row_beats = width * overlay.acc_bits / 2 / beat_bits + odd * row_bursts
     layout = _Layout(
         np.array(b_group), b_order, row_block, rows, bits, use_as,
         np.where(use_as, as_per_block, ws_per_block), np.where(use_as[row_block], first_row, ws_runs), column_tiles,
@@ -344,6 +406,8 @@ def _layout_and_table(entries: Sequence[LayerEntry | TiledEntry], overlay: Overl
         2 * rows[:, None] * width * k_eff[:, None] * passes,
         len(entries),
         per_image_convs,
+        act_beats, bursts(act_beats), weight_beats, bursts(weight_beats), rows[:, None],
+        rows[:, None] * row_beats, rows[:, None] * row_bursts,
     )
     return layout, table
 
@@ -363,6 +427,55 @@ def _cell_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParam
     execute = whole((table.kwords + params.pass_overhead_cycles) * table.passes)
     result = whole(table.result_bytes / (overlay.dram_bytes_per_cycle * params.result_efficiency))
     return fetch, np.broadcast_to(execute, fetch.shape), result
+
+
+def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams,
+                     whole: Callable[[np.ndarray], np.ndarray] = np.ceil) -> tuple[np.ndarray, ...]:
+    """Per-step (fetch, execute, result, pipeline) cycles of every cell in the RTL engine (``params.pipeline``).
+
+    Derived from ``hls/rtl`` (see its ``__init__``) with the HP port's latency ``L``, outstanding bursts ``O``
+    (at most the DMA's 8) and ``rho`` beats per cycle: a stream of ``b`` beats in ``n`` bursts takes
+    ``max(b / rho, (n * L + b / rho) / O)``. Per step: execute ``passes * kwords + Dm + 5`` (issue, flush,
+    drain, hand-over); fetch the activations' stream; result ``2 * rows + beats + c_b * bursts + 1``, or its writes'
+    outstanding-slot limit ``bursts * (L_w + c_w + beats per burst) / O_w``; and the loop of each of the two rhs
+    regions (fetch issued when execute frees it, data back after ``L``, execute issues again):
+    ``(L + b / rho + passes * kwords + c_s) / 2``. The step costs the slowest of the four. A row tile's first step
+    adds its bubble: the requester waits for the table entry (behind the previous step's activations) and its
+    multiplies before it issues the weights and the activations, ``2 L + (2 b + entry) / rho + weights + c_t +
+    c_r * rows``, less ``boundary_overlap`` periods the buffered steps hide, and the tile-table check's share of
+    the entry's beats.
+    """
+    beat_bytes = overlay.dram_width_bits / 8
+    rho = min(params.port_bytes_per_cycle, beat_bytes) / beat_bytes
+    lat, wlat = params.read_latency_cycles, params.write_latency_cycles
+    reads = min(params.read_outstanding, RTL_READ_BURSTS)
+    writes = min(params.write_outstanding, RTL_WRITE_BURSTS)
+
+    def stream(beats: np.ndarray, bursts: np.ndarray) -> np.ndarray:
+        return np.maximum(beats / rho, (bursts * lat + beats / rho) / reads)
+
+    issue = table.passes * table.kwords
+    execute = np.broadcast_to(issue + overlay.dm + 5, table.act_beats.shape)
+    fetch = stream(table.act_beats, table.act_bursts)
+    loop = (lat + table.act_beats / rho + issue + params.step_sync_cycles) / 2
+    per_burst = table.result_beats / np.maximum(table.result_bursts, 1)
+    result = np.maximum(2 * table.rows + table.result_beats + params.result_burst_cycles * table.result_bursts + 1,
+                        table.result_bursts * (wlat + params.write_slot_cycles + per_burst) / writes)
+    period = np.maximum.reduce([execute, fetch, loop, result])
+    entry = 1 + overlay.dm  # beats of one tile-table entry (2 + 2 Dm uint32)
+    weights = stream(table.weight_beats, table.weight_bursts)
+    bubble = (2 * lat + (2 * table.act_beats + entry) / rho + weights + params.row_tile_cycles
+              + params.row_cycles * table.rows - params.boundary_overlap * period)
+    check = np.maximum(entry / rho, (entry / RTL_BURST_BEATS * lat + entry / rho) / reads) + params.table_beat_cycles * entry
+    first = _KIND_FIRST[None, :]
+    period = period + first * (np.maximum(bubble, 0) + check)
+    fetch = fetch + first * (weights + entry / rho)
+    return whole(fetch), whole(execute), whole(result), whole(period)
+
+
+def _pipeline_overhead(params: ScheduleParams) -> float:
+    """Per-layer cycles of the RTL pipeline beyond its steps: setup, the table check's latency, the last writes."""
+    return params.layer_overhead_cycles + params.read_latency_cycles + params.write_latency_cycles
 
 
 def _relaxed(cycles: np.ndarray) -> np.ndarray:
@@ -393,27 +506,40 @@ def table_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParam
         raise ScheduleError("tile table was built with per_image_convs="
                             f"{table.per_image_convs} but the parameters say {params.per_image_convs}")
     whole = _relaxed if relaxed else np.ceil
-    fetch, execute, result = _cell_cycles(table, overlay, params, whole)
     cells = np.broadcast_to(table.entry[:, None], table.cell_tiles.shape).ravel()
     count = table.cell_tiles.ravel()
-    per_entry = lambda cycles: np.bincount(cells, cycles.ravel() * count, minlength=table.entries)
-    stages = np.stack([per_entry(fetch), per_entry(execute), per_entry(result)])
-    tiles = per_entry(np.ones(count.shape))
-    overhead = whole(params.layer_overhead_cycles + tiles * params.tile_overhead_cycles)
+    per_entry = lambda cycles: np.bincount(cells, np.broadcast_to(cycles, table.cell_tiles.shape).ravel() * count,
+                                           minlength=table.entries)
+    if params.pipeline:
+        fetch, execute, result, period = _pipeline_cycles(table, overlay, params, whole)
+        stages = np.stack([per_entry(fetch), per_entry(execute), per_entry(result)])
+        overhead = whole(np.full(table.entries, _pipeline_overhead(params)))
+        moved = (table.act_beats + _KIND_FIRST * table.weight_beats) * overlay.dram_width_bits / 8 + table.result_bytes
+        total = per_entry(period) + overhead
+    else:
+        fetch, execute, result = _cell_cycles(table, overlay, params, whole)
+        stages = np.stack([per_entry(fetch), per_entry(execute), per_entry(result)])
+        tiles = per_entry(np.ones(table.cell_tiles.shape))
+        overhead = whole(params.layer_overhead_cycles + tiles * params.tile_overhead_cycles)
+        moved = table.fetch_bytes + table.result_bytes
+        total = stages.max(axis=0) + overhead
     bound = np.argmax(stages, axis=0)
     return TableCycles(
-        stages[0], stages[1], stages[2], overhead, stages.max(axis=0) + overhead, bound,
-        np.ceil(per_entry(np.broadcast_to(table.fetch_bytes + table.result_bytes, table.cell_tiles.shape))),
-        per_entry(np.broadcast_to(table.binary_ops, table.cell_tiles.shape)),
+        stages[0], stages[1], stages[2], overhead, total, bound, np.ceil(per_entry(moved)),
+        per_entry(table.binary_ops),
     )
 
 
 def combine_stages(fetch: int, execute: int, result: int, tiles: int, params: ScheduleParams,
-                   dram_bytes: int = 0, binary_ops: int = 0) -> LayerCycles:
-    """Layer cycles from stage totals: the stages overlap, the fixed overheads add."""
-    overhead = int(np.ceil(params.layer_overhead_cycles + tiles * params.tile_overhead_cycles))
+                   dram_bytes: int = 0, binary_ops: int = 0, steps: int = 0) -> LayerCycles:
+    """Layer cycles from stage totals: the stages overlap, the fixed overheads add. In the pipeline model
+    (``params.pipeline``) the total is the steps' pipeline cycles ``steps`` plus the layer overhead."""
     stages = (int(fetch), int(execute), int(result))
     slowest = int(np.argmax(stages))
+    if params.pipeline:
+        overhead = int(np.ceil(_pipeline_overhead(params)))
+        return LayerCycles(*stages, overhead, int(steps) + overhead, STAGES[slowest], int(dram_bytes), int(binary_ops))
+    overhead = int(np.ceil(params.layer_overhead_cycles + tiles * params.tile_overhead_cycles))
     return LayerCycles(*stages, overhead, stages[slowest] + overhead, STAGES[slowest], int(dram_bytes), int(binary_ops))
 
 
@@ -445,7 +571,11 @@ def layer_tiles(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, act_b
     """
     layout, table = _layout_and_table([LayerEntry(layer, weight_bits, act_bits)], overlay, batch, grouped,
                                       params.per_image_convs)
-    fetch, execute, result = _cell_cycles(table, overlay, params)
+    if params.pipeline:
+        fetch, execute, result, period = _pipeline_cycles(table, overlay, params)
+    else:
+        fetch, execute, result = _cell_cycles(table, overlay, params)
+        period = np.zeros(fetch.shape)
     n, dn = layer.gemm(batch // layout.images).n, overlay.dn
     block_start = np.r_[0, np.cumsum(np.bincount(layout.row_block))]
     blocks = [(image, block, order) for image in range(layout.images) for block, order in enumerate(layout.block_order)]
@@ -463,10 +593,14 @@ def layer_tiles(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, act_b
                 int(layout.block_group[block]), order[offsets[r]:offsets[r + 1]],
                 image * n + c * dn, image * n + min(n, (c + 1) * dn),
                 int(layout.bits[cell]), int(table.passes[cell, 0] // layout.bits[cell]),
-                int(fetch[cell, kind]), int(execute[cell, kind]), int(result[cell, kind]),
+                int(fetch[cell, kind]), int(execute[cell, kind]), int(result[cell, kind]), int(period[cell, kind]),
             )
 
-        if layout.activation_stationary[block]:
+        if params.pipeline:  # the RTL's order: row tiles, each with all column tiles
+            for r in range(stop - first):
+                for c in range(col_tiles):
+                    yield tile(r, c)
+        elif layout.activation_stationary[block]:
             for first_col in range(0, col_tiles, per_block):
                 for r in range(stop - first):
                     for c in range(first_col, min(col_tiles, first_col + per_block)):
@@ -481,7 +615,8 @@ def layer_tiles(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, act_b
 
 def sum_tiles(tiles: Sequence[TileWork] | Iterator[TileWork], params: ScheduleParams) -> LayerCycles:
     """Layer cycles from executed tiles (what a cycle counter accumulates); ``dram_bytes``/``binary_ops`` stay 0."""
-    fetch = execute = result = count = 0
+    fetch = execute = result = count = steps = 0
     for tile in tiles:
         fetch, execute, result, count = fetch + tile.fetch, execute + tile.execute, result + tile.result, count + 1
-    return combine_stages(fetch, execute, result, count, params)
+        steps += tile.cycles
+    return combine_stages(fetch, execute, result, count, params, steps=steps)

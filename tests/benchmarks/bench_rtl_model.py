@@ -1,114 +1,167 @@
 """The schedule model against the cycle-accurate RTL simulation (run: ``python tests/benchmarks/bench_rtl_model.py``).
 
-Over a sweep of layer shapes x bit-widths x HP-port read latencies it runs each layer on the Verilator simulation
-of the RTL engine (checking its results against the reference engine) and prints the schedule model's
-``layer_cycles(...).total`` against the RTL's ``cycles_total``: the mean absolute percentage error per read latency,
-per shape and overall. Then the simulation speed (simulated clock cycles per wall-clock second) and the time the
-``rtlsim`` backend takes to measure the digits network at 8/8 (the Verilator build is cached, so run once before
-timing a fresh checkout).
+Takes a sweep of layer shapes x bit-widths x HP-port settings run on the Verilator simulation of the RTL engine
+(``rtl_timing_sweep.py``: every run checked bit for bit against the reference engine; ``--csv`` reuses a sweep's CSV,
+else a reduced sweep runs here, a few minutes) and prints
+
+- the schedule model with the overlay's bundled calibration (``ScheduleParams.pipeline``; the port fields set to each
+  run's HP-port settings) against the RTL's ``cycles_total``: MAPE per port setting, per shape and overall;
+- a fresh fit of the pipeline constants on the sweep (``calibration.fit.fit_pipeline``): in-sample, 5-fold and
+  leave-one-shape-out MAPE and max error, by shape; ``--write-calibration`` writes it as the ``calibration.json`` of
+  ``--overlay`` (and of each ``--also`` overlay, e.g. ``pynq_z1_rtl``: the constants are per beat, burst, row and
+  step, the array's dimensions enter through the formulas);
+- the simulation speed and the time the ``rtlsim`` backend takes to measure the digits network at 8/8
+  (``--digits``).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
-from autoq.common.network import LayerSpec
-from autoq.common.plan import QuantPlan
-from autoq.hls.rtlsim import HPPortModel
-from autoq.hls.rtlsim.check import check_layer, open_engine, schedule_params
-from autoq.overlay.bitserial import value_range
-from autoq.overlay.manifest import load_overlay
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rtl_timing_sweep import FIELDS, load_runs, sweep, sweep_overlay  # noqa: E402
 
-SHAPES = (
-    LayerSpec("conv3x3", "conv", 16, 16, 3, 1, 1, 1, (8, 8), (8, 8)),
-    LayerSpec("conv3x3_s2", "conv", 8, 24, 3, 2, 1, 1, (10, 10), (5, 5)),
-    LayerSpec("pointwise", "conv", 32, 16, 1, 1, 0, 1, (6, 6), (6, 6)),
-    LayerSpec("grouped", "conv", 16, 16, 3, 1, 1, 4, (6, 6), (6, 6)),
-    LayerSpec("depthwise", "depthwise", 16, 16, 3, 1, 1, 16, (8, 8), (8, 8)),
-    LayerSpec("linear", "linear", 256, 32),
-)
-BITS = ("2/2", "4/4", "8/8", "mixed/4")  # weight/activation; mixed: 2..8 per kernel
-READ_LATENCIES = (10, 40, 80)
+from autoq.calibration.fit import PORT_PARAMETERS, PipelineRun, error_figures, fit_pipeline  # noqa: E402
+from autoq.common.plan import QuantPlan  # noqa: E402
+from autoq.overlay.calibration_params import (CalibrationParams, default_calibration_path,  # noqa: E402
+                                              load_default_calibration, today)
+from autoq.overlay.manifest import load_overlay  # noqa: E402
+from autoq.overlay.schedule import ScheduleParams, layer_cycles  # noqa: E402
+
+QUICK_BITS = ("1/2", "2/2", "4/4", "8/8", "mixed/4", "mix2/3")
+QUICK_MEMORY = ((40, 8, 6.4), (80, 2, 6.4), (10, 8, 6.4), (80, 8, 6.4))
 
 
-def operands(rng: np.random.Generator, layer: LayerSpec, wbits: str, abits: int):
-    bits = rng.integers(2, 9, layer.c_out) if wbits == "mixed" else np.full(layer.c_out, int(wbits))
-    low, high = value_range(bits, signed=True)
-    w = rng.integers(low[:, None], high[:, None] + 1, (layer.c_out, layer.kernel_size))
-    w = w.reshape(layer.c_out, layer.c_in // layer.groups, *layer.kernel)
-    x = rng.integers(0, 1 << abits, (1, layer.c_in, *layer.in_hw))
-    return x, w, bits
+def predicted(runs: list[PipelineRun], overlay, params: ScheduleParams) -> np.ndarray:
+    """The model's cycles for each run, with ``params``' port fields set to the run's HP-port settings."""
+    out = []
+    for run in runs:
+        at = replace(params, **dict(zip(PORT_PARAMETERS, run.port)))
+        out.append(layer_cycles(run.layer, run.weight_bits, run.act_bits, overlay, at, run.batch).total)
+    return np.array(out, dtype=float)
+
+
+def report(title: str, runs: list[PipelineRun], model: np.ndarray) -> None:
+    measured = np.array([run.cycles for run in runs])
+    print(title)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, run in enumerate(runs):
+        groups[f"read_latency {run.port[0]:g}, outstanding {run.port[1]:g}, {run.port[4]:g} B/cycle"].append(i)
+        groups[run.layer.name].append(i)
+    for name, index in groups.items():
+        e = error_figures(model[index], measured[index])
+        print(f"  {name:<46} MAPE {e.mape:5.2f}%  max {e.max_ape:5.1f}%  ({e.n} runs)")
+    e = error_figures(model, measured)
+    print(f"  {'overall':<46} MAPE {e.mape:5.2f}%  max {e.max_ape:5.1f}%  ({e.n} runs)")
+
+
+def write_calibration(overlay_name: str, fitted: ScheduleParams, figures: dict, source_overlay: str, runs: int,
+                      sweep_text: str) -> Path:
+    base = load_default_calibration(overlay_name)
+    overlay = load_overlay(overlay_name)
+    source = (f"fitted on rtlsim measurements: {runs} layer runs of the RTL engine on the Verilator simulation "
+              f"(overlay {source_overlay}), sweep {sweep_text}")
+    calibration = CalibrationParams(
+        id=f"{overlay_name}_rtlsim", source=source, overlay_build_hash=overlay.build_hash, date=today(),
+        calibrated=True, schedule=fitted, energy=base.energy, overlay=None, fit=figures,
+        notes=(f"calibrated: timing fitted on RTL-simulation cycle counts ({source_overlay}); schedule model "
+               "pipeline=true (overlay/schedule.py _pipeline_cycles); the port fields are the rtlsim HPPortModel "
+               "defaults (read latency 40, 8 outstanding, write latency 30, 6.4 B/cycle), assumptions, not board "
+               "measurements",
+               f"energy parameters not measured: kept from calibration {base.id!r} (calibrated={base.calibrated})",
+               "refit: python tests/benchmarks/rtl_timing_sweep.py -o sweep.csv && python "
+               "tests/benchmarks/bench_rtl_model.py --csv sweep.csv --write-calibration"),
+    )
+    path = default_calibration_path(overlay_name)
+    calibration.save(path)
+    return path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--overlay", default="rtl_small", help="overlay (register map v2) to simulate")
+    parser.add_argument("--overlay", default="rtl_small",
+                        help="overlay (register map v2) the sweep ran on, or base@DMxDNxDK as rtl_timing_sweep.py takes")
+    parser.add_argument("--csv", type=Path, help="a sweep CSV of rtl_timing_sweep.py (default: run a reduced sweep)")
+    parser.add_argument("--write-calibration", action="store_true", help="write the fit as the overlay's calibration.json")
+    parser.add_argument("--also", action="append", default=[], help="another overlay to write the fit for (repeatable)")
+    parser.add_argument("--digits", action="store_true", help="also time the rtlsim backend on the digits network")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    overlay = load_overlay(args.overlay)
-    params = schedule_params(overlay)
-    print(f"overlay {overlay.name} ({overlay.dm}x{overlay.dn}x{overlay.dk}); schedule model with the bundled "
-          f"calibration's parameters (layer overhead {params.layer_overhead_cycles:g} cycles, DRAM efficiency "
-          f"{params.dram_efficiency:g})")
-    print(f"{'read_lat':>8} {'layer':<11} {'bits':<8} {'rtl cycles':>10} {'model':>9} {'error':>8}  exact")
-    errors: dict[tuple[int, str], list[float]] = {}
-    sim_cycles, sim_seconds, inexact = 0, 0.0, 0
-    for latency in READ_LATENCIES:
-        engine = open_engine(overlay, HPPortModel(read_latency=latency))
-        rng = np.random.default_rng(args.seed)
-        try:
-            for layer in SHAPES:
-                for spec in BITS:
-                    wbits, abits = spec.split("/")
-                    x, w, bits = operands(rng, layer, wbits, int(abits))
-                    start = time.perf_counter()
-                    check = check_layer(engine, layer, x, w, bits, int(abits), params)
-                    sim_seconds += time.perf_counter() - start
-                    sim_cycles += check.sim_cycles
-                    if check.rejected:
-                        print(f"{latency:>8} {layer.name:<11} {spec:<8} rejected: {check.rejected}")
-                        inexact += 1
-                        continue
-                    inexact += not check.exact
-                    errors.setdefault((latency, layer.name), []).append(check.model_error)
-                    print(f"{latency:>8} {layer.name:<11} {spec:<8} {check.rtl_cycles[3]:>10} "
-                          f"{check.model_cycles.total:>9} {100 * check.model_error:>+7.1f}%  "
-                          f"{'yes' if check.exact else 'NO'}")
-        finally:
-            engine.close()
+    overlay = sweep_overlay(args.overlay)
+    bundled_name = args.overlay.partition("@")[0]
+    if args.write_calibration and bundled_name != overlay.name:
+        parser.error("--write-calibration needs a bundled overlay (the fit is written as its calibration.json)")
+    if args.csv:
+        runs = load_runs(args.csv, overlay.name)
+        sweep_text = f"{args.csv.name}"
+    else:
+        import csv
+        import tempfile
+        from rtl_timing_sweep import SHAPES
+        path = Path(tempfile.mkdtemp()) / "sweep.csv"
+        start = time.perf_counter()
+        cycles = 0
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, FIELDS)
+            writer.writeheader()
+            for row in sweep(overlay.name, SHAPES, QUICK_BITS, QUICK_MEMORY, (1,), args.seed, timeout_s=20.0):
+                writer.writerow(row)
+                cycles += int(row["sim_cycles"])
+        seconds = time.perf_counter() - start
+        print(f"sweep: {cycles} simulated cycles in {seconds:.1f} s = {cycles / seconds:,.0f} cycles/s ({path})")
+        runs = load_runs(path, overlay.name)
+        sweep_text = "bench_rtl_model.py quick sweep"
+    shapes = sorted({run.layer.name for run in runs})
+    sweep_text += (f": {len(shapes)} shapes ({', '.join(shapes)}), HP port "
+                   f"{sorted({(r.port[0], r.port[1], r.port[4]) for r in runs})} (read latency, outstanding, "
+                   f"bytes/cycle), batch {sorted({r.batch for r in runs})}")
+    print(f"{len(runs)} bit-exact runs on {overlay.name} ({overlay.dm}x{overlay.dn}x{overlay.dk})")
 
-    def mape(values) -> str:
-        return f"{100 * float(np.mean(np.abs(list(values)))):.1f}%"
+    bundled = load_default_calibration(bundled_name)
+    report(f"\nbundled calibration {bundled.id!r} (calibrated={bundled.calibrated}, pipeline="
+           f"{bundled.schedule.pipeline}) against rtlsim cycles_total", runs, predicted(runs, overlay, bundled.schedule))
 
-    print("\nschedule model MAPE against rtlsim cycles_total")
-    for latency in READ_LATENCIES:
-        print(f"  read_latency {latency:>3}: {mape(e for (lat, _), v in errors.items() if lat == latency for e in v)}")
-    for layer in SHAPES:
-        print(f"  {layer.name:<16} {mape(e for (_, name), v in errors.items() if name == layer.name for e in v)}")
-    print(f"  overall          {mape(e for v in errors.values() for e in v)} over "
-          f"{sum(len(v) for v in errors.values())} runs; {inexact} runs not bit-exact or rejected")
-    print(f"\nsimulation speed: {sim_cycles} cycles in {sim_seconds:.2f} s = {sim_cycles / sim_seconds:,.0f} cycles/s "
-          f"(layer packing, reference engine and DDR copies included)")
-
-    from autoq.common.backend import open_backend
-    from autoq.host.models.resolve import spec_for
-
-    network = spec_for("digits")
-    plan = QuantPlan.uniform(network, 8, 8)
     start = time.perf_counter()
-    backend = open_backend(f"rtlsim:{overlay.name}")
-    opened = time.perf_counter()
-    try:
-        measured = backend.measure(network, plan)
-    finally:
-        backend.close()
-    done = time.perf_counter()
-    cycles = sum(layer.cycles["total"] for layer in measured.layers)
-    print(f"digits at 8/8 on rtlsim:{overlay.name}: {1e3 * measured.latency_s:.4f} ms ({cycles} RTL cycles, "
-          f"source {measured.provenance.source}); opening the backend {opened - start:.1f} s (cached build), "
-          f"measuring {done - opened:.1f} s")
+    fit = fit_pipeline(runs, overlay, seed=args.seed)
+    print(f"\nfit of the pipeline constants on these runs ({time.perf_counter() - start:.1f} s):")
+    for name in ("layer_overhead_cycles", "step_sync_cycles", "row_tile_cycles", "row_cycles", "boundary_overlap",
+                 "result_burst_cycles", "write_slot_cycles", "table_beat_cycles"):
+        print(f"  {name:<24} {getattr(fit.params, name):g}")
+    for label, e in (("in-sample", fit.in_sample), ("5-fold", fit.kfold), ("leave-one-shape-out", fit.leave_one_shape_out)):
+        print(f"  {label:<20} MAPE {e.mape:5.2f}%  max {e.max_ape:5.1f}%")
+    for name in shapes:
+        e, held = fit.by_shape[name], fit.shape_out[name]
+        print(f"  {name:<20} in-sample {e.mape:5.2f}% (max {e.max_ape:5.1f}%)  held out {held.mape:5.2f}% "
+              f"(max {held.max_ape:5.1f}%)")
+    if args.write_calibration:
+        for name in [overlay.name, *args.also]:
+            path = write_calibration(name, fit.params, fit.figures(), overlay.name, len(runs), sweep_text)
+            print(f"wrote {path}")
+
+    if args.digits:
+        from autoq.common.backend import open_backend
+        from autoq.host.models.resolve import spec_for
+
+        network = spec_for("digits")
+        plan = QuantPlan.uniform(network, 8, 8)
+        start = time.perf_counter()
+        backend = open_backend(f"rtlsim:{overlay.name}")
+        opened = time.perf_counter()
+        try:
+            measured = backend.measure(network, plan)
+        finally:
+            backend.close()
+        done = time.perf_counter()
+        cycles = sum(layer.cycles["total"] for layer in measured.layers)
+        print(f"\ndigits at 8/8 on rtlsim:{overlay.name}: {1e3 * measured.latency_s:.4f} ms ({cycles} RTL cycles, "
+              f"source {measured.provenance.source}); opening the backend {opened - start:.1f} s (cached build), "
+              f"measuring {done - opened:.1f} s")
 
 
 if __name__ == "__main__":

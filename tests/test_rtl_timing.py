@@ -1,0 +1,107 @@
+"""The schedule model's RTL pipeline (``ScheduleParams.pipeline``) fitted on rtlsim cycle counts: the bundled RTL
+calibrations, the emulated device counting with them, and the fit against the RTL simulation on layers that were not
+in the fitting sweep (``tests/benchmarks/rtl_timing_sweep.py``)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from autoq.common.network import LayerSpec
+from autoq.common.plan import QuantPlan
+from autoq.host.models.resolve import spec_for
+from autoq.overlay.board import Board
+from autoq.overlay.calibration_params import load_default_calibration
+from autoq.overlay.manifest import load_overlay
+from autoq.overlay.schedule import ScheduleParams, layer_cycles
+
+MAPE_BOUND, MAX_BOUND = 5.0, 15.0  # percent: the fit's stated error (in-sample and leave-one-shape-out MAPE < 5%)
+UNSEEN = (  # shapes and sizes the fitting sweep does not contain
+    LayerSpec("conv3x3_c24", "conv", 24, 12, 3, 1, 1, 1, (7, 7), (7, 7)),
+    LayerSpec("conv5x5_s2", "conv", 8, 10, 5, 2, 2, 1, (11, 11), (6, 6)),
+    LayerSpec("grouped2", "conv", 12, 8, 3, 1, 1, 2, (6, 6), (6, 6)),
+    LayerSpec("linear_96", "linear", 96, 20),
+)
+
+
+@pytest.mark.parametrize("overlay", ["rtl_small", "pynq_z1_rtl"])
+def test_rtl_calibrations_are_fits_on_rtlsim(overlay):
+    calibration = load_default_calibration(overlay)
+    assert calibration.calibrated and calibration.schedule.pipeline
+    assert calibration.source.startswith("fitted on rtlsim measurements")
+    assert calibration.fit["latency_leave_one_shape_out"]["mape_percent"] < MAPE_BOUND
+
+
+def test_emulated_rtl_small_counts_with_the_rtlsim_fit():
+    network = spec_for("digits")
+    plan = QuantPlan.uniform(network, 4, 4)
+    overlay, schedule = load_overlay("rtl_small"), load_default_calibration("rtl_small").schedule
+    board = Board.emulated("rtl_small")
+    try:
+        measured = board.measure(network, plan)
+    finally:
+        board.close()
+    stage_model = replace(schedule, pipeline=False)
+    for layer, got in zip(network.layers, measured.layers):
+        bits = np.full(layer.c_out, 4)
+        assert got.cycles["total"] == layer_cycles(layer, bits, 4, overlay, schedule).total
+        assert got.cycles["total"] != layer_cycles(layer, bits, 4, overlay, stage_model).total
+
+
+def test_pipeline_follows_the_port_settings():
+    layer, overlay = UNSEEN[0], load_overlay("rtl_small")
+    bits = np.full(layer.c_out, 2)
+    base = load_default_calibration("rtl_small").schedule
+    cycles = {lat: layer_cycles(layer, bits, 2, overlay, replace(base, read_latency_cycles=lat)).total
+              for lat in (10.0, 40.0, 80.0)}
+    assert cycles[10.0] < cycles[40.0] < cycles[80.0]  # a fetch-latency-bound layer
+    fewer = layer_cycles(layer, bits, 2, overlay, replace(base, read_outstanding=2.0, write_outstanding=2.0)).total
+    assert fewer > cycles[40.0]
+
+
+@pytest.fixture(scope="module")
+def rtl_small_build():
+    from autoq.hls.rtlsim import RtlSimBuildError, build, find_toolchain
+    from autoq.hls.rtlsim.board import engine_verilog
+
+    try:
+        find_toolchain()
+    except RtlSimBuildError as exc:
+        pytest.skip(f"no Verilator toolchain here: {exc}")
+    overlay = load_overlay("rtl_small")
+    text = engine_verilog(overlay)
+    build(text)
+    return overlay, text
+
+
+@pytest.mark.slow
+def test_fit_tracks_rtlsim_on_layers_outside_the_sweep(rtl_small_build):
+    from autoq.hls.rtlsim import HPPortModel
+    from autoq.hls.rtlsim.check import check_layer, open_engine
+    from autoq.overlay.bitserial import value_range
+
+    overlay, text = rtl_small_build
+    fitted = load_default_calibration("rtl_small").schedule
+    rng = np.random.default_rng(7)
+    errors = []
+    for latency, outstanding in ((40, 8), (80, 2)):
+        engine = open_engine(overlay, HPPortModel(read_latency=latency, read_outstanding=outstanding,
+                                                  write_outstanding=outstanding), verilog=text)
+        at = replace(fitted, read_latency_cycles=float(latency), read_outstanding=float(outstanding),
+                     write_outstanding=float(outstanding))
+        try:
+            for layer in UNSEEN:
+                bits = rng.integers(2, 9, layer.c_out)
+                abits = int(rng.integers(2, 9))
+                low, high = value_range(bits, signed=True)
+                w = rng.integers(low[:, None], high[:, None] + 1, (layer.c_out, layer.kernel_size))
+                w = w.reshape(layer.c_out, layer.c_in // layer.groups, *layer.kernel)
+                x = rng.integers(0, 1 << abits, (1, layer.c_in, *layer.in_hw))
+                check = check_layer(engine, layer, x, w, bits, abits, ScheduleParams())
+                assert check.exact, (layer.name, check.rejected, check.mismatches)
+                model = layer_cycles(layer, bits, abits, overlay, at).total
+                errors.append(100 * abs(model / check.rtl_cycles[3] - 1))
+        finally:
+            engine.close()
+    assert np.mean(errors) <= MAPE_BOUND and max(errors) <= MAX_BOUND, errors
