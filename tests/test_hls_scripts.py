@@ -5,6 +5,10 @@ top function and VLNV from the generated settings, wire the block design as desc
 and .hwh where the Makefile expects them. Whether the tools accept every option is only checked by the
 ``vivado``-marked test in test_hls_codegen.py.
 """
+import re
+import shutil
+import subprocess
+
 import pytest
 
 from autoq.hls import codegen
@@ -121,3 +125,167 @@ def test_block_design_script_refuses_a_design_that_misses_timing(tmp_path):
     tcl = run_script("block_design.tcl", args, run_dir=str(run_dir), slack="-0.4")
     assert exit_code(tcl) == "1"
     assert not (tmp_path / "out").exists()
+
+
+# ---- the RTL engine's IP packaging (rtl_package.tcl) and its block design
+
+RTL_STUBS = r"""
+namespace eval ipx {}
+foreach command {create_project add_files update_compile_order ipx::package_project ipx::remove_bus_interface
+                 ipx::create_xgui_files ipx::update_checksums ipx::check_integrity ipx::save_core close_project} {
+    proc $command args "record $command {*}\$args"
+}
+proc ipx::current_core args { return core }
+proc ipx::get_bus_interfaces args { return $::inferred }
+proc ipx::add_bus_interface {name core} { record ipx::add_bus_interface $name $core; return bus:$name }
+proc ipx::add_port_map {logical bus} { record ipx::add_port_map $logical $bus; return map:$bus:$logical }
+proc ipx::add_bus_parameter {name bus} { record ipx::add_bus_parameter $name $bus; return param:$bus:$name }
+proc ipx::add_memory_map {name core} { record ipx::add_memory_map $name $core; return mmap:$name }
+proc ipx::add_address_block {name map} { record ipx::add_address_block $name $map; return block:$map:$name }
+proc ipx::add_address_space {name core} { record ipx::add_address_space $name $core; return space:$name }
+rename get_property hls_get_property
+proc get_property {name object} {
+    if {$name eq "NAME"} { return $object }
+    return [hls_get_property $name $object]
+}
+"""
+
+
+def rtl_generated(tmp_path, overlay_name: str = "pynq_z1_rtl"):
+    """build_config.tcl of an RTL overlay in a temporary folder (what ``make rtl-verilog`` writes)."""
+    folder = tmp_path / "generated"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / codegen.BUILD_TCL).write_text(codegen.render_build_tcl(load_overlay(overlay_name)))
+    return folder
+
+
+def run_rtl_package(tmp_path, verilog, inferred: str = "s_axil m_axi clk rst"):
+    tcl = tkinter.Tcl()
+    tcl.eval(STUBS)
+    tcl.eval(RTL_STUBS)
+    tcl.setvar("inferred", inferred)
+    args = [str(rtl_generated(tmp_path)), str(verilog), str(tmp_path / "build")]
+    tcl.setvar("argv", tcl.call("list", *args))
+    tcl.setvar("argc", str(len(args)))
+    tcl.call("source", str(codegen.hls_dir() / "scripts" / "rtl_package.tcl"))
+    return tcl
+
+
+def set_properties(tcl) -> dict[tuple[str, str], str]:
+    """(object, property) -> value of every plain ``set_property NAME VALUE OBJECT`` call."""
+    return {(c[2], c[0]): c[1] for c in calls(tcl, "set_property") if len(c) == 3 and c[0] != "-dict"}
+
+
+def test_rtl_package_script_maps_every_engine_port_to_its_interface(tmp_path):
+    from autoq.hls.rtl.engine import TOP, signature_of
+    from autoq.overlay.regmap import RegisterMap
+
+    overlay = load_overlay("pynq_z1_rtl")
+    verilog = tmp_path / "bitserial_engine.v"
+    verilog.write_text("module bitserial_engine(); endmodule\n")
+    tcl = run_rtl_package(tmp_path, verilog)
+    assert exit_code(tcl) in ("", "0")
+    (project,) = calls(tcl, "create_project")
+    assert project[-2:] == ("-part", overlay.part)
+    assert calls(tcl, "add_files") == [("-norecurse", str(verilog))]
+    assert any(c[:2] == ("top", TOP) for c in calls(tcl, "set_property"))
+    (package,) = calls(tcl, "ipx::package_project")
+    assert package[package.index("-root_dir") + 1] == str(tmp_path / "build" / "rtl_ip")
+    (core_dict,) = [words(tcl, c[1]) for c in calls(tcl, "set_property") if c[0] == "-dict"]
+    core = dict(zip(core_dict[::2], core_dict[1::2]))
+    assert ":".join(core[k] for k in ("vendor", "library", "name", "version")) == overlay.vlnv
+    assert overlay.build_hash in core["description"]
+    # the interfaces package_project inferred are dropped, the explicit ones added
+    assert calls(tcl, "ipx::remove_bus_interface") == [(name, "core") for name in ("s_axil", "m_axi", "clk", "rst")]
+    props = set_properties(tcl)
+    interfaces = {c[0] for c in calls(tcl, "ipx::add_bus_interface")}
+    assert interfaces == {"s_axi_control", "m_axi_gmem0", "clk", "rst", "interrupt"}
+    assert props[("bus:s_axi_control", "interface_mode")] == "slave"
+    assert props[("bus:m_axi_gmem0", "interface_mode")] == "master"
+    for bus in ("s_axi_control", "m_axi_gmem0"):
+        assert props[(f"bus:{bus}", "abstraction_type_vlnv")] == "xilinx.com:interface:aximm_rtl:1.0"
+    # every top-level port of the engine is mapped exactly once, to a logical name of its own protocol
+    mapped = {props[(f"map:{bus}:{logical}", "physical_name")]: (bus, logical)
+              for logical, bus in calls(tcl, "ipx::add_port_map")}
+    assert set(mapped) == set(signature_of(overlay).members) | {"clk", "rst"}
+    assert len(mapped) == len(calls(tcl, "ipx::add_port_map"))
+    for port, (bus, logical) in mapped.items():
+        if port.startswith("s_axil_"):
+            assert bus == "bus:s_axi_control" and logical == port[len("s_axil_"):].upper()
+        elif port.startswith("m_axi_"):
+            assert bus == "bus:m_axi_gmem0" and logical == port[len("m_axi_"):].upper()
+    assert props[("param:bus:s_axi_control:PROTOCOL", "value")] == "AXI4LITE"
+    assert props[("param:bus:m_axi_gmem0:PROTOCOL", "value")] == "AXI3"
+    assert props[("param:bus:m_axi_gmem0:DATA_WIDTH", "value")] == "64"
+    # clock: the manifest frequency, both AXI interfaces and the reset on it; reset active high
+    assert int(props[("param:bus:clk:FREQ_HZ", "value")]) == round(overlay.clock_hz)
+    assert props[("param:bus:clk:ASSOCIATED_BUSIF", "value")].split(":") == ["s_axi_control", "m_axi_gmem0"]
+    assert props[("param:bus:clk:ASSOCIATED_RESET", "value")] == "rst"
+    assert props[("param:bus:rst:POLARITY", "value")] == "ACTIVE_HIGH"
+    # the register window covers the register map (at least one 4 KiB page); the master sees 4 GiB
+    assert int(props[("block:mmap:s_axi_control:reg0", "range")], 16) == max(RegisterMap.from_overlay(overlay).span, 4096)
+    assert props[("bus:s_axi_control", "slave_memory_map_ref")] == "s_axi_control"
+    assert props[("space:m_axi_gmem0", "range")] == "4G"
+    assert calls(tcl, "ipx::save_core") == [("core",)]
+
+
+def test_rtl_package_script_refuses_a_missing_verilog_file(tmp_path):
+    tcl = run_rtl_package(tmp_path, tmp_path / "absent.v")
+    assert exit_code(tcl) == "2"
+    assert calls(tcl, "ipx::package_project") == []
+
+
+def test_block_design_script_wires_the_packaged_rtl_engine(tmp_path):
+    """block_design.tcl on the RTL build: the interfaces it connects are the ones rtl_package.tcl creates."""
+    overlay = load_overlay("pynq_z1_rtl")
+    verilog = tmp_path / "bitserial_engine.v"
+    verilog.write_text("module bitserial_engine(); endmodule\n")
+    packaged = {c[0] for c in calls(run_rtl_package(tmp_path, verilog), "ipx::add_bus_interface")}
+    build, out, run_dir = tmp_path / "build", tmp_path / "out", tmp_path / "runs" / "impl_1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "system_wrapper.bit").write_bytes(b"rtl bitstream")
+    handoff = build / "vivado" / f"{overlay.name}_bd.gen" / "sources_1" / "bd" / "system" / "hw_handoff"
+    handoff.mkdir(parents=True)
+    (handoff / "system.hwh").write_text("<hwh/>")
+    args = [str(rtl_generated(tmp_path)), str(build / "rtl_ip"), str(build), str(out)]
+    tcl = run_script("block_design.tcl", args, run_dir=str(run_dir), slack="0.0")
+    assert exit_code(tcl) in ("", "0")
+    assert (out / f"{overlay.name}.bit").read_bytes() == b"rtl bitstream"
+    assert any(c[0] == "ip_repo_paths" and words(tcl, c[1]) == (str(build / "rtl_ip"),)
+               for c in calls(tcl, "set_property"))
+    cells = {c[-1]: c[c.index("-vlnv") + 1] for c in calls(tcl, "create_bd_cell")}
+    assert cells["engine"] == overlay.vlnv
+    (ps_dict,) = [words(tcl, c[1]) for c in calls(tcl, "set_property") if c[0] == "-dict"]
+    ps_settings = dict(zip(ps_dict[::2], ps_dict[1::2]))
+    assert float(ps_settings["CONFIG.PCW_FPGA0_PERIPHERAL_FREQMHZ"]) == overlay.clock_mhz
+    assert ps_settings["CONFIG.PCW_S_AXI_HP0_DATA_WIDTH"] == "64"
+    automation = " ".join(" ".join(c) for c in calls(tcl, "apply_bd_automation"))
+    connected = set(re.findall(r"engine/(\w+)", automation))
+    assert connected == {"s_axi_control", "m_axi_gmem0"} and connected <= packaged
+
+
+def test_block_design_script_refuses_an_rtl_build_that_misses_timing(tmp_path):
+    run_dir = tmp_path / "runs"
+    run_dir.mkdir()
+    args = [str(rtl_generated(tmp_path)), str(tmp_path / "ip"), str(tmp_path / "build"), str(tmp_path / "out")]
+    tcl = run_script("block_design.tcl", args, run_dir=str(run_dir), slack="-0.001")
+    assert exit_code(tcl) == "1"
+    assert not (tmp_path / "out").exists()
+
+
+def test_make_dry_run_of_the_rtl_bitstream_writes_verilog_then_packages_it(tmp_path):
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    build = tmp_path / "build"
+    out = subprocess.run(["make", "-n", "-C", str(codegen.hls_dir()), "rtl-bitstream", "OVERLAY=pynq_z1_rtl",
+                          f"BUILD_DIR={build}"], capture_output=True, text=True, check=True).stdout
+    rtl = build / "rtl"
+    manifest = str(codegen.hls_dir().parent / "bitstreams" / "pynq_z1_rtl" / "manifest.json")
+    steps = [f"hls generate --overlay {manifest} --out {rtl / 'generated'}",
+             "from autoq.hls.rtl.engine import verilog",
+             f"rtl_package.tcl -tclargs {rtl / 'generated'} {rtl / 'bitserial_engine.v'} {rtl}",
+             f"block_design.tcl -tclargs {rtl / 'generated'} {rtl / 'rtl_ip'} {rtl} ",
+             "sha256sum pynq_z1_rtl.bit pynq_z1_rtl.hwh manifest.json"]
+    positions = [out.find(step) for step in steps]
+    assert -1 not in positions, [s for s, p in zip(steps, positions) if p == -1]
+    assert positions == sorted(positions)

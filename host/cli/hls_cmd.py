@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from autoq.host.cli._args import output_dir
+from autoq.host.cli._hls_synth import register_synth
 from autoq.overlay.manifest import DEFAULT_OVERLAY
 
 SIM_OVERLAY = "rtl_small"
@@ -47,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sim.add_argument("--verilog", metavar="FILE", default=None,
                      help="simulate this Verilog (top bitserial_engine) instead of the one generated from hls/rtl")
     sim.set_defaults(handler=sim_handler)
+    register_synth(commands)
 
 
 def generate_handler(args: argparse.Namespace) -> int:
