@@ -171,6 +171,7 @@ def check_layer(csim: CsimBuild, layer: LayerSpec, x_int: np.ndarray, w_int: np.
     reference = reference.reshape(run.results.shape)
     batch = int(np.shape(x_int)[0])
     fetch, execute, result, total = (run.registers[name] for name in COUNTERS)
+    # the model at the widths the engine runs (a packed layer's binary rows are 2-bit rows: layout)
     return LayerCheck(
         layer, tuple(int(b) for b in weight_bits), act_bits, batch,
         int(np.count_nonzero(run.results.astype(np.int64) != reference)),

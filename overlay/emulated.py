@@ -29,7 +29,15 @@ from autoq.common.network import LayerSpec, conv_kind
 
 from .bitserial import BitPlanes, unpack_bitplanes
 from .engine import run_layer
-from .layout import ROW_TILE_HEADER_WORDS, Block, operand_layout, row_tile_words, schedule_blocks, tile_table
+from .layout import (
+    ROW_TILE_HEADER_WORDS,
+    Block,
+    operand_layout,
+    row_tile_words,
+    schedule_blocks,
+    stored_weight_bits,
+    tile_table,
+)
 from .manifest import OverlayConfig
 from .regmap import (
     AP_DONE,
@@ -272,7 +280,8 @@ class EmulatedEngine:
             if not 1 <= abits <= self.overlay.max_bits or bits.max() > self.overlay.max_bits:
                 raise _Rejected(Status.BAD_DESCRIPTOR)
             blocks = schedule_blocks(layer, bits, self.overlay)
-            if not np.array_equal(tile_table(blocks, bits, self.overlay.dm), raw):
+            # the table records stored widths: a 1-bit row in a packed tile is not the layout's (it stores 2 bits)
+            if not np.array_equal(tile_table(blocks, stored_weight_bits(layer, bits), self.overlay.dm), raw):
                 raise _Rejected(Status.BAD_TABLE)
             if len(self._checked) >= CHECKED_LAYERS:
                 self._checked.pop(next(iter(self._checked)))

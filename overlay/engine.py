@@ -26,7 +26,7 @@ from autoq.common.network import LayerSpec, as_pair, conv_kind
 from .bitserial import BitPlanes, bitplane_product, pack_bitplanes
 from .manifest import OverlayConfig
 from .schedule import PACKED_GROUPS, LayerCycles, ScheduleParams, TileWork, layer_tiles, sum_tiles
-from .tiling import OperandError
+from .tiling import OperandError, packed_row_bits
 
 _GATHER_CHUNK_WORDS = 1 << 22
 """Bound on the uint64 words gathered for one batch of equal-shaped tiles."""
@@ -143,7 +143,10 @@ def _execute_tiles(tiles: Sequence[TileWork], weights: BitPlanes, activations: B
     """
     items: dict[tuple[int, int, int], list[tuple[np.ndarray, int, int]]] = defaultdict(list)
     for tile in tiles:
-        if weights.bits[tile.rows].max() != tile.wbits or tile.abits != activations.planes:
+        widest = weights.bits[tile.rows].max()
+        if tile.group == PACKED_GROUPS:
+            widest = packed_row_bits(widest)  # binary rows of a packed tile run as 2-bit rows (``tiling``)
+        if widest != tile.wbits or tile.abits != activations.planes:
             raise RuntimeError(f"a {tile.wbits}x{tile.abits}-bit tile does not match its rows' or activations' widths")
         shape = (tile.col_stop - tile.col_start, tile.wbits)
         if tile.group == PACKED_GROUPS:

@@ -13,7 +13,13 @@ Everything the engine reads is packed here by the pure numpy functions (``engine
 - **weights** (uint64): per row tile, ``rows x tile bits x kwords*Dk/64`` words: each row's bit-planes at its own
   width (``pack_bitplanes``: the MSB plane of a row of ``b >= 2`` bits weighs ``-2^(b-1)``, a 1-bit row is binary
   {-1, +1}; planes above a row's width are zero). A packed tile's row ``s`` holds its channel's ``K`` weights at
-  ``s*K .. (s+1)*K`` of ``K_eff = rows*K`` (zero bits elsewhere).
+  ``s*K .. (s+1)*K`` of ``K_eff = rows*K`` (zero bits elsewhere: value 0).
+- **packed binary rows**: a binary row's ``{-1, +1}`` has no code for the 0 outside its span, so in a packed layer
+  a 1-bit channel is stored and run as a 2-bit two's complement row (``stored_weight_bits``: plane 0 set inside the
+  span, plane 1 set where the weight is -1, both zero outside) and the tile table records 2 for it. The packed
+  layer is tiled on these stored widths (``schedule_blocks``): its tiles run ``max(2, ...)`` planes, and 1- and
+  2-bit channels sort as equals (channel order). The results are the same; the engine never sees a 1-bit row
+  in a packed tile (a table with one is not this layout's: ``BAD_TABLE``).
 - **activations** (uint64): per block (per row tile when packed), ``n x abits x kwords*Dk/64`` words: column ``j``
   of the block's im2col matrix (packed: its channels' blocks stacked) as unsigned bit-planes.
 - **results** (int32): ``(batch, c_out, out_h, out_w)``, original channel order (the engine undoes the grouping).
@@ -33,7 +39,7 @@ from .driver import LayerJob
 from .engine import im2col
 from .manifest import ManifestError, OverlayConfig
 from .schedule import PACKED_GROUPS
-from .tiling import OperandError, check_bit_widths, tile_rows
+from .tiling import OperandError, check_bit_widths, packed_row_bits, tile_rows
 
 NO_CHANNEL = 0xFFFFFFFF
 ROW_TILE_HEADER_WORDS = 2
@@ -56,19 +62,32 @@ class Block(NamedTuple):
     row_tiles: tuple[RowTile, ...]
 
 
+def is_packed(layer: LayerSpec) -> bool:
+    """Whether ``layer`` runs as one block of packed (block-diagonal) row tiles: ``m == 1`` and ``groups > 1``."""
+    return layer.c_out // layer.groups == 1 and layer.groups > 1
+
+
+def stored_weight_bits(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Per output channel, the width its weights are stored and run at: its own, except a binary (1-bit) channel
+    of a packed layer, stored as a 2-bit two's complement row (see the module docstring)."""
+    bits = np.asarray(weight_bits, dtype=np.int64)
+    return packed_row_bits(bits) if is_packed(layer) else bits
+
+
 def schedule_blocks(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray,
                     overlay: OverlayConfig) -> tuple[Block, ...]:
     """The schedule's blocks with their row tiles in processing order.
 
     Cut as ``schedule.layer_tiles`` cuts them (``tiling.tile_rows`` per group, or once over all channels of a
-    packed depthwise-like layer), whose loops first reach every block's row tiles in this order
-    (``tests/test_layout.py`` holds the two to each other).
+    packed depthwise-like layer, on their ``stored_weight_bits``), whose loops first reach every block's row tiles
+    in this order (``tests/test_layout.py`` holds the two to each other).
     """
     bits = check_bit_widths(weight_bits, f"layer {layer.name!r}: weight_bits", overlay.max_bits)
     if bits.size != layer.c_out:
         raise OperandError(f"layer {layer.name!r}: {bits.size} weight bit-widths for {layer.c_out} output channels")
     groups, m = layer.groups, layer.c_out // layer.groups
-    packed = m == 1 and groups > 1
+    packed = is_packed(layer)
+    bits = stored_weight_bits(layer, bits)
     blocks = []
     for group, first in [(PACKED_GROUPS, 0)] if packed else [(g, g * m) for g in range(groups)]:
         tiling = tile_rows(bits if packed else bits[first:first + m], overlay.dm)
@@ -146,7 +165,8 @@ def _check_buffers(layer: LayerSpec, layout: OperandLayout, act_bits: int, overl
 
 
 def tile_table(blocks: Sequence[Block], weight_bits: np.ndarray, dm: int) -> np.ndarray:
-    """The uint32 tile table of ``blocks`` (see the module docstring)."""
+    """The uint32 tile table of ``blocks`` (see the module docstring); ``weight_bits``: the channels'
+    ``stored_weight_bits``."""
     entries = []
     for block in blocks:
         for tile in block.row_tiles:
@@ -201,6 +221,7 @@ def build_job(layer: LayerSpec, x_int: np.ndarray, w_int: np.ndarray, weight_bit
     w = w.reshape(layer.c_out, k).astype(np.int64)
     bits = np.asarray(weight_bits, dtype=np.int64)
     blocks = schedule_blocks(layer, bits, overlay)
+    bits = stored_weight_bits(layer, bits)
     layout = operand_layout(layer, blocks, act_bits, batch, overlay.dk)
     _check_buffers(layer, layout, act_bits, overlay)
     columns = im2col(x.astype(np.int64), layer)  # (groups, K, N)
@@ -211,8 +232,8 @@ def build_job(layer: LayerSpec, x_int: np.ndarray, w_int: np.ndarray, weight_bit
             assert operand.tile is not None  # a weights operand is always one row tile's
             rows = operand.tile.channels
             if operand.group == PACKED_GROUPS:
-                # outside its own span of K_eff a row holds bit code 0: value 0, or -1 for a binary {-1, +1} row
-                values = np.where(bits[rows, None] == 1, -1, 0) * np.ones((1, operand.k), dtype=np.int64)
+                # a row is 0 outside its own span of K_eff (its binary weights are stored as 2-bit values)
+                values = np.zeros((rows.size, operand.k), dtype=np.int64)
                 for s, channel in enumerate(rows):
                     values[s, s * k:(s + 1) * k] = w[channel]
             else:
@@ -232,7 +253,7 @@ class TimingShape(NamedTuple):
     """What ``timing_job`` will pack for one layer, worked out before any buffer exists (so a caller can bound it)."""
 
     layer: LayerSpec
-    weight_bits: np.ndarray
+    weight_bits: np.ndarray  # the channels' stored_weight_bits (what the tile table records)
     act_bits: int
     batch: int
     blocks: tuple[Block, ...]
@@ -255,8 +276,8 @@ class TimingShape(NamedTuple):
 def timing_shape(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, act_bits: int, overlay: OverlayConfig,
                  batch: int) -> TimingShape:
     """The blocks, operand layout and DDR bytes of ``timing_job``, without allocating its buffers."""
-    bits = np.asarray(weight_bits, dtype=np.int64)
-    blocks = schedule_blocks(layer, bits, overlay)
+    blocks = schedule_blocks(layer, weight_bits, overlay)
+    bits = stored_weight_bits(layer, weight_bits)
     layout = operand_layout(layer, blocks, act_bits, batch, overlay.dk)
     return TimingShape(layer, bits, act_bits, batch, blocks, layout, overlay.dm)
 

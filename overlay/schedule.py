@@ -53,7 +53,7 @@ from autoq.common.errors import AutoQError
 from autoq.common.network import LayerSpec
 
 from .manifest import OverlayConfig
-from .tiling import RowTiling, check_bit_widths, tile_rows
+from .tiling import RowTiling, check_bit_widths, packed_row_bits, tile_rows
 
 STAGES: tuple[str, ...] = ("fetch", "execute", "result")
 PACKED_GROUPS = -1
@@ -306,13 +306,13 @@ def _entry_tilings(entry: LayerEntry | TiledEntry, overlay: OverlayConfig, group
             raise ScheduleError(f"layer {layer.name!r}: tilings of {rows} rows for {layer.groups} groups of {m} rows")
         for tiling in tilings:
             check_bit_widths(tiling.tile_bits, f"layer {layer.name!r}: tile_bits", overlay.max_bits)
-        return tilings
+        return [tilings[0]._replace(tile_bits=packed_row_bits(tilings[0].tile_bits))] if packed else tilings
     bits = check_bit_widths(entry.weight_bits, f"layer {layer.name!r}: weight_bits", overlay.max_bits)
     if bits.size != layer.c_out:
         raise ScheduleError(f"layer {layer.name!r}: {bits.size} weight bit-widths for {layer.c_out} output channels")
     _check_act_bits(layer, act_bits, overlay)
     if packed:
-        return [tile_rows(bits, overlay.dm, grouped)]
+        return [tile_rows(packed_row_bits(bits), overlay.dm, grouped)]
     return [tile_rows(bits[g * m:(g + 1) * m], overlay.dm, grouped) for g in range(layer.groups)]
 
 

@@ -53,6 +53,17 @@ def check_bit_widths(bits: Sequence[int] | np.ndarray, what: str, max_bits: int 
     return array.astype(np.int64)
 
 
+PACKED_BINARY_BITS = 2
+"""Width a binary (1-bit {-1, +1}) row is stored and run at in a packed depthwise tile: a 2-bit two's complement
+row that is zero outside the row's own span of ``K_eff`` (``overlay.layout`` packs it so)."""
+
+
+def packed_row_bits(weight_bits: np.ndarray) -> np.ndarray:
+    """The widths the rows of a packed depthwise layer run at: their own, binary rows at ``PACKED_BINARY_BITS``.
+    The map is monotone, so the tile maxima of a grouped tiling map the same way."""
+    return np.maximum(np.asarray(weight_bits, dtype=np.int64), PACKED_BINARY_BITS)
+
+
 def tile_rows(weight_bits: Sequence[int] | np.ndarray, dm: int, grouped: bool = True) -> RowTiling:
     """Cut rows with the given weight bit-widths into tiles of ``dm`` rows (the last may be shorter).
 

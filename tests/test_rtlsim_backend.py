@@ -226,10 +226,10 @@ def test_a_one_bit_error_in_the_rtl_is_caught(rtl_build, tmp_path, capsys):
     from autoq.host.cli import main
 
     _, text, _ = rtl_build
-    good = "{ acc_0_0, 1'h0 }"
+    good = "{ drain_acc_0, 1'h0 }"
     assert text.count(good) == 1, "the generated Verilog changed: pick another bit to flip"
     broken = tmp_path / "broken.v"
-    broken.write_text(text.replace(good, "{ acc_0_0, 1'h1 }"))
+    broken.write_text(text.replace(good, "{ drain_acc_0, 1'h1 }"))
     assert main(["hls", "sim", "--layers", "12", "--seed", "1", "--overlay", OVERLAY, "--verilog", str(broken)]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and "/12 layers bit-exact" in out

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from autoq.common.network import LayerSpec
 from autoq.overlay.manifest import OverlayConfig, load_overlay
-from autoq.overlay.tiling import OperandError
+from autoq.overlay.tiling import OperandError, packed_row_bits
 from autoq.overlay.schedule import (
     PACKED_GROUPS,
     LayerEntry,
@@ -67,7 +67,8 @@ def test_tiles_sum_to_closed_form_and_cover_layer_once(case, overlay, params):
     for tile in tiles:
         assert 1 <= len(tile.rows) <= overlay.dm and 0 <= tile.col_start < tile.col_stop <= n
         assert tile.col_stop - tile.col_start <= overlay.dn
-        assert tile.wbits == bits[tile.rows].max() and tile.abits == abits
+        widest = bits[tile.rows].max()
+        assert tile.wbits == (packed_row_bits(widest) if tile.group == PACKED_GROUPS else widest) and tile.abits == abits
         if tile.group == PACKED_GROUPS:
             assert m == 1 and layer.groups > 1
         else:

@@ -46,8 +46,9 @@ run as two half-size regions (one region, without overlap, for a layer with a ti
 result buffer of two regions of ``Dm`` words of ``Dn`` int32. ``result_mem_words`` is not used.
 
 Binary (1-bit) rows: ``2 * acc - colsum`` with a per-column popcount of the activations. In a packed tile that
-popcount would cover the other rows' K spans too, so packed tiles with a binary row are rejected (``BAD_TABLE``)
-for now.
+popcount would cover the other rows' K spans too, so there the layout stores a binary row as a 2-bit two's
+complement row (``overlay/layout.py``, ``stored_weight_bits``: 0 outside its span) and the tile table says 2; a
+packed entry with a 1-bit row is not the layout's table (``BAD_TABLE``, as the emulation).
 
 Loop order: weight-stationary per row tile (weights fetched once per row tile, kept for all its column tiles);
 activations are fetched once per step (a block's activations are re-read for each of its row tiles). With two

@@ -1,19 +1,110 @@
 """Shared pieces of the engine RTL: the layer parameters the controller derives, tokens, banks, popcount trees."""
 from __future__ import annotations
 
-from amaranth.hdl import Elaboratable, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, Value
 
 from autoq.overlay.manifest import OverlayConfig
 
 WORD_BITS = 64
 
 
-def popcount(value: Value) -> Value:
-    """Set bits of ``value`` as a balanced adder tree."""
-    terms = [value[i] for i in range(len(value))]
-    while len(terms) > 1:
-        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
-    return terms[0]
+def _full_adder(a, b, c):
+    return a ^ b ^ c, (a & b) | (a & c) | (b & c)
+
+
+def _counter_6_3(bits):
+    """Sum of six bits as three (weights 1, 2, 4): each output a function of all six, one LUT6."""
+    s1, k1 = _full_adder(*bits[:3])
+    s2, k2 = _full_adder(*bits[3:])
+    t, u = _full_adder(k1, k2, s1 & s2)
+    return s1 ^ s2, t, u
+
+
+class CompressorLevel(Elaboratable):
+    """One level of a popcount compressor tree (BISMO-style), as its own module.
+
+    ``i``: the bits of columns of the given ``heights`` (column ``w`` weighs ``2^w``), concatenated column by column
+    (with ``products``: one column, ``i`` = ``Cat(a, b)`` and the column's bits are ``a & b``). Each column is cut
+    into 6:3 counters, then full adders (3:2; with ``products`` only full adders, each output a function of three
+    AND pairs), the rest passed through; ``o``: the resulting columns (``out_heights``), concatenated the same way.
+    Every output is a function of at most six inputs, one LUT6: a level per module keeps Yosys/ABC (which maps each
+    module on its own) from restructuring the tree into a deeper, larger one.
+    """
+
+    def __init__(self, heights: list[int], products: bool = False):
+        self.heights, self.products = list(heights), products
+        n = sum(heights)
+        self.i = Signal(2 * n if products else n)
+        plan, out = [], [0] * (len(heights) + 2)
+        for w, height in enumerate(heights):
+            while not products and height >= 6:
+                plan.append(("c63", w))
+                height -= 6
+                out[w], out[w + 1], out[w + 2] = out[w] + 1, out[w + 1] + 1, out[w + 2] + 1
+            while height >= 3:
+                plan.append(("fa", w))
+                height -= 3
+                out[w], out[w + 1] = out[w] + 1, out[w + 1] + 1
+            plan.extend([("wire", w)] * height)
+            out[w] += height
+        while out and out[-1] == 0:
+            out.pop()
+        self.plan, self.out_heights = plan, out
+        self.o = Signal(sum(out))
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        n = sum(self.heights)
+        bits = [self.i[k] & self.i[n + k] for k in range(n)] if self.products else [self.i[k] for k in range(n)]
+        columns = split_columns(Cat(*bits), self.heights)
+        out: list[list[Value]] = [[] for _ in self.out_heights]
+        for kind, w in self.plan:
+            if kind == "c63":
+                for d, bit in enumerate(_counter_6_3(columns[w][:6])):
+                    out[w + d].append(bit)
+                columns[w] = columns[w][6:]
+            elif kind == "fa":
+                for d, bit in enumerate(_full_adder(*columns[w][:3])):
+                    out[w + d].append(bit)
+                columns[w] = columns[w][3:]
+            else:
+                out[w].append(columns[w].pop(0))
+        m.d.comb += self.o.eq(Cat(*(bit for column in out for bit in column)))
+        return m
+
+
+def split_columns(value: Value, heights: list[int]) -> list[list[Value]]:
+    """``value``'s bits as columns of ``heights`` (the inverse of concatenating them column by column)."""
+    columns, pos = [], 0
+    for height in heights:
+        columns.append([value[pos + k] for k in range(height)])
+        pos += height
+    return columns
+
+
+def compress(m: Module, name: str, columns: list[list[Value]] | None = None, products: tuple[Value, Value] | None = None,
+             levels: int | None = None) -> list[list[Value]]:
+    """Columns reduced by ``CompressorLevel`` submodules (``{name}_l{n}``) until no column holds more than two bits
+    (or after ``levels`` levels): of ``columns``, or of the AND of the two equal-width ``products`` operands."""
+    level = 0
+    if products is not None:
+        a, b = products
+        columns = [[a[k] & b[k] for k in range(len(a))]]
+    while max(len(column) for column in columns) > 2 and (levels is None or level < levels):
+        first = products is not None and level == 0
+        unit = CompressorLevel([len(a)] if first else [len(column) for column in columns], products=first)
+        m.submodules[f"{name}_l{level}"] = unit
+        m.d.comb += unit.i.eq(Cat(a, b) if first else Cat(*(bit for column in columns for bit in column)))
+        columns = split_columns(unit.o, unit.out_heights)
+        level += 1
+    return columns
+
+
+def column_sum(columns: list[list[Value]]) -> Value:
+    """The value of columns of at most two bits each: one carry-chain add of two rows."""
+    assert all(len(column) <= 2 for column in columns)
+    rows = [Cat(*(column[r] if len(column) > r else Const(0, 1) for column in columns)) for r in range(2)]
+    return rows[0] + rows[1]
 
 
 def bits_for(value: int) -> int:
@@ -64,11 +155,16 @@ def region_base(words: int, region: Value, single: Value) -> Value:
 
 
 class Token(Elaboratable):
-    """A counting semaphore between two stages (BISMO's token queues, as credits): ``give``/``take`` pulses."""
+    """A counting semaphore between two stages (BISMO's token queues, as credits): ``give``/``take`` pulses.
 
-    def __init__(self, init: int, name: str, single: Signal | None = None):
+    ``capacity``: the most tokens it can ever hold, the regions of the buffer it guards (a ``*_full`` token starts
+    at 0 but holds up to 2 when the producer is two regions ahead of a stalled consumer), so the count never wraps.
+    """
+
+    def __init__(self, init: int, name: str, single: Signal | None = None, capacity: int = 2):
+        assert 0 <= init <= capacity
         self.init, self.single = init, single
-        self.count = Signal(range(init + 2), init=init, name=f"{name}_count")
+        self.count = Signal(range(capacity + 1), init=init, name=f"{name}_count")
         self.give, self.take, self.reset = Signal(name=f"{name}_give"), Signal(name=f"{name}_take"), Signal()
         self.avail = Signal(name=f"{name}_avail")
 

@@ -12,7 +12,8 @@ On ``start`` it reads ``command``: ``CMD_IDENTIFY`` makes the ID block visible a
   any entry other than ``layout.tile_table`` builds, checked while streaming the table once from DDR: rows equal the
   layout's tile sizes, channels inside their block, in the layout's order (bits descending, channel ascending:
   with the row count this makes every block a permutation of its channels), tile bits equal to its first row's,
-  row bits in ``[1, ...]``, unused slots ``NO_CHANNEL``/0; and (not yet supported) a binary row in a packed tile;
+  row bits in ``[1, ...]`` (``[2, ...]`` in a packed tile, where the layout stores binary rows as 2-bit rows),
+  unused slots ``NO_CHANNEL``/0;
 - ``BUFFER_OVERFLOW``: a tile whose weights (``kwords * tile bits``) or activations (``kwords * abits``) exceed
   ``lhs_mem_words`` / ``rhs_mem_words`` (compared against elaboration-time tables of ``floor(mem / bits)``); a
   tile that needs more than half of a buffer makes that buffer single-region for the layer (``LayerParams``).
@@ -276,6 +277,7 @@ class Controller(Elaboratable):
                             used = s < rows
                             pb, pc, hp = state
                             ordered = (word < pb) | ((word == pb) & (ch > pc))
+                            # a packed tile's binary rows are 2-bit rows (``layout.stored_weight_bits``)
                             err_used = (word == 0) | (hp & ~ordered) | (p.packed & (word == 1))
                             if s == 0:
                                 err_used = err_used | (word != (words[0] if 0 in words else t_bits))

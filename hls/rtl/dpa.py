@@ -5,8 +5,10 @@ cycles: weight plane ``i`` (outer), activation plane ``j``, Dk-word ``w`` (inner
 ``acc += (-1 if neg_r else 1) * (popcount(lhs_r & rhs_c) << (i + j))`` where ``neg_r`` marks row ``r``'s MSB plane
 (``i == bits_r - 1``, ``bits_r >= 2``); planes at or above a row's width are zero in the buffer. A column unit
 accumulates ``colsum_c = sum_j popcount(rhs_c) << j`` during the ``i == 0`` passes, and a binary row ({-1, +1},
-``bits_r == 1``) reads out ``2 * acc - colsum_c``. Pipeline: buffer read, chunk popcounts, sum, accumulate
-(``PIPE`` cycles after the last read). It gives ``rhs_free`` after the step's last read, then takes ``res_free``,
+``bits_r == 1``) reads out ``2 * acc - colsum_c`` (applied once per column, after the drain's row select).
+Pipeline: buffer read, the first two levels of a compressor tree (``common.CompressorLevel``: the AND fused into
+full adders, then 6:3 counters), the rest of the tree and one carry-chain add, accumulate (``PIPE`` cycles after
+the last read). It gives ``rhs_free`` after the step's last read, then takes ``res_free``,
 drains the accumulators row by row (``Dm`` cycles) into the result region with the step's ``ResultBank``, gives
 ``res_full`` and, after a row tile's last column tile, ``lhs_free``.
 """
@@ -16,10 +18,10 @@ from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal
 
 from autoq.overlay.manifest import OverlayConfig
 
-from .common import LayerParams, ResultBank, TileBank, Token, popcount, region_base
+from .common import LayerParams, ResultBank, TileBank, Token, column_sum, compress, region_base
 
-CHUNK = 32
 PIPE = 3
+STAGE1_LEVELS = 2  # compressor levels before the stage-1 register
 
 
 class Execute(Elaboratable):
@@ -73,34 +75,31 @@ class Execute(Elaboratable):
                      c1_shift.eq(i + j),
                      c1_neg.eq(Cat(*((i == row_bits[r] - 1) & (row_bits[r] >= 2) for r in range(dm))))]
 
-        # ---- stage 1: AND + chunk popcounts
-        chunks = -(-cfg.dk // CHUNK)
+        # ---- stage 1: AND + the first compressor levels
         lhs = [port.data for port in self.lhs_ports]
         rhs = [port.data for port in self.rhs_ports]
 
-        def chunk_counts(value, name):
+        def registered(columns, name):
             regs = []
-            for k in range(chunks):
-                part = value[k * CHUNK:min((k + 1) * CHUNK, cfg.dk)]
-                reg = Signal(range(len(part) + 1), name=f"{name}_k{k}")
-                m.d.sync += reg.eq(popcount(part))
-                regs.append(reg)
+            for w, column in enumerate(columns):
+                reg = Signal(len(column), name=f"{name}_w{w}")
+                m.d.sync += reg.eq(Cat(*column))
+                regs.append([reg[k] for k in range(len(column))])
             return regs
 
-        pc1 = [[chunk_counts(lhs[r] & rhs[c], f"pc1_{r}_{c}") for c in range(dn)] for r in range(dm)]
-        cc1 = [chunk_counts(rhs[c], f"cc1_{c}") for c in range(dn)]
+        pc1 = [[registered(compress(m, f"pc_{r}_{c}", products=(lhs[r], rhs[c]), levels=STAGE1_LEVELS), f"pc1_{r}_{c}")
+                for c in range(dn)] for r in range(dm)]
+        cc1 = [registered(compress(m, f"cc_{c}", columns=[[rhs[c][k] for k in range(cfg.dk)]], levels=STAGE1_LEVELS),
+                          f"cc1_{c}") for c in range(dn)]
         c2_valid, c2_first, c2_csum = Signal(), Signal(), Signal()
         c2_shift, c2_neg = Signal(shift_w), Signal(dm)
         m.d.sync += [c2_valid.eq(c1_valid), c2_first.eq(c1_first), c2_csum.eq(c1_csum), c2_shift.eq(c1_shift),
                      c2_neg.eq(c1_neg)]
 
-        # ---- stage 2: sum the chunks
-        def total(regs, name):
+        # ---- stage 2: the rest of the compressor trees, one add
+        def total(columns, name):
             out = Signal(range(cfg.dk + 1), name=name)
-            terms = list(regs)
-            while len(terms) > 1:
-                terms = [terms[a] + terms[a + 1] if a + 1 < len(terms) else terms[a] for a in range(0, len(terms), 2)]
-            m.d.sync += out.eq(terms[0])
+            m.d.sync += out.eq(column_sum(compress(m, name, columns=columns)))
             return out
 
         pc2 = [[total(pc1[r][c], f"pc2_{r}_{c}") for c in range(dn)] for r in range(dm)]
@@ -125,16 +124,19 @@ class Execute(Elaboratable):
                     x = (cc2[c] << c3_shift)[:acc_bits]
                     m.d.sync += colsum[c].eq(Mux(c3_first, 0, colsum[c]) + x)
 
-        # ---- drain: one row per cycle into the result region (binary rows: 2 * acc - colsum)
-        row_words = []
-        for r in range(dm):
-            binary = row_bits[r] == 1
-            row_words.append(Cat(*(Mux(binary, (acc[r][c] << 1) - colsum[c], acc[r][c])[:acc_bits]
-                                   for c in range(dn))))
-        drain_data = row_words[0]
+        # ---- drain: one row per cycle into the result region (binary rows: 2 * acc - colsum, after the row select)
+        binary = row_bits[0] == 1
         for r in range(1, dm):
-            drain_data = Mux(row == r, row_words[r], drain_data)
-        m.d.comb += [self.res_port.addr.eq(Mux(qreg, dm, 0) + row), self.res_port.data.eq(drain_data)]
+            binary = Mux(row == r, row_bits[r] == 1, binary)
+        words = []
+        for c in range(dn):
+            select = acc[0][c]
+            for r in range(1, dm):
+                select = Mux(row == r, acc[r][c], select)
+            selected = Signal(acc_bits, name=f"drain_acc_{c}")
+            m.d.comb += selected.eq(select)
+            words.append(Mux(binary, (selected << 1) - colsum[c], selected)[:acc_bits])
+        m.d.comb += [self.res_port.addr.eq(Mux(qreg, dm, 0) + row), self.res_port.data.eq(Cat(*words))]
 
         with m.FSM(name="execute"):
             with m.State("IDLE"):

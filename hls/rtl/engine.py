@@ -91,6 +91,7 @@ class BitSerialEngine(wiring.Component):
                                    ("res_free", 2, None), ("res_full", 0, None)):
             m.submodules[f"tok_{name}"] = tokens[name] = Token(init, name, single)
             m.d.comb += tokens[name].reset.eq(ctrl.run_start)
+        self.tokens = tokens  # after elaboration: for test benches that watch the stages' credits
 
         lhs_w, lhs_r, rhs_w, rhs_r = [], [], [], []
         for r in range(cfg.dm):
