@@ -85,7 +85,7 @@ class AnalyticCostModel:
         self.resources = estimate(overlay)
         self._resources = self.resources.to_dict()
         self._memo: dict[tuple, _Scored] = {}
-        self._structures: dict[str, tuple[int, _Structure]] = {}
+        self._structures: dict[tuple[str, int], tuple[int, _Structure]] = {}
 
     def _score(self, layers: Sequence[LayerSpec], cycles: TableCycles) -> list[_Scored]:
         """Per-layer costs from their cycles: latency at the overlay clock, energy by the calibration's formula."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 from scipy.optimize import least_squares, nnls
@@ -399,7 +399,7 @@ class _PipelinePredictor:
 
     def cycles(self, x: np.ndarray, relaxed: bool = False) -> np.ndarray:
         out = np.empty(self.n)
-        constants = dict(zip(PIPELINE_PARAMETERS, (float(v) for v in x)))
+        constants: dict[str, Any] = dict(zip(PIPELINE_PARAMETERS, (float(v) for v in x)))
         for index, port, table in self.groups:
             params = ScheduleParams(pipeline=True, **constants, **port)
             out[index] = table_cycles(table, self.overlay, params, relaxed).total
@@ -448,7 +448,8 @@ def fit_pipeline(runs: Sequence[PipelineRun], overlay: OverlayConfig, folds: int
     for name in dict.fromkeys(shapes.tolist()):
         held[shapes == name] = predictor.cycles(_fit_pipeline_x(predictor, measured, shapes != name, x))[shapes == name]
     names = sorted(set(shapes.tolist()))
-    params = ScheduleParams(pipeline=True, **dict(zip(PIPELINE_PARAMETERS, (round(float(v), 4) for v in x))))
+    fitted: dict[str, Any] = dict(zip(PIPELINE_PARAMETERS, (round(float(v), 4) for v in x)))
+    params = ScheduleParams(pipeline=True, **fitted)
     return PipelineFit(
         params, predicted, error_figures(predicted, measured), error_figures(kfold, measured),
         error_figures(held, measured),

@@ -33,10 +33,11 @@ import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Hashable, Sequence
+from typing import Callable, Hashable, Sequence, TypedDict
 
 from autoq.common.errors import AutoQError
 from autoq.common.fileio import atomic_write_bytes
+from autoq.common.measurement import Source
 from autoq.common.network import NetworkSpec
 from autoq.host.export.finalize import FINAL_DIR, FinalReport
 from autoq.host.search.env import EpisodeOutcome
@@ -187,12 +188,13 @@ class ResultsWriter:
         best = {name: best_record(records, name) for name in CRITERIA}
         overall = best["reward"]
         best["reward"] = selected_record(records, warmup)
+        best_index: dict[str, dict[str, object]] = {}  # criterion -> its best plan's file and figures
         index = {"network": network.name, "network_hash": network.hash, "run": info, "accuracy_split": "val",
-                 "best_reward_test_accuracy": best_test_accuracy, "best": {}}
+                 "best_reward_test_accuracy": best_test_accuracy, "best": best_index}
         for name, record in best.items():
             path = self.out / f"best_{name}.plan.json"
             written[f"best_{name}"] = self._text(path.name, record.plan.to_json)
-            index["best"][name] = {"meaning": CRITERIA[name][0], "plan_file": path.name, **_figures(network, record)}
+            best_index[name] = {"meaning": CRITERIA[name][0], "plan_file": path.name, **_figures(network, record)}
         written["best_plans"] = self._text("best_plans.json", lambda: json.dumps(index, indent=1) + "\n")
         written["episodes"] = self._text("episodes.csv", lambda: _csv(network, records))
 
@@ -280,7 +282,23 @@ def summary_dict(network: NetworkSpec, records: Sequence[EpisodeRecord], selecte
 
 
 # -- tables -----------------------------------------------------------------------------------------------------------
-def _figures(network: NetworkSpec, r: EpisodeRecord) -> dict[str, object]:
+class Figures(TypedDict):
+    """One episode's figures, as ``_figures`` gives them (a row of ``episodes.csv``, an entry of ``best_plans.json``)."""
+
+    episode: int | None
+    agent: str
+    plan_hash: str
+    accuracy: float
+    latency_s: float
+    energy_j: float
+    avg_power_w: float
+    reward: float
+    avg_weight_bits: float
+    avg_act_bits: float
+    source: Source
+
+
+def _figures(network: NetworkSpec, r: EpisodeRecord) -> Figures:
     m = r.measurement
     return {
         "episode": r.episode,

@@ -185,7 +185,8 @@ class EngineDriver:
         if status != Status.OK:
             raise DriverError(f"layer {job.name!r}: the engine rejected the run: {rejection_reason(status)}")
         stalls = {name: self.read_register(name) for name in STALL_COUNTERS if name in self.registers}
-        return Counters(*(self.read_register(name) for name in COUNTERS), stalls=stalls)
+        fetch, execute, result, total = (self.read_register(name) for name in COUNTERS)
+        return Counters(fetch, execute, result, total, stalls=stalls)
 
     def host_loop(self, seconds: float, clock: Any) -> None:
         """The host side of a run without engine work, for ``seconds`` of ``clock``: the engine started on an empty

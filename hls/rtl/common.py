@@ -90,6 +90,8 @@ def compress(m: Module, name: str, columns: list[list[Value]] | None = None, pro
     if products is not None:
         a, b = products
         columns = [[a[k] & b[k] for k in range(len(a))]]
+    if columns is None:
+        raise ValueError(f"compress {name!r}: give columns or products")
     while max(len(column) for column in columns) > 2 and (levels is None or level < levels):
         first = products is not None and level == 0
         unit = CompressorLevel([len(a)] if first else [len(column) for column in columns], products=first)

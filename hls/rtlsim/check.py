@@ -24,6 +24,7 @@ from autoq.overlay.schedule import LayerCycles, ScheduleParams, layer_cycles
 from .board import ARENA_BYTES, RUN_TIMEOUT_S, engine_verilog
 from .device import RtlSimDevice
 from .memory import HPPortModel
+from .sim import RtlSimError
 
 
 class RtlEngine(NamedTuple):
@@ -81,9 +82,11 @@ class RtlLayerCheck(NamedTuple):
 
 
 def check_layer(engine: RtlEngine, layer: LayerSpec, x_int: np.ndarray, w_int: np.ndarray,
-                weight_bits: Sequence[int], act_bits: int, params: ScheduleParams | None = None) -> RtlLayerCheck:
+                weight_bits: Sequence[int] | np.ndarray, act_bits: int, params: ScheduleParams | None = None) -> RtlLayerCheck:
     """Run ``layer`` on the RTL and on the reference engine; compare outputs, put the model's cycles beside."""
     overlay = engine.driver.overlay
+    if overlay is None:
+        raise RtlSimError("the RTL engine is not attached to an overlay")
     params = params or schedule_params(overlay)
     job = build_job(layer, x_int, w_int, weight_bits, act_bits, overlay)
     batch = int(np.shape(x_int)[0])
@@ -94,7 +97,7 @@ def check_layer(engine: RtlEngine, layer: LayerSpec, x_int: np.ndarray, w_int: n
     try:
         try:
             counters = engine.driver.run(prepared)
-        except DriverError as exc:
+        except DriverError:
             if engine.driver.read_register("status") == Status.OK:
                 raise  # not a rejection: the engine misbehaved
             return RtlLayerCheck(layer, bits, int(act_bits), batch, 0, (0, 0, 0, 0), model,

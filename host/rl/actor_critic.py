@@ -69,9 +69,10 @@ class UpdateStats(NamedTuple):
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """target <- (1 - tau) * target + tau * source, parameter by parameter (the same two ops on all at once)."""
     with torch.no_grad():
-        targets = list(target.parameters())
+        targets: list[torch.Tensor] = list(target.parameters())
+        sources: list[torch.Tensor] = list(source.parameters())
         torch._foreach_mul_(targets, 1.0 - tau)
-        torch._foreach_add_(targets, list(source.parameters()), alpha=tau)
+        torch._foreach_add_(targets, sources, alpha=tau)
 
 
 class ActorCritic:

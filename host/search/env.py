@@ -145,7 +145,7 @@ class QuantEnv:
         min_bits: int = 2,
         max_bits: int | None = None,
         finetune_steps: int = 0,
-        kernel_scales: Mapping[str, Sequence[float]] | None = None,
+        kernel_scales: Mapping[str, Sequence[float] | np.ndarray] | None = None,
         batch: int = 1,
         sensitivity: Sensitivity | None = None,
         tile_rows: int | None = None,
@@ -187,7 +187,7 @@ class QuantEnv:
         from autoq.host.advice import warn_unconstraining_budget  # a budget the widest plan meets: say so
         warn_unconstraining_budget(self.objective, f"all weights and activations at {max_bits} bits")
 
-    def _checked_scales(self, scales: Mapping[str, Sequence[float]]) -> tuple[np.ndarray, ...]:
+    def _checked_scales(self, scales: Mapping[str, Sequence[float] | np.ndarray]) -> tuple[np.ndarray, ...]:
         """Per-kernel weight scales by layer (zeros where not given), e.g. each kernel's largest absolute weight."""
         unknown = sorted(set(scales) - set(self.network.names))
         if unknown:
@@ -363,11 +363,11 @@ class QuantEnv:
                         best = (score, i, tile)
             if best is None:  # every bit at the floor, which resolve() checked fits; only a drifting backend gets here
                 return plan, measurement
-            _, i, tile = best
-            if tile is None:
+            _, i, chosen = best
+            if chosen is None:
                 acts[i] -= 1
             else:
-                weights[i][tile] = np.minimum(weights[i][tile], weights[i][tile].max() - 1)
+                weights[i][chosen] = np.minimum(weights[i][chosen], weights[i][chosen].max() - 1)
             plan = plan.replace(plan.layers[i].name, LayerPlan(plan.layers[i].name, tuple(int(b) for b in weights[i]), acts[i]))
             measurement = self.measure(plan)
             if self.objective.fits(CostPoint.of(measurement)):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from .rewards import SearchError
 
 if TYPE_CHECKING:
     from autoq.host.evaluate import Evaluator
+    from autoq.host.quant.quantizer import QuantizedModel
     from autoq.host.tasks.datasets import Split
 
 #: Calibration images the Fisher estimate averages over (per-sample gradients: one backward pass each).
@@ -95,8 +96,9 @@ class Sensitivity:
     def save(self, path: str | Path) -> None:
         import io
 
-        arrays = {"act_loss": self.act_loss, "layers": np.array(self.layers), "source": np.array(self.source),
-                  "key": np.array(self.key)}
+        # Any: numpy types ``savez(file, *args, allow_pickle: bool, **kwds)``, so ``**`` of arrays would bind allow_pickle
+        arrays: dict[str, Any] = {"act_loss": self.act_loss, "layers": np.array(self.layers),
+                                  "source": np.array(self.source), "key": np.array(self.key)}
         for i, (f, w) in enumerate(zip(self.fisher, self.weight_loss)):
             arrays[f"fisher_{i}"], arrays[f"weight_loss_{i}"] = f, w
         buffer = io.BytesIO()
@@ -112,13 +114,23 @@ class Sensitivity:
                        str(data["source"]), str(data["key"]))
 
 
+def _torch_qmodel(evaluator: "Evaluator") -> "QuantizedModel":
+    """``evaluator``'s quantized torch model; an ONNX graph has no weights to differentiate (use ``from_scales``)."""
+    from autoq.host.quant.quantizer import QuantizedModel
+
+    qmodel = evaluator.qmodel
+    if not isinstance(qmodel, QuantizedModel):
+        raise SearchError(f"model {qmodel.network.name!r} is an ONNX graph: its Fisher sensitivity needs torch weights "
+                          "(the weight-scale proxy, Sensitivity.from_scales, is what task_sensitivity uses for it)")
+    return qmodel
+
+
 def sensitivity_key(evaluator: "Evaluator", samples: int = FISHER_SAMPLES) -> str:
     """What the estimate depends on: network, quantized float weights, activation scales, calibration inputs."""
     digest = hashlib.sha256(evaluator.qmodel.network.hash.encode())
-    qmodel = evaluator.qmodel
-    for name in getattr(qmodel, "quantizers", {}):
-        module = qmodel.model.get_submodule(name)
-        digest.update(module.parametrizations.weight.original.detach().numpy().tobytes())
+    qmodel = _torch_qmodel(evaluator)
+    for name in qmodel.quantizers:
+        digest.update(qmodel._float_weight(name).detach().numpy().tobytes())
         digest.update(qmodel.quantizers[name].act_scales.numpy().tobytes())
     if evaluator.calib is not None:
         digest.update(evaluator.calib.x[:samples].numpy().tobytes())
@@ -157,12 +169,12 @@ def fisher_sensitivity(evaluator: "Evaluator", samples: int = FISHER_SAMPLES, ke
 
     from autoq.host.quant.quantizer import integer_activation_values, integer_weight_values, mse_optimal_weight_scales
 
-    qmodel = evaluator.qmodel
+    qmodel = _torch_qmodel(evaluator)
     network = qmodel.network
     calib: Split = evaluator.calib  # type: ignore[assignment]
     model = qmodel.model
     names = [l.name for l in network if l.name in qmodel.quantizers]
-    weights = {n: model.get_submodule(n).parametrizations.weight.original for n in names}
+    weights = {n: qmodel._float_weight(n) for n in names}
     grad_sq = {n: torch.zeros_like(w) for n, w in weights.items()}
     act_sum = {n: torch.zeros(MAX_BITS, dtype=torch.float64) for n in names}
     inputs: dict[str, torch.Tensor] = {}
@@ -188,7 +200,10 @@ def fisher_sensitivity(evaluator: "Evaluator", samples: int = FISHER_SAMPLES, ke
                 loss = F.cross_entropy(model(x), calib.y[index : index + 1])
                 loss.backward()
                 for n in names:
-                    grad_sq[n] += weights[n].grad.detach() ** 2
+                    grad = weights[n].grad
+                    if grad is None:
+                        raise SearchError(f"layer {n!r} got no weight gradient: the model's forward pass does not use it")
+                    grad_sq[n] += grad.detach() ** 2
                     x_in = inputs[n]
                     if x_in.grad is None:
                         continue
@@ -217,8 +232,8 @@ def fisher_sensitivity(evaluator: "Evaluator", samples: int = FISHER_SAMPLES, ke
         table = np.empty((layer.c_out, MAX_BITS))
         for bits in range(1, MAX_BITS + 1):
             b = torch.full((layer.c_out,), bits, dtype=torch.int64)
-            scale = mse_optimal_weight_scales(rows.float(), b, ratios)
-            q = (integer_weight_values(rows.float(), scale, b) * scale[:, None]).double()
+            w_scale = mse_optimal_weight_scales(rows.float(), b, ratios)
+            q = (integer_weight_values(rows.float(), w_scale, b) * w_scale[:, None]).double()
             table[:, bits - 1] = (0.5 * f_rows * (rows - q) ** 2).sum(1).numpy()
         weight_loss.append(table)
         act_loss.append(0.5 * act_sum[layer.name].numpy() / count)

@@ -100,6 +100,7 @@ class AutoQAgent(Agent):
             result = env.step(act_action, self.weight_actions(goal_action, offsets))
             if result.outcome is not None:
                 break
+            assert result.observation is not None  # set on every step but the last
             observation = result.observation
         outcome = result.outcome
         self._remember(env, outcome, layer_states, layer_actions, kernel_states, kernel_actions)

@@ -59,7 +59,7 @@ class Agent(ABC):
 
 
 def generator_state(rng: np.random.Generator) -> dict[str, Any]:
-    return rng.bit_generator.state
+    return dict(rng.bit_generator.state)
 
 
 def restore_generator(rng: np.random.Generator, state: dict[str, Any]) -> None:

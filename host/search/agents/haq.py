@@ -80,6 +80,7 @@ class HAQAgent(Agent):
             result = env.step(act_action, weight_action)
             if result.outcome is not None:
                 break
+            assert result.observation is not None  # set on every step but the last
             observation = result.observation
         outcome = result.outcome
         if env.objective.setting.constrained:
