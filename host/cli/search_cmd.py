@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{config.agent}: {len(result.records)} episodes; best plan (episode {best.episode}): accuracy {best.accuracy:.4f} "
           f"on val (selected it), {result.best_test_accuracy:.4f} on test, "
           f"latency {best.measurement.latency_s * 1e3:.4g} ms, energy {best.measurement.energy_j * 1e3:.4g} mJ")
-    print(f"final plan: {final.accuracy_split} accuracy {final.accuracy_after:.4f} after {final.finetune_steps} fine-tune steps; "
-          f"exported to {result.files['summary'].parent / FINAL_DIR}")
+    print(f"final plan: {final.accuracy_split} accuracy {final.accuracy_before:.4f}, {final.accuracy_after:.4f} after "
+          f"{final.finetune_steps} fine-tune steps; exported the {final.exported} model "
+          f"({final.exported_accuracy:.4f}) to {result.files['summary'].parent / FINAL_DIR}")
     print(f"results: {result.files['summary'].parent}")
     return 0
