@@ -3,7 +3,6 @@ measurements (``autoq calibrate`` and the replay fallback), the Zynq global time
 resolution check."""
 from __future__ import annotations
 
-import math
 
 import pytest
 
