@@ -129,6 +129,7 @@ def test_rhs_full_counts_to_two_when_the_result_stage_is_the_bottleneck():
     assert peak == {"rhs_full": 2, "rhs_free": 2, "res_free": 2}
 
 
+@pytest.mark.slow  # Amaranth's Python simulator: tens of seconds
 def test_bursts_split_at_4_kib_and_odd_result_addresses_use_strobes():
     """Buffers that start just before a page end: every operand stream and result row crosses a 4 KiB boundary
     (the bench's AXI slave rejects a burst that crosses one); results start at an odd int32 (4 mod 8)."""
@@ -165,6 +166,7 @@ def test_control_register_handshake():
     assert after == AP_IDLE | AP_READY and interrupt == 0  # ap_done clears on read, and the interrupt with it
 
 
+@pytest.mark.slow  # Amaranth's Python simulator: tens of seconds
 def test_stages_overlap_on_a_multi_tile_layer():
     rng = np.random.default_rng(7)
     layer = LayerSpec("multi", "conv", 4, 6, 3, 1, 1, 1, (5, 5), (5, 5))
@@ -178,6 +180,7 @@ def test_stages_overlap_on_a_multi_tile_layer():
     assert run.writes < 6 * 25
 
 
+@pytest.mark.slow  # Amaranth's Python simulator: tens of seconds
 def test_packed_tiles_with_binary_rows_are_bit_exact():
     """Depthwise-like layers (m == 1) with 1-bit {-1, +1} kernels: the layout stores them as 2-bit rows of the
     packed tiles (0 outside their K span), next to wider rows or alone (then the tile runs 2 planes)."""
@@ -203,6 +206,7 @@ def test_packed_tiles_with_binary_rows_are_bit_exact():
         assert emulated_status(job, None, None) == Status.OK, job.name
 
 
+@pytest.mark.slow  # Amaranth's Python simulator: tens of seconds
 def test_rejected_runs_report_their_status_and_write_nothing():
     rng = np.random.default_rng(3)
     layer, batch, act_bits, bits = LAYERS["grouped"]
@@ -319,6 +323,7 @@ def test_random_layers_are_bit_exact():
         np.testing.assert_array_equal(run.results, expected, err_msg=job.name)
 
 
+@pytest.mark.slow  # Amaranth's Python simulator: tens of seconds
 def test_other_geometries_wide_words_and_odd_array():
     """Dk = 128 (two uint64 lanes per buffer word) on a 3 x 3 array (dividers instead of shifts in the setup)."""
     overlay = SMALL.with_changes(name="rtl_odd", dm=3, dn=3, dk=128, lhs_mem_words=32, rhs_mem_words=32)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     result = export_final(evaluator, plan, args.finetune_steps, args.onnx, args.hls4ml)
     print(f"plan {plan.hash} on {task.name}: test accuracy {result.accuracy_before:.4f}"
           + (f" -> {result.accuracy_after:.4f} after {args.finetune_steps} fine-tune steps; exported the "
-             f"{result.exported} model" if args.finetune_steps else ""))
+             f"{result.report().exported} model" if args.finetune_steps else ""))
     if result.onnx:
         print(f"ONNX: {result.onnx}")
     if result.hls4ml:
