@@ -5,9 +5,9 @@ Validation happens at the boundaries, once: a ``LayerPlan`` checks its bit-width
 remembers the network it fits, so the backends, quantizer and results that check again at their own boundary cost
 a comparison, not a second validation).
 
-A plan's ``hash`` is the SHA-256 of its JSON body (``[[name, act_bits, [weight_bits...]], ...]``, compact), built
-from per-layer fragments that each frozen ``LayerPlan`` encodes once and caches (with its weight bits as bytes,
-``bits_bytes``, which the cost model reads), so plans that share layers hash in a join and one SHA-256.
+A plan's ``hash`` is the SHA-256 of its JSON body (``[[name, act_bits, [weight_bits...]], ...]``, compact). It is
+built from the plan's weight bits as one byte per kernel (``bits_bytes``, which the cost model reads too): bit-widths
+are single digits (``MAX_BITS`` < 10), so one numpy pass writes every ``digit,`` pair of the body.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from .network import NetworkSpec
 
 MIN_BITS = 1
 MAX_BITS = 8
+_BIT_WIDTHS = bytes(range(MIN_BITS, MAX_BITS + 1))
 
 
 def _check_bits(value: Any, what: str) -> int:
@@ -36,48 +37,52 @@ def _check_bits(value: Any, what: str) -> int:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def _json_string(name: str) -> bytes:
+    return json.dumps(name).encode()
+
+
 @dataclass(frozen=True)
 class LayerPlan:
-    """Bit-widths of one layer: ``weight_bits[c]`` for output channel ``c``; ``act_bits`` for its input activations."""
+    """Bit-widths of one layer: ``weight_bits[c]`` for output channel ``c``; ``act_bits`` for its input activations.
+
+    ``weight_bits`` are checked in one pass as bytes: any integers ``bytes()`` takes (numpy integers too, and bools
+    as 0 and 1, which ``QuantPlan.from_dict`` refuses in files); ``act_bits`` must be an ``int``.
+    """
 
     name: str
     weight_bits: tuple[int, ...]
     act_bits: int
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "weight_bits", tuple(self.weight_bits))
+        if type(self.weight_bits) is not tuple:
+            object.__setattr__(self, "weight_bits", tuple(self.weight_bits))
         bits = self.weight_bits
         if not bits:
             raise PlanError(f"layer {self.name!r}: weight_bits is empty")
-        if not (set(map(type, bits)) == {int} and MIN_BITS <= min(bits) and max(bits) <= MAX_BITS):  # else: say where
+        try:  # integers (what bytes() takes, one byte each) within [MIN_BITS, MAX_BITS]; else say which is not
+            packed = bytes(bytearray(bits))  # bytearray reads a tuple of ints faster than bytes does
+        except (TypeError, ValueError):
+            packed = b""
+        if len(packed) != len(bits) or packed.translate(None, _BIT_WIDTHS):
             for c, value in enumerate(bits):
                 _check_bits(value, f"layer {self.name!r}: weight_bits[{c}]")
-        _check_bits(self.act_bits, f"layer {self.name!r}: act_bits")
+        if type(self.act_bits) is not int or not MIN_BITS <= self.act_bits <= MAX_BITS:
+            _check_bits(self.act_bits, f"layer {self.name!r}: act_bits")
+        object.__setattr__(self, "bits_bytes", packed)
 
     @property
     def mean_weight_bits(self) -> float:
         return sum(self.weight_bits) / len(self.weight_bits)
 
-    # memos, not fields: not compared, hashed or pickled
+    # a memo, not a field: not compared, hashed or pickled
     @functools.cached_property
     def bits_bytes(self) -> bytes:
         """``weight_bits`` as one byte per kernel."""
         return bytes(self.weight_bits)
 
-    @functools.cached_property
-    def json_fragment(self) -> bytes:
-        """This layer's entry of the plan's hashed JSON body: ``json.dumps([name, act_bits, list(weight_bits)])``
-        with compact separators."""
-        if MAX_BITS < 10:  # single digits: interleave them with commas in one numpy pass
-            digits = np.full(2 * len(self.weight_bits) - 1, ord(","), np.uint8)
-            digits[::2] = np.frombuffer(self.bits_bytes, np.uint8) + ord("0")
-            numbers = digits.tobytes()
-        else:
-            numbers = ",".join(map(str, self.weight_bits)).encode()
-        return b"[%s,%d,[%s]]" % (json.dumps(self.name).encode(), self.act_bits, numbers)
-
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("bits_bytes", "json_fragment")}
+        return {k: v for k, v in self.__dict__.items() if k != "bits_bytes"}
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,7 @@ class QuantPlan:
         object.__setattr__(self, "_fits", network.hash)  # a memo, not a field: not compared, hashed or pickled
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_fits"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_fits", "bits_bytes")}
 
     # -- access -------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -173,15 +178,25 @@ class QuantPlan:
         return {
             "format": "autoq-plan/1",
             "hash": self.hash,
-            "layers": [{"name": l.name, "act_bits": l.act_bits, "weight_bits": list(l.weight_bits)} for l in self.layers],
+            "layers": [{"name": l.name, "act_bits": l.act_bits, "weight_bits": list(l.bits_bytes)} for l in self.layers],
         }
+
+    @functools.cached_property
+    def bits_bytes(self) -> bytes:
+        """Every kernel's weight bit-width, layer after layer, one byte each."""
+        return b"".join(l.bits_bytes for l in self.layers)
 
     @functools.cached_property
     def hash(self) -> str:
         """First 16 hex digits of the SHA-256 of ``json.dumps([[name, act_bits, list(weight_bits)], ...],
-        separators=(",", ":"))``, joined from the layers' cached fragments."""
-        body = b"[" + b",".join(l.json_fragment for l in self.layers) + b"]"
-        return hashlib.sha256(body).hexdigest()[:16]
+        separators=(",", ":"))``."""
+        pairs = (np.frombuffer(self.bits_bytes, np.uint8).astype("<u2") + (ord(",") << 8 | ord("0"))).tobytes()
+        entries, start = [], 0
+        for l in self.layers:  # each layer's digits and commas, less the comma after its last digit
+            stop = start + 2 * len(l.weight_bits)
+            entries.append(b"[%s,%d,[%s]]" % (_json_string(l.name), l.act_bits, pairs[start:stop - 1]))
+            start = stop
+        return hashlib.sha256(b"[" + b",".join(entries) + b"]").hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "QuantPlan":
@@ -193,6 +208,9 @@ class QuantPlan:
                 raise PlanError(f"plan layer #{i} must have 'name', 'act_bits' and 'weight_bits', got {entry!r}")
             if not isinstance(entry["weight_bits"], list):
                 raise PlanError(f"plan layer {entry['name']!r}: 'weight_bits' must be a list")
+            for c, value in enumerate(entry["weight_bits"]):
+                if type(value) is not int:  # a JSON true/false, a number with a fraction: say so (LayerPlan takes bools)
+                    _check_bits(value, f"layer {entry['name']!r}: weight_bits[{c}]")
             layers.append(LayerPlan(str(entry["name"]), tuple(entry["weight_bits"]), entry["act_bits"]))
         plan = cls(tuple(layers))
         if "hash" in data and data["hash"] != plan.hash:

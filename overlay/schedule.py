@@ -39,6 +39,8 @@ engine, the HLS C-sim and the emulated device execute and count these); ``layer_
 vectorised over row tiles and over the four kinds of column tile (see ``TileTable``), and equals the sum over
 ``layer_tiles`` exactly. ``tile_table``/``table_cycles`` do the same for many layers at once and separate the
 parameter-free part (bytes, passes, tile counts) from the timing parameters, which calibration fits.
+``HistogramSchedule`` gives ``table_cycles``' figures for one network under one set of parameters from the
+histograms of the layers' weight bits alone (grouped tiles), thousands of plans a second.
 
 Imports only numpy (and the numpy-only tiling): this runs on the board.
 """
@@ -53,7 +55,7 @@ from autoq.common.errors import AutoQError
 from autoq.common.network import LayerSpec
 
 from .manifest import OverlayConfig
-from .tiling import RowTiling, check_bit_widths, packed_row_bits, tile_rows
+from .tiling import RowTiling, check_bit_widths, grouped_tiles_at_least, packed_row_bits, tile_rows
 
 STAGES: tuple[str, ...] = ("fetch", "execute", "result")
 PACKED_GROUPS = -1
@@ -202,16 +204,6 @@ class LayerEntry(NamedTuple):
     act_bits: int
 
 
-class TiledEntry(NamedTuple):
-    """One layer given by its row tilings (one per group, one for a packed depthwise layer) instead of per-kernel
-    bits: a ``TileTable`` reads only the tiles' sizes and maxima, so tilings built from bit-width histograms
-    (``tiling.grouped_tile_bits``) give the same table as the bits themselves, grouped."""
-
-    layer: LayerSpec
-    tilings: Sequence[RowTiling]
-    act_bits: int
-
-
 class TileTable(NamedTuple):
     """Tile costs of many layer entries that do not depend on ``ScheduleParams``, grouped into cells.
 
@@ -294,58 +286,123 @@ def _check_act_bits(layer: LayerSpec, act_bits: Any, overlay: OverlayConfig) -> 
         raise ScheduleError(f"layer {layer.name!r}: act_bits must be an int in [1, {overlay.max_bits}], got {act_bits!r}")
 
 
-def _entry_tilings(entry: LayerEntry | TiledEntry, overlay: OverlayConfig, grouped: bool, packed: bool,
-                   m: int) -> list[RowTiling]:
-    """Row tilings of one entry's groups (one for a packed layer); bad bit-widths raise naming the layer."""
-    layer, act_bits = entry.layer, entry.act_bits
-    if isinstance(entry, TiledEntry):
-        _check_act_bits(layer, act_bits, overlay)
-        tilings = list(entry.tilings)
-        rows = [int(t.tile_rows.sum()) for t in tilings]
-        if rows != ([layer.c_out] if packed else [m] * layer.groups):
-            raise ScheduleError(f"layer {layer.name!r}: tilings of {rows} rows for {layer.groups} groups of {m} rows")
-        for tiling in tilings:
-            check_bit_widths(tiling.tile_bits, f"layer {layer.name!r}: tile_bits", overlay.max_bits)
-        return [tilings[0]._replace(tile_bits=packed_row_bits(tilings[0].tile_bits))] if packed else tilings
+class _Block(NamedTuple):
+    """One row block of a layer: one group's ``rows`` output channels, or all of a packed depthwise layer's."""
+
+    group: int  # PACKED_GROUPS for a packed layer
+    rows: int
+    k: int  # the product's K (a packed tile's K_eff is its rows times this)
+    n: int
+    images: int
+    ohw: int  # output pixels per image (1 for a linear layer: every column is its own image)
+
+
+def _blocks(layer: LayerSpec, batch: int, per_image_convs: bool) -> list[_Block]:
+    images = batch if per_image_convs and layer.kind != "linear" else 1
+    groups, m, k, n = layer.gemm(batch // images)
+    ohw = 1 if layer.kind == "linear" else layer.out_hw[0] * layer.out_hw[1]
+    if m == 1 and groups > 1:
+        return [_Block(PACKED_GROUPS, groups, k, n, images, ohw)]
+    return [_Block(g, m, k, n, images, ohw) for g in range(groups)]
+
+
+def _entry_tilings(entry: LayerEntry, overlay: OverlayConfig, grouped: bool, blocks: list[_Block]) -> list[RowTiling]:
+    """Row tilings of one entry's blocks; bad bit-widths raise naming the layer."""
+    layer = entry.layer
     bits = check_bit_widths(entry.weight_bits, f"layer {layer.name!r}: weight_bits", overlay.max_bits)
     if bits.size != layer.c_out:
         raise ScheduleError(f"layer {layer.name!r}: {bits.size} weight bit-widths for {layer.c_out} output channels")
-    _check_act_bits(layer, act_bits, overlay)
-    if packed:
+    _check_act_bits(layer, entry.act_bits, overlay)
+    if blocks[0].group == PACKED_GROUPS:
         return [tile_rows(packed_row_bits(bits), overlay.dm, grouped)]
-    return [tile_rows(bits[g * m:(g + 1) * m], overlay.dm, grouped) for g in range(layer.groups)]
+    m = blocks[0].rows
+    return [tile_rows(bits[b.group * m:(b.group + 1) * m], overlay.dm, grouped) for b in blocks]
 
 
-def _layout_and_table(entries: Sequence[LayerEntry | TiledEntry], overlay: OverlayConfig, batch: int, grouped: bool,
-                      per_image_convs: bool) -> tuple[_Layout, TileTable]:
+def _as_fetched(first_row: np.ndarray, weights_stay: np.ndarray, block_first: np.ndarray, cut: np.ndarray,
+                act_words: np.ndarray, rhs: int) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, activations) fetched per cell, activation-stationary; arguments per row tile (``block_first``
+    with its four column-tile kinds, ``cut``: its block's weights do not fit the lhs buffer together)."""
+    weights = _KIND_FIRST | (block_first & cut[:, None]) | ~weights_stay[:, None]
+    return weights, (first_row | (act_words > rhs))[:, None]
+
+
+def _ws_fetched(first_row: np.ndarray, weights_stay: np.ndarray, run_first: np.ndarray, shared: np.ndarray,
+                act_words: np.ndarray, column_tiles: np.ndarray, rhs: int) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, activations) fetched per cell, weight-stationary; arguments per row tile (``run_first``: it starts a
+    run of row tiles whose weights share the lhs buffer)."""
+    refetched = (column_tiles * act_words > rhs) & (run_first | (act_words > rhs))
+    return _KIND_FIRST | ~weights_stay[:, None], (~shared | first_row | refetched)[:, None]
+
+
+def _fetch_bytes(rows: np.ndarray, kwords: np.ndarray, bits: np.ndarray, abits: np.ndarray, width: np.ndarray,
+                 fetched: tuple[np.ndarray, np.ndarray], dk: int) -> np.ndarray:
+    """Bytes each cell fetches: its row tile's weights and its columns' activations, where ``fetched`` says so."""
+    weight_bytes = (rows * kwords * dk * bits / 8)[:, None]
+    act_bytes = width * kwords[:, None] * dk * abits[:, None] / 8
+    return weight_bytes * fetched[0] + act_bytes * fetched[1]
+
+
+def _tile_table(entry: np.ndarray, entries: int, count: np.ndarray, fetch_bytes: np.ndarray, rows: np.ndarray,
+                kwords: np.ndarray, k_eff: np.ndarray, bits: np.ndarray, abits: np.ndarray, width: np.ndarray,
+                ohw: np.ndarray, overlay: OverlayConfig, per_image_convs: bool) -> TileTable:
+    """The ``TileTable`` of row tiles given per row tile (``entry``, ``rows``, ``kwords``, ``k_eff``, ``bits``,
+    ``abits``, ``ohw``) and per cell (``count``, ``fetch_bytes``, ``width``)."""
+    dk, dn = overlay.dk, overlay.dn
+    passes = bits[:, None] * abits[:, None]
+    beat_bits = overlay.dram_width_bits
+    act_beats = width * kwords[:, None] * dk * abits[:, None] / beat_bits
+    weight_beats = (rows * kwords * dk * bits / beat_bits)[:, None]
+    bursts = lambda beats: np.ceil(beats / RTL_BURST_BEATS) + beats / RTL_PAGE_BEATS
+    # result: one burst per row and run of columns inside one image (linear: every column is its own image), an odd
+    # int32 start costs half a beat on average where the alignment varies
+    ohw = ohw[:, None]
+    crossings = np.where(ohw == 1, width - 1, np.where(ohw % dn == 0, 0, (width - 1) / np.maximum(ohw, 1)))
+    row_bursts = 1 + crossings + width * overlay.acc_bits / 8 / 4096
+    odd = np.where(ohw == 1, 1.0, np.where((ohw % 2 == 1) | (dn % 2 == 1), 0.5, 0.0))
+    row_beats = width * overlay.acc_bits / 2 / beat_bits + odd * row_bursts
+    return TileTable(
+        entry, count, fetch_bytes,
+        rows[:, None] * width * overlay.acc_bits / 8,
+        kwords[:, None], passes,
+        2 * rows[:, None] * width * k_eff[:, None] * passes,
+        entries,
+        per_image_convs,
+        act_beats, bursts(act_beats), weight_beats, bursts(weight_beats), rows[:, None],
+        rows[:, None] * row_beats, rows[:, None] * row_bursts,
+    )
+
+
+def _check_batch(batch: Any) -> None:
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ScheduleError(f"batch must be a positive int, got {batch!r}")
+
+
+def _layout_and_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, batch: int, grouped: bool,
+                      per_image_convs: bool) -> tuple[_Layout, TileTable]:
+    _check_batch(batch)
     if not entries:
         raise ScheduleError("no layers to schedule")
     dk, dn = overlay.dk, overlay.dn
-    b_entry, b_group, b_order, b_n, b_shared, b_abits, b_images, b_ohw = [], [], [], [], [], [], [], []
+    b_entry, b_block, b_order, b_abits = [], [], [], []
     r_rows, r_bits, r_keff = [], [], []
     for index, entry in enumerate(entries):
-        images = batch if per_image_convs and entry.layer.kind != "linear" else 1
-        groups, m, k, gemm_n = entry.layer.gemm(batch // images)
-        packed = m == 1 and groups > 1
-        tilings = _entry_tilings(entry, overlay, grouped, packed, m)
-        for g, tiling in zip([PACKED_GROUPS] if packed else range(groups), tilings):
+        blocks = _blocks(entry.layer, batch, per_image_convs)
+        for block, tiling in zip(blocks, _entry_tilings(entry, overlay, grouped, blocks)):
+            packed = block.group == PACKED_GROUPS
             b_entry.append(index)
-            b_group.append(g)
-            b_n.append(gemm_n)
-            b_shared.append(not packed)
-            b_images.append(images)
-            b_ohw.append(1 if entry.layer.kind == "linear" else entry.layer.out_hw[0] * entry.layer.out_hw[1])
-            b_order.append(tiling.order if packed else tiling.order + g * m)
+            b_block.append(block)
+            b_order.append(tiling.order if packed else tiling.order + block.group * block.rows)
             b_abits.append(int(entry.act_bits))
             r_rows.append(tiling.tile_rows)
             r_bits.append(tiling.tile_bits)
-            r_keff.append(tiling.tile_rows * k if packed else np.full(tiling.tile_rows.size, k, dtype=np.int64))
+            r_keff.append(tiling.tile_rows * block.k if packed else np.full(tiling.tile_rows.size, block.k, dtype=np.int64))
+    blocks_of = np.array(b_block, dtype=np.int64)
+    group, n, images, ohw = blocks_of[:, 0], blocks_of[:, 3], blocks_of[:, 4], blocks_of[:, 5]
     sizes = np.array([r.size for r in r_rows])
     row_block = np.repeat(np.arange(sizes.size), sizes)
     rows, bits, k_eff = np.concatenate(r_rows), np.concatenate(r_bits), np.concatenate(r_keff)
-    n, shared, abits = np.array(b_n, dtype=np.int64), np.array(b_shared), np.array(b_abits, dtype=np.int64)
+    shared, abits = group != PACKED_GROUPS, np.array(b_abits, dtype=np.int64)
     kwords = -(-k_eff // dk)
     weight_words = kwords * bits
     first_row = np.r_[True, row_block[1:] != row_block[:-1]]
@@ -353,25 +410,21 @@ def _layout_and_table(entries: Sequence[LayerEntry | TiledEntry], overlay: Overl
     act_words = kwords[block_start] * abits  # per array column, shared activations
     column_tiles = -(-n // dn)
     weights_stay = weight_words <= overlay.lhs_mem_words
-    block_weight_words = np.add.reduceat(weight_words, block_start)
-    lhs, rhs = overlay.lhs_mem_words, overlay.rhs_mem_words
-    weight_bytes = (rows * kwords * dk * bits / 8)[:, None]
-    row_abits = abits[row_block][:, None]
+    cut = np.add.reduceat(weight_words, block_start) > overlay.lhs_mem_words
+    rhs = overlay.rhs_mem_words
+    row_abits = abits[row_block]
 
     def fetch_bytes(activation_stationary: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         per_block = np.maximum(1, rhs // act_words) if activation_stationary else column_tiles
         block_first, width, count = _column_kinds(n, dn, per_block)
         if activation_stationary:
             row_run_first = first_row
-            weights_fetched = _KIND_FIRST | (block_first & (block_weight_words > lhs)[:, None])[row_block] | ~weights_stay[:, None]
-            acts_fetched = first_row[:, None] | (act_words > rhs)[row_block][:, None]
+            fetched = _as_fetched(first_row, weights_stay, block_first[row_block], cut[row_block], act_words[row_block], rhs)
         else:
-            row_run_first = _block_starts(weight_words, row_block, lhs, block_weight_words > lhs)
-            weights_fetched = _KIND_FIRST | ~weights_stay[:, None]
-            acts_refetched = (column_tiles * act_words > rhs)[row_block] & (row_run_first | (act_words > rhs)[row_block])
-            acts_fetched = (~shared[row_block] | first_row | acts_refetched)[:, None]
-        act_bytes = width[row_block] * kwords[:, None] * dk * row_abits / 8
-        total = weight_bytes * weights_fetched + act_bytes * acts_fetched
+            row_run_first = _block_starts(weight_words, row_block, overlay.lhs_mem_words, cut)
+            fetched = _ws_fetched(first_row, weights_stay, row_run_first, shared[row_block], act_words[row_block],
+                                  column_tiles[row_block], rhs)
+        total = _fetch_bytes(rows, kwords, bits, row_abits, width[row_block], fetched, dk)
         return total, width[row_block], count[row_block], row_run_first, per_block
 
     ws_bytes, ws_width, ws_count, ws_runs, ws_per_block = fetch_bytes(False)
@@ -380,43 +433,23 @@ def _layout_and_table(entries: Sequence[LayerEntry | TiledEntry], overlay: Overl
     use_as = shared & (per_block_total(as_bytes, as_count) < per_block_total(ws_bytes, ws_count))
     row_as = use_as[row_block][:, None]
     width = np.where(row_as, as_width, ws_width)
-    count = np.where(row_as, as_count, ws_count) * np.array(b_images, dtype=np.int64)[row_block][:, None]
-    passes = (bits[:, None] * row_abits)
-    beat_bits = overlay.dram_width_bits
-    act_beats = width * kwords[:, None] * dk * row_abits / beat_bits
-    weight_beats = (rows * kwords * dk * bits / beat_bits)[:, None]
-    bursts = lambda beats: np.ceil(beats / RTL_BURST_BEATS) + beats / RTL_PAGE_BEATS
-    # result: one burst per row and run of columns inside one image (linear: every column is its own image), an odd
-    # int32 start costs half a beat on average where the alignment varies
-    ohw = np.array(b_ohw, dtype=np.int64)[row_block][:, None]
-    crossings = np.where(ohw == 1, width - 1, np.where(ohw % dn == 0, 0, (width - 1) / np.maximum(ohw, 1)))
-    row_bursts = 1 + crossings + width * overlay.acc_bits / 8 / 4096
-    odd = np.where(ohw == 1, 1.0, np.where((ohw % 2 == 1) | (dn % 2 == 1), 0.5, 0.0))
-    row_beats = width * overlay.acc_bits / 2 / beat_bits + odd * row_bursts
     layout = _Layout(
-        np.array(b_group), b_order, row_block, rows, bits, use_as,
+        group, b_order, row_block, rows, bits, use_as,
         np.where(use_as, as_per_block, ws_per_block), np.where(use_as[row_block], first_row, ws_runs), column_tiles,
-        b_images[0],
+        int(images[0]),
     )
-    table = TileTable(
-        np.array(b_entry)[row_block], count,
-        np.where(row_as, as_bytes, ws_bytes),
-        rows[:, None] * width * overlay.acc_bits / 8,
-        kwords[:, None], passes,
-        2 * rows[:, None] * width * k_eff[:, None] * passes,
-        len(entries),
+    table = _tile_table(
+        np.array(b_entry)[row_block], len(entries), np.where(row_as, as_count, ws_count) * images[row_block][:, None],
+        np.where(row_as, as_bytes, ws_bytes), rows, kwords, k_eff, bits, row_abits, width, ohw[row_block], overlay,
         per_image_convs,
-        act_beats, bursts(act_beats), weight_beats, bursts(weight_beats), rows[:, None],
-        rows[:, None] * row_beats, rows[:, None] * row_bursts,
     )
     return layout, table
 
 
-def tile_table(entries: Sequence[LayerEntry | TiledEntry], overlay: OverlayConfig, batch: int = 1, grouped: bool = True,
+def tile_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, batch: int = 1, grouped: bool = True,
                per_image_convs: bool = False) -> TileTable:
     """The tile costs of ``entries`` that do not depend on the timing parameters; evaluate them under any
-    ``ScheduleParams`` with the same ``per_image_convs`` with ``table_cycles``. A ``TiledEntry`` brings its own
-    tilings (``grouped`` does not apply to it)."""
+    ``ScheduleParams`` with the same ``per_image_convs`` with ``table_cycles``."""
     return _layout_and_table(entries, overlay, batch, grouped, per_image_convs)[1]
 
 
@@ -496,6 +529,26 @@ class TableCycles(NamedTuple):
     binary_ops: np.ndarray
 
 
+def _pipeline_moved(table: TileTable, overlay: OverlayConfig) -> np.ndarray:
+    """Bytes each cell moves in the RTL pipeline: its activations, a row tile's weights with its first column tile,
+    its results."""
+    return (table.act_beats + _KIND_FIRST * table.weight_beats) * overlay.dram_width_bits / 8 + table.result_bytes
+
+
+def _entry_cycles(stages: np.ndarray, steps: np.ndarray, moved: np.ndarray, binary_ops: np.ndarray,
+                  params: ScheduleParams, whole: Callable[[np.ndarray], np.ndarray]) -> TableCycles:
+    """Entries' cycles from their stage totals ``(3, entries)``, ``steps`` (the pipeline's step cycles where
+    ``params.pipeline``, else the tiles, which pay the tile overhead), bytes moved and binary ops."""
+    if params.pipeline:
+        overhead = whole(np.full(stages.shape[1], _pipeline_overhead(params)))
+        total = steps + overhead
+    else:
+        overhead = whole(params.layer_overhead_cycles + steps * params.tile_overhead_cycles)
+        total = stages.max(axis=0) + overhead
+    return TableCycles(stages[0], stages[1], stages[2], overhead, total, np.argmax(stages, axis=0), np.ceil(moved),
+                       binary_ops)
+
+
 def table_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams, relaxed: bool = False) -> TableCycles:
     """Cycles of every entry of ``table`` under ``params``, vectorised over all tiles of all entries.
 
@@ -512,22 +565,149 @@ def table_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParam
                                            minlength=table.entries)
     if params.pipeline:
         fetch, execute, result, period = _pipeline_cycles(table, overlay, params, whole)
-        stages = np.stack([per_entry(fetch), per_entry(execute), per_entry(result)])
-        overhead = whole(np.full(table.entries, _pipeline_overhead(params)))
-        moved = (table.act_beats + _KIND_FIRST * table.weight_beats) * overlay.dram_width_bits / 8 + table.result_bytes
-        total = per_entry(period) + overhead
+        steps, moved = per_entry(period), _pipeline_moved(table, overlay)
     else:
         fetch, execute, result = _cell_cycles(table, overlay, params, whole)
-        stages = np.stack([per_entry(fetch), per_entry(execute), per_entry(result)])
-        tiles = per_entry(np.ones(table.cell_tiles.shape))
-        overhead = whole(params.layer_overhead_cycles + tiles * params.tile_overhead_cycles)
-        moved = table.fetch_bytes + table.result_bytes
-        total = stages.max(axis=0) + overhead
-    bound = np.argmax(stages, axis=0)
-    return TableCycles(
-        stages[0], stages[1], stages[2], overhead, total, bound, np.ceil(per_entry(moved)),
-        per_entry(table.binary_ops),
-    )
+        steps, moved = per_entry(np.ones(table.cell_tiles.shape)), table.fetch_bytes + table.result_bytes
+    stages = np.stack([per_entry(fetch), per_entry(execute), per_entry(result)])
+    return _entry_cycles(stages, steps, per_entry(moved), per_entry(table.binary_ops), params, whole)
+
+
+def _run_starts(at_least: list[int], words: int, capacity: int) -> list[int]:
+    """``_block_starts``' greedy cut of one block's row tiles, from how many of them are at least each width (widest
+    first, ``grouped_tiles_at_least``; ``words`` lhs buffer words per bit of width). Returns, per width (widest
+    first), how many tiles that are neither the block's first nor its last start a run, then, per width, 1 where the
+    last tile has that width and starts a run."""
+    starts = [0] * (2 * len(at_least))
+    used, before, last, final = -1, 0, 0, 0  # used < 0: the first tile opens the first run
+    need = words * len(at_least)
+    for i, upto in enumerate(at_least):
+        count = upto - before
+        if count:
+            before, final = upto, i
+            if used < 0:
+                used, count = need, count - 1
+            room = (capacity - used) // need if used < capacity else 0  # tiles the open run still takes
+            if room >= count:
+                used, last = used + count * need, 0
+            else:
+                count -= room
+                per_run = capacity // need or 1  # a tile wider than the buffer is a run of its own
+                runs = -(-count // per_run)
+                used = need * (count - (runs - 1) * per_run)
+                starts[i], last = runs, int(used == need)
+        need -= words
+    starts[final] -= last
+    starts[len(at_least) + final] = last
+    return starts
+
+
+class HistogramSchedule:
+    """The cycles of one network's layers at one batch under one ``ScheduleParams``, from per-kernel bit-widths
+    through their histograms: ``cycles(bits, act_bits)`` equals ``table_cycles`` of the grouped ``tile_table``.
+
+    Sorted widest first, a row block's tiles are all of ``Dm`` rows but the last, and the number of them whose
+    maximum is at least ``b`` follows from the block's histogram (``tiling.grouped_tiles_at_least``). All cells of
+    a tile cost the same wherever it has the same rows, width, activation bits, place (its block's first tile or
+    not) and fetches (activation-stationary: whether the block's weights fit the lhs buffer together;
+    weight-stationary: whether it starts a run of row tiles that share it). So the constructor probes every block
+    shape once for every (activation bits, width, full or last tile, place, fetch variant) through the very
+    formulas ``table_cycles`` uses, and a plan costs its histograms, one product of the tiles' counts with the
+    probes' sums per block, the first and last tiles' corrections, and, only where weight-stationary runs change
+    what a block fetches and the loop order depends on it, a greedy walk over a block's widths (``_run_starts``).
+    The probes' sums are whole numbers or eighths (with a power-of-two DRAM width) in float64, so any order of
+    adding them is exact.
+    """
+
+    def __init__(self, layers: Sequence[LayerSpec], overlay: OverlayConfig, params: ScheduleParams, batch: int = 1):
+        _check_batch(batch)
+        self.overlay, self.params = overlay, params
+        dm, dk, dn, top, rhs = overlay.dm, overlay.dk, overlay.dn, overlay.max_bits, overlay.rhs_mem_words
+        blocks = [(i, block) for i, layer in enumerate(layers) for block in _blocks(layer, batch, params.per_image_convs)]
+        shapes: dict[tuple[int, ...], int] = {}
+        kind = np.array([shapes.setdefault((b.group == PACKED_GROUPS, *b[1:]), len(shapes)) for _, b in blocks])
+        packed, block_rows, k, n, images, ohw = np.array(list(shapes), dtype=np.int64).T
+        packed = packed.astype(bool)
+        tiles = -(-block_rows // dm)
+        first_kwords = -(-np.where(packed, np.minimum(block_rows, dm) * k, k) // dk)
+
+        # probes: kind, activation bits, tile maximum (widest first), full or last tile, first of its block or not
+        ci, ai, bi, last, later = np.indices((len(shapes), top, top, 2, 2)).reshape(5, -1)
+        abits, bits = ai + 1, np.where(packed[ci], packed_row_bits(top - bi), top - bi)
+        rows = np.where(last == 1, block_rows[ci] - dm * (tiles[ci] - 1), dm)
+        k_eff = np.where(packed[ci], rows * k[ci], k[ci])
+        kwords = -(-k_eff // dk)
+        act_words, column_tiles, first = first_kwords[ci] * abits, -(-n[ci] // dn), later == 0
+        stay = kwords * bits <= overlay.lhs_mem_words
+        _, ws_width, ws_count = _column_kinds(n[ci], dn, column_tiles)
+        as_first, as_width, as_count = _column_kinds(n[ci], dn, np.maximum(1, rhs // act_words))
+        ws_count, as_count = ws_count * images[ci][:, None], as_count * images[ci][:, None]
+        flags = [np.zeros(ci.size, dtype=bool), np.ones(ci.size, dtype=bool)]
+        fetched = ([_ws_fetched(first, stay, run, ~packed[ci], act_words, column_tiles, rhs) for run in flags]
+                   + [_as_fetched(first, stay, as_first, cut, act_words, rhs) for cut in flags])
+        variants = [(_fetch_bytes(rows, kwords, bits, abits, width, f, dk), count)
+                    for f, width, count in zip(fetched, [ws_width] * 2 + [as_width] * 2, [ws_count] * 2 + [as_count] * 2)]
+        table = _tile_table(np.arange(ci.size), ci.size, ws_count, variants[0][0], rows, kwords, k_eff, bits, abits,
+                            ws_width, ohw[ci], overlay, params.per_image_convs)
+        total = lambda cells, count=ws_count: (np.broadcast_to(cells, count.shape) * count).sum(axis=1)
+        if params.pipeline:
+            fetch, execute, result, steps = _pipeline_cycles(table, overlay, params)
+            sums = [total(fetch), total(execute), total(result), total(steps), total(_pipeline_moved(table, overlay)),
+                    total(table.binary_ops)]
+        else:  # as the pipeline's sums, with the fetch cycles (0) and bytes (in 4, with the results') chosen per
+            # plan from those of each variant (7 on, cycles and bytes): weight-stationary without and with a run
+            # start, activation-stationary with the block's weights fitting the lhs buffer together and not; and
+            # the weight words (6), which say whether they do
+            _, execute, result = _cell_cycles(table, overlay, params)
+            sums = [np.zeros(ci.size), total(execute), total(result), total(1.0), total(table.result_bytes),
+                    total(table.binary_ops), (kwords * bits).astype(np.float64)]
+            for fetch_bytes, count in variants:
+                sums += [total(_cell_cycles(table._replace(fetch_bytes=fetch_bytes), overlay, params)[0], count),
+                         total(fetch_bytes, count)]
+        probe = np.stack(sums, axis=-1).reshape(len(shapes) * top, top, 2, 2, len(sums))
+        single = np.repeat(tiles == 1, top)[:, None, None]
+        normal = probe[:, :, 0, 1]
+        first = np.where(single, probe[:, :, 1, 0], probe[:, :, 0, 0]) - normal  # the widest tile's correction
+        last = np.where(single, 0.0, probe[:, :, 1, 1] - normal)  # the narrowest's
+        # per width, what one more tile at least that wide adds (sum_j at_least_j * (normal_j - normal_j+1) over the
+        # tiles), and the corrections as steps at the widest tile and the narrowest (1 from there on)
+        increments = lambda sums: sums - np.concatenate([sums[:, 1:], np.zeros_like(sums[:, :1])], axis=1)
+        self._table = np.concatenate([increments(normal), increments(first), increments(last)], axis=1)
+        if not params.pipeline:  # what starting a weight-stationary run adds to a tile's fetch, and where it can
+            # (a tile other than the first and last of each width; the last tile of each width: ``_run_starts``)
+            self._run = np.concatenate([normal[..., 9:11] - normal[..., 7:9],
+                                        probe[:, :, 1, 1, 9:11] - probe[:, :, 1, 1, 7:9]], axis=1)
+            self._runs_matter = (self._run != 0).any(axis=(1, 2))
+        self._layer = np.array([i for i, _ in blocks])
+        self._kind_base = kind * top - 1  # plus a layer's activation bits: its probes' row
+        self._tiles, self._words, self._shared = tiles[kind], first_kwords[kind], ~packed[kind]
+        self._bins = np.repeat(np.arange(len(blocks)) * (top + 1), block_rows[kind])
+        starts = np.flatnonzero(np.r_[True, self._layer[1:] != self._layer[:-1]])
+        self._layer_starts = starts if starts.size < len(blocks) else None
+
+    def cycles(self, bits: np.ndarray, act_bits: np.ndarray) -> TableCycles:
+        """Cycles of every layer: ``bits`` holds every kernel's weight bit-width, layer after layer, ``act_bits``
+        every layer's activation bits, all within ``[1, overlay.max_bits]`` (not checked here)."""
+        overlay, top = self.overlay, self.overlay.max_bits
+        counts = np.bincount(self._bins + bits, minlength=len(self._tiles) * (top + 1))
+        at_least = grouped_tiles_at_least(counts.reshape(len(self._tiles), top + 1), overlay.dm)
+        row = self._kind_base + act_bits[self._layer]
+        weights = np.concatenate([at_least, np.minimum(at_least, 1), at_least >= self._tiles[:, None]], axis=1)
+        sums = np.matmul(weights[:, None, :], self._table[row])[:, 0]
+        if not self.params.pipeline:
+            lhs = overlay.lhs_mem_words
+            cut = sums[:, 6] > lhs
+            ws, activation_stationary = sums[:, 7:9], np.where(cut[:, None], sums[:, 13:15], sums[:, 11:13])
+            walk = np.flatnonzero(cut & self._runs_matter[row] & (activation_stationary[:, 1] >= ws[:, 1]))
+            if walk.size:
+                starts = [_run_starts(a, w, lhs) for a, w in zip(at_least[walk].tolist(), self._words[walk].tolist())]
+                ws[walk] += np.matmul(np.array(starts, dtype=np.float64)[:, None, :], self._run[row[walk]])[:, 0]
+            fetch = np.where((self._shared & (activation_stationary[:, 1] < ws[:, 1]))[:, None], activation_stationary, ws)
+            sums[:, 0] = fetch[:, 0]
+            sums[:, 4] += fetch[:, 1]
+        if self._layer_starts is not None:
+            sums = np.add.reduceat(sums, self._layer_starts, axis=0)
+        return _entry_cycles(sums[:, :3].T, sums[:, 3], sums[:, 4], sums[:, 5], self.params, np.ceil)
 
 
 def combine_stages(fetch: int, execute: int, result: int, tiles: int, params: ScheduleParams,

@@ -7,8 +7,8 @@ be below the (k*Dm)-th largest row width, and descending chunks reach exactly th
 the natural channel order (what a scheduler unaware of per-kernel bits would do).
 
 Sorted widest first, a grouped tiling's tile sizes and maxima depend only on the histogram of the rows' widths
-(``grouped_tile_bits`` computes them from histograms, vectorised over many row sets), which is what lets a cost
-model score a layer by its histogram.
+(``grouped_tiles_at_least`` counts its tiles per maximum from histograms, vectorised over many row sets), which is
+what lets a cost model score a layer by its histogram.
 
 Imports only numpy: this runs on the board.
 """
@@ -31,8 +31,6 @@ class RowTiling(NamedTuple):
     ``order[p]`` is the original row processed at position ``p``; tiles cover consecutive positions,
     ``tile_rows[t]`` of them for tile ``t``; ``tile_bits[t]`` is the largest weight bit-width in tile ``t``, so a
     tiling costs ``tile_bits.sum()`` weight bit-plane passes per activation bit-plane and column block.
-    ``order`` is empty for a tiling built from a histogram (``histogram_tiling``): the schedule's cost tables read
-    only ``tile_rows`` and ``tile_bits``.
     """
 
     order: np.ndarray
@@ -90,23 +88,13 @@ def tile_sizes(rows: int, dm: int) -> np.ndarray:
     return sizes
 
 
-def grouped_tile_bits(counts: np.ndarray, dm: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tile maxima of the grouped tilings of many row sets, from their bit-width histograms alone.
+def grouped_tiles_at_least(counts: np.ndarray, dm: int) -> np.ndarray:
+    """How many tiles of the grouped tilings of many row sets have a maximum of at least ``b``, from their bit-width
+    histograms alone.
 
     ``counts[s, b]`` is the number of rows of width ``b`` in row set ``s`` (column 0 unused). Sorted widest first,
-    tile ``t`` of a set starts at position ``t * dm``, so its largest width is the width at that position: the
-    widest ``b`` with more than ``t * dm`` rows of width ``>= b``. Returns (row set of each tile, its maximum), the
-    tiles of set 0 first, each set's in processing order: ``tile_rows(bits, dm).tile_bits`` for every set at once.
+    tile ``t`` starts at position ``t * dm``, so its maximum is at least ``b`` exactly when ``t * dm`` is below the
+    number of rows of width ``>= b``. Returns ``[s, j]``: the tiles of set ``s`` whose maximum is at least
+    ``counts.shape[1] - 1 - j`` (widest first, so the last column is every tile of the set).
     """
-    counts = np.asarray(counts, dtype=np.int64)
-    tiles = -(-counts.sum(axis=1) // dm)
-    first = np.cumsum(tiles) - tiles
-    row_set = np.repeat(np.arange(len(counts)), tiles)
-    position = (np.arange(row_set.size) - first[row_set]) * dm
-    at_least = np.cumsum(counts[:, :0:-1], axis=1)  # [s, j]: rows of width >= max - j
-    return row_set, counts.shape[1] - 1 - (at_least[row_set] <= position[:, None]).sum(axis=1)
-
-
-def histogram_tiling(tile_bits: np.ndarray, rows: int, dm: int) -> RowTiling:
-    """The grouped tiling of ``rows`` rows whose tile maxima ``grouped_tile_bits`` gave (``order`` left empty)."""
-    return RowTiling(np.empty(0, dtype=np.int64), tile_sizes(rows, dm), np.asarray(tile_bits, dtype=np.int64))
+    return -(-np.cumsum(np.asarray(counts, dtype=np.int64)[:, :0:-1], axis=1) // dm)

@@ -11,6 +11,10 @@ from autoq.overlay.manifest import OverlayConfig, load_overlay
 from autoq.overlay.tiling import OperandError, packed_row_bits
 from autoq.overlay.schedule import (
     PACKED_GROUPS,
+    STAGES,
+    _block_starts,
+    _run_starts,
+    HistogramSchedule,
     LayerEntry,
     ScheduleError,
     ScheduleParams,
@@ -25,6 +29,8 @@ from autoq.overlay.schedule import (
 PARAMS = ScheduleParams(dram_efficiency=0.7, result_efficiency=1.3, layer_overhead_cycles=300.0, tile_overhead_cycles=3.5,
                         pass_overhead_cycles=1.5)
 PER_IMAGE = ScheduleParams(**{**PARAMS.to_dict(), "per_image_convs": True})
+PIPELINE = ScheduleParams(**{**PARAMS.to_dict(), "pipeline": True, "step_sync_cycles": 3.0, "row_tile_cycles": 7.0,
+                             "row_cycles": 1.5, "write_slot_cycles": 2.0})
 
 
 def small_overlay(**changes) -> OverlayConfig:
@@ -199,3 +205,51 @@ def test_network_table_matches_layer_by_layer_and_relaxation_is_close():
         table_cycles(tile_table(entries, overlay, 2), overlay, PER_IMAGE)
     with pytest.raises(ScheduleError, match="no layers to schedule"):
         network_cycles([], overlay, PARAMS)
+
+
+@st.composite
+def wide_convs(draw):
+    """Convs of many row tiles on many column tiles: weight-stationary runs refetch activations."""
+    c_out, hw = draw(st.integers(12, 64)), draw(st.integers(3, 12))
+    layer = LayerSpec("w", "conv", draw(st.integers(4, 48)), c_out, 3, 1, 1, 1, (hw, hw), (hw, hw))
+    bits = draw(st.lists(st.integers(1, 8), min_size=c_out, max_size=c_out))
+    return layer, np.array(bits), draw(st.integers(1, 8)), draw(st.integers(1, 3)), True
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(layers_and_bits(), wide_convs()), min_size=1, max_size=4),
+       st.sampled_from([small_overlay(), small_overlay(lhs_mem_words=8, rhs_mem_words=8), load_overlay()]),
+       st.sampled_from([PARAMS, PER_IMAGE, PIPELINE, ScheduleParams(**{**PIPELINE.to_dict(), "per_image_convs": True})]))
+def test_histogram_schedule_equals_the_tiles_it_summarises(cases, overlay, params):
+    """The histogram path (probes, tile counts, greedy runs from counts) against the layer's explicit tiles."""
+    layers = [case[0] for case in cases]
+    bits, abits, batch = [case[1] for case in cases], np.array([case[2] for case in cases]), cases[0][3]
+    cycles = HistogramSchedule(layers, overlay, params, batch).cycles(np.concatenate(bits), abits)
+    for i, (layer, b, a) in enumerate(zip(layers, bits, abits.tolist())):
+        tiles = sum_tiles(layer_tiles(layer, b, a, overlay, params, batch=batch), params)
+        closed = layer_cycles(layer, b, a, overlay, params, batch=batch)
+        assert [int(f[i]) for f in cycles[:5]] == list(tiles[:5]) and cycles.bound[i] == STAGES.index(tiles.bound)
+        assert (int(cycles.dram_bytes[i]), int(cycles.binary_ops[i])) == (closed.dram_bytes, closed.binary_ops)
+
+
+def test_histogram_schedule_walks_weight_stationary_runs():
+    """A block whose weights do not fit the lhs buffer together, weight-stationary runs refetching activations: the
+    last tile alone starts the second run (9 tiles of 8 bits, 7 of 5, 5 words per bit, 512 words)."""
+    layer = LayerSpec("c", "conv", 128, 128, 3, 1, 1, 1, (28, 28), (28, 28))
+    bits = np.repeat([8, 5], [72, 56])
+    for params in (PARAMS, PIPELINE):
+        cycles = HistogramSchedule([layer], load_overlay(), params).cycles(bits, np.array([3]))
+        assert [int(f[0]) for f in cycles[:5]] == list(layer_cycles(layer, bits, 3, load_overlay(), params)[:5])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 8), min_size=1, max_size=60), st.integers(1, 30), st.integers(1, 300))
+def test_runs_from_tile_counts_are_the_greedy_cut(widths, words, capacity):
+    """``_run_starts`` (from counts per width) finds the run starts ``_block_starts`` cuts tile by tile."""
+    widths = sorted(widths, reverse=True)
+    cut = _block_starts(np.array(widths) * words, np.zeros(len(widths), dtype=np.int64), capacity, np.array([True]))
+    expected = [0] * 16
+    for t in range(1, len(widths)):
+        if cut[t]:
+            expected[8 - widths[t] + (8 if t == len(widths) - 1 else 0)] += 1
+    assert _run_starts([sum(w >= b for w in widths) for b in range(8, 0, -1)], words, capacity) == expected

@@ -56,7 +56,9 @@ class CompressorLevel(Elaboratable):
         m = Module()
         n = sum(self.heights)
         bits = [self.i[k] & self.i[n + k] for k in range(n)] if self.products else [self.i[k] for k in range(n)]
-        columns = split_columns(Cat(*bits), self.heights)
+        # Columns as lists of the bits themselves: slicing a Cat of expressions would re-emit the whole Cat per bit.
+        starts = [sum(self.heights[:w]) for w in range(len(self.heights))]
+        columns = [bits[start:start + height] for start, height in zip(starts, self.heights)]
         out: list[list[Value]] = [[] for _ in self.out_heights]
         for kind, w in self.plan:
             if kind == "c63":

@@ -1,102 +1,86 @@
-"""How fast the analytic cost model scores plans (run: ``python tests/benchmarks/bench_cost_model.py``).
+"""How fast the ``model`` backend scores fresh kernel-wise plans (run: ``python tests/benchmarks/bench_cost_model.py``).
 
-Scores fresh random kernel-wise ResNet-18 and MobileNet-V2 plans (each plan object scored once, so nothing cached on
-a plan helps; built before the clock starts) old and new side by side: *old* is today's direct path before the
-histogram memo (``measure_direct``: every layer tiled from its per-kernel bits) plus the JSON-and-SHA-256 plan hash
-it used to compute; *new* is ``measure`` on one model (histograms, tile maxima, memo by tile maxima). Then a walk of
-plans that change one layer at a time (the memo's best case), the plans scored layer by layer
-(``schedule.layer_cycles``), and by summing the explicit tiles (``schedule.layer_tiles``, what the engine executes).
+End to end as the search scores a plan (``host/search/env.py``): each plan is built from fresh per-kernel bit tuples
+(``LayerPlan`` checks them, ``QuantPlan.for_network`` fits them to the network), hashed, and scored by the backend's
+``measure``, which builds the ``LayerCost``/``Measurement`` objects; no plan is scored twice, nothing is cached by
+plan. Under both schedule models: the RTL pipeline (the bundled calibration's) and the stage totals
+(``ScheduleParams()``, the published-figure parameters of the PYNQ-Z1 calibration before the RTL fit).
+
+Side by side, the same plans through ``measure_direct``: every layer tiled from its per-kernel bits (the definition
+the fast path equals bit for bit, and the path the old layer memo took on a miss). Each figure is the best of
+``--repeats`` rounds of ``--plans`` plans, in wall-clock and in CPU time (the machine may be shared); the inputs are
+frozen out of the garbage collector's sight before the clock starts.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
+import dataclasses
+import gc
 import time
+from typing import Callable
 
 import numpy as np
 
 from autoq.calibration.costmodel import AnalyticCostModel
-from autoq.overlay.calibration_params import load_default_calibration
+from autoq.common.network import NetworkSpec
 from autoq.common.plan import LayerPlan, QuantPlan
+from autoq.host.backends.model import ModelBackend
 from autoq.host.models.resolve import spec_for
+from autoq.overlay.calibration_params import CalibrationParams, load_default_calibration
 from autoq.overlay.manifest import load_overlay
-from autoq.overlay.schedule import layer_cycles, layer_tiles, sum_tiles
+from autoq.overlay.schedule import ScheduleParams
+
+Layers = list[tuple[str, tuple[int, ...], int]]
 
 
-def random_plans(network, count: int, seed: int) -> list[QuantPlan]:
-    rng = np.random.default_rng(seed)
-    return [
-        QuantPlan(tuple(LayerPlan(l.name, tuple(int(b) for b in rng.integers(2, 9, l.c_out)), int(rng.integers(2, 9)))
-                        for l in network.layers))
-        for _ in range(count)
-    ]
+def random_bits(network: NetworkSpec, count: int, rng: np.random.Generator) -> list[Layers]:
+    """What an agent hands the search per plan: per layer its name, per-kernel bits (2..8) and activation bits."""
+    return [[(l.name, tuple(int(b) for b in rng.integers(2, 9, l.c_out)), int(rng.integers(2, 9))) for l in network.layers]
+            for _ in range(count)]
 
 
-def one_layer_changes(network, plan: QuantPlan, count: int, seed: int) -> list[QuantPlan]:
-    """A walk of plans, each differing from the previous one in one layer (as budget enforcement produces)."""
-    rng = np.random.default_rng(seed)
-    plans = [plan]
-    for _ in range(count - 1):
-        layer = network.layers[int(rng.integers(len(network)))]
-        bits = tuple(int(b) for b in rng.integers(2, 9, layer.c_out))
-        plans.append(plans[-1].replace(layer.name, LayerPlan(layer.name, bits, int(rng.integers(2, 9)))))
-    return plans
+def best_rate(measure: Callable[[NetworkSpec, QuantPlan, int], object], network: NetworkSpec,
+              rounds: list[list[Layers]]) -> tuple[float, float]:
+    """Plans per second (wall clock, CPU time), the best round of each; every plan built and scored once."""
+    wall = cpu = 0.0
+    for plans in rounds:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for layers in plans:
+            measure(network, QuantPlan.for_network(network, (LayerPlan(*layer) for layer in layers)), 1)
+        wall = max(wall, len(plans) / (time.perf_counter() - start))
+        cpu = max(cpu, len(plans) / (time.process_time() - start_cpu))
+    return wall, cpu
 
 
-def json_hash(plan: QuantPlan) -> str:
-    """The plan hash as it was computed before (the same value ``plan.hash`` gives now)."""
-    body = json.dumps([[l.name, l.act_bits, list(l.weight_bits)] for l in plan.layers], separators=(",", ":"))
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
-
-
-def once(fn, items) -> float:
-    """Items per second, each scored once."""
-    start = time.perf_counter()
-    for item in items:
-        fn(item)
-    return len(items) / (time.perf_counter() - start)
-
-
-def rate(fn, items, min_seconds: float) -> float:
-    """Items per second, repeating the list until ``min_seconds`` have passed."""
-    done, start = 0, time.perf_counter()
-    while True:
-        for item in items:
-            fn(item)
-        done += len(items)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return done / elapsed
+def modes(params: CalibrationParams) -> dict[str, CalibrationParams]:
+    pipeline = params.schedule if params.schedule.pipeline else ScheduleParams(pipeline=True)
+    return {"pipeline": dataclasses.replace(params, schedule=pipeline),
+            "stage totals": dataclasses.replace(params, schedule=ScheduleParams())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--plans", type=int, default=20)
-    parser.add_argument("--fresh", type=int, default=1500, help="fresh plans scored once each, old and new")
-    parser.add_argument("--seconds", type=float, default=3.0, help="minimum time per measurement")
+    parser.add_argument("--plans", type=int, default=1000, help="fresh plans per round (the direct path: a tenth)")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds; the best counts")
+    parser.add_argument("--archs", nargs="+", default=["resnet18", "mobilenet_v2"])
     args = parser.parse_args()
-    overlay, params = load_overlay(), load_default_calibration()
-    print(f"overlay {overlay.name} {overlay.dm}x{overlay.dk}x{overlay.dn}; random kernel-wise plans, bits 2..8")
-    for arch in ("resnet18", "mobilenet_v2"):
+    overlay = load_overlay()
+    print(f"overlay {overlay.name} {overlay.dm}x{overlay.dk}x{overlay.dn}; fresh random kernel-wise plans, bits 2..8, "
+          f"built, checked, hashed and scored end to end; best of {args.repeats} rounds")
+    rng = np.random.default_rng(0)
+    for arch in args.archs:
         network = spec_for(arch)
-        count = args.fresh if arch == "resnet18" else args.fresh // 4
-        old_model, new_model = AnalyticCostModel(overlay, params), AnalyticCostModel(overlay, params)
-        old = once(lambda p, m=old_model, network=network: (json_hash(p), m.measure_direct(network, p)),
-                   random_plans(network, count, seed=0))
-        new = once(lambda p, m=new_model, network=network: m.measure(network, p), random_plans(network, count, seed=0))
-        print(f"{arch:13s} fresh plans: old {old:7.1f} plans/s | new {new:7.1f} plans/s | x{new / old:.1f}")
-        plans = random_plans(network, args.plans, seed=0)
-        walk = one_layer_changes(network, plans[0], 200, seed=1)
-        memo_model = AnalyticCostModel(overlay, params)
-        walking = rate(lambda p, model=memo_model, network=network: model.measure(network, p), walk, args.seconds)
-        per_layer = rate(lambda p, network=network: [layer_cycles(l, lp.weight_bits, lp.act_bits, overlay, params.schedule)
-                                    for l, lp in zip(network.layers, p.layers)], plans[:3], args.seconds)
-        tiles = rate(lambda p, network=network: [sum_tiles(layer_tiles(l, lp.weight_bits, lp.act_bits, overlay, params.schedule),
-                                          params.schedule) for l, lp in zip(network.layers, p.layers)],
-                     plans[:1], args.seconds)
-        print(f"{arch:13s} one layer changed per plan (memo): {walking:7.1f} plans/s | layer by layer: {per_layer:6.1f} "
-              f"plans/s | summing explicit tiles: {tiles:5.2f} plans/s")
+        for mode, params in modes(load_default_calibration()).items():
+            fast_rounds = [random_bits(network, args.plans, rng) for _ in range(args.repeats)]
+            direct_rounds = [random_bits(network, max(1, args.plans // 10), rng) for _ in range(args.repeats)]
+            gc.collect()
+            gc.freeze()
+            backend, direct = ModelBackend(params, overlay, "model"), AnalyticCostModel(overlay, params)
+            fast_wall, fast_cpu = best_rate(backend.measure, network, fast_rounds)
+            old_wall, old_cpu = best_rate(direct.measure_direct, network, direct_rounds)
+            gc.unfreeze()
+            print(f"{arch:13s} {mode:12s} measure {fast_wall:7.0f} plans/s ({fast_cpu:7.0f} per CPU s) | "
+                  f"direct path {old_wall:6.0f} ({old_cpu:6.0f}) | x{fast_wall / old_wall:.1f} (x{fast_cpu / old_cpu:.1f})")
 
 
 if __name__ == "__main__":
