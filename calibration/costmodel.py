@@ -9,7 +9,7 @@ Imports only numpy: the emulated device runs this.
 """
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -22,8 +22,10 @@ from autoq.overlay.calibration_params import (
 )
 from autoq.overlay.manifest import OverlayConfig
 from autoq.overlay.resources import estimate
-from autoq.overlay.schedule import STAGES, LayerEntry, TableCycles, TiledEntry, table_cycles, tile_table
-from autoq.overlay.tiling import grouped_tile_bits, histogram_tiling
+from autoq.overlay.schedule import STAGES, HistogramSchedule, LayerEntry, TableCycles, table_cycles, tile_table
+
+CYCLE_FIELDS = ("fetch", "execute", "result", "overhead", "total")
+
 
 def grid_entries(layers: Sequence[LayerSpec], wbits: Iterable[int], abits: Iterable[int]) -> list[LayerEntry]:
     """Every layer at every uniform (weight bits, activation bits) pair, layer-major then wbits then abits."""
@@ -31,47 +33,12 @@ def grid_entries(layers: Sequence[LayerSpec], wbits: Iterable[int], abits: Itera
     return [LayerEntry(layer, np.full(layer.c_out, w), a) for layer in layers for w in wbits for a in abits]
 
 
-MEMO_LAYERS = 8192
-"""Per-layer results an ``AnalyticCostModel`` keeps: a search re-measures plans that differ in a few layers."""
-
-
-class _Scored(NamedTuple):
-    """One layer's cost as a ``Measurement`` reports it (``cost``), with its seconds and joules for the totals."""
-
-    cost: LayerCost
-    seconds: float
-    joules: float
-
-
-class _Structure(NamedTuple):
-    """How one network's kernels fall into row sets (one per group; one per layer when it has one group or is
-    packed depthwise), each tiled on its own, and which tiles belong to which layer."""
-
-    bins: np.ndarray  # per kernel, in plan order: its row set * (MAX_BITS + 1), the histogram row it counts in
-    row_sets: int
-    set_rows: list[list[int]]  # per layer: rows of each of its row sets
-    tile_span: list[tuple[int, int]]  # per layer: its tiles in ``grouped_tile_bits``'s order
-
-
-def _structure(network: NetworkSpec, dm: int) -> _Structure:
-    set_rows = []
-    for layer in network.layers:
-        groups, m = layer.gemm(1)[:2]
-        set_rows.append([layer.c_out] if groups == 1 or m == 1 else [m] * groups)
-    rows = np.array([r for layer in set_rows for r in layer], dtype=np.int64)
-    tiles = np.cumsum([0] + [sum(-(-r // dm) for r in layer) for layer in set_rows])
-    bins = np.repeat(np.arange(rows.size, dtype=np.int64) * (MAX_BITS + 1), rows)
-    return _Structure(bins, rows.size, set_rows, list(zip(tiles[:-1].tolist(), tiles[1:].tolist())))
-
-
 class AnalyticCostModel:
     """Scores plans on ``overlay`` with ``params``; cheap enough to call thousands of times a second.
 
-    With grouped tiles a layer's cost depends only on its activation bits and its row tilings' tile maxima, which
-    follow from the histogram of its weight bits (``tiling.grouped_tile_bits``): ``measure`` computes the
-    histograms and tile maxima of all layers in one numpy pass, takes the layers already scored under the same
-    (layer, activation bits, tile maxima, batch) from a memo, and schedules the others in one vectorised pass.
-    ``measure_direct`` is the definition it equals: every layer tiled from its per-kernel bits, nothing memoised.
+    ``measure`` scores a plan's grouped tiles from its per-layer weight-bit histograms through one
+    ``schedule.HistogramSchedule`` per (network, batch), all layers in one vectorised pass. ``measure_direct`` is the
+    definition it equals: every layer tiled from its per-kernel bits.
     """
 
     def __init__(self, overlay: OverlayConfig, params: CalibrationParams):
@@ -84,29 +51,17 @@ class AnalyticCostModel:
         self.params = params
         self.resources = estimate(overlay)
         self._resources = self.resources.to_dict()
-        self._memo: dict[tuple, _Scored] = {}
-        self._structures: dict[tuple[str, int], tuple[int, _Structure]] = {}
+        self._schedules: dict[tuple[str, int], HistogramSchedule] = {}
 
-    def _score(self, layers: Sequence[LayerSpec], cycles: TableCycles) -> list[_Scored]:
-        """Per-layer costs from their cycles: latency at the overlay clock, energy by the calibration's formula."""
+    def _measurement(self, network: NetworkSpec, plan: QuantPlan, batch: int, cycles: TableCycles) -> Measurement:
+        """The measurement of ``plan`` from its layers' cycles: latency at the overlay clock, energy by the
+        calibration's formula."""
         seconds = cycles.total / self.overlay.clock_hz
         joules = self.params.energy.total_j(seconds, cycles.binary_ops, cycles.dram_bytes)
-        stages = np.stack([cycles.fetch, cycles.execute, cycles.result, cycles.overhead, cycles.total], 1).astype(np.int64)
-        return [
-            _Scored(LayerCost(spec.name, float(seconds[i]), float(joules[i]), STAGES[int(cycles.bound[i])],
-                              dict(zip(("fetch", "execute", "result", "overhead", "total"), stages[i].tolist()))),
-                    float(seconds[i]), float(joules[i]))
-            for i, spec in enumerate(layers)
-        ]
-
-    def _schedule(self, entries: Sequence[LayerEntry | TiledEntry], batch: int, grouped: bool) -> list[_Scored]:
-        schedule = self.params.schedule
-        table = tile_table(entries, self.overlay, batch, grouped, schedule.per_image_convs)
-        return self._score([e.layer for e in entries], table_cycles(table, self.overlay, schedule))
-
-    def _measurement(self, network: NetworkSpec, plan: QuantPlan, batch: int, scored: Sequence[_Scored]) -> Measurement:
-        latency = float(np.array([s.seconds for s in scored]).sum())
-        energy = float(np.array([s.joules for s in scored]).sum())
+        stages = np.array([cycles.fetch, cycles.execute, cycles.result, cycles.total, cycles.total])
+        # overhead as a board reports it (``Board._assemble``): the cycles the slowest stage does not explain
+        stages[3] -= stages[:3].max(axis=0)
+        latency, energy = float(np.add.reduce(seconds)), float(np.add.reduce(joules))
         return Measurement(
             network_hash=network.hash,
             plan_hash=plan.hash,
@@ -115,7 +70,11 @@ class AnalyticCostModel:
             energy_j=energy,
             avg_power_w=energy / latency,
             idle_power_w=self.params.energy.idle_power_w,
-            layers=tuple(s.cost for s in scored),
+            layers=tuple([
+                LayerCost(spec.name, s, j, STAGES[b], dict(zip(CYCLE_FIELDS, c)))
+                for spec, s, j, b, c in zip(network.layers, seconds.tolist(), joules.tolist(), cycles.bound.tolist(),
+                                            stages.T.astype(np.int64).tolist())
+            ]),
             provenance=Provenance(
                 source="model", overlay_build_hash=self.overlay.build_hash, calibration_id=self.params.id,
                 calibrated=self.params.calibrated,
@@ -125,42 +84,24 @@ class AnalyticCostModel:
         )
 
     def measure_direct(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1, grouped: bool = True) -> Measurement:
-        """``measure`` without histograms or memo: every layer tiled from its per-kernel bits."""
+        """``measure`` without histograms: every layer tiled from its per-kernel bits."""
         plan.check(network)
         entries = [LayerEntry(spec, lp.weight_bits, lp.act_bits) for spec, lp in zip(network.layers, plan.layers)]
-        return self._measurement(network, plan, batch, self._schedule(entries, batch, grouped))
+        schedule = self.params.schedule
+        table = tile_table(entries, self.overlay, batch, grouped, schedule.per_image_convs)
+        return self._measurement(network, plan, batch, table_cycles(table, self.overlay, schedule))
 
     def measure(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1, grouped: bool = True) -> Measurement:
         plan.check(network)
-        bits = np.frombuffer(b"".join(lp.bits_bytes for lp in plan.layers), np.uint8)
-        if not grouped or bits.max() > self.overlay.max_bits:  # natural order; or bits the overlay refuses (say which)
-            return self.measure_direct(network, plan, batch, grouped)
-        context = (network.hash, batch)
-        if context not in self._structures:
-            self._structures[context] = (len(self._structures), _structure(network, self.overlay.dm))
-        number, structure = self._structures[context]
-        counts = np.bincount(structure.bins + bits, minlength=structure.row_sets * (MAX_BITS + 1))
-        tile_bits = grouped_tile_bits(counts.reshape(structure.row_sets, MAX_BITS + 1), self.overlay.dm)[1]
-        tile_bytes = tile_bits.astype(np.uint8).tobytes()
-        keys = [(number, i, lp.act_bits, tile_bytes[a:b]) for i, (lp, (a, b)) in enumerate(zip(plan.layers, structure.tile_span))]
-        memo = self._memo
-        scored = [memo.get(key) for key in keys]
-        missing = [i for i, found in enumerate(scored) if found is None]
-        if missing:
-            dm = self.overlay.dm
-            entries = []
-            for i in missing:
-                start, tilings = structure.tile_span[i][0], []
-                for rows in structure.set_rows[i]:
-                    count = -(-rows // dm)
-                    tilings.append(histogram_tiling(tile_bits[start:start + count], rows, dm))
-                    start += count
-                entries.append(TiledEntry(network.layers[i], tilings, plan.layers[i].act_bits))
-            if len(memo) + len(missing) > MEMO_LAYERS:
-                memo.clear()
-            for i, new in zip(missing, self._schedule(entries, batch, True)):
-                scored[i] = memo[keys[i]] = new
-        return self._measurement(network, plan, batch, scored)  # type: ignore[arg-type]
+        acts = np.frombuffer(bytes(lp.act_bits for lp in plan.layers), np.uint8)
+        bits = np.frombuffer(plan.bits_bytes, np.uint8)
+        top = self.overlay.max_bits
+        if not grouped or top < MAX_BITS and max(bits.max(), acts.max()) > top:  # natural order, or bits the
+            return self.measure_direct(network, plan, batch, grouped)  # overlay refuses: the direct path names them
+        key = (network.hash, batch)
+        if key not in self._schedules:
+            self._schedules[key] = HistogramSchedule(network.layers, self.overlay, self.params.schedule, batch)
+        return self._measurement(network, plan, batch, self._schedules[key].cycles(bits, acts))
 
     def layer_table(self, layers: Sequence[LayerSpec], batch: int = 1, max_bits: int | None = None) -> np.ndarray:
         """Cycles of every layer at every uniform bit pair: array ``[layer, wbits - 1, abits - 1]``."""

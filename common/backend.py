@@ -7,6 +7,7 @@
 | ``rtlsim``, ``rtlsim?read_latency=N&...&overlay=NAME`` | ``autoq.host.backends.rtlsim`` |
 | ``tcp://host:port``, ``serial:///dev/X?baud=N`` | ``autoq.host.backends.remote`` |
 | ``replay:trace.sqlite``               | ``autoq.host.backends.replay``   |
+| ``pool:URI,URI,...``                  | ``autoq.host.backends.pool``     |
 
 Each module exposes ``from_uri(uri: str) -> CostBackend``; modules are imported only when their scheme is used.
 """
@@ -31,6 +32,7 @@ BACKEND_MODULES: dict[str, str] = {
     "tcp": "autoq.host.backends.remote",
     "serial": "autoq.host.backends.remote",
     "replay": "autoq.host.backends.replay",
+    "pool": "autoq.host.backends.pool",
 }
 DEFAULT_BACKEND = "model"
 
@@ -56,8 +58,7 @@ class CostBackend(Protocol):
 
 
 def scheme_of(uri: str) -> str:
-    if "://" in uri:
-        return uri.split("://", 1)[0]
+    """What comes before the first ``:`` or ``?`` (``tcp`` of ``tcp://h:p``, ``pool`` of ``pool:tcp://h:p,...``)."""
     return uri.split(":", 1)[0].split("?", 1)[0]
 
 

@@ -1,1 +1,2 @@
-"""HLS C++ of the bit-serial engine (package data), its generators and the g++ C-simulation driver."""
+"""The overlay's hardware: the RTL engine (``rtl``), its Verilator simulation (``rtlsim``), Yosys synthesis
+(``synth``) and the Vivado flow's inputs (``vivado``; the Makefile and ``scripts/`` are package data)."""

@@ -37,7 +37,7 @@ from autoq.common.errors import AutoQError
 from autoq.common.measurement import Measurement
 from autoq.common.network import NetworkSpec
 from autoq.common.plan import QuantPlan
-from autoq.overlay.manifest import OverlayConfig
+from autoq.overlay.manifest import ManifestError, OverlayConfig
 
 TRACE_FORMAT = "autoq-trace"
 SCHEMA_VERSION = 3  # 3: measurements say which figures were measured and which predicted
@@ -508,6 +508,8 @@ class TraceStore:
     def _decode(self, parse, text: str, what: str):
         try:
             return parse(json.loads(text))
+        except ManifestError as exc:  # a well-formed overlay this version refuses (e.g. register map v1)
+            raise TraceError(f"trace {self.path}: {what}: {exc}") from None
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             raise TraceError(f"trace {self.path}: {what} is corrupt: {exc}") from None
 

@@ -398,8 +398,9 @@ class Board:
 
     def _assemble(self, network: NetworkSpec, plan: QuantPlan, batch: int, result: ProtocolResult,
                   session: EngineSession) -> Measurement:
-        """Per-layer medians of the cycle counters (and v2 stall counters); energy measured as ``idle power x
-        latency + dynamic energy`` when the meters resolve it, else predicted by an energy model and labelled so."""
+        """Per-layer medians of the cycle counters (and of the stall counters when the timing is measured); energy
+        measured as ``idle power x latency + dynamic energy`` when the meters resolve it, else predicted by an
+        energy model and labelled so."""
         config = self._loaded()[1].config
         latency = result.latency.median
         energy = result.energy()
@@ -419,7 +420,8 @@ class Board:
             runs = np.array([[c.fetch, c.execute, c.result, c.total] for c in counters])
             fetch, execute, res, total = (int(v) for v in np.median(runs, axis=0))
             stages = {"fetch": fetch, "execute": execute, "result": res}
-            stalls = {name: int(np.median([c.stalls[name] for c in counters])) for name in counters[0].stalls}
+            stalls = {} if session.model_timing else {  # a modelled timing has no stalls to report
+                name: int(np.median([c.stalls[name] for c in counters])) for name in counters[0].stalls}
             seconds = total / config.clock_hz
             layers.append((layer.name, seconds, max(stages, key=lambda stage: stages[stage]),
                            {**stages, "overhead": total - max(stages.values()), "total": total, **stalls}))

@@ -4,7 +4,8 @@ A calibration (``CalibrationParams``) holds the schedule's timing parameters and
 they came from: ``calibrated`` is true only for a fit on measurements of hardware or of the RTL simulation. The
 board side needs these (the emulated device's timing and power), so they live here and import only numpy and
 ``autoq.common``/``autoq.overlay``; fitting them is ``autoq.calibration``'s job. The default calibration of each
-overlay build ships as ``bitstreams/<name>/calibration.json``.
+overlay build ships as ``bitstreams/<name>/calibration.json``; ``rehash_build`` keeps the two in step after a
+manifest edit (``autoq hls rehash``).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -147,3 +148,47 @@ def load_default_calibration(overlay: str = DEFAULT_OVERLAY) -> CalibrationParam
 
 def today() -> str:
     return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+class Rehashed(NamedTuple):
+    old_hash: str
+    overlay: OverlayConfig
+    calibration: CalibrationParams | None  # the build's default calibration, now for ``overlay.build_hash``
+
+
+def rehash_build(folder: str | Path, **changes: Any) -> Rehashed:
+    """Recompute the build hash of ``folder``'s manifest after an edit (or with ``changes``, e.g. ``dm=4``,
+    applied) and point its default calibration at it; writes both.
+
+    Refused once the build has a bitstream (it reports the hash it was built with: rebuild instead). The
+    calibration's parameters are kept: the timing constants are per beat, burst and row (fitted on ``rtl_small``),
+    the energy ones per op and byte; refit them for figures of the new array's own.
+    """
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    try:
+        data = json.loads(read_text(path, ManifestError, "manifest"))
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"manifest {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"manifest {path}: a manifest must be a JSON object")
+    stale = OverlayConfig.from_dict(data, verify_hash=False)
+    bitstream = folder / f"{stale.name}.bit"
+    if bitstream.exists():
+        raise ManifestError(f"overlay {stale.name!r} has a bitstream ({bitstream}) built with build hash "
+                            f"{stale.build_hash}: rebuild it (make -C hls bitstream OVERLAY={stale.name}) instead")
+    overlay = stale.with_changes(**changes)
+    calibration = None
+    if (folder / DEFAULT_CALIBRATION).is_file():
+        calibration = CalibrationParams.load(folder / DEFAULT_CALIBRATION)
+        if calibration.overlay is not None:
+            raise CalibrationError(f"calibration {calibration.id!r} carries its own overlay "
+                                   f"{calibration.overlay.name!r}: refit it for {overlay.name!r}")
+        if calibration.overlay_build_hash not in (stale.build_hash, overlay.build_hash):
+            raise CalibrationError(f"calibration {calibration.id!r} was made for build {calibration.overlay_build_hash}, "
+                                   f"not for manifest {path}'s {stale.build_hash}")
+        calibration = calibration.with_changes(overlay_build_hash=overlay.build_hash)
+    overlay.save(path)
+    if calibration is not None:
+        calibration.save(folder / DEFAULT_CALIBRATION)
+    return Rehashed(stale.build_hash, overlay, calibration)

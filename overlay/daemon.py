@@ -8,7 +8,8 @@ Requests (header ``type``; JSON payload where noted), each answered by ``result`
 - ``load_overlay``: header ``name`` -> the loaded manifest (by name from the board's own ``bitstreams/`` only).
 
 The engine runs one measurement (or overlay load) at a time; a request that cannot get it within
-``busy_wait_s`` is answered ``busy``. A shared key is required to listen beyond loopback (a serial cable is a
+``busy_wait_s`` is answered ``busy``; ``measure_delay_s`` makes every measurement hold the engine that much longer
+(``autoq board serve --emulate --delay-ms``: a slow board to try scale-out with). A shared key is required to listen beyond loopback (a serial cable is a
 point-to-point link and may go without); with a key every frame in both directions carries an HMAC-SHA256. The
 HMAC authenticates frames but does not stop a recorded frame from being replayed: every request is idempotent
 (hello, measure, load_overlay by name), so a replay only costs board time.
@@ -106,6 +107,7 @@ class Daemon:
     max_connections_per_address: int = 8
     idle_timeout_s: float = 60.0  # a TCP connection without a frame for this long is closed (serial links stay)
     poll_s: float = POLL_S  # how often TCP links look at the shutdown flag, their frame deadline and idle time
+    measure_delay_s: float = 0.0  # added to every measurement while it holds the engine (to emulate a slow board)
     _engine: threading.Lock = field(default_factory=threading.Lock, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
@@ -294,6 +296,8 @@ class Daemon:
         plan = QuantPlan.from_dict(body["plan"])
         plan.check(network)
         with self._hold_engine("measure"):
+            if self.measure_delay_s:
+                time.sleep(self.measure_delay_s)
             return self.board.measure(network, plan, batch).to_dict()
 
     def _load_overlay(self, request: Message) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from .regmap import (
 BUFFERS = ("weights", "activations", "results", "tiles")
 COUNTERS = ("cycles_fetch", "cycles_execute", "cycles_result", "cycles_total")
 STALL_COUNTERS = ("stall_fetch", "stall_execute", "stall_result")
-"""Register map v2 only: cycles each stage waited (read when the map has them)."""
+"""Cycles each stage waited on the last run."""
 
 
 class DriverError(AutoQError, RuntimeError):
@@ -50,13 +50,13 @@ class DriverError(AutoQError, RuntimeError):
 
 class Counters(NamedTuple):
     """Cycle counters of one run, as the engine reports them; ``stalls`` maps ``STALL_COUNTERS`` names to their
-    values where the register map has them (v2), else is empty."""
+    values."""
 
     fetch: int
     execute: int
     result: int
     total: int
-    stalls: Mapping[str, int] = {}
+    stalls: Mapping[str, int]
 
 
 @dataclass(frozen=True)
@@ -184,9 +184,9 @@ class EngineDriver:
         status = self.read_register("status")
         if status != Status.OK:
             raise DriverError(f"layer {job.name!r}: the engine rejected the run: {rejection_reason(status)}")
-        stalls = {name: self.read_register(name) for name in STALL_COUNTERS if name in self.registers}
+        stalls = {name: self.read_register(name) for name in STALL_COUNTERS}
         fetch, execute, result, total = (self.read_register(name) for name in COUNTERS)
-        return Counters(fetch, execute, result, total, stalls=stalls)
+        return Counters(fetch, execute, result, total, stalls)
 
     def host_loop(self, seconds: float, clock: Any) -> None:
         """The host side of a run without engine work, for ``seconds`` of ``clock``: the engine started on an empty

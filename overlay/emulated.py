@@ -4,8 +4,9 @@ the daemon run unchanged on any workstation.
 ``EmulatedEngine`` answers 32-bit register reads and writes at the ``regmap`` offsets and owns an emulated DDR
 (``allocate`` hands out buffers with a ``device_address``; optionally of bounded size, like the board's). Starting it with ``command = CMD_IDENTIFY`` fills the
 ID block from the manifest; with ``CMD_RUN`` it reads the layer's descriptor and tile table from its DDR, sets
-the cycle counters from the schedule model (``schedule``, the same one the cost model and HLS code use) and, when
-``compute`` is on, runs the bit-exact reference engine on the buffers and writes the results back.
+the cycle counters from the schedule model (``schedule``, with the overlay's calibration: the same model the cost
+model uses; the stall counters are not modelled and read 0) and, when ``compute`` is on, runs the bit-exact
+reference engine on the buffers and writes the results back.
 
 Time is virtual: each run advances the device clock by its cycles at the manifest's clock, ``idle(s)`` by ``s``.
 ``EmulatedPowerSensor`` reports the average power over the virtual time since its previous reading from the

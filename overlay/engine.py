@@ -11,7 +11,8 @@ Packed depthwise tiles (``PACKED_GROUPS``: one channel from each of several grou
 of the schedule; each row is multiplied with its own group's im2col block, which is that product without the zero
 blocks (a binary {-1, +1} weight row has no zero, so its -popcount(a) correction covers its own block only).
 
-This is the golden model of the HLS C-sim and the emulated board. Imports only numpy.
+This is the golden model of the RTL engine (``hls/rtl``, checked in simulation) and the emulated board. Imports
+only numpy.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DDR layout of one engine run: the ``LayerJob`` the host hands the HLS engine (``hls/src``) through the driver.
+"""DDR layout of one engine run: the ``LayerJob`` the host hands the engine (``hls/rtl``) through the driver.
 
 Everything the engine reads is packed here by the pure numpy functions (``engine.im2col``,
 ``bitserial.pack_bitplanes``) in the order the schedule runs it (``schedule.layer_tiles``):

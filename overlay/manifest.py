@@ -1,7 +1,7 @@
 """The overlay manifest (``OverlayConfig``): one description of the hardware.
 
-It parameterises the schedule and cost model, generates the HLS config header and the driver's register map,
-and is what the board reports about itself. ``bitstreams/<name>/manifest.json`` holds one per build.
+It parameterises the schedule and cost model, the RTL engine (``hls/rtl``) and the driver's register map, and is
+what the board reports about itself. ``bitstreams/<name>/manifest.json`` holds one per build.
 """
 from __future__ import annotations
 
@@ -53,6 +53,12 @@ class OverlayConfig:
             value = getattr(self, f.name)
             if f.type in ("int", "float") and (not isinstance(value, (int, float)) or value <= 0):
                 raise ManifestError(f"overlay {self.name!r}: {f.name} must be a positive number, got {value!r}")
+        if self.regmap_version == 1:
+            raise ManifestError(
+                f"overlay {self.name!r}: register map v1 was the retired HLS engine's; the RTL engine speaks v2: "
+                "rebuild with `make -C hls bitstream OVERLAY=NAME` from a regmap_version 2 manifest (e.g. "
+                "bitstreams/pynq_z1), and record traces made on a v1 build again"
+            )
         if not self.build_hash:
             object.__setattr__(self, "build_hash", self.structural_hash())
 

@@ -1,19 +1,19 @@
 """The engine's AXI-Lite register map, derived from the overlay manifest (board side: standard library only).
 
-The layout follows what Vitis HLS generates for an ``s_axilite`` bundle, and ``hls/codegen.py`` pins every
-argument to these offsets with ``#pragma HLS INTERFACE s_axilite ... offset=``, so the Python map and the
-hardware cannot disagree:
+The layout keeps Vitis HLS's ``s_axilite`` conventions (what pynq's ``DefaultIP`` users expect); the RTL engine's
+register slave (``hls/rtl/axi.py``) decodes exactly these offsets, elaborated from this map:
 
 - ``0x00`` control (``ap_start``/``ap_done``/``ap_idle``/``ap_ready``/``auto_restart`` bits), ``0x04`` global
   interrupt enable, ``0x08`` interrupt enable, ``0x0C`` interrupt status;
-- then the arguments, each 32-bit one in an 8-byte slot (data word + HLS's reserved/``ap_vld`` word) and each
-  64-bit one in a 12-byte slot (low word, high word, reserved/``ap_vld`` word), in this order: the header
-  (``magic``, ``regmap_version``, ``command``, ``status``: at the same offsets in every version, so a driver can identify any
-  build), the rest of the hardware-config/ID block, the layer descriptor, the DDR buffer addresses, and the
-  per-stage cycle counters.
+- then the arguments, each 32-bit one in an 8-byte slot (data word + a reserved word) and each 64-bit one in a
+  12-byte slot (low word, high word, reserved word), in this order: the header (``magic``, ``regmap_version``,
+  ``command``, ``status``: at fixed offsets, so a driver can identify any build), the rest of the
+  hardware-config/ID block, the layer descriptor, the DDR buffer addresses, and the per-stage cycle and stall
+  counters.
 
-The ID block and the cycle counters are HLS output registers: they hold what the engine wrote on its last run,
-so a driver runs ``command = CMD_IDENTIFY`` once (no DDR traffic) before reading the ID block.
+The ID block and the counters are output registers: they hold what the engine wrote on its last run, so a driver
+runs ``command = CMD_IDENTIFY`` once (no DDR traffic) before reading the ID block. There is one version, 2 (v1 was
+the retired HLS engine's, whose manifests ``OverlayConfig`` refuses).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Iterator, Literal, Mapping
 
 from autoq.overlay.manifest import ManifestError, OverlayConfig
 
-REGMAP_VERSION = 1
+REGMAP_VERSION = 2
 MAGIC = 0x41514253  # "AQBS": AutoQ bit-serial engine
 
 CMD_IDENTIFY = 0
@@ -32,7 +32,7 @@ CMD_RUN = 1
 
 
 class Status(IntEnum):
-    """Values of the ``status`` register after a run (the HLS code gets them as ``STATUS_<name>``)."""
+    """Values of the ``status`` register after a run."""
 
     OK = 0
     BAD_COMMAND = 1
@@ -96,7 +96,7 @@ class Register:
         return sum((w & 0xFFFFFFFF) << (32 * i) for i, w in enumerate(words))
 
 
-# Vitis HLS's own block-level registers, at fixed offsets.
+# The block-level registers, at Vitis HLS's fixed offsets.
 _CONTROL = (
     Register("control", 0x00, 32, "rw", "control",
              "ap_start (bit 0), ap_done (1, clear on read), ap_idle (2), ap_ready (3), auto_restart (7)"),
@@ -104,9 +104,10 @@ _CONTROL = (
     Register("ier", 0x08, 32, "rw", "control", "interrupt enable: ap_done (bit 0), ap_ready (bit 1)"),
     Register("isr", 0x0C, 32, "rw", "control", "interrupt status, toggle on write"),
 )
-# The top function's arguments, (name, width, access, section, doc) in address order; offsets follow from the
-# slot sizes (``RegisterMap.from_overlay``).
-_ARGS_V1: tuple[tuple[str, int, Access, Section, str], ...] = (
+# The arguments, (name, width, access, section, doc) in address order; offsets follow from the slot sizes
+# (``RegisterMap.from_overlay``). ``cycles_*`` are per-stage active cycles and ``cycles_total`` a real cycle count;
+# each stage's active plus stall cycles lie within ``cycles_total``.
+_ARGS: tuple[tuple[str, int, Access, Section, str], ...] = (
     ("magic", 32, "ro", "header", f"constant {MAGIC:#010x} ('AQBS') once the engine has run"),
     ("regmap_version", 32, "ro", "header", "version of this register layout"),
     ("command", 32, "rw", "header",
@@ -142,12 +143,6 @@ _ARGS_V1: tuple[tuple[str, int, Access, Section, str], ...] = (
     ("activations_addr", 64, "rw", "buffers", "DDR address of the activations (uint8, NCHW)"),
     ("results_addr", 64, "rw", "buffers", "DDR address of the results (int32, NCHW, original channel order)"),
     ("tiles_addr", 64, "rw", "buffers", "DDR address of the tile table (uint32): per row tile its group, bits, channels"),
-    ("cycles_fetch", 64, "ro", "counters", "cycles the fetch stage scheduled on the last run"),
-    ("cycles_execute", 64, "ro", "counters", "cycles the execute stage scheduled on the last run"),
-    ("cycles_result", 64, "ro", "counters", "cycles the result stage scheduled on the last run"),
-    ("cycles_total", 64, "ro", "counters", "cycles of the last run, stages overlapped, overheads included"),
-)
-_COUNTERS_V2: tuple[tuple[str, int, Access, Section, str], ...] = (
     ("cycles_fetch", 64, "ro", "counters", "cycles the fetch stage made progress on the last run (AXI reads, buffer fills)"),
     ("cycles_execute", 64, "ro", "counters", "cycles the execute stage made progress on the last run (passes, drain)"),
     ("cycles_result", 64, "ro", "counters", "cycles the result stage made progress on the last run (AXI writes)"),
@@ -157,12 +152,6 @@ _COUNTERS_V2: tuple[tuple[str, int, Access, Section, str], ...] = (
     ("stall_execute", 64, "ro", "counters", "cycles the execute stage waited for operands or a free result buffer"),
     ("stall_result", 64, "ro", "counters", "cycles the result stage waited for results or for the AXI write channels"),
 )
-_ARGS_V2: tuple[tuple[str, int, Access, Section, str], ...] = (
-    tuple(arg for arg in _ARGS_V1 if arg[3] != "counters") + _COUNTERS_V2
-)
-"""Version 2 (the Amaranth RTL engine, ``hls/rtl``): v1 with measured counters. ``cycles_*`` are per-stage active
-cycles and ``cycles_total`` a real cycle count; each stage's active plus stall cycles lie within ``cycles_total``."""
-_LAYOUTS = {1: _ARGS_V1, 2: _ARGS_V2}
 
 
 @dataclass(frozen=True)
@@ -180,14 +169,12 @@ class RegisterMap:
     @classmethod
     def from_overlay(cls, cfg: OverlayConfig) -> "RegisterMap":
         """The map for ``cfg`` (deterministic: equal manifests give equal maps)."""
-        if cfg.regmap_version not in _LAYOUTS:
-            raise ManifestError(
-                f"overlay {cfg.name!r}: regmap_version {cfg.regmap_version} is not supported here "
-                f"(known: {sorted(_LAYOUTS)})"
-            )
+        if cfg.regmap_version != REGMAP_VERSION:
+            raise ManifestError(f"overlay {cfg.name!r}: regmap_version {cfg.regmap_version} is not supported here "
+                                f"(this driver speaks v{REGMAP_VERSION})")
         registers = list(_CONTROL)
         offset = ARGS_BASE
-        for name, width, access, section, doc in _LAYOUTS[cfg.regmap_version]:
+        for name, width, access, section, doc in _ARGS:
             registers.append(Register(name, offset, width, access, section, doc))
             offset += SLOT_BYTES[width]
         return cls(cfg.regmap_version, tuple(registers), _id_values(cfg))

@@ -1,5 +1,6 @@
 """Test helpers shared by the engine, board and daemon tests (and the board transport benchmark): small networks
-that cover every layer kind, random kernel-wise plans, and the master end of a pty pair as a byte link."""
+that cover every layer kind, random kernel-wise plans, the bit-exact check of one layer through a board's driver,
+and the master end of a pty pair as a byte link."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,10 @@ import numpy as np
 
 from autoq.common.network import LayerSpec, NetworkSpec
 from autoq.common.plan import LayerPlan, QuantPlan
+from autoq.overlay.driver import Counters, EngineDriver
+from autoq.overlay.engine import run_layer
+from autoq.overlay.layout import build_job
+from autoq.overlay.manifest import OverlayConfig
 
 TINY = NetworkSpec(
     "tiny",
@@ -46,6 +51,28 @@ def kernel_wise_plan(network: NetworkSpec, rng: int | np.random.Generator = 0, m
             for l in network
         ],
     )
+
+
+def assert_bit_exact(driver: EngineDriver, config: OverlayConfig, layer: LayerSpec, batch: int, act_bits: int,
+                     bits: list[int] | np.ndarray, seed: int = 0) -> Counters:
+    """Run ``layer`` with random operands over their full ranges (1-bit kernels binary {-1, +1}) through
+    ``driver`` (attached to ``config``: the FPGA, the RTL simulation, the emulation) and assert its results equal
+    the reference engine's; returns the run's counters."""
+    rng = np.random.default_rng(seed)
+    bits = np.asarray(bits)
+    fan_in = (layer.c_in // layer.groups, *layer.kernel)
+    x = rng.integers(0, 1 << act_bits, (batch, layer.c_in, *layer.in_hw))
+    w = np.stack([rng.choice([-1, 1], fan_in) if b == 1 else rng.integers(-(1 << (b - 1)), 1 << (b - 1), fan_in)
+                  for b in bits])
+    prepared = driver.prepare(build_job(layer, x, w, bits, act_bits, config))
+    try:
+        counters = driver.run(prepared)
+        results = driver.results(prepared)
+    finally:
+        driver.release(prepared)
+    reference = run_layer(layer, x, w, bits, act_bits, config).output.reshape(results.shape)
+    assert np.array_equal(results, reference), f"layer {layer.name!r}: results differ from the reference engine"
+    return counters
 
 
 class PtyMasterLink:

@@ -164,7 +164,7 @@ def test_emulated_measurement_matches_the_analytic_model(board):
     assert [l.cycles for l in measured.layers] == [l.cycles for l in model.layers]
     assert [l.bound for l in measured.layers] == [l.bound for l in model.layers]
     p = measured.provenance
-    assert (p.source, p.overlay_build_hash, p.calibration_id, p.calibrated) == ("emulated", OVERLAY.build_hash, "pynq_z1_default", False)
+    assert (p.source, p.overlay_build_hash, p.calibration_id, p.calibrated) == ("emulated", OVERLAY.build_hash, "pynq_z1_rtlsim", True)
     assert "timing only" in p.detail and "latency median" in p.detail
     assert len(measured.samples["latency_s"]) >= 3 and measured.samples["idle_power_w"] and measured.samples["power_w"]
     assert measured.samples["dynamic_energy_j"][0] == pytest.approx(model.energy_j - model.idle_power_w * model.latency_s)

@@ -2,10 +2,11 @@
 unless ``AUTOQ_BOARD`` names a board, e.g. ``AUTOQ_BOARD='tcp://pynq:7700?key=key' python -m pytest -m board``.
 
 Over the wire: the board identifies as ``board`` with a bundled overlay, its latencies are measured (never the
-model's) and within ``LATENCY_TOLERANCE`` of the analytic model (a bring-up bound: the default calibration is
-uncalibrated), and its power readings lie within the PYNQ-Z1's physical bounds. On the board itself
-(``AUTOQ_BOARD=local``, pynq importable, no daemon holding the engine): one layer through the FPGA is bit-exact
-against the numpy reference engine. ``--record`` a trace of these runs with ``AUTOQ_BOARD_TRACE=trace.sqlite`` and
+model's) and within ``LATENCY_TOLERANCE`` of the analytic model (a bring-up bound: the default calibration's timing
+is fitted on the RTL simulation, not on a board), and its power readings lie within the PYNQ-Z1's physical
+bounds. On the board itself (``AUTOQ_BOARD=local``, pynq importable, no daemon holding the engine): one layer
+through the FPGA is bit-exact against the numpy reference engine (``boardkit.assert_bit_exact``, the check the
+rtlsim board passes in ``test_rtlsim_backend.py``). ``--record`` a trace of these runs with ``AUTOQ_BOARD_TRACE=trace.sqlite`` and
 calibrate on it (``autoq calibrate trace.sqlite -o calibration/pynq_z1-board.json``).
 """
 from __future__ import annotations
@@ -17,11 +18,12 @@ import pytest
 
 from autoq.common.network import LayerSpec, NetworkSpec
 from autoq.common.plan import QuantPlan
+from boardkit import assert_bit_exact
 
 pytestmark = pytest.mark.board
 
 LATENCY_TOLERANCE = 3.0
-"""Board latency / model latency must lie in [1/3, 3]: the uncalibrated model against real AXI timing."""
+"""Board latency / model latency must lie in [1/3, 3]: the rtlsim-fitted model against real AXI timing."""
 PYNQ_Z1_POWER_W = (1.0, 6.0)
 """Whole-board power of a PYNQ-Z1 on USB: about 1.5-2.5 W idle; above 6 W or below 1 W the meter is wrong."""
 
@@ -92,26 +94,13 @@ def test_a_layer_on_the_fpga_is_bit_exact():
         pytest.skip("bit-exactness runs on the board itself: AUTOQ_BOARD=local (stop `autoq board serve` first)")
     pytest.importorskip("pynq", reason="AUTOQ_BOARD=local needs pynq (the PYNQ-Z1 image)")
     from autoq.overlay.board import open_board
-    from autoq.overlay.engine import run_layer
-    from autoq.overlay.layout import build_job
 
     board = open_board(emulate=False, overlay=os.environ.get("AUTOQ_OVERLAY", "pynq_z1"))
     try:
         assert board.session is not None and board.build is not None
-        layer, act_bits = NETWORK.layers[0], 3
-        rng = np.random.default_rng(0)
-        bits = rng.integers(1, 9, layer.c_out)
-        x = rng.integers(0, 1 << act_bits, (1, layer.c_in, *layer.in_hw))
-        w = np.stack([rng.choice([-1, 1], (layer.c_in, *layer.kernel)) if b == 1 else
-                      rng.integers(-(1 << (b - 1)), 1 << (b - 1), (layer.c_in, *layer.kernel)) for b in bits])
-        driver, config = board.session.driver, board.build.config
-        prepared = driver.prepare(build_job(layer, x, w, bits, act_bits, config))
-        try:
-            counters = driver.run(prepared)
-            results = driver.results(prepared)
-        finally:
-            driver.release(prepared)
-        reference = run_layer(layer, x, w, bits, act_bits, config).output.reshape(results.shape)
-        assert np.array_equal(results, reference) and counters.total > 0
+        layer = NETWORK.layers[0]
+        bits = np.random.default_rng(0).integers(1, 9, layer.c_out)
+        counters = assert_bit_exact(board.session.driver, board.build.config, layer, 1, 3, bits)
+        assert counters.total > 0
     finally:
         board.close()

@@ -29,6 +29,9 @@ from autoq.overlay.schedule import ScheduleParams, layer_cycles
 TRUTH = ScheduleParams(dram_efficiency=0.6, result_efficiency=1.5, layer_overhead_cycles=3000.0,
                        tile_overhead_cycles=4.0, pass_overhead_cycles=1.0)
 TRUE_ENERGY = EnergyParams(idle_power_w=2.0, energy_per_binary_op_j=3e-13, energy_per_dram_byte_j=2e-10)
+STAGE_TOTAL = ScheduleParams()
+"""The stage-total schedule (``pipeline`` false), the model ``autoq calibrate`` fits; the bundled calibration is the
+RTL's step pipeline, which a fit of the stage-total parameters cannot give back."""
 LAYERS = (
     LayerSpec("conv", "conv", 16, 32, 3, 1, 1, 1, (16, 16), (16, 16)),
     LayerSpec("wide", "conv", 64, 64, 3, 2, 1, 1, (16, 16), (8, 8)),
@@ -106,11 +109,18 @@ def test_csv_round_trip_and_calibrate_cli(tmp_path, capsys):
     assert m.provenance.calibrated and m.provenance.calibration_id == "board"
 
 
+def stage_total_model(tmp_path) -> str:
+    """``model:`` URI of the default calibration with the ``STAGE_TOTAL`` schedule."""
+    path = tmp_path / "stage_total.json"
+    load_default_calibration().with_changes(id="stage_total", schedule=STAGE_TOTAL).save(path)
+    return f"model:{path}"
+
+
 def test_trace_database_is_an_input(tmp_path):
     from autoq.host.traces import TraceStore
 
     net = NetworkSpec("n", LAYERS, (16, 16, 16))
-    backend = open_backend("model")
+    backend = open_backend(stage_total_model(tmp_path))
     with TraceStore(tmp_path / "t.sqlite") as store:
         for w, a in [(2, 2), (4, 8), (8, 8), (3, 5)]:
             plan = QuantPlan.uniform(net, w, a)
@@ -118,7 +128,7 @@ def test_trace_database_is_an_input(tmp_path):
     data = load_samples(tmp_path / "t.sqlite")
     assert len(data.samples) == 4 * len(LAYERS) and data.layer_keys == tuple(f"n/{l.name}" for l in LAYERS)
     result = fit(data, load_overlay(), folds=2)
-    assert result.in_sample.mape < 1.0  # the default model reproduces itself
+    assert result.in_sample.mape < 1.0  # the stage-total model reproduces itself
 
 
 def test_lookup_table_samples_and_shape_check(tmp_path):
@@ -212,17 +222,17 @@ def test_fitted_calibration_for_another_overlay_is_carried(tmp_path):
     assert load_default_calibration().overlay_build_hash != calibration.overlay_build_hash
 
 
-def _record_uniform_costs(trace, runs) -> None:
+def _record_uniform_costs(trace, runs, backend: str) -> None:
     for model, bits in runs:
-        assert main(["cost", model, "--uniform", bits, "--record", str(trace)]) == 0
+        assert main(["cost", model, "--uniform", bits, "--backend", backend, "--record", str(trace)]) == 0
 
 
 def test_trace_csv_export_is_a_calibration_input(tmp_path, capsys):
-    """`autoq trace --export csv` rows are whole-network samples: the model backend's own costs, fitted back, give its
-    default parameters again."""
+    """`autoq trace --export csv` rows are whole-network samples: the stage-total model's own costs, fitted back, give
+    its parameters again."""
     trace, exported, out = tmp_path / "t.sqlite", tmp_path / "t.csv", tmp_path / "cal.json"
     _record_uniform_costs(trace, [(model, bits) for model in ("digits", "squeezenet1_1")
-                                  for bits in ("2/2", "4/4", "8/8", "3/5", "6/2")])
+                                  for bits in ("2/2", "4/4", "8/8", "3/5", "6/2")], stage_total_model(tmp_path))
     assert main(["trace", str(trace), "--export", "csv", "-o", str(exported)]) == 0
     capsys.readouterr()
     data = load_samples(exported)
@@ -232,9 +242,8 @@ def test_trace_csv_export_is_a_calibration_input(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["source"] == "trace export t.csv"
     assert report["fit"]["latency_in_sample"]["mape_percent"] < 1.0 and report["fit"]["energy_in_sample"]["mape_percent"] < 1.0
-    default = load_default_calibration().schedule
-    assert report["schedule"]["dram_efficiency"] == pytest.approx(default.dram_efficiency, rel=0.05)
-    assert report["schedule"]["layer_overhead_cycles"] == pytest.approx(default.layer_overhead_cycles, rel=0.05)
+    assert report["schedule"]["dram_efficiency"] == pytest.approx(STAGE_TOTAL.dram_efficiency, rel=0.05)
+    assert report["schedule"]["layer_overhead_cycles"] == pytest.approx(STAGE_TOTAL.layer_overhead_cycles, rel=0.05)
 
 
 def test_trace_csv_rows_calibrate_cannot_rebuild_are_clear_errors(tmp_path, capsys):

@@ -20,7 +20,6 @@ FILE = "a-file"  # exists, as a file
     (["export", "--plan", "p.json", "--hls4ml", FILE], "argument --hls4ml: a-file is a file; give a folder"),
     (["search", "--out", f"{FILE}/run"], "argument --out: cannot create folder a-file/run: a-file is a file"),
     (["search", "--record", MISSING], "argument --record: cannot write absent/out.x"),
-    (["hls", "generate", "--out", FILE], "argument --out/--output: a-file is a file; give a folder"),
 ])
 def test_bad_output_paths_are_usage_errors_naming_the_path(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)

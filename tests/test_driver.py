@@ -165,6 +165,7 @@ def test_run_writes_descriptor_and_buffers_then_reads_counters(engine):
     )
     prepared = driver.prepare(job)
     assert np.array_equal(prepared.buffers["weights"], np.arange(6)) and device.flushed == [48, 32, 8, 12]
+    stalls = {"stall_fetch": 4, "stall_execute": 5, "stall_result": 6}
     counters = {"cycles_fetch": 11, "cycles_execute": 22, "cycles_result": 33, "cycles_total": (1 << 33) + 5}
     script = []
     for name, value in job.descriptor.items():
@@ -172,11 +173,11 @@ def test_run_writes_descriptor_and_buffers_then_reads_counters(engine):
     for name in ("weights", "activations", "results", "tiles"):
         script += writes(f"{name}_addr", prepared.buffers[name].device_address)
     script += writes("command", CMD_RUN) + start_and_done(polls_busy=1) + reads("status", 0)
-    for name, value in counters.items():
+    for name, value in {**stalls, **counters}.items():
         script += reads(name, value)
     with device.expect(script):
         result = driver.run(prepared)
-    assert result[:4] == (11, 22, 33, (1 << 33) + 5) and result.stalls == {}  # v1: no stall counters
+    assert result[:4] == (11, 22, 33, (1 << 33) + 5) and result.stalls == stalls
 
 
 def test_run_reports_a_rejected_job(engine):

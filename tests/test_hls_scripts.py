@@ -1,18 +1,23 @@
-"""The vendor Tcl scripts, executed by a real Tcl interpreter with the Vitis HLS / Vivado commands stubbed.
+"""The Vivado flow of the RTL engine (``hls/Makefile``, ``hls/scripts/*.tcl``, ``autoq.hls.vivado``): the Tcl
+scripts executed by a real Tcl interpreter with the Vivado commands stubbed, the settings they source, the Makefile.
 
 This checks what can be checked without the tools: the scripts parse and run to the end, take their part, clock,
-top function and VLNV from the generated settings, wire the block design as described, and write the bitstream
-and .hwh where the Makefile expects them. Whether the tools accept every option is only checked by the
-``vivado``-marked test in test_hls_codegen.py.
+top module and VLNV from the generated settings, package every engine port into the interfaces the block design
+wires, and write the bitstream and .hwh where the Makefile expects them. Whether Vivado accepts every option is
+only checked by the ``vivado``-marked test at the end.
 """
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
-from autoq.hls import codegen
-from autoq.overlay.manifest import load_overlay
+from autoq.overlay.manifest import ManifestError, bitstreams_dir, load_overlay
+
+pytest.importorskip("amaranth", reason="the build settings are checked against the RTL engine (pip install amaranth)")
+
+from autoq.hls import vivado  # noqa: E402  (imports amaranth)
 
 tkinter = pytest.importorskip("tkinter", reason="running the Tcl scripts needs Python's tkinter (Tcl interpreter)")
 
@@ -20,10 +25,9 @@ STUBS = r"""
 set ::calls {}
 set ::exit_code {}
 proc record {name args} { lappend ::calls [concat [list $name] $args]; return "" }
-foreach command {open_project set_top add_files open_solution set_part create_clock csynth_design export_design
-                 create_project set_property current_project update_ip_catalog create_bd_design apply_bd_automation
-                 assign_bd_address validate_bd_design save_bd_design generate_target launch_runs wait_on_run open_run
-                 current_fileset cd} {
+foreach command {add_files create_project set_property current_project update_ip_catalog create_bd_design
+                 apply_bd_automation assign_bd_address validate_bd_design save_bd_design generate_target launch_runs
+                 wait_on_run open_run current_fileset} {
     proc $command args "record $command {*}\$args"
 }
 proc create_bd_cell args { record create_bd_cell {*}$args; return [lindex $args end] }
@@ -55,7 +59,7 @@ def run_script(script: str, args: list[str], **variables: str) -> tkinter.Tcl:
         tcl.setvar(name, value)
     tcl.setvar("argv", tcl.call("list", *args))
     tcl.setvar("argc", str(len(args)))
-    tcl.call("source", str(codegen.hls_dir() / "scripts" / script))
+    tcl.call("source", str(vivado.hls_dir() / "scripts" / script))
     return tcl
 
 
@@ -73,61 +77,7 @@ def exit_code(tcl: tkinter.Tcl) -> str:
     return tcl.eval("set ::exit_code")
 
 
-def test_hls_synthesis_script_uses_the_generated_settings(tmp_path):
-    overlay = load_overlay("pynq_z1")
-    generated = codegen.generated_dir("pynq_z1")
-    tcl = run_script("hls_synth.tcl", [str(generated), str(tmp_path / "build")])
-    assert exit_code(tcl) in ("", "0")
-    assert calls(tcl, "set_part") == [(overlay.part,)]
-    assert calls(tcl, "set_top") == [(codegen.TOP_FUNCTION,)]
-    assert calls(tcl, "create_clock") == [("-period", "5", "-name", "default")]
-    sources = [c[0] for c in calls(tcl, "add_files")]
-    assert str(codegen.hls_dir() / "src" / "engine.cpp") in sources
-    assert str(generated / codegen.CONFIG_HEADER) in sources
-    assert all(f"-I{generated}" in c[-1] for c in calls(tcl, "add_files"))
-    (export,) = calls(tcl, "export_design")
-    options = dict(zip(export[::2], export[1::2]))
-    vlnv = ":".join(options[f"-{key}"] for key in ("vendor", "library", "ipname", "version"))
-    assert vlnv == overlay.vlnv and options["-format"] == "ip_catalog"
-    assert calls(tcl, "csynth_design") == [()]
-
-
-def test_block_design_script_wires_the_engine_and_writes_bit_and_hwh(tmp_path):
-    overlay = load_overlay("pynq_z1")
-    build, out, run_dir = tmp_path / "build", tmp_path / "out", tmp_path / "runs" / "impl_1"
-    run_dir.mkdir(parents=True)
-    (run_dir / "system_wrapper.bit").write_bytes(b"bitstream")
-    handoff = build / "vivado" / "pynq_z1_bd.gen" / "sources_1" / "bd" / "system" / "hw_handoff"
-    handoff.mkdir(parents=True)
-    (handoff / "system.hwh").write_text("<hwh/>")
-    args = [str(codegen.generated_dir("pynq_z1")), str(tmp_path / "ip"), str(build), str(out)]
-    tcl = run_script("block_design.tcl", args, run_dir=str(run_dir), slack="0.25")
-    assert exit_code(tcl) in ("", "0")
-    assert (out / "pynq_z1.bit").read_bytes() == b"bitstream" and (out / "pynq_z1.hwh").read_text() == "<hwh/>"
-    (project,) = calls(tcl, "create_project")
-    assert project[-2:] == ("-part", overlay.part)
-    cells = {c[-1]: c[c.index("-vlnv") + 1] for c in calls(tcl, "create_bd_cell")}
-    assert cells["engine"] == overlay.vlnv and cells["ps7"].startswith("xilinx.com:ip:processing_system7:")
-    (ps_dict,) = [words(tcl, c[1]) for c in calls(tcl, "set_property") if c[0] == "-dict"]
-    ps_settings = dict(zip(ps_dict[::2], ps_dict[1::2]))
-    assert ps_settings["CONFIG.PCW_USE_S_AXI_HP0"] == "1" and ps_settings["CONFIG.PCW_USE_M_AXI_GP0"] == "1"
-    assert float(ps_settings["CONFIG.PCW_FPGA0_PERIPHERAL_FREQMHZ"]) == overlay.clock_mhz
-    automation = " ".join(" ".join(c) for c in calls(tcl, "apply_bd_automation"))
-    assert "/ps7/M_AXI_GP0" in automation and "engine/s_axi_control" in automation
-    assert "/engine/m_axi_gmem0" in automation and "/ps7/S_AXI_HP0" in automation
-    assert ("range", "0x1000", "ps7/Data/SEG_engine_Reg") in calls(tcl, "set_property")
-
-
-def test_block_design_script_refuses_a_design_that_misses_timing(tmp_path):
-    run_dir = tmp_path / "runs"
-    run_dir.mkdir()
-    args = [str(codegen.generated_dir("pynq_z1")), str(tmp_path / "ip"), str(tmp_path / "build"), str(tmp_path / "out")]
-    tcl = run_script("block_design.tcl", args, run_dir=str(run_dir), slack="-0.4")
-    assert exit_code(tcl) == "1"
-    assert not (tmp_path / "out").exists()
-
-
-# ---- the RTL engine's IP packaging (rtl_package.tcl) and its block design
+# ---- the engine's IP packaging (rtl_package.tcl) and its block design
 
 RTL_STUBS = r"""
 namespace eval ipx {}
@@ -143,19 +93,19 @@ proc ipx::add_bus_parameter {name bus} { record ipx::add_bus_parameter $name $bu
 proc ipx::add_memory_map {name core} { record ipx::add_memory_map $name $core; return mmap:$name }
 proc ipx::add_address_block {name map} { record ipx::add_address_block $name $map; return block:$map:$name }
 proc ipx::add_address_space {name core} { record ipx::add_address_space $name $core; return space:$name }
-rename get_property hls_get_property
+rename get_property vivado_get_property
 proc get_property {name object} {
     if {$name eq "NAME"} { return $object }
-    return [hls_get_property $name $object]
+    return [vivado_get_property $name $object]
 }
 """
 
 
-def rtl_generated(tmp_path, overlay_name: str = "pynq_z1_rtl"):
-    """build_config.tcl of an RTL overlay in a temporary folder (what ``make rtl-verilog`` writes)."""
+def rtl_generated(tmp_path, overlay_name: str = "pynq_z1"):
+    """build_config.tcl of an overlay in a temporary folder (what ``make verilog`` writes beside the Verilog)."""
     folder = tmp_path / "generated"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / codegen.BUILD_TCL).write_text(codegen.render_build_tcl(load_overlay(overlay_name)))
+    (folder / vivado.BUILD_TCL).write_text(vivado.render_build_tcl(load_overlay(overlay_name)))
     return folder
 
 
@@ -167,7 +117,7 @@ def run_rtl_package(tmp_path, verilog, inferred: str = "s_axil m_axi clk rst"):
     args = [str(rtl_generated(tmp_path)), str(verilog), str(tmp_path / "build")]
     tcl.setvar("argv", tcl.call("list", *args))
     tcl.setvar("argc", str(len(args)))
-    tcl.call("source", str(codegen.hls_dir() / "scripts" / "rtl_package.tcl"))
+    tcl.call("source", str(vivado.hls_dir() / "scripts" / "rtl_package.tcl"))
     return tcl
 
 
@@ -180,7 +130,7 @@ def test_rtl_package_script_maps_every_engine_port_to_its_interface(tmp_path):
     from autoq.hls.rtl.engine import TOP, signature_of
     from autoq.overlay.regmap import RegisterMap
 
-    overlay = load_overlay("pynq_z1_rtl")
+    overlay = load_overlay("pynq_z1")
     verilog = tmp_path / "bitserial_engine.v"
     verilog.write_text("module bitserial_engine(); endmodule\n")
     tcl = run_rtl_package(tmp_path, verilog)
@@ -235,9 +185,9 @@ def test_rtl_package_script_refuses_a_missing_verilog_file(tmp_path):
     assert calls(tcl, "ipx::package_project") == []
 
 
-def test_block_design_script_wires_the_packaged_rtl_engine(tmp_path):
-    """block_design.tcl on the RTL build: the interfaces it connects are the ones rtl_package.tcl creates."""
-    overlay = load_overlay("pynq_z1_rtl")
+def test_block_design_script_wires_the_packaged_engine_and_writes_bit_and_hwh(tmp_path):
+    """block_design.tcl: the interfaces it connects are the ones rtl_package.tcl creates."""
+    overlay = load_overlay("pynq_z1")
     verilog = tmp_path / "bitserial_engine.v"
     verilog.write_text("module bitserial_engine(); endmodule\n")
     packaged = {c[0] for c in calls(run_rtl_package(tmp_path, verilog), "ipx::add_bus_interface")}
@@ -251,20 +201,26 @@ def test_block_design_script_wires_the_packaged_rtl_engine(tmp_path):
     tcl = run_script("block_design.tcl", args, run_dir=str(run_dir), slack="0.0")
     assert exit_code(tcl) in ("", "0")
     assert (out / f"{overlay.name}.bit").read_bytes() == b"rtl bitstream"
+    assert (out / f"{overlay.name}.hwh").read_text() == "<hwh/>"
+    (project,) = calls(tcl, "create_project")
+    assert project[-2:] == ("-part", overlay.part)
     assert any(c[0] == "ip_repo_paths" and words(tcl, c[1]) == (str(build / "rtl_ip"),)
                for c in calls(tcl, "set_property"))
     cells = {c[-1]: c[c.index("-vlnv") + 1] for c in calls(tcl, "create_bd_cell")}
-    assert cells["engine"] == overlay.vlnv
+    assert cells["engine"] == overlay.vlnv and cells["ps7"].startswith("xilinx.com:ip:processing_system7:")
     (ps_dict,) = [words(tcl, c[1]) for c in calls(tcl, "set_property") if c[0] == "-dict"]
     ps_settings = dict(zip(ps_dict[::2], ps_dict[1::2]))
     assert float(ps_settings["CONFIG.PCW_FPGA0_PERIPHERAL_FREQMHZ"]) == overlay.clock_mhz
     assert ps_settings["CONFIG.PCW_S_AXI_HP0_DATA_WIDTH"] == "64"
+    assert ps_settings["CONFIG.PCW_USE_S_AXI_HP0"] == "1" and ps_settings["CONFIG.PCW_USE_M_AXI_GP0"] == "1"
     automation = " ".join(" ".join(c) for c in calls(tcl, "apply_bd_automation"))
+    assert "/ps7/M_AXI_GP0" in automation and "/ps7/S_AXI_HP0" in automation
     connected = set(re.findall(r"engine/(\w+)", automation))
     assert connected == {"s_axi_control", "m_axi_gmem0"} and connected <= packaged
+    assert ("range", "0x1000", "ps7/Data/SEG_engine_Reg") in calls(tcl, "set_property")
 
 
-def test_block_design_script_refuses_an_rtl_build_that_misses_timing(tmp_path):
+def test_block_design_script_refuses_a_build_that_misses_timing(tmp_path):
     run_dir = tmp_path / "runs"
     run_dir.mkdir()
     args = [str(rtl_generated(tmp_path)), str(tmp_path / "ip"), str(tmp_path / "build"), str(tmp_path / "out")]
@@ -273,19 +229,70 @@ def test_block_design_script_refuses_an_rtl_build_that_misses_timing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_make_dry_run_of_the_rtl_bitstream_writes_verilog_then_packages_it(tmp_path):
+# ---- the settings, the Makefile, the whole flow
+
+def test_build_settings_come_from_the_manifest_and_cover_what_the_scripts_use():
+    overlay = load_overlay("pynq_z1")
+    settings = dict(re.findall(r"^set (\w+) \{(.*)\}$", vivado.render_build_tcl(overlay), re.M))
+    assert settings["AQ_PART"] == overlay.part == "xc7z020clg400-1" and settings["AQ_BUILD_HASH"] == overlay.build_hash
+    assert settings["AQ_VLNV"] == overlay.vlnv == "autoq:rtl:bitserial_engine:2.0"
+    assert ":".join(settings[f"AQ_IP_{p}"] for p in ("VENDOR", "LIBRARY", "NAME", "VERSION")) == overlay.vlnv
+    assert float(settings["AQ_CLOCK_PERIOD_NS"]) == pytest.approx(1000 / overlay.clock_mhz)
+    assert settings["AQ_TOP"] == "bitserial_engine"
+    scripts = [(vivado.hls_dir() / "scripts" / name).read_text() for name in ("rtl_package.tcl", "block_design.tcl")]
+    for script in scripts:
+        assert "source [file join $gen_dir build_config.tcl]" in script
+    used = set(re.findall(r"\$(AQ_\w+)", "".join(scripts)))
+    assert used <= set(settings), f"scripts use settings the generator does not write: {used - set(settings)}"
+
+
+@pytest.mark.parametrize("changes, reason", [({"vlnv": "just-a-name"}, "vendor:library:name:version"),
+                                             ({"dram_width_bits": 128}, "64-bit AXI3"),
+                                             ({"regmap_version": 3}, "register map v2")])
+def test_unbuildable_manifests_are_refused_with_the_reason(changes, reason):
+    with pytest.raises(ManifestError, match=reason):
+        vivado.render_build_tcl(load_overlay("rtl_small").with_changes(**changes))
+
+
+def test_the_build_inputs_command_writes_settings_and_verilog(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "autoq.hls.vivado", "rtl_small", str(tmp_path / "build")],
+                          capture_output=True, text=True, check=True)
+    overlay = load_overlay("rtl_small")
+    assert (tmp_path / "build" / vivado.BUILD_TCL).read_text() == vivado.render_build_tcl(overlay)
+    assert "module bitserial_engine(" in (tmp_path / "build" / vivado.VERILOG).read_text()
+    assert done.stdout.count("wrote ") == 2
+    bad = subprocess.run([sys.executable, "-m", "autoq.hls.vivado", "nope", str(tmp_path / "other")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no overlay named 'nope'" in bad.stderr and not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("target", ["bitstream", "rtl-bitstream", ""])
+def test_make_dry_run_writes_verilog_then_packages_it_then_builds_the_bitstream(tmp_path, target):
     if not shutil.which("make"):
         pytest.skip("make is not installed")
     build = tmp_path / "build"
-    out = subprocess.run(["make", "-n", "-C", str(codegen.hls_dir()), "rtl-bitstream", "OVERLAY=pynq_z1_rtl",
+    out = subprocess.run(["make", "-n", "-C", str(vivado.hls_dir()), *([target] if target else []), "OVERLAY=pynq_z1",
                           f"BUILD_DIR={build}"], capture_output=True, text=True, check=True).stdout
-    rtl = build / "rtl"
-    manifest = str(codegen.hls_dir().parent / "bitstreams" / "pynq_z1_rtl" / "manifest.json")
-    steps = [f"hls generate --overlay {manifest} --out {rtl / 'generated'}",
-             "from autoq.hls.rtl.engine import verilog",
-             f"rtl_package.tcl -tclargs {rtl / 'generated'} {rtl / 'bitserial_engine.v'} {rtl}",
-             f"block_design.tcl -tclargs {rtl / 'generated'} {rtl / 'rtl_ip'} {rtl} ",
-             "sha256sum pynq_z1_rtl.bit pynq_z1_rtl.hwh manifest.json"]
+    manifest = str(bitstreams_dir() / "pynq_z1" / "manifest.json")
+    steps = [f"-m autoq.hls.vivado {manifest} {build}",
+             f"rtl_package.tcl -tclargs {build} {build / 'bitserial_engine.v'} {build}",
+             f"block_design.tcl -tclargs {build} {build / 'rtl_ip'} {build} {bitstreams_dir() / 'pynq_z1'}",
+             "sha256sum pynq_z1.bit pynq_z1.hwh manifest.json > checksums.sha256.tmp"]
     positions = [out.find(step) for step in steps]
     assert -1 not in positions, [s for s, p in zip(steps, positions) if p == -1]
     assert positions == sorted(positions)
+
+
+@pytest.mark.vivado
+def test_vendor_flow_builds_a_verified_bitstream(tmp_path):
+    """The full flow: Verilog, IP packaging, Vivado block design and implementation, checksums."""
+    out = tmp_path / "pynq_z1"
+    subprocess.run(["make", "-C", str(vivado.hls_dir()), "bitstream", "OVERLAY=pynq_z1", f"OUT_DIR={out}",
+                    f"BUILD_DIR={tmp_path / 'build'}"], check=True, timeout=4 * 3600)
+    for name in ("pynq_z1.bit", "pynq_z1.hwh", "manifest.json", "checksums.sha256"):
+        assert (out / name).is_file()
+    from autoq.overlay.board import BitstreamRegistry
+
+    build = BitstreamRegistry(tmp_path).resolve("pynq_z1")
+    assert build.bitstream and build.hwh
+    assert load_overlay("pynq_z1").vlnv in (out / "pynq_z1.hwh").read_text()

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from autoq.overlay.manifest import ManifestError, OverlayConfig
@@ -7,8 +9,8 @@ from autoq.overlay.regmap import ARGS_BASE, MAGIC, SLOT_BYTES, RegisterMap
 def config(**changes) -> OverlayConfig:
     base = OverlayConfig(
         name="test", dm=8, dn=8, dk=64, clock_mhz=100.0, lhs_mem_words=1024, rhs_mem_words=1024,
-        result_mem_words=64, dram_ports=1, dram_width_bits=64, max_bits=8, acc_bits=32, regmap_version=1,
-        vlnv="autoq:hls:bitserial_engine:1.0", part="xc7z020clg400-1",
+        result_mem_words=64, dram_ports=1, dram_width_bits=64, max_bits=8, acc_bits=32, regmap_version=2,
+        vlnv="autoq:rtl:bitserial_engine:2.0", part="xc7z020clg400-1",
     )
     return base.with_changes(**changes) if changes else base
 
@@ -40,8 +42,9 @@ def test_covers_descriptor_buffers_counters_and_id():
         assert regmap[name].section == "descriptor" and regmap[name].access == "rw"
     for name in ("weights_addr", "activations_addr", "results_addr", "tiles_addr"):
         assert regmap[name].width == 64 and regmap[name].section == "buffers"
-    for name in ("cycles_fetch", "cycles_execute", "cycles_result", "cycles_total"):
-        assert regmap[name].access == "ro" and regmap[name].width == 64
+    for name in ("cycles_fetch", "cycles_execute", "cycles_result", "cycles_total", "stall_fetch", "stall_execute",
+                 "stall_result"):
+        assert regmap[name].section == "counters" and regmap[name].access == "ro" and regmap[name].width == 64
     reported = {r.name for r in regmap if r.section in ("header", "id") and r.access == "ro"}
     assert reported - {"status"} == set(regmap.id_values)
 
@@ -52,7 +55,7 @@ def test_same_manifest_same_map_and_id_values_follow_the_manifest():
     wide = RegisterMap.from_overlay(config(dm=16, max_bits=4))
     assert wide.registers == a.registers
     assert (wide.id_values["dm"], wide.id_values["max_bits"]) == (16, 4)
-    assert wide.id_values["magic"] == MAGIC and wide.version == 1
+    assert wide.id_values["magic"] == MAGIC and wide.version == 2
     cfg = config()
     words = (a.id_values["build_hash_lo"], a.id_values["build_hash_hi"])
     assert f"{words[0] | words[1] << 32:016x}" == cfg.build_hash
@@ -66,6 +69,16 @@ def test_unknown_version_and_bad_values_are_named():
         regmap["nope"]
     with pytest.raises(ValueError, match="does not fit"):
         regmap["abits"].split(1 << 32)
+
+
+def test_the_retired_hls_engines_v1_is_refused_by_name(tmp_path):
+    """Register map v1 was the HLS engine's: a manifest (or a trace's stored overlay) saying it is refused."""
+    with pytest.raises(ManifestError, match="register map v1 was the retired HLS engine's.*rebuild with"):
+        config(regmap_version=1)
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({**config().to_dict(), "regmap_version": 1, "build_hash": ""}))
+    with pytest.raises(ManifestError, match="overlay 'test': register map v1 was the retired HLS engine's"):
+        OverlayConfig.load(path)
 
 
 def test_split_join_and_word_offsets_of_64_bit_registers():

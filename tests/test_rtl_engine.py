@@ -23,8 +23,7 @@ pytest.importorskip("amaranth", reason="the RTL engine needs amaranth (pip insta
 
 from rtlbench import EngineBench  # noqa: E402  (imports amaranth)
 
-SMALL = load_overlay().with_changes(name="rtl_small", dm=2, dn=2, dk=64, lhs_mem_words=64, rhs_mem_words=64,
-                                    regmap_version=2)
+SMALL = load_overlay().with_changes(name="rtl_small", dm=2, dn=2, dk=64, lhs_mem_words=64, rhs_mem_words=64)
 STAGES = ("fetch", "execute", "result")
 
 
@@ -107,7 +106,7 @@ def test_rhs_full_counts_to_two_when_the_result_stage_is_the_bottleneck():
     """A 1x1 binary conv on 1-bit activations: a step executes in a few cycles and fetches two beats, so the
     result stage (rows x bursts per step) falls behind; execute, having freed its activation region, waits for a
     result region while fetch fills both activation regions: ``rhs_full`` holds two tokens. (The ``*_full``
-    counters were one bit wide and wrapped to 0 at two, a deadlock; on pynq_z1_rtl's 8 x 8 array, where results
+    counters were one bit wide and wrapped to 0 at two, a deadlock; on pynq_z1's 8 x 8 array, where results
     take ~8 bursts per step, layers with few planes hit it.)"""
     rng = np.random.default_rng(4)
     layer = LayerSpec("fast", "conv", 4, 4, 1, 1, 0, 1, (6, 6), (6, 6))
@@ -293,8 +292,8 @@ def test_rtl_needs_regmap_v2_and_one_64_bit_port():
     from autoq.hls.rtl.engine import check_rtl_overlay
 
     check_rtl_overlay(SMALL)
-    with pytest.raises(ManifestError, match="register map v2"):
-        check_rtl_overlay(SMALL.with_changes(regmap_version=1))
+    with pytest.raises(ManifestError, match="register map v2.*says v3"):
+        check_rtl_overlay(SMALL.with_changes(regmap_version=3))
     with pytest.raises(ManifestError, match="64-bit AXI3"):
         check_rtl_overlay(SMALL.with_changes(dram_width_bits=128))
 

@@ -25,7 +25,7 @@ UNSEEN = (  # shapes and sizes the fitting sweep does not contain
 )
 
 
-@pytest.mark.parametrize("overlay", ["rtl_small", "pynq_z1_rtl"])
+@pytest.mark.parametrize("overlay", ["rtl_small", "pynq_z1"])
 def test_rtl_calibrations_are_fits_on_rtlsim(overlay):
     calibration = load_default_calibration(overlay)
     assert calibration.calibrated and calibration.schedule.pipeline

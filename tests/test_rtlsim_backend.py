@@ -6,6 +6,7 @@ serves every test here; the test that builds a deliberately broken copy of the R
 """
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -15,11 +16,11 @@ from autoq.common.backend import open_backend, scheme_of
 from autoq.common.errors import BackendError
 from autoq.common.network import LayerSpec, NetworkSpec
 from autoq.common.plan import LayerPlan, QuantPlan
-from autoq.overlay.engine import run_layer
 from autoq.overlay.layout import build_job, timing_shape
-from autoq.overlay.manifest import ManifestError, load_overlay
+from autoq.overlay.manifest import load_overlay
 
 from autoq.host.backends.rtlsim import parse_uri
+from boardkit import assert_bit_exact
 
 pytest.importorskip("amaranth")
 
@@ -72,7 +73,7 @@ def test_uri_forms():
     assert parse_uri("rtlsim:rtl_small?read_latency=10") == ("rtl_small", "read_latency=10")
     assert parse_uri("rtlsim?read_latency=10&outstanding=2&overlay=rtl_small") == ("rtl_small", "read_latency=10&outstanding=2")
     with pytest.raises(BackendError, match="name the overlay once"):
-        parse_uri("rtlsim:rtl_small?overlay=pynq_z1_rtl")
+        parse_uri("rtlsim:rtl_small?overlay=pynq_z1")
     with pytest.raises(BackendError, match="not key=value pairs"):
         parse_uri("rtlsim?read_latency")
     with pytest.raises(BackendError, match="expected 'rtlsim'"):
@@ -84,8 +85,6 @@ def test_bad_settings_and_overlays_are_named_before_anything_is_built():
         open_backend("rtlsim?read_latancy=10&overlay=rtl_small")
     with pytest.raises(BackendError, match="bandwidth must be in"):
         open_backend("rtlsim?bandwidth=0&overlay=rtl_small")
-    with pytest.raises(BackendError, match="register map v2.*says v1"):  # the bundled pynq_z1 is the HLS engine's v1
-        open_backend("rtlsim:pynq_z1")
     with pytest.raises(BackendError, match="no overlay named 'nope'"):
         open_backend("rtlsim:nope")
 
@@ -172,21 +171,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0].name for c in CASES])
 def test_results_through_the_board_are_bit_exact(board, case):
     layer, batch, act_bits, bits = case
-    rng = np.random.default_rng(len(bits))
-    bits = np.asarray(bits)
-    x = rng.integers(0, 1 << act_bits, (batch, layer.c_in, *layer.in_hw))
-    w = np.stack([rng.choice([-1, 1], (layer.c_in // layer.groups, *layer.kernel)) if b == 1 else
-                  rng.integers(-(1 << (b - 1)), 1 << (b - 1), (layer.c_in // layer.groups, *layer.kernel)) for b in bits])
-    config = board.build.config
-    driver = board.session.driver
-    prepared = driver.prepare(build_job(layer, x, w, bits, act_bits, config))
-    try:
-        counters = driver.run(prepared)
-        results = driver.results(prepared)
-    finally:
-        driver.release(prepared)
-    reference = run_layer(layer, x, w, bits, act_bits, config).output.reshape(results.shape)
-    assert np.array_equal(results, reference)
+    counters = assert_bit_exact(board.session.driver, board.build.config, layer, batch, act_bits, bits, len(bits))
     assert 0 < counters.execute <= counters.total
 
 
@@ -235,8 +220,35 @@ def test_a_one_bit_error_in_the_rtl_is_caught(rtl_build, tmp_path, capsys):
     assert "FAIL" in out and "/12 layers bit-exact" in out
 
 
-def test_v1_overlay_is_refused_by_the_rtl_factory():
+def test_a_build_of_the_retired_register_map_v1_is_refused_by_name(tmp_path):
     from autoq.hls.rtlsim.board import rtlsim_board
+    from autoq.overlay.board import BitstreamError, BitstreamRegistry
 
-    with pytest.raises(ManifestError, match="register map v2"):
-        rtlsim_board("pynq_z1")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(
+        {**load_overlay(OVERLAY).to_dict(), "name": "old", "regmap_version": 1, "build_hash": ""}))
+    with pytest.raises(BitstreamError, match="overlay 'old': .*register map v1 was the retired HLS engine's"):
+        rtlsim_board("old", registry=BitstreamRegistry(tmp_path))
+
+
+def test_random_cases_cover_every_kind_with_operands_in_range():
+    from autoq.hls.rtlsim.check import random_case
+
+    rng = np.random.default_rng(0)
+    overlay = load_overlay(OVERLAY)
+    for kind in ("conv", "grouped", "depthwise", "linear"):
+        for i in range(10):
+            case = random_case(rng, f"{kind}{i}", kind)
+            layer, bits = case.layer, np.asarray(case.weight_bits)
+            assert layer.kind == {"grouped": "conv"}.get(kind, kind) and (kind != "grouped" or layer.groups > 1)
+            assert bits.shape == (layer.c_out,) and 1 <= bits.min() and bits.max() <= 8 and 1 <= case.act_bits <= 8
+            assert case.w_int.shape == (layer.c_out, layer.c_in // layer.groups, *layer.kernel)
+            assert case.x_int.shape[1:] == (layer.c_in, *layer.in_hw) and 0 <= case.x_int.min()
+            assert case.x_int.max() < 1 << case.act_bits
+            limit = 1 << (bits - 1)
+            w = case.w_int.reshape(layer.c_out, -1)
+            assert np.all((w >= -limit[:, None]) & (w < np.maximum(limit, 2)[:, None]))
+            assert np.all(w[bits == 1] != 0)  # binary {-1, +1}
+            build_job(layer, case.x_int, case.w_int, bits, case.act_bits, overlay)  # fits the RTL's buffers
+    a, b = random_case(np.random.default_rng(5), "x"), random_case(np.random.default_rng(5), "x")
+    assert a.layer == b.layer and np.array_equal(a.w_int, b.w_int) and np.array_equal(a.x_int, b.x_int)

@@ -108,3 +108,21 @@ def test_a_trace_of_schema_1_is_refused(tmp_path):
     for mode in ("r", "a"):
         with pytest.raises(TraceError, match="schema version 1, whose records carry no checksums.*record it again"):
             TraceStore(path, mode=mode)
+
+
+def test_a_trace_recorded_on_a_register_map_v1_build_is_refused_by_name(tmp_path):
+    from autoq.common.backend import BackendInfo
+    from tracekit import OVERLAY
+
+    class V1Overlay:  # how a build of the retired HLS engine described itself
+        def to_dict(self) -> dict:
+            return {**OVERLAY.to_dict(), "regmap_version": 1, "build_hash": ""}
+
+    path = tmp_path / "v1.sqlite"
+    with TraceStore(path) as store:
+        store.record_backend(BackendInfo("tcp://pynq:7700", "board", V1Overlay(), ("latency",)))  # type: ignore[arg-type]
+    with TraceStore(path, mode="r") as store, pytest.raises(
+            TraceError, match="backend description: overlay 'toy': register map v1 was the retired HLS engine's"):
+        store.backends()
+    with pytest.raises(BackendError, match="register map v1 was the retired HLS engine's"):
+        open_backend(f"replay:{path}")

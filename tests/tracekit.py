@@ -19,7 +19,7 @@ from boardkit import kernel_wise_plan
 
 OVERLAY = OverlayConfig(
     name="toy", dm=4, dn=4, dk=32, clock_mhz=100.0, lhs_mem_words=256, rhs_mem_words=256, result_mem_words=64,
-    dram_ports=1, dram_width_bits=64, max_bits=8, acc_bits=32, regmap_version=1, vlnv="test:toy:engine:1.0", part="toy",
+    dram_ports=1, dram_width_bits=64, max_bits=8, acc_bits=32, regmap_version=2, vlnv="test:toy:engine:1.0", part="toy",
 )
 
 

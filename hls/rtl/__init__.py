@@ -1,8 +1,8 @@
 """RTL bit-serial engine in Amaranth HDL (BISMO-style), elaborated from the overlay manifest.
 
 ``hls.rtl.engine.BitSerialEngine(cfg)`` is the component, ``hls.rtl.engine.verilog(cfg)`` its Verilog (top module
-``bitserial_engine``); the manifest must say ``regmap_version = 2`` (``overlay/regmap.py``: v1 plus measured
-counters).
+``bitserial_engine``); the manifest must say ``regmap_version = 2`` (``overlay/regmap.py``, with measured cycle
+and stall counters).
 
 Port contract (all top-level Verilog ports, lower case; 1-bit ports are scalars):
 

@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from autoq.overlay.layout import check_overlay
 from autoq.overlay.manifest import ManifestError, OverlayConfig
-from autoq.overlay.regmap import RegisterMap
+from autoq.overlay.regmap import REGMAP_VERSION, RegisterMap
 
 from .axi import ReadDma, RegisterSlave
 from .common import WORD_BITS, LayerParams, ResultBank, TileBank, Token
@@ -32,14 +32,13 @@ from .result import Result
 TOP = "bitserial_engine"
 READ_OUTSTANDING = 8
 WRITE_OUTSTANDING = 16
-RTL_REGMAP_VERSION = 2
 
 
 def check_rtl_overlay(cfg: OverlayConfig) -> None:
     """Raise ``ManifestError`` unless the RTL can be built for ``cfg``."""
     check_overlay(cfg)
-    if cfg.regmap_version != RTL_REGMAP_VERSION:
-        raise ManifestError(f"overlay {cfg.name!r}: the RTL engine implements register map v{RTL_REGMAP_VERSION} "
+    if cfg.regmap_version != REGMAP_VERSION:
+        raise ManifestError(f"overlay {cfg.name!r}: the RTL engine implements register map v{REGMAP_VERSION} "
                             f"(real cycle and stall counters), the manifest says v{cfg.regmap_version}")
     if cfg.dram_width_bits != WORD_BITS or cfg.dram_ports != 1:
         raise ManifestError(f"overlay {cfg.name!r}: the RTL engine has one {WORD_BITS}-bit AXI3 master port, the "
@@ -186,31 +185,3 @@ def verilog(cfg: OverlayConfig) -> str:
     engine = BitSerialEngine(cfg)
     return amaranth_verilog.convert(engine, name=TOP, emit_src=False)
 
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m autoq.hls.rtl.engine [OVERLAY] [-o FILE] [--set key=value ...]``: write the Verilog."""
-    import argparse
-    import json
-
-    from autoq.overlay.manifest import load_overlay
-
-    parser = argparse.ArgumentParser(description="Verilog of the RTL bit-serial engine (register map v2)")
-    parser.add_argument("overlay", nargs="?", default="pynq_z1", help="overlay name or manifest path")
-    parser.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="manifest field override, e.g. dm=2 (regmap_version=2 is always set)")
-    args = parser.parse_args(argv)
-    changes = {"regmap_version": RTL_REGMAP_VERSION}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        changes[key] = json.loads(value)
-    text = verilog(load_overlay(args.overlay).with_changes(**changes))
-    if args.output == "-":
-        print(text)
-    else:
-        with open(args.output, "w") as handle:
-            handle.write(text)
-
-
-if __name__ == "__main__":
-    main()

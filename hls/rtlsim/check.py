@@ -3,7 +3,8 @@
 ``open_engine(overlay, memory)`` attaches a ``BusEngine`` to an ``RtlSimDevice`` of the RTL for ``overlay``;
 ``check_layer`` packs one layer (``layout.build_job``), runs it on the RTL, compares its results bit for bit with
 ``engine.run_layer`` and puts the RTL's cycle counters (measured) next to ``schedule.layer_cycles`` (the model).
-``autoq hls sim`` and ``tests/benchmarks/bench_rtl_model.py`` drive it.
+``random_case`` draws the random layers ``autoq hls sim`` runs; it and ``tests/benchmarks/bench_rtl_model.py`` drive
+``check_layer``.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import numpy as np
 from autoq.common.network import LayerSpec
 from autoq.overlay.calibration_params import default_calibration_path, load_default_calibration
 from autoq.overlay.driver import BusEngine, DriverError
-from autoq.overlay.engine import run_layer
+from autoq.overlay.bitserial import value_range
+from autoq.overlay.engine import conv_output_size, run_layer
 from autoq.overlay.layout import build_job
 from autoq.overlay.manifest import OverlayConfig
 from autoq.overlay.regmap import Status, rejection_reason
@@ -56,7 +58,7 @@ def schedule_params(overlay: OverlayConfig) -> ScheduleParams:
     return ScheduleParams()
 
 
-class RtlLayerCheck(NamedTuple):
+class LayerCheck(NamedTuple):
     """One layer on the RTL next to the reference engine (outputs) and the schedule model (cycles)."""
 
     layer: LayerSpec
@@ -82,7 +84,7 @@ class RtlLayerCheck(NamedTuple):
 
 
 def check_layer(engine: RtlEngine, layer: LayerSpec, x_int: np.ndarray, w_int: np.ndarray,
-                weight_bits: Sequence[int] | np.ndarray, act_bits: int, params: ScheduleParams | None = None) -> RtlLayerCheck:
+                weight_bits: Sequence[int] | np.ndarray, act_bits: int, params: ScheduleParams | None = None) -> LayerCheck:
     """Run ``layer`` on the RTL and on the reference engine; compare outputs, put the model's cycles beside."""
     overlay = engine.driver.overlay
     if overlay is None:
@@ -100,7 +102,7 @@ def check_layer(engine: RtlEngine, layer: LayerSpec, x_int: np.ndarray, w_int: n
         except DriverError:
             if engine.driver.read_register("status") == Status.OK:
                 raise  # not a rejection: the engine misbehaved
-            return RtlLayerCheck(layer, bits, int(act_bits), batch, 0, (0, 0, 0, 0), model,
+            return LayerCheck(layer, bits, int(act_bits), batch, 0, (0, 0, 0, 0), model,
                                  engine.device.cycles - start, rejection_reason(engine.driver.read_register("status")))
         sim_cycles = engine.device.cycles - start
         results = engine.driver.results(prepared)
@@ -109,4 +111,44 @@ def check_layer(engine: RtlEngine, layer: LayerSpec, x_int: np.ndarray, w_int: n
     reference = run_layer(layer, x_int, w_int, weight_bits, act_bits, overlay, params).output.reshape(results.shape)
     mismatches = int(np.count_nonzero(results.astype(np.int64) != reference))
     cycles = (counters.fetch, counters.execute, counters.result, counters.total)
-    return RtlLayerCheck(layer, bits, int(act_bits), batch, mismatches, cycles, model, sim_cycles)
+    return LayerCheck(layer, bits, int(act_bits), batch, mismatches, cycles, model, sim_cycles)
+
+
+class LayerCase(NamedTuple):
+    layer: LayerSpec
+    x_int: np.ndarray
+    w_int: np.ndarray
+    weight_bits: np.ndarray
+    act_bits: int
+
+
+def random_case(rng: np.random.Generator, name: str, kind: str | None = None, max_bits: int = 8,
+                max_linear_k: int = 300) -> LayerCase:
+    """A random small layer (conv, grouped, depthwise or linear; stride, padding, batch) with mixed kernel bits
+    in ``1..max_bits`` and operands over their full ranges (1-bit weights binary {-1, +1}); conv kernels have
+    ``K <= 125``."""
+    kind = kind or str(rng.choice(["conv", "grouped", "depthwise", "linear"]))
+    batch = int(rng.integers(1, 3))
+    if kind == "linear":
+        c_in, c_out = int(rng.integers(1, max_linear_k + 1)), int(rng.integers(1, 40))
+        groups, kernel, stride, pad, size = 1, 1, 1, 0, 1
+    else:
+        groups = {"conv": 1, "grouped": int(rng.integers(2, 4)), "depthwise": 0}[kind]
+        kernel, stride, pad = int(rng.choice([1, 3, 5])), int(rng.integers(1, 3)), int(rng.integers(0, 3))
+        size = int(rng.integers(max(kernel - 2 * pad, 1), 10))
+        if kind == "depthwise":
+            c_in = c_out = groups = int(rng.integers(2, 20))
+        else:
+            c_in, c_out = groups * int(rng.integers(1, 6)), groups * int(rng.integers(1, 14))
+    out = conv_output_size(size, kernel, stride, pad)
+    layer = LayerSpec(name, "linear" if kind == "linear" else "depthwise" if kind == "depthwise" else "conv",
+                      c_in, c_out, (kernel, kernel), (stride, stride), (pad, pad), groups, (size, size), (out, out))
+    pool = rng.integers(1, max_bits + 1, size=3)  # a few widths, so tiles mix equal and different kernels
+    weight_bits = rng.choice(pool, size=c_out)
+    act_bits = int(rng.integers(1, max_bits + 1))
+    low, high = value_range(weight_bits, signed=True)
+    shape = (c_out, c_in // groups, kernel, kernel)
+    w = rng.integers(low[:, None], high[:, None] + 1, size=(c_out, layer.kernel_size)).reshape(shape)
+    w = np.where((weight_bits == 1)[:, None, None, None] & (w == 0), 1, w)
+    x = rng.integers(0, 1 << act_bits, size=(batch, c_in, size, size))
+    return LayerCase(layer, x, w, weight_bits, act_bits)

@@ -2,8 +2,9 @@
 #
 #   vivado -mode batch -source hls/scripts/block_design.tcl -tclargs <generated dir> <ip repo> <build dir> <out dir>
 #
-# <ip repo> is the Vitis HLS export (<build dir>/<overlay>_hls/solution1/impl/ip). Writes <out dir>/<overlay>.bit
-# and <out dir>/<overlay>.hwh. `make -C hls bitstream OVERLAY=<overlay>` runs this with the right arguments.
+# <generated dir> holds build_config.tcl (python -m autoq.hls.vivado), <ip repo> the engine core rtl_package.tcl
+# packaged (<build dir>/rtl_ip). Writes <out dir>/<overlay>.bit and <out dir>/<overlay>.hwh.
+# `make -C hls bitstream OVERLAY=<overlay>` runs this with the right arguments.
 #
 # Design: Zynq-7000 PS (DDR, FCLK_CLK0 at the manifest clock, M_AXI_GP0 master, one S_AXI_HP port per engine DRAM
 # port), the engine, AXI SmartConnects (GP0 -> engine control; engine m_axi_gmem<i> -> HP<i>), a processor system

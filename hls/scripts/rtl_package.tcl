@@ -1,11 +1,11 @@
 # Vivado: package the RTL engine's Verilog (autoq.hls.rtl, top bitserial_engine) as an IP-XACT core that
-# block_design.tcl can instantiate in place of the Vitis HLS export.
+# block_design.tcl instantiates.
 #
 #   vivado -mode batch -source hls/scripts/rtl_package.tcl -tclargs <generated dir> <verilog file> <build dir>
 #
-# <generated dir> holds build_config.tcl (`autoq hls generate --overlay <manifest> --out <dir>`): part, clock, top,
-# VLNV, control span. Writes the core to <build dir>/rtl_ip (the <ip repo> of block_design.tcl).
-# `make -C hls rtl-bitstream OVERLAY=<overlay>` runs this with the right arguments.
+# <generated dir> holds build_config.tcl (`python -m autoq.hls.vivado <manifest> <dir>`, with the Verilog): part,
+# clock, top, VLNV, control span. Writes the core to <build dir>/rtl_ip (the <ip repo> of block_design.tcl).
+# `make -C hls bitstream OVERLAY=<overlay>` runs this with the right arguments.
 #
 # Interfaces (port names: hls/rtl/__init__.py): s_axi_control, an AXI4-Lite slave on the s_axil_* ports with one
 # address block of the register map's span; m_axi_gmem0, an AXI3 master on the m_axi_* ports (32-bit addresses,
@@ -20,7 +20,7 @@ set verilog [file normalize [lindex $argv 1]]
 set build_dir [file normalize [lindex $argv 2]]
 source [file join $gen_dir build_config.tcl]
 if {![file exists $verilog]} {
-    puts stderr "no Verilog at $verilog: write it first (make -C hls rtl-verilog OVERLAY=$AQ_OVERLAY)"
+    puts stderr "no Verilog at $verilog: write it first (make -C hls verilog OVERLAY=$AQ_OVERLAY)"
     exit 2
 }
 set ip_dir [file join $build_dir rtl_ip]

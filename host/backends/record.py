@@ -2,11 +2,14 @@
 
 Each recording backend is one attempt of the trace (``TraceStore.open_attempt``). A search's recorder is also its
 ``SearchListener``: the runner tells it the run it belongs to, the episode each measurement is of and what each
-checkpoint counts, so a replay can follow the run that survived a SIGKILL and ``--resume``.
+checkpoint counts, so a replay can follow the run that survived a SIGKILL and ``--resume``. A batched search scores
+several episodes at once and records each of their measurements with ``append``, naming its episode. A measurement
+of a pool (``autoq.host.backends.pool``) is recorded under the URI of the member that made it.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from autoq.common.backend import BackendInfo, CostBackend, open_backend
 from autoq.common.errors import BackendError
@@ -14,6 +17,8 @@ from autoq.common.measurement import Measurement
 from autoq.common.network import NetworkSpec
 from autoq.common.plan import QuantPlan
 from autoq.host.traces import START_UP, TraceStore
+
+from .pool import Measured, PoolBackend
 
 
 class RecordingBackend:
@@ -27,13 +32,26 @@ class RecordingBackend:
         self.store = store
         self._info = inner.describe()
         store.record_backend(self._info)
+        self._described = {self._info.uri}
         self.attempt = store.open_attempt("search" if search else "record")
         self.episode: int | None = START_UP if search else None
 
     def measure(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1) -> Measurement:
-        measurement = self.inner.measure(network, plan, batch)
-        self.store.append(network, plan, measurement, self._info.uri, batch, self.attempt, self.episode)
-        return measurement
+        if isinstance(self.inner, PoolBackend):
+            measured = self.inner.measure_on(network, plan, batch)
+        else:
+            measured = Measured(self.inner.measure(network, plan, batch), self._info)
+        self.append(network, plan, batch, measured, self.episode)
+        return measured.measurement
+
+    def append(self, network: NetworkSpec, plan: QuantPlan, batch: int, measured: Measured, episode: int | None) -> None:
+        """Record ``measured`` as a measurement of ``episode`` under the URI of the backend that made it (a pool's
+        member, whose description is stored the first time it measures)."""
+        uri = measured.member.uri
+        if uri not in self._described:
+            self.store.record_backend(measured.member)
+            self._described.add(uri)
+        self.store.append(network, plan, measured.measurement, uri, batch, self.attempt, episode)
 
     # -- SearchListener -------------------------------------------------------------------------------------------
     def search_started(self, run_id: str, resumed_at: int | None) -> None:
@@ -55,15 +73,16 @@ class RecordingBackend:
             self.store.close()
 
 
-def open_backend_recording(uri: str, record_path: str | Path | None = None, search: bool = False) -> CostBackend:
-    """Open the backend named by ``uri``; with ``record_path``, every measurement is also recorded there (as a
-    search's attempt with ``search``)."""
+def open_backend_recording(uri: str, record_path: str | Path | None = None, search: bool = False,
+                           opener: Callable[[str], CostBackend] = open_backend) -> CostBackend:
+    """Open the backend named by ``uri`` (with ``opener``); with ``record_path``, every measurement is also recorded
+    there (as a search's attempt with ``search``)."""
     if record_path is not None and uri.startswith("replay:"):
         from autoq.host.backends.replay import trace_path_of
 
         if Path(trace_path_of(uri)).resolve() == Path(record_path).resolve():
             raise BackendError(f"--record {record_path} would append to the trace that {uri!r} replays; record elsewhere")
-    backend = open_backend(uri)
+    backend = opener(uri)
     if record_path is None:
         return backend
     try:

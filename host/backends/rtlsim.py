@@ -3,8 +3,8 @@ overlay=NAME]``): the board service's own code, in process, on the cycle-accurat
 engine (``autoq.hls.rtlsim``) behind a simulated Zynq HP port. The same path as ``emulated`` (driver, layout,
 measurement protocol) with the RTL in place of the emulated device; measurements are labelled ``rtlsim`` and their
 latencies are the RTL's own cycle counts. Query keys other than ``overlay`` set the HP-port model
-(``autoq.hls.rtlsim.memory``); the overlay defaults to ``rtl_small`` (a 2x2x64 array; ``pynq_z1_rtl`` is the
-8x8x256 PYNQ-Z1 preset, ~15x slower to simulate).
+(``autoq.hls.rtlsim.memory``); the overlay defaults to ``rtl_small`` (a 2x2x64 array; ``pynq_z1`` is the
+8x8x256 PYNQ-Z1 build, ~15x slower to simulate).
 """
 from __future__ import annotations
 

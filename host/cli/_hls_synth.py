@@ -8,16 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 
-RTL_OVERLAY = "pynq_z1_rtl"
-"""The default: the PYNQ-Z1 build of the RTL engine (register map v2)."""
+from autoq.overlay.manifest import DEFAULT_OVERLAY
 
 
 def register_synth(commands: argparse._SubParsersAction) -> None:
     """Add ``synth`` to the ``autoq hls`` actions."""
     synth = commands.add_parser("synth", help="synthesise the RTL engine with Yosys (synth_xilinx -family xc7) and "
                                               "report LUT/FF/BRAM/DSP against the part")
-    synth.add_argument("--overlay", default=RTL_OVERLAY,
-                       help=f"overlay (register map v2) in bitstreams/ or a manifest path (default {RTL_OVERLAY})")
+    synth.add_argument("--overlay", default=DEFAULT_OVERLAY,
+                       help=f"overlay in bitstreams/ or a manifest path (default {DEFAULT_OVERLAY})")
     synth.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="manifest field override, e.g. --set dm=4 (JSON values; repeatable)")
     synth.add_argument("--verilog", metavar="FILE", default=None,

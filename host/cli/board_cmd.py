@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="power meter to read while measuring (repeatable; the board has none of its own on PYNQ-Z1): "
                             "um25c:/dev/rfcomm0, scpi:/dev/ttyUSB0?mode=vi|power|all, line:/dev/ttyACM0, "
                             "pmbus[?rails=A,B]; see autoq.overlay.sensors.factory")
+    serve.add_argument("--delay-ms", type=float, default=0.0, metavar="MS",
+                       help="with --emulate or --rtlsim: hold the engine this much longer for every measurement (a slow "
+                            "board, e.g. to try a pool of boards)")
     serve.add_argument("--busy-wait", type=float, default=60.0, metavar="S",
                        help="how long a request waits for the engine before a 'busy' answer (default 60)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every link and bad request")
@@ -77,6 +80,10 @@ def serve_handler(args: argparse.Namespace) -> int:
         raise DaemonError("--meter reads a real board's power; the emulated device has its own power model")
     if args.meter and args.rtlsim:
         raise DaemonError("--meter reads a real board's power; the RTL simulation has no power to read")
+    if args.delay_ms and not (args.emulate or args.rtlsim):
+        raise DaemonError("--delay-ms slows an emulated or simulated board down; add --emulate or --rtlsim")
+    if not 0 <= args.delay_ms <= 3_600_000:
+        raise DaemonError(f"--delay-ms must be in 0..3600000, got {args.delay_ms:g}")
     if args.rtlsim_memory is not None and not args.rtlsim:
         raise DaemonError("--rtlsim-memory sets the HP-port model of --rtlsim; add --rtlsim")
     if args.rtlsim:
@@ -93,7 +100,7 @@ def serve_handler(args: argparse.Namespace) -> int:
     except BaseException:
         close_sensors(sensors)
         raise
-    daemon = Daemon(board, key=key, busy_wait_s=args.busy_wait)
+    daemon = Daemon(board, key=key, busy_wait_s=args.busy_wait, measure_delay_s=args.delay_ms / 1000)
     links = []
     serial_port = None
     try:
