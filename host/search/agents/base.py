@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..env import EpisodeOutcome, QuantEnv
+from ..env import EpisodeOutcome, Proposal, QuantEnv
 from ..rewards import SearchError
 
 #: The agents a search can run: name -> ``module:Class`` under ``autoq.host.search.agents``, imported when used
@@ -25,8 +25,15 @@ AGENTS: dict[str, str] = {
 
 
 class Agent(ABC):
-    """Plays one episode at a time on a ``QuantEnv`` and learns from it; its whole state round-trips through
-    ``state_dict`` so a resumed search continues exactly."""
+    """Plays episodes on a ``QuantEnv`` and learns from them; its whole state round-trips through ``state_dict`` so
+    a resumed search continues exactly.
+
+    An episode is three steps: ``propose`` (roll the current policy through the environment: a plan and the agent's
+    memo, consuming the agent's generator), ``QuantEnv.evaluate`` (the environment scores the plan; no agent state
+    is involved) and ``learn`` (the agent stores the episode's transitions and updates). ``run_episode`` does the
+    three in turn; a batched search (``autoq.host.search.parallel``) proposes K plans, scores them at once and
+    learns from them in episode order, which is the same as ``run_episode`` for K = 1.
+    """
 
     name: ClassVar[str]
     #: whether the agent's warm-up and exploration noise are spread over the episode budget (so a search whose
@@ -44,8 +51,23 @@ class Agent(ABC):
         return 0
 
     @abstractmethod
+    def propose(self, env: QuantEnv, episode: int) -> Proposal | None:
+        """The plan of ``episode`` (through ``env.step(..., scored=False)``, or a whole plan), None when the agent has
+        nothing left to try. Proposals of later episodes may come before the agent has learnt from this one."""
+
+    def learn(self, env: QuantEnv, episode: int, proposal: Proposal, outcome: EpisodeOutcome) -> None:
+        """Learn from the scored ``outcome`` of ``proposal`` (called once per proposal, in episode order); an agent
+        that does not learn from outcomes keeps this."""
+        return None
+
     def run_episode(self, env: QuantEnv, episode: int) -> EpisodeOutcome:
-        """Choose a plan (through ``env.step`` or ``env.evaluate``), learn from its outcome, return the outcome."""
+        """Propose a plan, score it, learn from its outcome; return the outcome."""
+        proposal = self.propose(env, episode)
+        if proposal is None:
+            raise SearchError(f"the {self.name} agent has nothing left to try")
+        outcome = env.evaluate(proposal.plan, proposal.layer_wise)
+        self.learn(env, episode, proposal, outcome)
+        return outcome
 
     def finished(self) -> bool:
         """True once the agent has nothing left to try (e.g. a baseline that enumerated its candidates)."""

@@ -7,8 +7,8 @@ import numpy as np
 
 from autoq.common.plan import LayerPlan, QuantPlan
 
-from ..env import EpisodeOutcome, QuantEnv
-from ..rewards import CostPoint, SearchError
+from ..env import EpisodeOutcome, Proposal, QuantEnv
+from ..rewards import CostPoint
 from .base import Agent, generator_state, restore_generator
 
 
@@ -40,17 +40,18 @@ class UniformAgent(Agent):
         while self._cursor < len(self._candidates) and not self._viable(env, *self._candidates[self._cursor]):
             self._cursor += 1
 
-    def run_episode(self, env: QuantEnv, episode: int) -> EpisodeOutcome:
+    def propose(self, env: QuantEnv, episode: int) -> Proposal | None:
         self._advance(env)
         if self.finished():
-            raise SearchError("the uniform baseline has tried every uniform plan")
+            return None
         weight_bits, act_bits = self._candidates[self._cursor]  # type: ignore[index]
         self._cursor += 1
-        outcome = env.evaluate(QuantPlan.uniform(env.network, weight_bits, act_bits))
+        return Proposal(QuantPlan.uniform(env.network, weight_bits, act_bits), memo=(weight_bits, act_bits))
+
+    def learn(self, env: QuantEnv, episode: int, proposal: Proposal, outcome: EpisodeOutcome) -> None:
         if outcome.fits:
-            self._fitting.append((weight_bits, act_bits))
+            self._fitting.append(proposal.memo)
         self._advance(env)
-        return outcome
 
     def finished(self) -> bool:
         return self._candidates is not None and self._cursor >= len(self._candidates)
@@ -76,12 +77,12 @@ class RandomAgent(Agent):
     def for_search(cls, episodes: int, num_layers: int, seed: int) -> "RandomAgent":
         return cls(seed)
 
-    def run_episode(self, env: QuantEnv, episode: int) -> EpisodeOutcome:
+    def propose(self, env: QuantEnv, episode: int) -> Proposal:
         env.reset()
         while True:
-            result = env.step(self.rng.uniform(), self.rng.uniform(size=env.layer.c_out))
-            if result.outcome is not None:
-                return result.outcome
+            result = env.step(self.rng.uniform(), self.rng.uniform(size=env.layer.c_out), scored=False)
+            if result.proposal is not None:
+                return result.proposal
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": generator_state(self.rng)}
@@ -118,10 +119,10 @@ class GreedyAgent(Agent):
     def finished(self) -> bool:
         return self._done
 
-    def run_episode(self, env: QuantEnv, episode: int) -> EpisodeOutcome:
-        outcome = env.evaluate(self.allocate(env))
+    def propose(self, env: QuantEnv, episode: int) -> Proposal:
+        plan = self.allocate(env)
         self._done = True
-        return outcome
+        return Proposal(plan)
 
     def sensitivities(self, env: QuantEnv) -> tuple[np.ndarray, np.ndarray]:
         """Accuracy lost per layer with its weights, and with its activations, at ``env.min_bits``."""

@@ -9,6 +9,7 @@ compressed into the episodes the search has. Budget enforcement is the environme
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -17,7 +18,7 @@ import numpy as np
 from autoq.host.rl.actor_critic import ActorCritic
 from autoq.host.rl.noise import NoiseSchedule, truncated_normal
 
-from ..env import LAYER_OBS_DIM, EpisodeOutcome, QuantEnv
+from ..env import LAYER_OBS_DIM, EpisodeOutcome, Proposal, QuantEnv
 from ..rewards import haq_reward
 from .base import Agent, generator_state, restore_generator
 from .ddpg import DDPGAgentConfig, successors
@@ -64,10 +65,11 @@ class HAQAgent(Agent):
             return float(self.rng.uniform())
         return float(truncated_normal(self.ddpg.act(state)[0], sigma, self.rng)[0])
 
-    def run_episode(self, env: QuantEnv, episode: int) -> EpisodeOutcome:
+    def propose(self, env: QuantEnv, episode: int) -> Proposal:
         learning = episode >= self.config.warmup_episodes
         sigma = self.noise.sigma_at(episode - self.config.warmup_episodes)
-        states, actions = [], []
+        states: list[np.ndarray] = []
+        actions: list[float] = []
         observation, previous = env.reset(), 1.0
         while True:
             weight_state = np.concatenate([observation, [0.0, previous]]).astype(np.float32)
@@ -77,22 +79,23 @@ class HAQAgent(Agent):
             states += [weight_state, act_state]
             actions += [weight_action, act_action]
             previous = act_action
-            result = env.step(act_action, weight_action)
-            if result.outcome is not None:
-                break
+            result = env.step(act_action, weight_action, scored=False)
+            if result.proposal is not None:
+                return dataclasses.replace(result.proposal, memo=(states, actions))
             assert result.observation is not None  # set on every step but the last
             observation = result.observation
-        outcome = result.outcome
+
+    def learn(self, env: QuantEnv, episode: int, proposal: Proposal, outcome: EpisodeOutcome) -> None:
+        states, actions = proposal.memo
         if env.objective.setting.constrained:
             reward = haq_reward(outcome.accuracy, env.objective.full_accuracy)
         else:
             reward = self.config.reward_scale * outcome.reward
         stacked = np.stack(states)
         self.ddpg.remember(stacked, np.array(actions)[:, None], reward, *successors(stacked))
-        if learning:
+        if episode >= self.config.warmup_episodes:
             for _ in range(len(stacked)):
                 self.ddpg.update(self.rng)
-        return outcome
 
     def state_dict(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "ddpg": self.ddpg.state_dict(), "rng": generator_state(self.rng)}

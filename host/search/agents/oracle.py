@@ -27,7 +27,7 @@ import numpy as np
 
 from autoq.common.plan import LayerPlan, QuantPlan
 
-from ..env import EpisodeOutcome, QuantEnv
+from ..env import Proposal, QuantEnv
 from ..rewards import CostPoint
 from .base import Agent
 
@@ -96,7 +96,7 @@ class OracleAgent(Agent):
     def finished(self) -> bool:
         return self._episodes_done >= (1 if self._constrained else self.sweep)
 
-    def run_episode(self, env: QuantEnv, episode: int) -> EpisodeOutcome:
+    def propose(self, env: QuantEnv, episode: int) -> Proposal:
         objective = env.objective
         self._constrained = objective.setting.constrained
         if self._constrained:
@@ -106,9 +106,9 @@ class OracleAgent(Agent):
             top, floor = objective.reference.latency_s, objective.floor.latency_s
             share = 1.0 - self._episodes_done / self.sweep
             limit = floor + (top - floor) * share
-        outcome = env.evaluate(self.allocate(env, limit, metric), layer_wise=self.layer_wise)
+        plan = self.allocate(env, limit, metric)
         self._episodes_done += 1
-        return outcome
+        return Proposal(plan, layer_wise=self.layer_wise)
 
     # -- allocation -----------------------------------------------------------------------------------------------
     def candidates(self, env: QuantEnv, i: int) -> list[Candidate]:
