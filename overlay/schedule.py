@@ -88,17 +88,21 @@ class ScheduleParams:
     every image, the last column tile of each image partial); linear layers always take the batch as columns.
 
     ``pipeline``: False: the stage-total model above (``max`` of the three stage totals plus overheads). True: the
-    RTL engine's step pipeline (``hls/rtl``, see ``_pipeline_cycles``): every step (row tile x column tile) costs
-    the slowest of its fetch, execute, result and the two-region fetch/execute loop, its first column tile also the
-    row tile's table round trip and weights; the efficiencies and tile/pass overheads are then unused and
-    ``layer_overhead_cycles`` is the setup and drain beyond the memory latencies. Its inputs: the HP port's
-    ``read_latency_cycles``, ``read_outstanding`` bursts, ``write_latency_cycles``, ``write_outstanding`` bursts and
-    ``port_bytes_per_cycle`` (each direction; the rtlsim ``HPPortModel``'s fields); its fitted constants:
-    ``step_sync_cycles`` (token hand-over in the fetch/execute loop), ``row_tile_cycles`` and ``row_cycles``
-    (a row tile's table decode and sequential multiplies: fixed and per row), ``boundary_overlap`` (periods of
-    the previous steps that hide a row tile's bubble), ``result_burst_cycles`` (per write burst),
-    ``write_slot_cycles`` (a write burst's hold of an outstanding slot beyond latency and beats) and
-    ``table_beat_cycles`` (per tile-table beat of the check pass).
+    RTL engine's step pipeline (``hls/rtl``, see ``_pipeline_terms``): every step (row tile x column tile) costs
+    the slowest of its fetch, execute, result and the two-region fetch/execute loop; a row tile's first step also
+    the row tile's table round trip, multiplies and weights, as far as the buffered steps, the requester's own
+    loop or the two lhs regions' loop leave them exposed; a layer's first row tile its start-up from an empty
+    pipeline. The efficiencies and tile/pass overheads are then unused and ``layer_overhead_cycles`` is the setup
+    and drain beyond the memory latencies. Its inputs: the HP port's ``read_latency_cycles``, ``read_outstanding``
+    bursts, ``write_latency_cycles``, ``write_outstanding`` bursts and ``port_bytes_per_cycle`` (each direction; the
+    rtlsim ``HPPortModel``'s fields); its constants: ``step_sync_cycles`` (token hand-over in the fetch/execute
+    loop), ``row_tile_cycles`` and ``row_cycles`` (a row tile's table decode and sequential multiplies beyond what
+    the formulas count: fixed and per row, e.g. the bit length of each row's channel index),
+    ``boundary_overlap`` (the periods a steady pipeline spends from a step's fetch to the next-but-one step's
+    start, which hide a row tile's bubble: 3 from the RTL's two rhs regions, not fitted), ``result_burst_cycles``
+    (per write burst), ``write_slot_cycles`` (a write burst's hold of an outstanding slot beyond latency and beats)
+    and ``table_beat_cycles`` (per tile-table beat of the check pass beyond the beat itself: 0, the RTL checks a
+    beat a cycle as it arrives; not fitted).
     """
 
     dram_efficiency: float = 0.8
@@ -114,12 +118,12 @@ class ScheduleParams:
     write_outstanding: float = 8.0
     port_bytes_per_cycle: float = 6.4
     step_sync_cycles: float = 0.0
-    row_tile_cycles: float = 20.0
+    row_tile_cycles: float = 0.0
     row_cycles: float = 3.0
-    boundary_overlap: float = 1.5
+    boundary_overlap: float = 3.0
     result_burst_cycles: float = 2.0
     write_slot_cycles: float = 0.0
-    table_beat_cycles: float = 1.0
+    table_beat_cycles: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -462,21 +466,42 @@ def _cell_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParam
     return fetch, np.broadcast_to(execute, fetch.shape), result
 
 
-def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams,
-                     whole: Callable[[np.ndarray], np.ndarray] = np.ceil) -> tuple[np.ndarray, ...]:
-    """Per-step (fetch, execute, result, pipeline) cycles of every cell in the RTL engine (``params.pipeline``).
+def _bit_length(values: np.ndarray) -> np.ndarray:
+    """Bits of the (positive, whole) ``values``: the cycles the RTL's shift-and-add ``SeqMul`` takes beyond 3."""
+    return np.frexp(np.maximum(values, 1))[1]
 
-    Derived from ``hls/rtl`` (see its ``__init__``) with the HP port's latency ``L``, outstanding bursts ``O``
-    (at most the DMA's 8) and ``rho`` beats per cycle: a stream of ``b`` beats in ``n`` bursts takes
-    ``max(b / rho, (n * L + b / rho) / O)``. Per step: execute ``passes * kwords + Dm + 5`` (issue, flush,
-    drain, hand-over); fetch the activations' stream; result ``2 * rows + beats + c_b * bursts + 1``, or its writes'
-    outstanding-slot limit ``bursts * (L_w + c_w + beats per burst) / O_w``; and the loop of each of the two rhs
-    regions (fetch issued when execute frees it, data back after ``L``, execute issues again):
-    ``(L + b / rho + passes * kwords + c_s) / 2``. The step costs the slowest of the four. A row tile's first step
-    adds its bubble: the requester waits for the table entry (behind the previous step's activations) and its
-    multiplies before it issues the weights and the activations, ``2 L + (2 b + entry) / rho + weights + c_t +
-    c_r * rows``, less ``boundary_overlap`` periods the buffered steps hide, and the tile-table check's share of
-    the entry's beats.
+
+def _pipeline_terms(table: TileTable, overlay: OverlayConfig, params: ScheduleParams,
+                    whole: Callable[[np.ndarray], np.ndarray] = np.ceil) -> tuple[np.ndarray, ...]:
+    """Per-step (fetch, execute, result, pipeline) cycles of every cell in the RTL engine (``params.pipeline``),
+    and per row tile what it adds as its layer's first (``start``) and as its last (``tail``; ``_pipeline_cycles``).
+
+    Derived from ``hls/rtl`` (see its ``__init__``; traced in Amaranth's simulator) with the HP port's latency
+    ``L``, outstanding bursts ``O`` (at most the DMA's 8) and ``rho`` beats per cycle. Bursts come back in order, so
+    a burst holds its slot until its last beat: a stream of ``b`` beats in ``n`` bursts (16 beats, the last ``r``)
+    takes ``max(b / rho, (n L + b' / rho) / O)`` in steady state, ``b' = b + (16 - r)`` where the ``O`` slots can
+    keep to full bursts (``gcd(n, O) > 1``), else ``b``; from idle its last beat comes after
+    ``max(L + b / rho, w L + (w - 1 + n - (w - 1) O) b / n / rho)`` in ``w = ceil(n / O)`` waves.
+
+    Per step: execute ``issue + Dm + 5`` (``issue = passes * kwords``; flush, drain, hand-over); fetch the
+    activations' stream; result ``2 * rows + beats + c_b * bursts + 1``, or its writes' outstanding-slot limit
+    ``bursts * (L_w + c_w + beats per burst) / O_w``; the loop of each of the two rhs regions (fetch issued when
+    execute frees it, data back after ``L``, execute issues again): ``(L + b / rho + issue + c_s) / 2``. The period
+    ``P`` is the slowest of the four. The requester decodes a row tile's table entry (``1 + Dm`` beats) with
+    sequential multiplies, ``M = 18 + sum of 4 bit lengths (words per plane, weight and activation beats per row)
+    + 3 rows + c_t + c_r rows``. A row tile's first step costs the slowest of
+
+    * ``P`` plus, with three or more steps (the requester then waits for a free rhs region, so for execute), its
+      bubble: the table entry behind the last step's activations ``max(wait(a + entry), (2 a + entry) / rho -
+      issue)``, ``M``, the weights and the first activations ``wait(w + a)`` and ``issue``, less the
+      ``boundary_overlap`` (3) periods a steady pipeline spends from the last fetch to the next step's start;
+    * the requester's own loop, the next entry behind all of the row tile's data: ``wait(w + all its activations +
+      entry) + M`` (what holds with one or two steps, where execute never holds the requester back);
+    * the two lhs regions' loop: ``(wait(entry) + M + wait(w + a) + its other steps + execute) / 2``;
+
+    less its other steps, plus the tile-table check's share of the entry's beats (``c_e`` per beat). A layer's
+    first row tile starts from an empty pipeline instead, ``start = wait(entry) + M + wait(w + a) - first step``,
+    and its last row tile's last step ends one execute after it starts: ``tail = execute``.
     """
     beat_bytes = overlay.dram_width_bits / 8
     rho = min(params.port_bytes_per_cycle, beat_bytes) / beat_bytes
@@ -485,7 +510,15 @@ def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleP
     writes = min(params.write_outstanding, RTL_WRITE_BURSTS)
 
     def stream(beats: np.ndarray, bursts: np.ndarray) -> np.ndarray:
-        return np.maximum(beats / rho, (bursts * lat + beats / rho) / reads)
+        n = np.ceil(beats / RTL_BURST_BEATS)
+        full = np.gcd(n.astype(np.int64), max(int(round(reads)), 1)) > 1  # the slots can keep to full bursts
+        held = beats + full * (RTL_BURST_BEATS * n - beats)
+        return np.maximum(beats / rho, (bursts * lat + held / rho) / reads)
+
+    def wait(beats: np.ndarray, bursts: np.ndarray) -> np.ndarray:
+        waves = np.maximum(np.ceil(np.floor(bursts) / reads), 1)
+        tail = waves - 1 + bursts - (waves - 1) * reads
+        return np.maximum(lat + beats / rho, waves * lat + tail * beats / np.maximum(bursts, 1) / rho)
 
     issue = table.passes * table.kwords
     execute = np.broadcast_to(issue + overlay.dm + 5, table.act_beats.shape)
@@ -496,14 +529,39 @@ def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleP
                         table.result_bursts * (wlat + params.write_slot_cycles + per_burst) / writes)
     period = np.maximum.reduce([execute, fetch, loop, result])
     entry = 1 + overlay.dm  # beats of one tile-table entry (2 + 2 Dm uint32)
-    weights = stream(table.weight_beats, table.weight_bursts)
-    bubble = (2 * lat + (2 * table.act_beats + entry) / rho + weights + params.row_tile_cycles
-              + params.row_cycles * table.rows - params.boundary_overlap * period)
+    words = table.kwords * (overlay.dk // 64)  # 64-bit beats per bit-plane of a row or column
+    tbits = np.rint(table.weight_beats * overlay.dram_width_bits / (table.rows * table.kwords * overlay.dk))
+    multiplies = (18 + 2 * _bit_length(words) + _bit_length(tbits * words) + _bit_length(table.passes / tbits * words)
+                  + 3 * table.rows + params.row_tile_cycles + params.row_cycles * table.rows)
+    table_wait = np.maximum(wait(table.act_beats + entry, table.act_bursts + 1), (2 * table.act_beats + entry) / rho - issue)
+    data = wait(table.weight_beats + table.act_beats, table.weight_bursts + table.act_bursts)
+    bubble = table_wait + multiplies + data + issue - params.boundary_overlap * period
+    cells = np.broadcast_to(table.cell_tiles, table.act_beats.shape)
+    starts = np.maximum(cells[:, :1], 1)  # the row tile's first steps (one per image where images run apart)
+    steps = cells.sum(axis=1, keepdims=True) / starts
+    others = (cells[:, 1:] * period[:, 1:]).sum(axis=1, keepdims=True) / starts
+    row_beats = table.weight_beats + (cells * table.act_beats).sum(axis=1, keepdims=True) / starts + entry
+    row_bursts = table.weight_bursts + (cells * table.act_bursts).sum(axis=1, keepdims=True) / starts + 1
+    requester = wait(row_beats, row_bursts) + multiplies
+    lhs_loop = (wait(np.full_like(row_beats, entry), np.ones_like(row_bursts)) + multiplies + data + others + execute) / 2
+    lead = np.maximum(np.maximum(period + (steps > 2) * np.maximum(bubble, 0), requester - others), lhs_loop - others)
     check = np.maximum(entry / rho, (entry / RTL_BURST_BEATS * lat + entry / rho) / reads) + params.table_beat_cycles * entry
     first = _KIND_FIRST[None, :]
-    period = period + first * (np.maximum(bubble, 0) + check)
-    fetch = fetch + first * (weights + entry / rho)
-    return whole(fetch), whole(execute), whole(result), whole(period)
+    period = np.where(first, lead + check, period)
+    fetch = fetch + first * (stream(table.weight_beats, table.weight_bursts) + entry / rho)
+    start = wait(np.full_like(row_beats, entry), np.ones_like(row_bursts)) + multiplies + data[:, :1] - lead[:, :1]
+    return whole(fetch), whole(execute), whole(result), whole(period), whole(start), whole(execute[:, :1])
+
+
+def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams,
+                     whole: Callable[[np.ndarray], np.ndarray] = np.ceil) -> tuple[np.ndarray, ...]:
+    """Per-step (fetch, execute, result, pipeline) cycles of every cell in the RTL engine (``params.pipeline``,
+    formulas in ``_pipeline_terms``); the first step of each entry's first row tile carries the entry's start-up, that
+    of its last row tile its last execute."""
+    fetch, execute, result, period, start, tail = _pipeline_terms(table, overlay, params, whole)
+    change = table.entry[1:] != table.entry[:-1]
+    layer_first, layer_last = np.r_[True, change][:, None], np.r_[change, True][:, None]
+    return fetch, execute, result, period + _KIND_FIRST[None, :] * (layer_first * start + layer_last * tail)
 
 
 def _pipeline_overhead(params: ScheduleParams) -> float:
@@ -651,9 +709,10 @@ class HistogramSchedule:
                             ws_width, ohw[ci], overlay, params.per_image_convs)
         total = lambda cells, count=ws_count: (np.broadcast_to(cells, count.shape) * count).sum(axis=1)
         if params.pipeline:
-            fetch, execute, result, steps = _pipeline_cycles(table, overlay, params)
+            fetch, execute, result, steps, start, tail = _pipeline_terms(table, overlay, params)
             sums = [total(fetch), total(execute), total(result), total(steps), total(_pipeline_moved(table, overlay)),
                     total(table.binary_ops)]
+            start, tail = ((x[:, 0] * ws_count[:, 0]).reshape(len(shapes) * top, top, 2, 2) for x in (start, tail))
         else:  # as the pipeline's sums, with the fetch cycles (0) and bytes (in 4, with the results') chosen per
             # plan from those of each variant (7 on, cycles and bytes): weight-stationary without and with a run
             # start, activation-stationary with the block's weights fitting the lhs buffer together and not; and
@@ -673,6 +732,9 @@ class HistogramSchedule:
         # tiles), and the corrections as steps at the widest tile and the narrowest (1 from there on)
         increments = lambda sums: sums - np.concatenate([sums[:, 1:], np.zeros_like(sums[:, :1])], axis=1)
         self._table = np.concatenate([increments(normal), increments(first), increments(last)], axis=1)
+        if params.pipeline:  # a layer's start-up (its first block's widest tile) and last execute (its last's narrowest)
+            self._start = increments(np.where(single[:, :, 0], start[:, :, 1, 0], start[:, :, 0, 0]))
+            self._tail = increments(np.where(single[:, :, 0], tail[:, :, 1, 0], tail[:, :, 1, 1]))
         if not params.pipeline:  # what starting a weight-stationary run adds to a tile's fetch, and where it can
             # (a tile other than the first and last of each width; the last tile of each width: ``_run_starts``)
             self._run = np.concatenate([normal[..., 9:11] - normal[..., 7:9],
@@ -682,7 +744,9 @@ class HistogramSchedule:
         self._kind_base = kind * top - 1  # plus a layer's activation bits: its probes' row
         self._tiles, self._words, self._shared = tiles[kind], first_kwords[kind], ~packed[kind]
         self._bins = np.repeat(np.arange(len(blocks)) * (top + 1), block_rows[kind])
-        starts = np.flatnonzero(np.r_[True, self._layer[1:] != self._layer[:-1]])
+        change = self._layer[1:] != self._layer[:-1]
+        self._layer_first, self._layer_last = np.r_[True, change], np.r_[change, True]
+        starts = np.flatnonzero(self._layer_first)
         self._layer_starts = starts if starts.size < len(blocks) else None
 
     def cycles(self, bits: np.ndarray, act_bits: np.ndarray) -> TableCycles:
@@ -694,7 +758,10 @@ class HistogramSchedule:
         row = self._kind_base + act_bits[self._layer]
         weights = np.concatenate([at_least, np.minimum(at_least, 1), at_least >= self._tiles[:, None]], axis=1)
         sums = np.matmul(weights[:, None, :], self._table[row])[:, 0]
-        if not self.params.pipeline:
+        if self.params.pipeline:
+            sums[:, 3] += (self._layer_first * (np.minimum(at_least, 1) * self._start[row]).sum(axis=1)
+                           + self._layer_last * ((at_least >= self._tiles[:, None]) * self._tail[row]).sum(axis=1))
+        else:
             lhs = overlay.lhs_mem_words
             cut = sums[:, 6] > lhs
             ws, activation_stationary = sums[:, 7:9], np.where(cut[:, None], sums[:, 13:15], sums[:, 11:13])

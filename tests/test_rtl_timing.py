@@ -1,9 +1,13 @@
 """The schedule model's RTL pipeline (``ScheduleParams.pipeline``) fitted on rtlsim cycle counts: the bundled RTL
-calibrations, the emulated device counting with them, and the fit against the RTL simulation on layers that were not
-in the fitting sweep (``tests/benchmarks/rtl_timing_sweep.py``)."""
+calibrations, the sweep they are fitted on (``calibration/data/rtl_sweep.csv``, measured by
+``tests/benchmarks/rtl_timing_sweep.py``) and refitting from it, the emulated device counting with them, and the fit
+against the RTL simulation on layers that were not in the fitting sweep."""
 from __future__ import annotations
 
+import hashlib
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +21,8 @@ from autoq.overlay.manifest import load_overlay
 from autoq.overlay.schedule import ScheduleParams, layer_cycles
 
 MAPE_BOUND, MAX_BOUND = 5.0, 15.0  # percent: the fit's stated error (in-sample and leave-one-shape-out MAPE < 5%)
+SWEEP = Path(__file__).resolve().parents[1] / "calibration" / "data" / "rtl_sweep.csv"
+SWEEP_NAME = "calibration/data/rtl_sweep.csv"
 UNSEEN = (  # shapes and sizes the fitting sweep does not contain
     LayerSpec("conv3x3_c24", "conv", 24, 12, 3, 1, 1, 1, (7, 7), (7, 7)),
     LayerSpec("conv5x5_s2", "conv", 8, 10, 5, 2, 2, 1, (11, 11), (6, 6)),
@@ -31,6 +37,64 @@ def test_rtl_calibrations_are_fits_on_rtlsim(overlay):
     assert calibration.calibrated and calibration.schedule.pipeline
     assert calibration.source.startswith("fitted on rtlsim measurements")
     assert calibration.fit["latency_leave_one_shape_out"]["mape_percent"] < MAPE_BOUND
+
+
+@pytest.mark.parametrize("overlay", ["rtl_small", "pynq_z1"])
+def test_rtl_calibrations_name_the_shipped_sweep(overlay):
+    calibration = load_default_calibration(overlay)
+    digest = hashlib.sha256(SWEEP.read_bytes()).hexdigest()
+    fitted_on = calibration.fit["fitted_on"]
+    assert (fitted_on["file"], fitted_on["sha256"], fitted_on["measured_by"]) == (SWEEP_NAME, digest, "rtlsim")
+    assert f"sweep {SWEEP_NAME} (sha256 {digest})" in calibration.source
+
+
+def _sweep_runs():
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+    try:
+        from rtl_timing_sweep import load_runs
+    finally:
+        sys.path.pop(0)
+    return load_runs(SWEEP, "rtl_small")
+
+
+def test_shipped_sweep_refits_to_the_bundled_constants_and_every_shape_fits():
+    """The bundled constants are the fit of the shipped rtlsim sweep (``bench_rtl_model.py --csv``), and with them
+    every shape of it, the linear ones (one step per row tile) included, is predicted within a few percent."""
+    from autoq.calibration.fit import (_PIPELINE_START, PIPELINE_PARAMETERS, _fit_pipeline_x, _PipelinePredictor,
+                                       error_figures)
+
+    runs, overlay = _sweep_runs(), load_overlay("rtl_small")
+    assert len(runs) == 1008  # every run of the default sweep came back bit-exact
+    predictor = _PipelinePredictor(runs, overlay)
+    measured = np.array([run.cycles for run in runs])
+    refit = _fit_pipeline_x(predictor, measured, np.ones(len(runs), dtype=bool), _PIPELINE_START)
+    bundled = load_default_calibration("rtl_small").schedule
+    np.testing.assert_allclose(refit, [getattr(bundled, name) for name in PIPELINE_PARAMETERS], rtol=1e-3, atol=1e-3)
+    predicted = np.array([layer_cycles(run.layer, run.weight_bits, run.act_bits, overlay,
+                                       replace(bundled, **dict(zip(("read_latency_cycles", "read_outstanding",
+                                                                    "write_latency_cycles", "write_outstanding",
+                                                                    "port_bytes_per_cycle"), run.port))),
+                                       run.batch).total for run in runs])
+    assert error_figures(predicted, measured).mape < 1.5
+    shapes = np.array([run.layer.name for run in runs])
+    for name in set(shapes.tolist()):
+        figures = error_figures(predicted[shapes == name], measured[shapes == name])
+        assert figures.mape < 3.0 and figures.max_ape < 10.0, (name, figures)
+
+
+def test_linear_layers_pay_one_read_latency_per_row_tile():
+    """One column tile per row tile: the requester's loop (table entry behind the previous tile's weights and
+    activations, its multiplies, the next weights) is the period, one read latency per row tile, as the RTL
+    simulation counts it (rtlsim: +30 cycles per row tile from latency 10 to 40, 1/2 bits, 8 outstanding)."""
+    overlay, schedule = load_overlay("rtl_small"), load_default_calibration("rtl_small").schedule
+    per_tile = {}
+    for latency in (10.0, 40.0, 80.0):
+        at = replace(schedule, read_latency_cycles=latency)
+        small, big = (layer_cycles(LayerSpec("fc", "linear", 256, c_out), np.ones(c_out, dtype=int), 2, overlay, at).total
+                      for c_out in (32, 64))
+        per_tile[latency] = (big - small) / 16
+    assert per_tile[40.0] - per_tile[10.0] == pytest.approx(30.0, abs=1.0)
+    assert per_tile[80.0] - per_tile[40.0] == pytest.approx(40.0, abs=1.0)
 
 
 def test_emulated_rtl_small_counts_with_the_rtlsim_fit():

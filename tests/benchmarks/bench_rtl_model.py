@@ -2,20 +2,22 @@
 
 Takes a sweep of layer shapes x bit-widths x HP-port settings run on the Verilator simulation of the RTL engine
 (``rtl_timing_sweep.py``: every run checked bit for bit against the reference engine; ``--csv`` reuses a sweep's CSV,
-else a reduced sweep runs here, a few minutes) and prints
+e.g. ``calibration/data/rtl_sweep.csv``, the sweep the bundled calibrations are fitted on, else a reduced sweep runs
+here, a few minutes) and prints
 
 - the schedule model with the overlay's bundled calibration (``ScheduleParams.pipeline``; the port fields set to each
   run's HP-port settings) against the RTL's ``cycles_total``: MAPE per port setting, per shape and overall;
 - a fresh fit of the pipeline constants on the sweep (``calibration.fit.fit_pipeline``): in-sample, 5-fold and
   leave-one-shape-out MAPE and max error, by shape; ``--write-calibration`` writes it as the ``calibration.json`` of
-  ``--overlay`` (and of each ``--also`` overlay, e.g. ``pynq_z1_rtl``: the constants are per beat, burst, row and
-  step, the array's dimensions enter through the formulas);
+  ``--overlay`` (and of each ``--also`` overlay, e.g. ``pynq_z1``: the constants are per beat, burst, row and
+  step, the array's dimensions enter through the formulas), its ``source`` naming the sweep file and its sha256;
 - the simulation speed and the time the ``rtlsim`` backend takes to measure the digits network at 8/8
   (``--digits``).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from collections import defaultdict
@@ -27,13 +29,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rtl_timing_sweep import FIELDS, load_runs, sweep, sweep_overlay  # noqa: E402
 
-from autoq.calibration.fit import PORT_PARAMETERS, PipelineRun, error_figures, fit_pipeline  # noqa: E402
+from autoq.calibration.fit import (PIPELINE_PARAMETERS, PORT_PARAMETERS, PipelineRun, error_figures,  # noqa: E402
+                                   fit_pipeline)
 from autoq.common.plan import QuantPlan  # noqa: E402
 from autoq.overlay.calibration_params import (CalibrationParams, default_calibration_path,  # noqa: E402
                                               load_default_calibration, today)
 from autoq.overlay.manifest import load_overlay  # noqa: E402
 from autoq.overlay.schedule import ScheduleParams, layer_cycles  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED_SWEEP = REPO / "calibration" / "data" / "rtl_sweep.csv"
+"""The sweep (``rtl_timing_sweep.py`` on rtl_small, seed 0, its default shapes, bits, HP-port settings and batches)
+the bundled rtl_small and pynq_z1 calibrations are fitted on: rtlsim measurements, one row per bit-exact run."""
 QUICK_BITS = ("1/2", "2/2", "4/4", "8/8", "mixed/4", "mix2/3")
 QUICK_MEMORY = ((40, 8, 6.4), (80, 2, 6.4), (10, 8, 6.4), (80, 8, 6.4))
 
@@ -67,16 +74,22 @@ def write_calibration(overlay_name: str, fitted: ScheduleParams, figures: dict, 
     overlay = load_overlay(overlay_name)
     source = (f"fitted on rtlsim measurements: {runs} layer runs of the RTL engine on the Verilator simulation "
               f"(overlay {source_overlay}), sweep {sweep_text}")
+    transfer = () if overlay_name == source_overlay else (
+        f"constants fitted on {source_overlay}'s runs, used for {overlay_name} ({overlay.dm}x{overlay.dn}x{overlay.dk}): "
+        "the array's dimensions enter through the formulas; not checked against an rtlsim sweep of this overlay",)
     calibration = CalibrationParams(
         id=f"{overlay_name}_rtlsim", source=source, overlay_build_hash=overlay.build_hash, date=today(),
         calibrated=True, schedule=fitted, energy=base.energy, overlay=None, fit=figures,
-        notes=(f"calibrated: timing fitted on RTL-simulation cycle counts ({source_overlay}); schedule model "
-               "pipeline=true (overlay/schedule.py _pipeline_cycles); the port fields are the rtlsim HPPortModel "
-               "defaults (read latency 40, 8 outstanding, write latency 30, 6.4 B/cycle), assumptions, not board "
-               "measurements",
+        notes=(f"calibrated: timing fitted on RTL-simulation cycle counts ({source_overlay}); the schedule is the "
+               "fit's prediction, not a measurement; schedule model pipeline=true (overlay/schedule.py "
+               "_pipeline_terms; boundary_overlap 3 and table_beat_cycles 0 from the RTL's structure, not fitted); "
+               "the port fields are the rtlsim HPPortModel defaults (read latency 40, 8 outstanding, write latency "
+               "30, 6.4 B/cycle), assumptions, not board measurements",
+               *transfer,
                f"energy parameters not measured: kept from calibration {base.id!r} (calibrated={base.calibrated})",
-               "refit: python tests/benchmarks/rtl_timing_sweep.py -o sweep.csv && python "
-               "tests/benchmarks/bench_rtl_model.py --csv sweep.csv --write-calibration"),
+               "refit from the shipped sweep: python tests/benchmarks/bench_rtl_model.py --csv "
+               "calibration/data/rtl_sweep.csv --write-calibration --also pynq_z1; re-measure it: python "
+               "tests/benchmarks/rtl_timing_sweep.py -o calibration/data/rtl_sweep.csv"),
     )
     path = default_calibration_path(overlay_name)
     calibration.save(path)
@@ -87,7 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--overlay", default="rtl_small",
                         help="overlay (register map v2) the sweep ran on, or base@DMxDNxDK as rtl_timing_sweep.py takes")
-    parser.add_argument("--csv", type=Path, help="a sweep CSV of rtl_timing_sweep.py (default: run a reduced sweep)")
+    parser.add_argument("--csv", type=Path, help="a sweep CSV of rtl_timing_sweep.py, e.g. calibration/data/rtl_sweep.csv "
+                        "(the bundled calibrations' sweep; default: run a reduced sweep)")
     parser.add_argument("--write-calibration", action="store_true", help="write the fit as the overlay's calibration.json")
     parser.add_argument("--also", action="append", default=[], help="another overlay to write the fit for (repeatable)")
     parser.add_argument("--digits", action="store_true", help="also time the rtlsim backend on the digits network")
@@ -99,7 +113,11 @@ def main() -> None:
         parser.error("--write-calibration needs a bundled overlay (the fit is written as its calibration.json)")
     if args.csv:
         runs = load_runs(args.csv, overlay.name)
-        sweep_text = f"{args.csv.name}"
+        path = args.csv.resolve()
+        shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        sweep_text = f"{shown} (sha256 {digest})"
+        fitted_on = {"file": str(shown), "sha256": digest, "measured_by": "rtlsim"}
     else:
         import csv
         import tempfile
@@ -116,7 +134,8 @@ def main() -> None:
         seconds = time.perf_counter() - start
         print(f"sweep: {cycles} simulated cycles in {seconds:.1f} s = {cycles / seconds:,.0f} cycles/s ({path})")
         runs = load_runs(path, overlay.name)
-        sweep_text = "bench_rtl_model.py quick sweep"
+        sweep_text = f"bench_rtl_model.py quick sweep (seed {args.seed}, not kept)"
+        fitted_on = {"file": None, "sha256": None, "measured_by": "rtlsim"}
     shapes = sorted({run.layer.name for run in runs})
     sweep_text += (f": {len(shapes)} shapes ({', '.join(shapes)}), HP port "
                    f"{sorted({(r.port[0], r.port[1], r.port[4]) for r in runs})} (read latency, outstanding, "
@@ -130,9 +149,8 @@ def main() -> None:
     start = time.perf_counter()
     fit = fit_pipeline(runs, overlay, seed=args.seed)
     print(f"\nfit of the pipeline constants on these runs ({time.perf_counter() - start:.1f} s):")
-    for name in ("layer_overhead_cycles", "step_sync_cycles", "row_tile_cycles", "row_cycles", "boundary_overlap",
-                 "result_burst_cycles", "write_slot_cycles", "table_beat_cycles"):
-        print(f"  {name:<24} {getattr(fit.params, name):g}")
+    for name in (*PIPELINE_PARAMETERS, "boundary_overlap", "table_beat_cycles"):
+        print(f"  {name:<24} {getattr(fit.params, name):g}{'' if name in PIPELINE_PARAMETERS else ' (held, not fitted)'}")
     for label, e in (("in-sample", fit.in_sample), ("5-fold", fit.kfold), ("leave-one-shape-out", fit.leave_one_shape_out)):
         print(f"  {label:<20} MAPE {e.mape:5.2f}%  max {e.max_ape:5.1f}%")
     for name in shapes:
@@ -141,7 +159,8 @@ def main() -> None:
               f"(max {held.max_ape:5.1f}%)")
     if args.write_calibration:
         for name in [overlay.name, *args.also]:
-            path = write_calibration(name, fit.params, fit.figures(), overlay.name, len(runs), sweep_text)
+            figures = {**fit.figures(), "fitted_on": {**fitted_on, "runs": len(runs), "overlay": overlay.name}}
+            path = write_calibration(name, fit.params, figures, overlay.name, len(runs), sweep_text)
             print(f"wrote {path}")
 
     if args.digits:
@@ -161,7 +180,7 @@ def main() -> None:
         cycles = sum(layer.cycles["total"] for layer in measured.layers)
         print(f"\ndigits at 8/8 on rtlsim:{overlay.name}: {1e3 * measured.latency_s:.4f} ms ({cycles} RTL cycles, "
               f"source {measured.provenance.source}); opening the backend {opened - start:.1f} s (cached build), "
-              f"measuring {done - opened:.1f} s")
+              f"measuring {done - opened:.1f} s (>= {cycles / (done - opened):,.0f} simulated cycles/s)")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 
 Each layer runs on the Verilator simulation of the RTL engine (``hls.rtlsim.check.check_layer``: outputs checked
 bit for bit against the reference engine) and one CSV row records the layer, its bits, the memory model and the
-RTL's counters (fetch, execute, result active cycles and ``cycles_total``). ``--quick`` runs a reduced sweep.
-The rows are measurements: ``calibration`` fits the schedule model's parameters to them.
+RTL's counters (fetch, execute, result active cycles and ``cycles_total``). ``--shapes``/``--bits``/``--memory``
+run a subset. The rows are measurements: ``calibration`` fits the schedule model's parameters to them; the sweep the
+bundled calibrations are fitted on is ``calibration/data/rtl_sweep.csv`` (this script's defaults, seed 0), refit with
+``bench_rtl_model.py --csv calibration/data/rtl_sweep.csv``. ``--compare OLD.csv`` says, after the sweep, how many
+runs (same layer, bits, batch and HP port; seeded operands) have the same ``cycles_total`` as in ``OLD.csv``.
 """
 from __future__ import annotations
 
@@ -134,6 +137,33 @@ def load_runs(path: Path, overlay: str | None = None) -> list[PipelineRun]:
     return runs
 
 
+def _run_key(row: dict) -> tuple:
+    return (row["overlay"], row["layer"], row["wbits_spec"], row["act_bits"], row["batch"], row["read_latency"],
+            row["outstanding"], row["bandwidth"])
+
+
+def compare(new: Path, old: Path) -> str:
+    """How the runs of sweep CSV ``new`` compare with the same runs of ``old``: identical ``cycles_total``, the
+    largest difference, and the runs bit-exact in only one of them."""
+    def rows(path: Path) -> dict:
+        with Path(path).open(newline="") as handle:
+            return {_run_key(row): row for row in csv.DictReader(handle)}
+
+    a, b = rows(old), rows(new)
+    common = [k for k in b if k in a and a[k]["exact"] == "1" and b[k]["exact"] == "1"
+              and a[k]["weight_bits"] == b[k]["weight_bits"]]
+    same = sum(a[k]["rtl_total"] == b[k]["rtl_total"] for k in common)
+    worst = max(common, key=lambda k: abs(int(b[k]["rtl_total"]) - int(a[k]["rtl_total"])), default=None)
+    text = f"{same} of {len(common)} runs bit-exact in both have the same cycles_total"
+    if worst is not None and same < len(common):
+        old_cycles, new_cycles = int(a[worst]["rtl_total"]), int(b[worst]["rtl_total"])
+        text += (f"; largest difference {new_cycles - old_cycles:+d} cycles ({100 * (new_cycles / old_cycles - 1):+.2f}%) "
+                 f"at {worst}")
+    only_new = sum(b[k]["exact"] == "1" and (k not in a or a[k]["exact"] != "1") for k in b)
+    only_old = sum(a[k]["exact"] == "1" and (k not in b or b[k]["exact"] != "1") for k in a)
+    return text + f"; bit-exact only in the new sweep: {only_new}, only in the old: {only_old}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, default=Path("/tmp/rtl_sweep.csv"))
@@ -145,6 +175,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--append", action="store_true")
     parser.add_argument("--timeout", type=float, default=60.0, help="wall-clock seconds before a run counts as hung")
+    parser.add_argument("--compare", type=Path, help="a previous sweep CSV to compare the runs' cycles_total with")
     args = parser.parse_args()
     shapes = [s for s in SHAPES if not args.shapes or s.name in args.shapes.split(",")]
     bits = args.bits.split(",") if args.bits else list(BITS)
@@ -166,6 +197,8 @@ def main() -> None:
             print(f"{row['read_latency']:>3} {row['outstanding']} {row['layer']:<13} {row['wbits_spec']}/{row['act_bits']} "
                   f"b{row['batch']} {row['rtl_total']:>8} exact={row['exact']} {row['rejected']} "
                   f"[{time.perf_counter() - start:.0f}s]", file=sys.stderr, flush=True)
+    if args.compare:
+        print(compare(args.output, args.compare))
 
 
 if __name__ == "__main__":
