@@ -22,6 +22,9 @@ def register_synth(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("--verilog", metavar="FILE", default=None,
                        help="synthesise this Verilog (top bitserial_engine) instead of the one generated from hls/rtl")
     synth.add_argument("--no-cache", action="store_true", help="synthesise even if a cached result exists")
+    synth.add_argument("--flatten", action="store_true",
+                       help="flatten before mapping: one ABC9 run instead of one per module (for full-size arrays; "
+                            "no LUTs per block)")
     synth.add_argument("--json", action="store_true", help="print the report as JSON")
     synth.set_defaults(handler=synth_handler)
 
@@ -53,7 +56,7 @@ def synth_handler(args: argparse.Namespace) -> int:
     if changes:
         overlay = overlay.with_changes(**changes)
     verilog_text = Path(args.verilog).read_text() if args.verilog else None
-    report = synthesize(overlay, verilog_text=verilog_text, use_cache=not args.no_cache)
+    report = synthesize(overlay, verilog_text=verilog_text, use_cache=not args.no_cache, flatten=args.flatten)
     model = estimate(overlay)
     if args.json:
         data = report.to_dict()
