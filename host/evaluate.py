@@ -1,8 +1,12 @@
 """Accuracy of a model under a quantization plan, on a held-out split, optionally after a short fine-tune.
 
-Two held-out splits are kept apart: ``val``, which the search scores (and so selects) plans on, and ``test``, on
-which results are reported; every accuracy method takes ``split`` and defaults to ``val``, except the final
-fine-tune's, which reports ``test``. Results are cached by (plan hash, fine-tune steps, split). A fine-tune runs SGD (lr 1e-3, momentum 0.9, as in AutoQ)
+Two held-out splits are kept apart: ``val``, which plans are selected on, and ``test``, on which results are
+reported; every accuracy method takes ``split`` and defaults to ``val``, except the final fine-tune's, which reports
+``test``. ``val_subset`` (``SEARCH_SPLIT``) is a fixed random part of ``val`` (``EvaluatorConfig.search_images``,
+drawn with ``seed``; all of ``val`` when it is no larger): what the search scores every episode on, before it
+re-scores its best candidates on all of ``val``. ``val`` is scored as its subset plus the rest, so re-scoring a
+plan scored on the subset costs only the rest. Results are cached by (plan hash, fine-tune steps, part of a split);
+``split_size`` says how many images a split has. A fine-tune runs SGD (lr 1e-3, momentum 0.9, as in AutoQ)
 through the quantizer's straight-through estimator on batches of the train split drawn from a generator seeded
 with ``seed``, then puts every parameter and buffer back bit for bit; the optimizer is created per fine-tune, so no
 optimizer state outlives it. The same plan and settings therefore always give the same accuracy.
@@ -19,9 +23,9 @@ a task whose model has no trained weights (a built-in architecture by name) warn
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 import numpy as np
 
@@ -31,15 +35,18 @@ import torch.nn.functional as F
 from autoq.common.errors import AutoQError
 from autoq.common.plan import QuantPlan
 from autoq.host.quant.quantizer import QuantizedModel, QuantizerConfig
-from autoq.host.search.env import PlanScore
+from autoq.host.search.env import SEARCH_SPLIT, PlanScore
 from autoq.host.tasks import Task
 from autoq.host.tasks.datasets import Split
 
 if TYPE_CHECKING:
     from autoq.host.quant.onnx_quant import OnnxQuantizedModel
 
-#: The held-out splits an evaluator scores on: ``val`` selects plans, ``test`` reports them.
-HELD_OUT_SPLITS = ("val", "test")
+#: The held-out splits an evaluator scores on: ``val_subset`` scores episodes, ``val`` selects plans, ``test``
+#: reports them.
+HELD_OUT_SPLITS = (SEARCH_SPLIT, "val", "test")
+#: Images of ``val`` every episode is scored on by default (the rest only re-scores the best candidates).
+DEFAULT_SEARCH_IMAGES = 2_000
 
 
 class UntrainedWeightsWarning(UserWarning):
@@ -58,11 +65,26 @@ class EvaluatorConfig:
     finetune_lr: float = 1e-3
     finetune_momentum: float = 0.9
     seed: int = 0
+    search_images: int = DEFAULT_SEARCH_IMAGES  # size of ``val_subset`` (all of val when val is no larger)
+
+
+class _Sums(NamedTuple):
+    """Sums over one part of a split: correct top-1 predictions, cross-entropy and KL(float || quantized), images."""
+
+    correct: int
+    loss: float
+    kl: float
+    images: int
+
+
+def _merged(parts: list[_Sums]) -> PlanScore:
+    correct, loss, kl, images = (sum(column) for column in zip(*parts))
+    return PlanScore(correct / images, loss / images, max(0.0, kl / images))
 
 
 class Evaluator:
-    """Scores plans: ``accuracy(plan, finetune_steps)`` and ``full_precision_accuracy()`` on ``val`` for the search,
-    the same with ``split="test"`` for reporting."""
+    """Scores plans: ``score``/``accuracy(plan, finetune_steps, split)`` on ``val_subset`` for every episode of a
+    search, on ``val`` to select among the best, on ``test`` for reporting; ``full_precision_accuracy(split)``."""
 
     def __init__(self, qmodel: "QuantizedModel | OnnxQuantizedModel", val: Split, test: Split, train: Split | None = None,
                  config: EvaluatorConfig = EvaluatorConfig(), trained: bool = True, calib: Split | None = None) -> None:
@@ -71,8 +93,17 @@ class Evaluator:
                 raise AutoQError(f"the {name} split is empty")
         if not qmodel.calibrated:
             raise AutoQError("the quantized model's activations are not calibrated; call calibrate() first")
+        if config.search_images < 1:
+            raise AutoQError(f"search_images must be >= 1, got {config.search_images}")
         self.qmodel = qmodel
         self.held_out = {"val": val, "test": test}
+        order = torch.randperm(len(val), generator=torch.Generator().manual_seed(config.seed))
+        chosen = order[: config.search_images].sort().values
+        rest = order[config.search_images :].sort().values
+        #: the parts each split is scored as (``val`` = its subset + the rest), each cached on its own
+        self._parts = {SEARCH_SPLIT: val.subset(chosen), "val_rest": val.subset(rest), "test": test}
+        whole_val = (SEARCH_SPLIT, "val_rest") if len(rest) else (SEARCH_SPLIT,)
+        self._composition = {SEARCH_SPLIT: (SEARCH_SPLIT,), "val": whole_val, "test": ("test",)}
         self.train = train
         self.calib = calib  # what the activations were calibrated on (and the sensitivity is estimated on)
         self.config = config
@@ -80,9 +111,12 @@ class Evaluator:
         #: whether ``finetune_steps`` can be given: only a torch model trains (not an ONNX graph)
         self.trainable = isinstance(qmodel, QuantizedModel)
         self.evaluations = 0
-        self._cache: dict[tuple[str, int, str], PlanScore] = {}
-        self._float_accuracy: dict[str, float] = {}
+        self._cache: dict[tuple[str, int, str], _Sums] = {}
         self._float_log_probs: dict[str, torch.Tensor] = {}
+
+    def split_size(self, split: str) -> int:
+        """Images of held-out ``split``."""
+        return sum(len(self._parts[part]) for part in self._parts_of(split))
 
     @classmethod
     def for_task(cls, task: Task, quantizer: QuantizerConfig = QuantizerConfig(),
@@ -115,22 +149,22 @@ class Evaluator:
 
     def score(self, plan: QuantPlan, finetune_steps: int = 0, split: str = "val") -> PlanScore:
         """Top-1 accuracy, mean cross-entropy and mean KL(float || quantized) on ``split`` under ``plan``, after
-        ``finetune_steps`` SGD steps when asked (cached)."""
-        self._held_out(split)  # refuses an unknown split
+        ``finetune_steps`` SGD steps when asked (cached per part of the split)."""
+        parts = self._parts_of(split)
         if finetune_steps < 0:
             raise AutoQError(f"finetune_steps must be >= 0, got {finetune_steps}")
         self._check_finetune(finetune_steps)
-        key = (plan.hash, finetune_steps, split)
-        if key not in self._cache:
+        missing = [part for part in parts if (plan.hash, finetune_steps, part) not in self._cache]
+        if missing:
+            for part in missing:
+                self._float(part)  # KL to the float model as it is, not to a fine-tuned one
             self.qmodel.apply(plan)
-            if finetune_steps:
-                with self._restored_state():
+            with self._restored_state() if finetune_steps else nullcontext():
+                if finetune_steps:
                     self._finetune(finetune_steps)
-                    result = self._full_score(split)
-            else:
-                result = self._full_score(split)
-            self._cache[key] = result
-        return self._cache[key]
+                for part in missing:
+                    self._cache[(plan.hash, finetune_steps, part)] = self._sums(part)
+        return _merged([self._cache[(plan.hash, finetune_steps, part)] for part in parts])
 
     def weights(self) -> dict[str, torch.Tensor]:
         """A copy of every parameter and buffer of the torch model (to put back with ``restore_weights``)."""
@@ -142,7 +176,6 @@ class Evaluator:
             for key, value in self._torch_model().state_dict(keep_vars=True).items():
                 value.copy_(saved[key])
         self._cache.clear()
-        self._float_accuracy.clear()
         self._float_log_probs.clear()
 
     def finetune_and_keep(self, plan: QuantPlan, steps: int) -> float:
@@ -156,22 +189,26 @@ class Evaluator:
             self._finetune(steps)
             self._torch_model().eval()
             self._cache.clear()
-            self._float_accuracy.clear()
             self._float_log_probs.clear()
         return self._score(self.held_out["test"])
 
     def full_precision_accuracy(self, split: str = "val") -> float:
         """Top-1 accuracy of the float model on ``split``."""
-        held_out = self._held_out(split)
-        if split not in self._float_accuracy:
-            with self.qmodel.float_mode():
-                self._float_accuracy[split] = self._score(held_out)
-        return self._float_accuracy[split]
+        parts = self._parts_of(split)
+        correct = sum(int((self._float(part).argmax(1) == self._parts[part].y).sum()) for part in parts)
+        return correct / self.split_size(split)
 
-    def _held_out(self, split: str) -> Split:
-        if split not in self.held_out:
+    def _parts_of(self, split: str) -> tuple[str, ...]:
+        if split not in self._composition:
             raise AutoQError(f"no held-out split {split!r}; choose one of {HELD_OUT_SPLITS}")
-        return self.held_out[split]
+        return self._composition[split]
+
+    def _float(self, part: str) -> torch.Tensor:
+        """The float model's log-probabilities on ``part`` (cached until the weights change)."""
+        if part not in self._float_log_probs:
+            with self.qmodel.float_mode():
+                self._float_log_probs[part] = self._log_probs(self._parts[part])
+        return self._float_log_probs[part]
 
     def _torch_model(self) -> torch.nn.Module:
         """The torch module that fine-tuning trains and ``weights`` copies; an ONNX graph has none."""
@@ -188,18 +225,17 @@ class Evaluator:
             raise AutoQError("fine-tuning needs a train split")
 
     def _score(self, split: Split) -> float:
-        return float((self._log_probs(split).argmax(1) == split.y).float().mean())
+        return int((self._log_probs(split).argmax(1) == split.y).sum()) / len(split)
 
-    def _full_score(self, name: str) -> PlanScore:
-        split = self._held_out(name)
-        if name not in self._float_log_probs:
-            with self.qmodel.float_mode():
-                self._float_log_probs[name] = self._log_probs(split)
-        log_q, log_p = self._log_probs(split), self._float_log_probs[name]
-        accuracy = float((log_q.argmax(1) == split.y).float().mean())
-        loss = float(F.nll_loss(log_q, split.y))
-        kl = float((log_p.exp() * (log_p - log_q)).sum(1).mean())
-        return PlanScore(accuracy, loss, max(0.0, kl))
+    def _sums(self, part: str) -> _Sums:
+        """The applied plan's sums on ``part`` (``_Sums``)."""
+        split = self._parts[part]
+        log_p = self._float(part)
+        log_q = self._log_probs(split)
+        correct = int((log_q.argmax(1) == split.y).sum())
+        loss = float(F.nll_loss(log_q, split.y, reduction="sum"))
+        kl = float((log_p.exp() * (log_p - log_q)).sum())
+        return _Sums(correct, loss, kl, len(split))
 
     def _log_probs(self, split: Split) -> torch.Tensor:
         self.evaluations += 1

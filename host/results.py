@@ -12,16 +12,20 @@
   and ``summary.json``, its machine-readable twin (``SUMMARY_JSON``: task, agent, seed, episodes, budget, the float
   and uniform max-bit figures, and the selected plan's episode, accuracies, cost and tile widths per layer).
 
-The selected plan is the highest-reward episode after the agent's warm-up (``RunReport.warmup_episodes``: random
-exploration, never selected); a warm-up episode that scored higher is named in the summary.
+Episodes are scored on the search split (``val_subset``: a seeded subset of the validation split, see
+``autoq.host.evaluate``). The selected plan (``select_plan``) is chosen after the agent's warm-up
+(``RunReport.warmup_episodes``: random exploration, never selected): the ``RESCORED_CANDIDATES`` highest-reward
+distinct plans on the search split are scored again on the whole validation split, the one with the highest reward
+there is selected, and it is reported on the test split; a warm-up episode that scored higher is named in the
+summary. ``RunReport.split_images`` gives each split's image count, which the summary states beside every figure.
 
 Records are the search's ``EpisodeOutcome``s, placed in it (episode and agent set). The run and the final plan are
 described by typed reports (``RunReport``, ``FinalReport``), formatted only here, where they are written.
 ``ResultsWriter`` writes a file only when its content changed since it last wrote it, and renders a plot only when
 its data changed (a search writes its results before the final export, then again with it: only ``summary.md``).
 
-An episode's ``accuracy`` is on the validation split: the split the search selected plans by. The best plan's
-test-split accuracy (``best_test_accuracy``) and the final plan's accuracies are on the test split, kept apart from it.
+An episode's ``accuracy`` is on the search split. The selected plan's whole-validation and test figures
+(``Selection``) and the final plan's accuracies (test, and val for the fine-tune's choice) are kept apart from it.
 
 Plots use matplotlib's Agg canvas directly (no pyplot, no global backend switch). Every file is written atomically.
 """
@@ -33,15 +37,16 @@ import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Hashable, Sequence, TypedDict
+from typing import Callable, Hashable, Mapping, NamedTuple, Sequence, TypedDict
 
 from autoq.common.errors import AutoQError
 from autoq.common.fileio import atomic_write_bytes
 from autoq.common.measurement import Source
 from autoq.common.network import NetworkSpec
+from autoq.common.plan import QuantPlan
 from autoq.host.export.finalize import FINAL_DIR, FinalReport
-from autoq.host.search.env import EpisodeOutcome
-from autoq.host.search.rewards import CostPoint, RewardSetting
+from autoq.host.search.env import SEARCH_SPLIT, EpisodeOutcome, PlanScore
+from autoq.host.search.rewards import CostPoint, Objective, RewardSetting
 
 #: One episode of a search's history (an ``EpisodeOutcome`` with its episode and agent set).
 EpisodeRecord = EpisodeOutcome
@@ -72,6 +77,25 @@ class RunReport:
     uniform_accuracy_val: float | None = None  # the uniform max-bit plan's accuracies
     uniform_accuracy_test: float | None = None
     sensitivity: str = ""  # how the per-kernel sensitivity was estimated
+    split_images: Mapping[str, int] | None = None  # images per held-out split: val_subset, val, test
+
+    @property
+    def episode_split(self) -> str:
+        """The split episodes were scored on: ``val_subset`` when the evaluator has one (it gave ``split_images``)."""
+        return SEARCH_SPLIT if self.split_images else "val"
+
+    def images(self, split: str) -> str:
+        """``split`` with its image count when known: ``val (5,000 images)``."""
+        count = (self.split_images or {}).get(split)
+        return split if count is None else f"{split} ({count:,} images)"
+
+    def _splits(self) -> str:
+        if not self.split_images:
+            return "episodes scored on val"
+        n = self.split_images
+        part = "all" if n[SEARCH_SPLIT] == n["val"] else "a seeded subset"
+        return (f"{SEARCH_SPLIT} {n[SEARCH_SPLIT]:,} ({part} of val: scores every episode), val {n['val']:,} "
+                f"(re-scores the best: selects), test {n['test']:,} (reports)")
 
     def rows(self) -> dict[str, str]:
         """The report as table rows: label -> formatted value."""
@@ -80,6 +104,7 @@ class RunReport:
             "agent": self.agent, "task": self.task, "backend": self.backend, "seed": str(self.seed),
             "episodes": episodes, "reward": self.reward.describe(),
             "bits": f"{self.min_bits}..{self.max_bits}", "finetune steps": str(self.finetune_steps),
+            "held-out images": self._splits(),
             "full-precision accuracy (val)": f"{self.full_accuracy_val:.4f}",
             "full-precision accuracy (test)": f"{self.full_accuracy_test:.4f}",
             f"uniform {self.max_bits}-bit plan": f"{self.reference.latency_s * 1e3:.4g} ms, {self.reference.energy_j * 1e3:.4g} mJ",
@@ -125,10 +150,49 @@ def best_record(records: Sequence[EpisodeRecord], criterion: str) -> EpisodeReco
 
 
 def selected_record(records: Sequence[EpisodeRecord], warmup_episodes: int = 0) -> EpisodeRecord:
-    """The search's selected plan: the highest-reward record after the first ``warmup_episodes`` (random
-    exploration); all records compete if none is past the warm-up."""
+    """The highest-reward record on the search split after the first ``warmup_episodes`` (random exploration);
+    all records compete if none is past the warm-up."""
+    return best_record(_learned(records, warmup_episodes), "reward")
+
+
+def _learned(records: Sequence[EpisodeRecord], warmup_episodes: int) -> Sequence[EpisodeRecord]:
     learned = [r for r in records if r.episode is None or r.episode >= warmup_episodes]
-    return best_record(learned or records, "reward")
+    return learned or records
+
+
+#: The highest-reward distinct plans on the search split that ``select_plan`` scores again on all of val.
+RESCORED_CANDIDATES = 4
+
+
+class Selection(NamedTuple):
+    """The search's selected plan: ``record`` (its episode; figures on the search split), its score and reward on the
+    whole validation split (which chose it among ``candidates``, each with its val score and reward), and its
+    test-split score (what is reported)."""
+
+    record: EpisodeRecord
+    val: PlanScore
+    val_reward: float
+    test: PlanScore
+    candidates: tuple[tuple[EpisodeRecord, PlanScore, float], ...]
+
+
+def select_plan(records: Sequence[EpisodeRecord], warmup_episodes: int, objective: Objective,
+                score: Callable[[QuantPlan, str], PlanScore], candidates: int = RESCORED_CANDIDATES) -> Selection:
+    """The ``candidates`` highest-reward distinct plans on the search split after the warm-up, re-scored with
+    ``score(plan, split)`` on ``val``; the highest reward there wins (ties: the better one on the search split),
+    and is scored on ``test``."""
+    ranked: list[EpisodeRecord] = []
+    for record in sorted(_learned(records, warmup_episodes), key=CRITERIA["reward"][1]):
+        if len(ranked) == candidates:
+            break
+        if all(r.plan != record.plan for r in ranked):
+            ranked.append(record)
+    rescored = []
+    for record in ranked:
+        val = score(record.plan, "val")
+        rescored.append((record, val, objective.reward(val.accuracy, record.cost, val.kl)))
+    chosen, val, reward = max(rescored, key=lambda c: c[2])  # max keeps the first of equals: the search split's order
+    return Selection(chosen, val, reward, score(chosen.plan, "test"), tuple(rescored))
 
 
 def tile_widths(weight_bits: Sequence[int], tile_rows: int) -> int:
@@ -161,12 +225,12 @@ class ResultsWriter:
         self.writes = 0  # files written (for tests and profiles)
 
     def write(self, records: Sequence[EpisodeRecord], run: RunReport | None = None, final: FinalReport | None = None,
-              best_test_accuracy: float | None = None) -> dict[str, Path]:
+              best_test_accuracy: float | None = None, selection: Selection | None = None) -> dict[str, Path]:
         """Bring the folder up to date with ``records``; returns every results file by role.
 
         ``run`` is listed at the top of ``summary.md`` and in ``best_plans.json``; ``final`` is the report
-        ``autoq.host.export.finalize`` wrote to ``final/final.json``; ``best_test_accuracy`` is the highest-reward
-        plan's accuracy on the test split.
+        ``autoq.host.export.finalize`` wrote to ``final/final.json``; ``selection`` is ``select_plan``'s choice
+        (without it: the highest-reward record after the warm-up, with ``best_test_accuracy`` its test accuracy).
         """
         network = self.network
         if not records:
@@ -187,9 +251,12 @@ class ResultsWriter:
         warmup = run.warmup_episodes if run is not None else 0
         best = {name: best_record(records, name) for name in CRITERIA}
         overall = best["reward"]
-        best["reward"] = selected_record(records, warmup)
+        best["reward"] = selected_record(records, warmup) if selection is None else selection.record
+        if selection is not None:
+            best_test_accuracy = selection.test.accuracy
         best_index: dict[str, dict[str, object]] = {}  # criterion -> its best plan's file and figures
-        index = {"network": network.name, "network_hash": network.hash, "run": info, "accuracy_split": "val",
+        split = run.episode_split if run is not None else "val"
+        index = {"network": network.name, "network_hash": network.hash, "run": info, "accuracy_split": split,
                  "best_reward_test_accuracy": best_test_accuracy, "best": best_index}
         for name, record in best.items():
             path = self.out / f"best_{name}.plan.json"
@@ -202,21 +269,22 @@ class ResultsWriter:
         for cost_name, (label, scale, cost) in COSTS.items():
             fronts[cost_name] = front = pareto_front(records, cost)
             written[f"pareto_{cost_name}_csv"] = self._text(f"pareto_{cost_name}.csv", partial(_csv, network, front))
-            plotted = (network.name, tuple((cost(r), r.accuracy) for r in records), tuple(r.episode for r in front))
+            plotted = (network.name, split, tuple((cost(r), r.accuracy) for r in records), tuple(r.episode for r in front))
             written[f"pareto_{cost_name}_png"] = self._bytes(
-                f"pareto_{cost_name}.png", plotted, partial(_pareto_png, records, front, cost, label, scale, network.name)
+                f"pareto_{cost_name}.png", plotted,
+                partial(_pareto_png, records, front, cost, label, scale, network.name, split),
             )
         top = best["reward"]
         written["heatmap"] = self._bytes("bits_heatmap.png", (network.hash, network.name, top.episode, top.plan.hash),
                                          lambda: _heatmap_png(network, top))
-        passed_over = overall if overall.episode != top.episode else None
+        passed_over = overall if overall.episode is not None and overall.episode < warmup else None
         written["summary"] = self._text(
             "summary.md", lambda: _summary_md(network, records, best, fronts, info, written, final, best_test_accuracy,
-                                              passed_over, run.tile_rows if run else 1)
+                                              passed_over, run, selection)
         )
         written["summary_json"] = self._text(
-            SUMMARY_JSON, lambda: json.dumps(summary_dict(network, records, top, run, final, best_test_accuracy, passed_over),
-                                             indent=1) + "\n")
+            SUMMARY_JSON, lambda: json.dumps(summary_dict(network, records, top, run, final, best_test_accuracy, passed_over,
+                                                          selection), indent=1) + "\n")
         return written
 
     def _text(self, name: str, render: Callable[[], str]) -> Path:
@@ -238,26 +306,32 @@ class ResultsWriter:
 
 
 def write_results(out_dir: str | Path, network: NetworkSpec, records: Sequence[EpisodeRecord], run: RunReport | None = None,
-                  final: FinalReport | None = None, best_test_accuracy: float | None = None) -> dict[str, Path]:
+                  final: FinalReport | None = None, best_test_accuracy: float | None = None,
+                  selection: Selection | None = None) -> dict[str, Path]:
     """Write the results folder once (see ``ResultsWriter.write``); returns the written files by role."""
-    return ResultsWriter(out_dir, network).write(records, run, final, best_test_accuracy)
+    return ResultsWriter(out_dir, network).write(records, run, final, best_test_accuracy, selection)
 
 
 SUMMARY_JSON = "summary.json"
 
 
 def summary_dict(network: NetworkSpec, records: Sequence[EpisodeRecord], selected: EpisodeRecord, run: RunReport | None,
-                 final: FinalReport | None, test_accuracy: float | None, passed_over: EpisodeRecord | None) -> dict:
-    """``summary.json``: the machine-readable twin of ``summary.md``."""
+                 final: FinalReport | None, test_accuracy: float | None, passed_over: EpisodeRecord | None,
+                 selection: Selection | None = None) -> dict:
+    """``summary.json``: the machine-readable twin of ``summary.md``. Every accuracy's key names its split
+    (``val_subset_*``: the search split, ``val_*``, ``test_*``; a bare ``reward`` is on ``episode_split``);
+    ``splits`` gives their image counts."""
     rows = run.tile_rows if run is not None else 1
+    split = run.episode_split if run is not None else "val"
     m = selected.measurement
-    out: dict = {"network": network.name, "network_hash": network.hash, "episodes_run": len(records)}
+    out: dict = {"network": network.name, "network_hash": network.hash, "episodes_run": len(records),
+                 "episode_split": split}
     if run is not None:
         budget = run.reward.budget
         out.update({
             "task": run.task, "agent": run.agent, "seed": run.seed, "episodes": run.episodes, "backend": run.backend,
             "warmup_episodes": run.warmup_episodes, "tile_rows": rows, "bits": [run.min_bits, run.max_bits],
-            "reward": run.reward.to_dict(), "sensitivity": run.sensitivity,
+            "reward": run.reward.to_dict(), "sensitivity": run.sensitivity, "splits": dict(run.split_images or {}),
             "budget": None if budget is None else {"metric": budget.metric, "value": budget.value, "relative": budget.relative,
                                                    "limit": run.budget_limit},
             "float": {"val_accuracy": run.full_accuracy_val, "test_accuracy": run.full_accuracy_test},
@@ -265,16 +339,23 @@ def summary_dict(network: NetworkSpec, records: Sequence[EpisodeRecord], selecte
                         "latency_s": run.reference.latency_s, "energy_j": run.reference.energy_j},
         })
     mixed = [tile_widths(lp.weight_bits, rows) for lp in selected.plan.layers]
+    scored = {f"{split}_accuracy": selected.accuracy, f"{split}_kl": selected.kl, f"{split}_loss": selected.loss,
+              f"{split}_reward": selected.reward, "test_accuracy": test_accuracy}
+    if selection is not None:
+        scored |= {"val_accuracy": selection.val.accuracy, "val_kl": selection.val.kl, "val_loss": selection.val.loss,
+                   "val_reward": selection.val_reward, "test_kl": selection.test.kl, "test_loss": selection.test.loss}
     out["selected"] = {
-        "episode": selected.episode, "plan_hash": selected.plan.hash, "val_accuracy": selected.accuracy,
-        "test_accuracy": test_accuracy, "val_kl": selected.kl, "val_loss": selected.loss, "latency_s": m.latency_s,
-        "energy_j": m.energy_j, "reward": selected.reward, "proposal_met_budget": selected.proposal_fits,
+        "episode": selected.episode, "plan_hash": selected.plan.hash, **scored, "latency_s": m.latency_s,
+        "energy_j": m.energy_j, "proposal_met_budget": selected.proposal_fits,
         "avg_weight_bits": selected.plan.average_weight_bits(network), "avg_act_bits": selected.plan.average_act_bits(),
         "tile_widths": {lp.name: n for lp, n in zip(selected.plan.layers, mixed)},
         "mixed_layers_fraction": sum(n > 1 for n in mixed) / len(mixed),
     }
+    out["candidates"] = [] if selection is None else [
+        {"episode": r.episode, "plan_hash": r.plan.hash, f"{split}_reward": r.reward, "val_accuracy": val.accuracy,
+         "val_reward": reward} for r, val, reward in selection.candidates]
     out["warmup_best"] = None if passed_over is None else {
-        "episode": passed_over.episode, "reward": passed_over.reward, "val_accuracy": passed_over.accuracy,
+        "episode": passed_over.episode, "reward": passed_over.reward, f"{split}_accuracy": passed_over.accuracy,
         "why_not_selected": "warm-up episodes are random exploration; the plan is selected among learning episodes"}
     out["proposals_met_budget"] = sum(r.proposal_fits for r in records) / len(records)
     out["final"] = None if final is None else final.to_dict()
@@ -324,37 +405,44 @@ def _csv(network: NetworkSpec, records: Sequence[EpisodeRecord]) -> str:
     return out.getvalue()
 
 
-def _summary_md(network, records, best, fronts, info, written, final, best_test_accuracy, passed_over=None, tile_rows=1) -> str:
+def _summary_md(network, records, best, fronts, info, written, final, best_test_accuracy, passed_over, run,
+                selection) -> str:
     top = best["reward"]
     f = _figures(network, top)
+    tile_rows = run.tile_rows if run is not None else 1
+    split = run.episode_split if run is not None else "val"
+    images = run.images if run is not None else str
     lines = [f"# Search results: {network.name}", ""]
     if info:
         lines += ["| run | |", "|---|---|", *(f"| {k} | {v} |" for k, v in info.items()), ""]
     lines += [
         f"{len(records)} episodes ({', '.join(sorted({r.agent for r in records}))}); network {network.name} "
-        f"({network.hash}, {len(network)} layers, {network.total_weights} weights). Episode accuracies are on the "
-        "validation split, which the search selected plans by; test-split accuracies are reported apart from it.",
+        f"({network.hash}, {len(network)} layers, {network.total_weights} weights). Episode accuracies (the tables, "
+        f"fronts and `episodes.csv`) are on {images(split)}, which the search scored every episode on; the selected "
+        f"plan is also given on {images('val')}, which chose it, and on {images('test')}, kept apart from both.",
         "",
         f"## Selected plan (highest reward after the warm-up): episode {top.episode}, plan {top.plan.hash}",
         "",
-        *([f"- warm-up episode {passed_over.episode} scored a higher reward ({passed_over.reward:.6g}, val accuracy "
+        *([f"- warm-up episode {passed_over.episode} scored a higher reward ({passed_over.reward:.6g}, {split} accuracy "
            f"{passed_over.accuracy:.4f}) but is not selected: warm-up episodes are random exploration"]
           if passed_over is not None else []),
-        f"- validation accuracy (selected it): {top.accuracy:.4f}; KL to the float model {top.kl:.4g}",
-        *([f"- **test accuracy: {best_test_accuracy:.4f}**"] if best_test_accuracy is not None else []),
+        *_selected_md(top, selection, split, images),
+        *([f"- **test accuracy: {best_test_accuracy:.4f}** on {images('test')}"] if best_test_accuracy is not None
+          else []),
         f"- latency: {f['latency_s'] * 1e3:.4f} ms",
         f"- energy: {f['energy_j'] * 1e3:.4f} mJ",
         f"- average weight bits: {f['avg_weight_bits']:.3f}; average activation bits: {f['avg_act_bits']:.3f}",
-        f"- reward: {top.reward:.6g}; cost measured by: {f['source']}; "
+        f"- reward on {split}: {top.reward:.6g}; cost measured by: {f['source']}; "
         f"{'proposed within the budget' if top.proposal_fits else 'lowered to the budget by the environment'}",
         f"- distinct tile widths per layer ({tile_rows}-row tiles): "
         + ", ".join(f"{lp.name} {tile_widths(lp.weight_bits, tile_rows)}" for lp in top.plan.layers),
         f"- plan: `{written['best_reward'].name}`; kernel bit-widths: `{written['heatmap'].name}`",
         "",
-        *_final_md(final),
-        "## Best by criterion",
+        *_final_md(final, images),
+        f"## Best by criterion, on {images(split)}",
         "",
-        "| criterion | episode | val accuracy | latency (ms) | energy (mJ) | avg weight bits | avg act bits | reward | plan |",
+        f"| criterion | episode | {split} accuracy | latency (ms) | energy (mJ) | avg weight bits | avg act bits "
+        "| reward | plan |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, record in best.items():
@@ -368,11 +456,11 @@ def _summary_md(network, records, best, fronts, info, written, final, best_test_
         label, scale, cost = COSTS[cost_name]
         lines += [
             "",
-            f"## Pareto front: validation accuracy against {cost_name} ({len(front)} of {len(records)} episodes)",
+            f"## Pareto front: {images(split)} accuracy against {cost_name} ({len(front)} of {len(records)} episodes)",
             "",
             f"`pareto_{cost_name}.csv`, `pareto_{cost_name}.png`",
             "",
-            f"| {label} | val accuracy | episode | avg weight bits |",
+            f"| {label} | {split} accuracy | episode | avg weight bits |",
             "|---|---|---|---|",
             *(
                 f"| {cost(r) * scale:.4f} | {r.accuracy:.4f} | {r.episode} | {r.plan.average_weight_bits(network):.3f} |"
@@ -382,18 +470,31 @@ def _summary_md(network, records, best, fronts, info, written, final, best_test_
     return "\n".join(lines) + "\n"
 
 
-def _final_md(final: FinalReport | None) -> list[str]:
+def _selected_md(top: EpisodeRecord, selection: Selection | None, split: str, images: Callable[[str], str]) -> list[str]:
+    """The selected plan's accuracies: on the split that scored it, and on all of val, which selected it."""
+    if selection is None:
+        return [f"- validation accuracy (selected it): {top.accuracy:.4f}; KL to the float model {top.kl:.4g}"]
+    return [
+        f"- {images(split)} accuracy (scored every episode): {top.accuracy:.4f}; KL to the float model {top.kl:.4g}",
+        f"- {images('val')} accuracy (selected it among the {len(selection.candidates)} best re-scored there): "
+        f"{selection.val.accuracy:.4f}; KL {selection.val.kl:.4g}; reward {selection.val_reward:.6g}",
+        "- candidates (episode: reward on " + split + " -> on val): "
+        + ", ".join(f"{r.episode}: {r.reward:.6g} -> {reward:.6g}" for r, _, reward in selection.candidates),
+    ]
+
+
+def _final_md(final: FinalReport | None, images: Callable[[str], str]) -> list[str]:
     if final is None:
         return []
     exports = (("onnx", final.onnx), ("hls4ml", final.hls4ml))
     exported = ", ".join(f"{what}: `{FINAL_DIR}/{Path(where).name}`" for what, where in exports if where)
     val = ""
     if final.val_accuracy_before is not None and final.val_accuracy_after is not None:
-        val = f"; val accuracy {final.val_accuracy_before:.4f} before, {final.val_accuracy_after:.4f} after"
+        val = f"; {images('val')} accuracy {final.val_accuracy_before:.4f} before, {final.val_accuracy_after:.4f} after"
     return [
         f"## Final plan: fine-tuned {final.finetune_steps} steps; the {final.exported} model exported (chosen on val)",
         "",
-        f"- {final.accuracy_split} accuracy: {final.accuracy_before:.4f} before the fine-tune, "
+        f"- {images(final.accuracy_split)} accuracy: {final.accuracy_before:.4f} before the fine-tune, "
         f"**{final.accuracy_after:.4f} after**{val}",
         f"- plan {final.plan_hash}: `{FINAL_DIR}/plan.json`; {exported or 'nothing exported'}",
         "",
@@ -416,7 +517,7 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _pareto_png(records, front, cost, label, scale, title) -> bytes:
+def _pareto_png(records, front, cost, label, scale, title, split) -> bytes:
     fig = _figure(6.4, 4.4)
     ax = fig.add_subplot()
     ax.scatter([cost(r) * scale for r in records], [r.accuracy for r in records], s=14, c="0.65", label="episodes")
@@ -424,7 +525,7 @@ def _pareto_png(records, front, cost, label, scale, title) -> bytes:
     ax.step(xs, ys, where="post", color="tab:red", linewidth=1.2)
     ax.scatter(xs, ys, s=28, color="tab:red", zorder=3, label=f"Pareto front ({len(front)})")
     ax.set_xlabel(label)
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(f"{split} accuracy")
     ax.set_title(f"{title}: accuracy against {label.split(' ')[0]}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")

@@ -47,8 +47,8 @@ def test_episodes_given_to_agents_that_set_their_own_count_warn():
 
 
 def test_search_cli_prints_both_warnings(tmp_path, capsys, one_torch_thread):
-    """The README's `--energy-budget 5mJ` on the bundled task: above the 8-bit plan's energy, so it says so."""
-    assert main(["search", "--agent", "greedy", "--episodes", "5", "--energy-budget", "5mJ", "--final-finetune-steps",
+    """`--energy-budget 5mJ` on the digits task: above the 8-bit plan's energy, so it says so."""
+    assert main(["search", "--model", "digits", "--agent", "greedy", "--episodes", "5", "--energy-budget", "5mJ", "--final-finetune-steps",
                  "0", "--no-progress", "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert "autoq search: warning: --agent greedy allocates its plan in one episode: --episodes 5 has no effect" in err

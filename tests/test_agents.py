@@ -9,7 +9,7 @@ from autoq.common.plan import QuantPlan
 from autoq.host.search.agents.autoq import AutoQAgent, AutoQConfig
 from autoq.host.search.agents.baselines import GreedyAgent, RandomAgent, UniformAgent
 from autoq.host.search.agents.haq import HAQAgent, HAQConfig
-from autoq.host.search.rewards import BudgetSpec, CostPoint, RewardSetting
+from autoq.host.search.rewards import BudgetMultiplier, BudgetSpec, CostPoint, RewardSetting, SearchError
 from searchtoys import toy_env
 
 TIGHT = RewardSetting.resource_constrained(BudgetSpec.parse("latency", "0.4x"))
@@ -35,16 +35,58 @@ def test_autoq_learns_to_meet_the_budget_itself_on_a_toy_network():
     torch.manual_seed(0)
     env = toy_env(TIGHT)
     episodes = 100
-    agent = AutoQAgent(small_autoq(episodes), len(env.network), seed=0)
-    outcomes = run(agent, env, episodes)
-    learned = [o.learn for o in outcomes]  # reward minus the proposal's budget penalty
-    best_fitting = max(o.learn for o in outcomes[20:] if o.proposal_fits)
-    assert best_fitting > np.mean(learned[:20]) + 0.1, (np.mean(learned[:20]), best_fitting)
+    agent = AutoQAgent(small_autoq(episodes, budget_lr=0.5), len(env.network), seed=0)  # a short search: a fast multiplier
+    outcomes, multipliers = [], []
+    for episode in range(episodes):
+        outcomes.append(agent.run_episode(env, episode))
+        multipliers.append(agent.budget.value)
+    best_fitting = max(o.reward for o in outcomes[20:] if o.proposal_fits)
+    assert best_fitting > np.mean([o.reward for o in outcomes[:20]]) + 0.05
     fits_early = np.mean([o.proposal_fits for o in outcomes[:20]])
     fits_late = np.mean([o.proposal_fits for o in outcomes[-20:]])
     assert fits_late >= 0.75 and fits_late > fits_early, (fits_early, fits_late)  # enforcement became the exception
     assert all(o.fits for o in outcomes)
     assert all(o.proposed_cost.latency_s <= env.objective.limit for o in outcomes if o.proposal_fits)
+    assert max(multipliers) > 0  # the overshooting early proposals raised lambda from 0
+
+
+def test_budget_multiplier_is_projected_dual_ascent_on_the_clipped_residual():
+    env = toy_env(TIGHT)
+    objective, limit = env.objective, env.objective.limit
+    multiplier = BudgetMultiplier(0.0, 0.5, 0.1)
+
+    def at(ratio):
+        return CostPoint(ratio * limit, 0.0)
+
+    assert multiplier.lagrangian(objective, 0.8, at(1.5)) == 0.8  # lambda 0: no penalty yet
+    multiplier.update(objective, at(1.04))
+    assert multiplier.value == pytest.approx(0.5 * 0.04)
+    multiplier.update(objective, at(3.0))  # a wild proposal moves lambda by lr * clip at most
+    assert multiplier.value == pytest.approx(0.02 + 0.05)
+    assert multiplier.lagrangian(objective, 0.8, at(1.2)) == pytest.approx(0.8 - 0.07 * 0.2)
+    assert multiplier.lagrangian(objective, 0.8, at(0.5)) == 0.8  # within the budget a plan is worth its reward
+    for _ in range(3):
+        multiplier.update(objective, at(0.5))  # budget left unused: lambda shrinks, never below 0
+    assert multiplier.value == 0.0
+    free = BudgetMultiplier(0.3, 0.5, 0.1)
+    free.update(toy_env(RewardSetting.accuracy_guaranteed()).objective, CostPoint(1.0, 1.0))
+    assert free.value == 0.3  # no budget, no constraint to ascend on
+    with pytest.raises(SearchError, match="clip > 0"):
+        BudgetMultiplier(0.0, 0.1, 0.0)
+
+
+def test_autoq_learns_from_the_lagrangian_at_the_current_multiplier_and_checkpoints_it():
+    torch.manual_seed(0)
+    env = toy_env(TIGHT)
+    agent = AutoQAgent(small_autoq(10, budget_multiplier=2.0), len(env.network), seed=0)
+    outcome = agent.run_episode(env, 0)
+    expected = 10 * (outcome.reward - 2.0 * env.objective.overshoot(outcome.proposed_cost))
+    np.testing.assert_allclose(agent.hlc.buffer.state_dict()["rewards"], expected, rtol=1e-5)
+    ratio = outcome.proposed_cost.latency_s / env.objective.limit
+    assert agent.budget.value == pytest.approx(max(0.0, 2.0 + 0.1 * float(np.clip(ratio - 1, -0.1, 0.1))))
+    clone = AutoQAgent(small_autoq(10, budget_multiplier=2.0), len(env.network), seed=0)
+    clone.load_state_dict(agent.state_dict())
+    assert clone.budget.value == agent.budget.value != 2.0
 
 
 def test_autoq_acts_on_a_layers_kernels_in_one_batched_call():
@@ -164,7 +206,6 @@ def test_one_agent_registry_builds_every_agent_and_feeds_the_cli():
 
     from autoq.host.cli.search_cmd import register
     from autoq.host.search.agents.base import AGENTS, Agent, agent_class, make_agent
-    from autoq.host.search.rewards import SearchError
 
     for name in AGENTS:
         agent = make_agent(name, 10, 4, seed=0)

@@ -199,3 +199,31 @@ def test_one_accuracy_guaranteed_reward_and_its_penalty():
     assert objective.reward(0.9, cost) == pytest.approx(2.0 * (0.9 - objective.penalty(cost)))
     budget = toy_env(HALF_LATENCY).objective
     assert budget.penalty(cost) == cost.latency_s and budget.reward(0.9, cost) == 0.9
+
+
+def test_episodes_are_scored_on_a_seeded_subset_of_val_which_val_extends():
+    import torch
+
+    from autoq.host.evaluate import HELD_OUT_SPLITS, Evaluator, EvaluatorConfig
+    from autoq.host.search.env import SEARCH_SPLIT
+    from autoq.host.tasks import load_task
+
+    task = load_task("digits")
+    evaluator = Evaluator.for_task(task, config=EvaluatorConfig(search_images=100))
+    assert [evaluator.split_size(s) for s in HELD_OUT_SPLITS] == [100, len(task.val), len(task.test)]
+    again = Evaluator.for_task(load_task("digits"), config=EvaluatorConfig(search_images=100))
+    assert torch.equal(evaluator._parts[SEARCH_SPLIT].x, again._parts[SEARCH_SPLIT].x)  # seeded: the same images
+    subset_rows = {tuple(r) for r in evaluator._parts[SEARCH_SPLIT].x.flatten(1).tolist()}
+    val_rows = [tuple(r) for r in task.val.x.flatten(1).tolist()]
+    assert len(subset_rows) == 100 and subset_rows <= set(val_rows) and val_rows[:100] != list(subset_rows)
+    env = QuantEnv(task.network, evaluator, ToyBackend(), RewardSetting.resource_constrained(BudgetSpec.parse("latency", "0.9x")))
+    plan = QuantPlan.uniform(task.network, 3, 3)
+    scored = env.score(plan)
+    assert scored == evaluator.score(plan, split=SEARCH_SPLIT) and env.accuracy(plan) == scored.accuracy
+    count = evaluator.evaluations
+    val = evaluator.score(plan, split="val")  # the subset's figures are reused: only the rest is evaluated
+    assert evaluator.evaluations == count + 1  # one quantized pass on the rest (its float pass ran for the objective)
+    whole = Evaluator.for_task(load_task("digits"))  # search_images above the val size: the subset is all of val
+    assert whole.split_size(SEARCH_SPLIT) == len(task.val) and whole.score(plan, split="val") == whole.score(plan, split=SEARCH_SPLIT)
+    direct = whole.score(plan, split="val")  # val scored in one part equals val scored as subset + rest
+    assert direct.accuracy == val.accuracy and direct.loss == pytest.approx(val.loss) and direct.kl == pytest.approx(val.kl)

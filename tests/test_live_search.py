@@ -41,7 +41,7 @@ def board_uri():
 
 
 def search(*argv: str) -> int:
-    return main(["search", "--no-progress", "--agent", "autoq", "--episodes", "2", "--seed", "3", "--final-finetune-steps", "2", *argv])
+    return main(["search", "--no-progress", "--model", "digits", "--agent", "autoq", "--episodes", "2", "--seed", "3", "--final-finetune-steps", "2", *argv])
 
 
 def recorded(path) -> list[tuple]:

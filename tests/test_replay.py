@@ -171,7 +171,7 @@ def test_search_recorded_then_replayed_sees_the_same_measurements(tmp_path, monk
     from autoq.host.cli import main
 
     monkeypatch.chdir(tmp_path)
-    search = ["search", "--agent", "random", "--episodes", "3", "--seed", "3", "--no-progress", "--final-finetune-steps", "0"]
+    search = ["search", "--model", "digits", "--agent", "random", "--episodes", "3", "--seed", "3", "--no-progress", "--final-finetune-steps", "0"]
     assert main([*search, "--out", "recorded", "--record", "trace.sqlite"]) == 0
     assert main([*search, "--out", "replayed", "--backend", "replay:trace.sqlite"]) == 0
     recorded = list(csv.DictReader(open("recorded/episodes.csv")))
@@ -182,7 +182,7 @@ def test_search_recorded_then_replayed_sees_the_same_measurements(tmp_path, monk
     with TraceStore("trace.sqlite", mode="r") as store:
         assert {r["plan_hash"] for r in recorded} <= {r.plan.hash for r in store}
     capsys.readouterr()
-    assert main(["search", "--agent", "random", "--episodes", "1", "--seed", "4", "--no-progress", "--final-finetune-steps", "0", "--out", "other",
+    assert main(["search", "--model", "digits", "--agent", "random", "--episodes", "1", "--seed", "4", "--no-progress", "--final-finetune-steps", "0", "--out", "other",
                  "--backend", "replay:trace.sqlite"]) == 2
     assert "replay miss" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()  # failed in its first episode: no empty results folder left behind

@@ -1,5 +1,5 @@
-"""``autoq search`` on the bundled digits task with the analytic model backend: results, final export, record, resume,
-bad input."""
+"""``autoq search`` with the analytic model backend: on the quick digits task (results, final export, record, resume,
+bad input) and once as it runs by default, on Fashion-MNIST."""
 import json
 
 import pytest
@@ -18,7 +18,8 @@ def _restore_threads(one_torch_thread):
 
 
 def autoq(*argv):
-    return main(["search", "--no-progress", *argv])
+    """``autoq search`` on the quick digits task (the default task is fashion: see the last test)."""
+    return main(["search", "--no-progress", "--model", "digits", *argv])
 
 
 def test_short_search_writes_results_records_every_measurement_and_resumes(tmp_path, capsys):
@@ -28,7 +29,8 @@ def test_short_search_writes_results_records_every_measurement_and_resumes(tmp_p
     printed = capsys.readouterr().out
     assert "random: 2 episodes; best plan" in printed and str(out) in printed
     assert "final plan: test accuracy" in printed and "after 3 fine-tune steps" in printed
-    assert "on val (selected it)" in printed and "on test" in printed
+    assert "on 225 val images (scored every episode)" in printed and "on val (225, selected it)" in printed
+    assert "on test (225)" in printed
     for name in ("summary.md", "best_reward.plan.json", "pareto_latency.csv", "pareto_energy.png", "bits_heatmap.png", "episodes.csv",
                  "final/plan.json", "final/model.onnx", "final/final.json"):
         assert (out / name).is_file(), name
@@ -43,6 +45,7 @@ def test_short_search_writes_results_records_every_measurement_and_resumes(tmp_p
     assert_selected_on_val_and_reported_on_test(out, best, final, summary)
     twin = json.loads((out / "summary.json").read_text())
     assert twin["selected"]["plan_hash"] == best.hash and twin["final"] == final and twin["agent"] == "random"
+    assert twin["splits"] == {"val_subset": 225, "val": 225, "test": 225} and twin["episode_split"] == "val_subset"
     assert (out / "sensitivity.npz").is_file() and twin["sensitivity"] == "fisher"
     payload = load_checkpoint(out / CHECKPOINT_NAME)
     assert payload["next_episode"] == 2 and best in [r.plan for r in payload["history"]]
@@ -77,17 +80,17 @@ def assert_selected_on_val_and_reported_on_test(out, best, final, summary):
     from autoq.host.evaluate import Evaluator
     from autoq.host.tasks import load_task
 
-    task = load_task()
+    task = load_task("digits")
     val_images = {tuple(row) for row in task.val.x.flatten(1).tolist()}
     assert not any(tuple(row) in val_images for row in task.test.x.flatten(1).tolist()), "val and test share images"
     evaluator = Evaluator.for_task(task)
     selected = [r for r in csv.DictReader(open(out / "episodes.csv")) if r["plan_hash"] == best.hash]
     on_val, on_test = evaluator.accuracy(best), evaluator.accuracy(best, split="test")
-    assert float(selected[0]["accuracy"]) == on_val  # what the search scored and selected by is val accuracy
-    assert f"validation accuracy (selected it): {on_val:.4f}" in summary
-    assert f"**test accuracy: {on_test:.4f}**" in summary
+    assert float(selected[0]["accuracy"]) == on_val  # digits' val split is smaller than the subset: all of it is scored
+    assert f"val (225 images) accuracy (selected it among the 2 best re-scored there): {on_val:.4f}" in summary
+    assert f"**test accuracy: {on_test:.4f}** on test (225 images)" in summary
     assert final["accuracy_split"] == "test" and final["accuracy_before_finetune"] == on_test
-    assert f"test accuracy: {on_test:.4f} before the fine-tune" in summary
+    assert f"test (225 images) accuracy: {on_test:.4f} before the fine-tune" in summary
 
 
 def test_a_finished_search_is_extended_by_resume_with_more_episodes(tmp_path, capsys):
@@ -150,9 +153,9 @@ def test_cli_search_killed_with_sigkill_resumes_to_the_same_results(tmp_path):
     import sys
     import time
 
-    args = ["--agent", "autoq", "--episodes", "8", "--seed", "2", "--final-finetune-steps", "3"]
+    args = ["--model", "digits", "--agent", "autoq", "--episodes", "8", "--seed", "2", "--final-finetune-steps", "3"]
     reference_trace, trace = tmp_path / "reference.sqlite", tmp_path / "killed.sqlite"
-    assert autoq(*args, "--out", str(tmp_path / "reference"), "--record", str(reference_trace)) == 0
+    assert main(["search", "--no-progress", *args, "--out", str(tmp_path / "reference"), "--record", str(reference_trace)]) == 0
     killed_out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from autoq.host.cli import main; sys.exit(main())",
                              "search", "--no-progress", *args, "--out", str(killed_out), "--record", str(trace)],
@@ -176,3 +179,24 @@ def test_cli_search_killed_with_sigkill_resumes_to_the_same_results(tmp_path):
         assert (killed_out / name).read_text() == (tmp_path / "reference" / name).read_text(), name
     final, reference_final = (json.loads((folder / "final" / "final.json").read_text()) for folder in (killed_out, tmp_path / "reference"))
     assert {k: v for k, v in final.items() if k not in ("onnx", "hls4ml")} == {k: v for k, v in reference_final.items() if k not in ("onnx", "hls4ml")}
+
+
+def test_the_default_search_runs_fashion_scores_episodes_on_a_val_subset_and_selects_on_all_of_val(tmp_path, capsys):
+    """`autoq search` as a fresh user runs it (its default task, agent and budget), cut to a few episodes."""
+    out = tmp_path / "run"
+    assert main(["search", "--no-progress", "--episodes", "3", "--final-finetune-steps", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "autoq: 3 episodes; best plan (episode" in printed
+    assert "on 2,000 val images (scored every episode)" in printed and "on val (5,000, selected it)" in printed
+    assert "on test (5,000)" in printed
+    twin = json.loads((out / "summary.json").read_text())
+    assert twin["task"] == "fashion" and twin["agent"] == "autoq" and twin["episodes"] == 3
+    assert twin["splits"] == {"val_subset": 2000, "val": 5000, "test": 5000} and twin["episode_split"] == "val_subset"
+    selected = twin["selected"]
+    assert selected["episode"] >= twin["warmup_episodes"]  # never a warm-up episode
+    assert selected["val_subset_accuracy"] != selected["val_accuracy"] or selected["val_subset_kl"] != selected["val_kl"]
+    assert [c["episode"] for c in twin["candidates"]] and selected["episode"] in [c["episode"] for c in twin["candidates"]]
+    summary = (out / "summary.md").read_text()
+    assert ("| held-out images | val_subset 2,000 (a seeded subset of val: scores every episode), val 5,000 "
+            "(re-scores the best: selects), test 5,000 (reports) |") in summary
+    assert "**test accuracy: " in summary and "** on test (5,000 images)" in summary

@@ -21,7 +21,7 @@ def test_enforcement_lowers_the_least_sensitive_tiles_first():
     widest = QuantPlan.uniform(env.network, 8, 8)
     outcome = env.evaluate(widest, layer_wise=False)
     assert outcome.fits and not outcome.proposal_fits and outcome.proposed_cost.latency_s > env.objective.limit
-    assert outcome.learn == pytest.approx(outcome.reward - env.objective.overshoot(outcome.proposed_cost))
+    assert env.objective.overshoot(outcome.proposed_cost) == pytest.approx(outcome.proposed_cost.latency_s / env.objective.limit - 1)
     lowered = 0
     for i, lp in enumerate(outcome.plan.layers):
         bits = np.array(lp.weight_bits)
@@ -179,3 +179,35 @@ def test_final_finetune_is_kept_only_when_it_does_not_worsen_validation(digits, 
     if helped.val_accuracy_after != helped.val_accuracy_before:  # equal accuracies: the validation loss decides
         assert helped.finetuned_exported == (helped.val_accuracy_after > helped.val_accuracy_before)
     evaluator.restore_weights(weights)
+
+
+def test_the_selected_plan_is_the_best_of_the_top_candidates_rescored_on_val_never_a_warm_up_one():
+    from autoq.host.results import select_plan
+    from autoq.host.search.env import PlanScore
+
+    env = toy_env(TIGHT)
+    rng = np.random.default_rng(0)
+    records = []
+    for episode in range(12):
+        plan = QuantPlan.uniform(env.network, int(rng.integers(2, 9)), int(rng.integers(2, 9)))
+        records.append(env.evaluate(plan).placed(episode, "random"))
+    records.append(records[5].placed(12, "random"))  # a plan proposed twice is one candidate
+    order = sorted(records[3:], key=lambda r: -r.reward)
+    val_accuracy = {r.plan.hash: 0.5 + 0.01 * i for i, r in enumerate(order)}  # val reverses the search split's order
+    asked = []
+
+    def score(plan, split):
+        asked.append((plan.hash, split))
+        return PlanScore(val_accuracy[plan.hash] if split == "val" else 0.25, 0.1, 0.0)
+
+    selection = select_plan(records, 3, env.objective, score, candidates=3)
+    top = []
+    for r in order:
+        if r.plan not in [t.plan for t in top]:
+            top.append(r)
+    top = top[:3]
+    assert [c[0].episode for c in selection.candidates] == [r.episode for r in top]  # distinct plans, best first
+    assert selection.record.episode == top[-1].episode and selection.record.episode >= 3
+    assert selection.val.accuracy == val_accuracy[top[-1].plan.hash] and selection.test.accuracy == 0.25
+    assert selection.val_reward == pytest.approx(env.objective.reward(selection.val.accuracy, selection.record.cost, 0.0))
+    assert asked == [(r.plan.hash, "val") for r in top] + [(top[-1].plan.hash, "test")]

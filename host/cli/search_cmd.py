@@ -2,9 +2,11 @@
 results folder (best plans, Pareto fronts, bit-width heatmap, summary.md), checkpointing after every episode;
 then fine-tune the best plan and export it to final/ (plan.json, model.onnx, final.json; hls4ml/ with --hls4ml).
 
-With no arguments: the bundled digits task (``DEFAULT_TASK``; ``--model fashion`` is the Fashion-MNIST task), the
-analytic ``model`` cost backend, the AutoQ agent, a latency budget of 0.4x the uniform 8-bit plan, 1000
-episodes, results in runs/search.
+With no arguments: the bundled Fashion-MNIST task (``DEFAULT_TASK``; ``--model digits`` is the quick task), the
+analytic ``model`` cost backend, the AutoQ agent, a latency budget of 0.4x the uniform 8-bit plan, results in
+runs/search; ``TASK_EPISODES`` episodes for a bundled task (fashion: 100, as scoring a plan there takes seconds;
+1000 otherwise). Every episode is scored on a seeded 2,000-image subset of the validation split; the best few
+plans are scored again on all of it, which selects the plan, and the selected plan is reported on the test split.
 
 Budgets: ``--latency-budget 3ms`` / ``250us`` / ``0.5x`` (fraction of the uniform 8-bit plan), ``--energy-budget
 40mJ`` / ``0.5x``; or ``--accuracy-guaranteed`` with reward psi_acc*acc - psi_l*lat/lat_8bit - psi_e*E/E_8bit.
@@ -21,7 +23,10 @@ from autoq.host.cli._args import add_task_arguments, non_negative_float, non_neg
 from autoq.host.cli.inspect_cmd import positive_int
 
 #: the task a fresh ``autoq search`` runs when no --model is given (a resumed one keeps its stored task)
-DEFAULT_TASK = "digits"
+DEFAULT_TASK = "fashion"
+#: default episodes of a fresh search of a bundled task (others: ``runner.DEFAULT_EPISODES``): the default search
+#: stays within 10 minutes on 2 cores, final fine-tune included
+TASK_EPISODES = {"fashion": 100, "digits": 1000}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,12 +40,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--agent", choices=tuple(AGENTS), help="search agent (default autoq)")
     add_task_arguments(parser, model_default=None, shown_default=DEFAULT_TASK)
     parser.add_argument("--backend", metavar="URI", help=f"cost backend (default {DEFAULT_BACKEND}): model[:calib.json], "
-                        "emulated, tcp://host:port, serial:///dev/X, replay:trace.sqlite")
-    parser.add_argument("--episodes", type=positive_int, metavar="N", help="episodes (default 1000)")
+                        "emulated, tcp://host:port, serial:///dev/X, replay:trace.sqlite, pool:URI,URI,... (several boards at once)")
+    parser.add_argument("--episodes", type=positive_int, metavar="N",
+                        help="episodes (default " + ", ".join(f"{n} on {t}" for t, n in TASK_EPISODES.items())
+                        + ", else 1000)")
     parser.add_argument("--seed", type=non_negative_int, metavar="S", help="seed of every generator (default 0)")
     parser.add_argument("--out", default="runs/search", type=output_dir, metavar="DIR", help="results and checkpoint folder (default runs/search)")
     parser.add_argument("--record", type=output_file, metavar="FILE", help="append every measurement to this SQLite trace")
     parser.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")
+    parser.add_argument("--batch", type=positive_int, metavar="K",
+                        help="plans the agent proposes with one policy, scored at once, before it learns from them "
+                             "(default: one per board of the backend, e.g. a pool:URI,URI,... backend's members; else 1)")
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help="score on Ray: a pool's boards as Ray actors (pool:ray:RESOURCE: the boards the cluster offers "
+                             "as that resource), accuracy on Ray workers; ADDRESS: the cluster to join (default: the one "
+                             "ray start runs here, else a new local instance). Needs the [ray] extra")
     reward = parser.add_mutually_exclusive_group()
     reward.add_argument("--latency-budget", metavar="X", help="latency budget: 3ms, 250us, or 0.4x of the 8-bit plan (default 0.4x)")
     reward.add_argument("--energy-budget", metavar="X", help="energy budget: 40mJ, 0.1J, or 0.5x of the 8-bit plan")
@@ -77,21 +91,26 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from autoq.host.export.finalize import FINAL_DIR
+    from autoq.host.search.parallel import RayOptions
     from autoq.host.search.runner import resolve_config, run_search
 
     model = args.model if args.model is not None or args.resume else DEFAULT_TASK
+    episodes = args.episodes if args.episodes is not None or args.resume else TASK_EPISODES.get(model)
     given = {
         "agent": args.agent, "model": model, "arch": args.arch, "data": args.data, "backend": args.backend,
-        "episodes": args.episodes, "seed": args.seed, "reward": reward_setting(args),
+        "episodes": episodes, "seed": args.seed, "reward": reward_setting(args),
         "finetune_steps": args.finetune_steps, "final_finetune_steps": args.final_finetune_steps, "min_bits": args.min_bits,
+        "batch": args.batch,
     }
     config = resolve_config(args.out, {k: v for k, v in given.items() if v is not None}, args.resume)
     torch.set_num_threads(1)  # small MLPs on a shared 2-core machine: threads only contend (and results stay bit-exact)
     result = run_search(config, args.out, resume=args.resume, record=args.record, progress=not args.no_progress,
-                        hls4ml=args.hls4ml, given_episodes=args.episodes)
-    best, final = result.best, result.final
+                        hls4ml=args.hls4ml, given_episodes=args.episodes,
+                        ray=None if args.ray is None else RayOptions(args.ray or None))
+    best, final, n = result.best, result.final, result.split_images
     print(f"{config.agent}: {len(result.records)} episodes; best plan (episode {best.episode}): accuracy {best.accuracy:.4f} "
-          f"on val (selected it), {result.best_test_accuracy:.4f} on test, "
+          f"on {n['val_subset']:,} val images (scored every episode), {result.selection.val.accuracy:.4f} on val "
+          f"({n['val']:,}, selected it), {result.best_test_accuracy:.4f} on test ({n['test']:,}), "
           f"latency {best.measurement.latency_s * 1e3:.4g} ms, energy {best.measurement.energy_j * 1e3:.4g} mJ")
     print(f"final plan: {final.accuracy_split} accuracy {final.accuracy_before:.4f}, {final.accuracy_after:.4f} after "
           f"{final.finetune_steps} fine-tune steps; exported the {final.exported} model "

@@ -7,19 +7,22 @@ the overlay runs: the layer's kernels, sorted by sensitivity (``Sensitivity``), 
 (the overlay's Dm) and each tile takes the rounded mean of its kernels' bits, so a proposal never pays a tile's
 widest kernel for kernels that asked for less. After the last layer it builds the ``QuantPlan`` and scores it.
 
-The proposal is scored against the budget itself (``Objective.learning_reward``: the reward minus
-``budget_penalty`` times the relative overshoot), so an agent learns to meet the budget. Only as a last resort is an
-over-budget proposal lowered until it fits: a layer-wise proposal by HAQ's rule (from the last layer, activations
+The outcome keeps the proposal's own cost (``proposed_cost``), so an agent can learn to meet the budget itself (AutoQ
+learns from a Lagrangian reward, ``rewards.BudgetMultiplier``). Only as a last resort is an over-budget proposal
+lowered until it fits: a layer-wise proposal by HAQ's rule (from the last layer, activations
 first, then all the layer's kernels), a kernel-wise one by the cheapest estimated loss per cost saved, which lowers
 a layer's least sensitive tile first. The plan that fits is what is evaluated (accuracy, loss and KL to the float
-model with the injected evaluator, cost with the injected ``CostBackend``) and recorded. Agents that pick whole
-plans call ``evaluate`` directly.
+model with the injected evaluator, cost with the injected ``CostBackend``) and recorded. Proposing and scoring are
+apart: ``step(..., scored=False)`` ends an episode with its ``Proposal`` alone, agents that pick whole plans propose
+them directly, and ``evaluate`` scores a proposal without touching any agent state, so a batch of proposals can be
+scored at once (``scoring_with``: one shallow copy per plan, each with its own backend and evaluator handles).
 
 The bit range defaults to [``min_bits``, the backend overlay's ``max_bits``], within the plan type's limits. Plans
 are validated where they enter (``evaluate``, the backends' own boundary); accuracies are cached by the evaluator.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Protocol, Sequence
@@ -35,11 +38,17 @@ from .rewards import CostPoint, Objective, RewardSetting, SearchError
 from .sensitivity import Sensitivity, scales_by_layer
 
 
+#: The split every episode is scored on: a fixed, seeded subset of the validation split (``autoq.host.evaluate``);
+#: the search re-scores its best candidates on the whole validation split (``autoq.host.results.select_plan``).
+SEARCH_SPLIT = "val_subset"
+
+
 class Evaluator(Protocol):
-    """Accuracy on the validation split: what the search selects plans by (never the test split it reports on).
+    """Accuracy on held-out data the search selects plans by (never the test split it reports on).
 
     Deterministic (the same plan and settings always give the same accuracy) and cached by plan hash and settings:
-    the search's one accuracy memo (``autoq.host.evaluate.Evaluator``)."""
+    the search's one accuracy memo (``autoq.host.evaluate.Evaluator``, whose ``score(plan, finetune_steps, split)``
+    the environment calls with ``SEARCH_SPLIT`` when it has one)."""
 
     def accuracy(self, plan: QuantPlan, finetune_steps: int = 0) -> float: ...
 
@@ -111,27 +120,34 @@ class EpisodeOutcome:
     kl: float = 0.0  # KL(float || quantized) of ``plan`` on the validation split
     loss: float = 0.0  # cross-entropy of ``plan`` on the validation split
     proposed_cost: CostPoint | None = None  # the proposal's cost (before enforcement)
-    learning_reward: float | None = None  # what agents learn from: ``reward`` minus the proposal's budget penalty
 
     @property
     def proposal_fits(self) -> bool:
         """Whether the agent's own proposal met the budget (no enforcement was needed)."""
         return self.plan == self.proposed
 
-    @property
-    def learn(self) -> float:
-        return self.reward if self.learning_reward is None else self.learning_reward
-
     def placed(self, episode: int, agent: str) -> "EpisodeOutcome":
         """This outcome as episode ``episode`` of ``agent``'s search."""
         return dataclasses.replace(self, episode=episode, agent=agent)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A plan to score (``QuantEnv.evaluate``) and the agent's memo of how it chose it (its states and actions, to
+    learn from the outcome). ``layer_wise`` picks the budget-enforcement rule (None: whether every layer of ``plan``
+    has one weight bit-width)."""
+
+    plan: QuantPlan
+    layer_wise: bool | None = None
+    memo: Any = None
 
 
 class StepResult(NamedTuple):
     observation: np.ndarray | None  # the next layer's observation; None once the episode is over
     act_bits: int
     weight_bits: tuple[int, ...]
-    outcome: EpisodeOutcome | None  # set on the last layer's step
+    outcome: EpisodeOutcome | None  # set on the last layer's step, unless it was taken with ``scored=False``
+    proposal: Proposal | None = None  # set on the last layer's step
 
 
 class QuantEnv:
@@ -255,8 +271,9 @@ class QuantEnv:
         rows[:, -1] = np.clip(act_action, 0.0, 1.0)
         return rows
 
-    def step(self, act_action: float, weight_actions: Any) -> StepResult:
-        """Set the current layer's bits; ``weight_actions`` has one entry per kernel, or a single one for all."""
+    def step(self, act_action: float, weight_actions: Any, *, scored: bool = True) -> StepResult:
+        """Set the current layer's bits; ``weight_actions`` has one entry per kernel, or a single one for all. The
+        last layer's step builds the proposal and, with ``scored``, evaluates it."""
         layer = self.layer
         weight_actions = np.asarray(weight_actions, np.float64).reshape(-1)
         if weight_actions.size == 1:
@@ -276,10 +293,11 @@ class QuantEnv:
         self._position += 1
         if not self.done:
             return StepResult(self.observation(), act_bits, weight_bits, None)
-        proposed = QuantPlan.for_network(
+        proposal = Proposal(QuantPlan.for_network(
             self.network, (LayerPlan(l.name, w, a) for l, w, a in zip(self.network, self._weight_bits, self._act_bits))
-        )
-        return StepResult(None, act_bits, weight_bits, self.evaluate(proposed, layer_wise=not self._kernel_wise))
+        ), layer_wise=not self._kernel_wise)
+        outcome = self.evaluate(proposal.plan, proposal.layer_wise) if scored else None
+        return StepResult(None, act_bits, weight_bits, outcome, proposal)
 
     def snapped(self, i: int, bits: np.ndarray) -> np.ndarray:
         """Layer ``i``'s kernel bits with each sensitivity-sorted tile at the rounded mean of its kernels' bits."""
@@ -289,6 +307,13 @@ class QuantEnv:
         return out
 
     # -- scoring --------------------------------------------------------------------------------------------------
+    def scoring_with(self, backend: CostBackend, evaluator: Evaluator) -> "QuantEnv":
+        """This environment scoring with ``backend`` and ``evaluator`` instead (a shallow copy sharing the objective,
+        sensitivity and tables), so that several plans can be evaluated at once, each on its own copy."""
+        scorer = copy.copy(self)
+        scorer.backend, scorer.evaluator = backend, evaluator
+        return scorer
+
     def measure(self, plan: QuantPlan) -> Measurement:
         return self.backend.measure(self.network, plan, self.batch)
 
@@ -305,22 +330,22 @@ class QuantEnv:
         score = self.score(final)
         self._position = len(self.network)
         reward = self.objective.reward(score.accuracy, cost, score.kl)
-        proposed_cost = CostPoint.of(proposed)
         return EpisodeOutcome(
             final, plan, score.accuracy, measurement, reward, cost, self.objective.fits(cost), kl=score.kl,
-            loss=score.loss, proposed_cost=proposed_cost, learning_reward=self.objective.learning_reward(reward, proposed_cost),
+            loss=score.loss, proposed_cost=CostPoint.of(proposed),
         )
 
     def accuracy(self, plan: QuantPlan) -> float:
-        """The evaluator's accuracy of ``plan`` with this search's fine-tune setting (cached by the evaluator)."""
-        return float(self.evaluator.accuracy(plan, finetune_steps=self.finetune_steps))
+        """The accuracy of ``plan`` on the search split with this search's fine-tune setting (``score``)."""
+        return self.score(plan).accuracy
 
     def score(self, plan: QuantPlan) -> PlanScore:
-        """The evaluator's accuracy, loss and KL of ``plan`` (accuracy alone from an evaluator without ``score``)."""
+        """The evaluator's accuracy, loss and KL of ``plan`` on ``SEARCH_SPLIT`` (cached by the evaluator); an
+        evaluator without ``score`` gives its accuracy alone."""
         score = getattr(self.evaluator, "score", None)
         if score is None:
-            return PlanScore(self.accuracy(plan))
-        return PlanScore(*score(plan, finetune_steps=self.finetune_steps))
+            return PlanScore(float(self.evaluator.accuracy(plan, finetune_steps=self.finetune_steps)))
+        return PlanScore(*score(plan, finetune_steps=self.finetune_steps, split=SEARCH_SPLIT))
 
     def enforce_budget(self, plan: QuantPlan, measurement: Measurement | None = None,
                        layer_wise: bool = True) -> tuple[QuantPlan, Measurement]:

@@ -1,9 +1,10 @@
 """Reward settings of the search (AutoQ section 3): resource-constrained and accuracy-guaranteed.
 
 * resource-constrained: a latency or energy budget, absolute (``3ms``, ``40mJ``) or a fraction of the uniform
-  max-bit plan's cost (``0.5x``); reward = psi_acc * (accuracy - kl_weight * KL). The agent learns from that minus
-  ``budget_penalty * max(0, proposal_cost / budget - 1)`` (the paper's resource-constrained reward as a penalty on
-  the budget), so it meets the budget itself; the environment enforces it only on proposals that still miss.
+  max-bit plan's cost (``0.5x``); reward = psi_acc * (accuracy - kl_weight * KL). An agent that learns to meet the
+  budget itself learns from the Lagrangian ``reward - lambda * max(0, proposal_cost / budget - 1)`` with a
+  multiplier it adapts by dual ascent (``BudgetMultiplier``); the environment enforces the budget only on proposals
+  that still miss.
 * accuracy-guaranteed: reward = psi_acc * (accuracy - kl_weight * KL) - psi_l * latency / latency_8bit
   - psi_e * energy / energy_8bit, with psi_acc = 2 and cost weights below 1 by default.
 
@@ -29,8 +30,6 @@ _BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*([a-z]*)\s*$"
 
 #: Weight of the KL divergence to the float model beside top-1 in the reward's accuracy term.
 DEFAULT_KL_WEIGHT = 0.5
-#: Reward lost per unit of relative budget overshoot of a proposal (1.0 = 10% over costs 0.1, i.e. 10 accuracy points).
-DEFAULT_BUDGET_PENALTY = 1.0
 
 
 class SearchError(AutoQError, ValueError):
@@ -103,7 +102,6 @@ class RewardSetting:
     psi_latency: float = 0.5
     psi_energy: float = 0.5
     kl_weight: float = DEFAULT_KL_WEIGHT
-    budget_penalty: float = DEFAULT_BUDGET_PENALTY
 
     def __post_init__(self) -> None:
         if not self.psi_acc > 0 or self.psi_latency < 0 or self.psi_energy < 0:
@@ -111,13 +109,12 @@ class RewardSetting:
                 f"reward weights need psi_acc > 0 and psi_latency, psi_energy >= 0; got "
                 f"{self.psi_acc}, {self.psi_latency}, {self.psi_energy}"
             )
-        if self.kl_weight < 0 or self.budget_penalty < 0:
-            raise SearchError(f"kl_weight and budget_penalty must be >= 0, got {self.kl_weight} and {self.budget_penalty}")
+        if self.kl_weight < 0:
+            raise SearchError(f"kl_weight must be >= 0, got {self.kl_weight}")
 
     @classmethod
-    def resource_constrained(cls, budget: BudgetSpec, kl_weight: float = DEFAULT_KL_WEIGHT,
-                             budget_penalty: float = DEFAULT_BUDGET_PENALTY) -> "RewardSetting":
-        return cls(budget, psi_acc=1.0, psi_latency=0.0, psi_energy=0.0, kl_weight=kl_weight, budget_penalty=budget_penalty)
+    def resource_constrained(cls, budget: BudgetSpec, kl_weight: float = DEFAULT_KL_WEIGHT) -> "RewardSetting":
+        return cls(budget, psi_acc=1.0, psi_latency=0.0, psi_energy=0.0, kl_weight=kl_weight)
 
     @classmethod
     def accuracy_guaranteed(cls, psi_acc: float = 2.0, psi_latency: float = 0.5, psi_energy: float = 0.5,
@@ -131,8 +128,8 @@ class RewardSetting:
     def describe(self) -> str:
         acc = f"acc - {self.kl_weight:g}*KL" if self.kl_weight else "acc"
         if self.budget is not None:
-            return (f"resource-constrained: {self.budget}; reward = {acc}, learned with "
-                    f"- {self.budget_penalty:g}*max(0, proposal/budget - 1)")
+            return (f"resource-constrained: {self.budget}; reward = {acc}, "
+                    "learned with - lambda*max(0, proposal/budget - 1)")
         return (
             f"accuracy-guaranteed: reward = {self.psi_acc:g}*({acc}) - {self.psi_latency:g}*latency/latency_8bit "
             f"- {self.psi_energy:g}*energy/energy_8bit"
@@ -145,7 +142,7 @@ class RewardSetting:
     def from_dict(cls, data: dict[str, Any]) -> "RewardSetting":
         budget = data.get("budget")
         return cls(BudgetSpec(**budget) if budget else None, data["psi_acc"], data["psi_latency"], data["psi_energy"],
-                   data.get("kl_weight", 0.0), data.get("budget_penalty", 0.0))
+                   data.get("kl_weight", 0.0))
 
     def resolve(self, reference: CostPoint, floor: CostPoint, full_accuracy: float, floor_label: str) -> "Objective":
         """Bind the setting to one network and backend; an unreachable budget is a ``SearchError`` here, before any search."""
@@ -194,11 +191,6 @@ class Objective:
             return 0.0
         return max(0.0, cost.get(budget.metric) / self.limit - 1.0)  # type: ignore[operator]
 
-    def learning_reward(self, reward: float, proposed: CostPoint) -> float:
-        """What an agent learns from: the scored plan's ``reward`` minus ``budget_penalty`` times its proposal's
-        relative overshoot (the penalty form of the resource-constrained reward)."""
-        return reward - self.setting.budget_penalty * self.overshoot(proposed)
-
     def penalty(self, cost: CostPoint) -> float:
         """The cost the search trades accuracy against: under a budget, the budgeted metric; otherwise the reward's
         cost terms in units of accuracy, so that ``reward == psi_acc * (accuracy - penalty)``."""
@@ -207,6 +199,47 @@ class Objective:
             return cost.get(budget.metric)
         latency, energy = self.cost_terms(cost)
         return (latency + energy) / self.setting.psi_acc
+
+
+@dataclass
+class BudgetMultiplier:
+    """The Lagrange multiplier ``value`` (lambda) of the budget, learned by projected dual (sub)gradient ascent.
+
+    An agent learns from the Lagrangian reward ``lagrangian``: the scored plan's reward minus lambda times its
+    proposal's relative overshoot max(0, proposal_cost / budget - 1), so a proposal within the budget is worth its
+    reward. After learning from an outcome it takes one dual step, ``update``: lambda <- max(0, lambda + lr *
+    clip(proposal_cost / budget - 1, -clip, clip)): lambda grows while proposals miss the budget and shrinks while
+    they leave it unused, so the penalty settles where the proposals meet the budget, neither so soft that they
+    overshoot nor so hard that they fall far below it. The constraint residual is clipped so that one wild proposal
+    of an exploring agent moves lambda by at most ``lr * clip``. Without a budget lambda stays put (and no proposal
+    overshoots).
+
+    Contract for batched search: ``update`` is called exactly once per outcome, in episode order, when the agent
+    learns from it (never while a plan is being scored), so that scoring K plans at once and learning from them in
+    order gives the same multiplier, and the same search, as one plan at a time. ``value`` is part of the agent's
+    checkpointed state.
+    """
+
+    value: float
+    lr: float
+    clip: float
+
+    def __post_init__(self) -> None:
+        if self.value < 0 or self.lr < 0 or not self.clip > 0:
+            raise SearchError(f"budget multiplier and its lr must be >= 0 and its clip > 0, "
+                              f"got {self.value}, {self.lr}, {self.clip}")
+
+    def lagrangian(self, objective: Objective, reward: float, proposed: CostPoint) -> float:
+        """``reward`` minus lambda times the relative overshoot of the proposal that cost ``proposed``."""
+        return reward - self.value * objective.overshoot(proposed)
+
+    def update(self, objective: Objective, proposed: CostPoint) -> None:
+        """One dual step on the outcome of a proposal that cost ``proposed`` (see the class docstring)."""
+        budget = objective.setting.budget
+        if budget is None:
+            return
+        residual = proposed.get(budget.metric) / objective.limit - 1.0  # type: ignore[operator]
+        self.value = max(0.0, self.value + self.lr * min(max(residual, -self.clip), self.clip))
 
 
 def haq_reward(accuracy: float, full_accuracy: float) -> float:
