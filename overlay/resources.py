@@ -22,7 +22,9 @@ Fitted on Yosys 0.70 ``synth_xilinx -family xc7`` (``autoq hls synth``, ``autoq.
 The prior was BISMO's published model (Umuroglu et al., TRETS 2019), kept as ``BISMO_*``: LUT per unit
 ``1.17 Dk + 44.1`` plus 120.1 per unit for its accumulator, BRAM ``ceil(Dk / 32) * (Dm Bm + Dn Bn) / 1024``. Our
 adder-tree popcount cost 2.14 LUTs per bit where BISMO's generated compressor trees cost 1.17, so the fitted
-array is about 1.8x BISMO's at ``Dk = 256``.
+array is about 1.8x BISMO's at ``Dk = 256``. Checked against flattened Yosys runs of the compressor-tree RTL
+(``autoq hls synth --flatten``, 2026-12-02), not refitted: 8x8x256 59,514 LUTs (the model says 3.3% fewer), 8x8x128
+37,628 (0.6% more), 8x4x256 33,369 (5.4% fewer); BRAM36 exact (64, 32, 48).
 
 ``SHELL_RESERVE`` is an allowance for what the block design adds around the engine and is not in its netlist: two
 SmartConnects (GP0 -> the AXI-Lite slave, in PG247's low-area mode; the engine's AXI3 master -> HP0) and a

@@ -29,10 +29,11 @@ def test_bundled_builds_are_hashed_and_their_calibrations_follow(folder):
 
 def test_rehash_with_changes_writes_manifest_and_calibration(build, capsys):
     before = CalibrationParams.load(build / "calibration.json")
+    dk = OverlayConfig.load(build / "manifest.json").dk
     assert main(["hls", "rehash", "--overlay", str(build), "--set", "dm=4", "--set", "dn=4"]) == 0
     overlay = OverlayConfig.load(build / "manifest.json")
     calibration = CalibrationParams.load(build / "calibration.json")
-    assert (overlay.dm, overlay.dn, overlay.dk) == (4, 4, 256) and overlay.build_hash == overlay.structural_hash()
+    assert (overlay.dm, overlay.dn, overlay.dk) == (4, 4, dk) and overlay.build_hash == overlay.structural_hash()
     assert calibration.overlay_build_hash == overlay.build_hash
     assert calibration.with_changes(overlay_build_hash=before.overlay_build_hash) == before  # parameters kept
     out = capsys.readouterr().out

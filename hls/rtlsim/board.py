@@ -5,7 +5,7 @@ Latency comes from the RTL's own cycle counters (register map v2: ``cycles_total
 done, the stages' counters are their active cycles), never from the schedule model; time is the simulated time of
 the device. The simulation has no power model, so a session has no sensors and measures latency only. The RTL
 needs a ``regmap_version`` 2 manifest: the bundled ``rtl_small`` (a 2x2x64 array, the default: it builds in about
-a minute and simulates fast) and ``pynq_z1`` (the 8x8x256 PYNQ-Z1 build).
+a minute and simulates fast) and ``pynq_z1`` (the 8x8x128 PYNQ-Z1 build).
 
 Generating the Verilog (Amaranth) of a large array takes a while, so ``engine_verilog`` caches the text on disk,
 keyed by the manifest and the RTL's sources; Verilator builds are cached by ``builder.build``.
@@ -35,7 +35,7 @@ from .memory import HPPortModel
 
 DEFAULT_RTL_OVERLAY = "rtl_small"
 """The overlay ``rtlsim`` backends and ``autoq board serve --rtlsim`` load by default: the 2x2x64 array, whose
-Verilator build takes about a minute and simulates ~400k cycles/s. ``pynq_z1`` (the 8x8x256 PYNQ-Z1 build)
+Verilator build takes about a minute and simulates ~400k cycles/s. ``pynq_z1`` (the 8x8x128 PYNQ-Z1 build)
 takes ~5 minutes to generate and build and simulates ~20-30k cycles/s."""
 ARENA_BYTES = 1 << 30
 RUN_TIMEOUT_S = 3600.0  # wall-clock bound on one simulated layer run (the driver's poll loop)

@@ -4,7 +4,7 @@ engine (``autoq.hls.rtlsim``) behind a simulated Zynq HP port. The same path as 
 measurement protocol) with the RTL in place of the emulated device; measurements are labelled ``rtlsim`` and their
 latencies are the RTL's own cycle counts. Query keys other than ``overlay`` set the HP-port model
 (``autoq.hls.rtlsim.memory``); the overlay defaults to ``rtl_small`` (a 2x2x64 array; ``pynq_z1`` is the
-8x8x256 PYNQ-Z1 build, ~15x slower to simulate).
+8x8x128 PYNQ-Z1 build, ~15x slower to simulate).
 """
 from __future__ import annotations
 

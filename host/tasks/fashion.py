@@ -10,11 +10,11 @@ in the package (``data/fashion_*.npz``, official indices kept beside the pixels;
 ``data/fashion_LICENSE.txt``). Both give the same val, test and calib images; ``FashionData.source`` says which
 one was read. Pixels are scaled to [0, 1] and normalised with ``PIXEL_MEAN``/``PIXEL_STD``.
 
-The CNN (``FashionCNN``) is made for the PYNQ-Z1 overlay (8x256x8 array, Dm = 8 rows of output channels per tile,
-Dk = 256-bit words): every layer has 128 or 256 output channels (16-32 whole row tiles that a plan can narrow),
-``K = c_in * kh * kw`` of conv2 and conv3 is 1152 / 2304 (4.5 / 9 words), and at 4/4 at batch 1 conv2 is
-execute-bound, conv3 bound by fetching its weights, so most of the latency scales with weight bits
-(``autoq.host.tasks.costshare``). The shipped weights come from ``python -m autoq.host.tasks.train_fashion``.
+The CNN (``FashionCNN``) was made for the retired HLS preset (8x8x256, Dm = 8 rows of output channels per tile):
+every layer has 128 or 256 output channels (16-32 whole row tiles that a plan can narrow), ``K = c_in * kh * kw``
+of conv2 and conv3 is 1152 / 2304 (9 / 18 words of the RTL preset's Dk = 128). On that preset most of its latency
+scaled with weight bits; the RTL engine re-reads a block's activations for every row tile, which makes every
+layer fetch-bound (``autoq.host.tasks.costshare`` prints the share). The shipped weights come from ``python -m autoq.host.tasks.train_fashion``.
 """
 from __future__ import annotations
 
