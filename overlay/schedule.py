@@ -683,7 +683,7 @@ class HistogramSchedule:
         dm, dk, dn, top, rhs = overlay.dm, overlay.dk, overlay.dn, overlay.max_bits, overlay.rhs_mem_words
         blocks = [(i, block) for i, layer in enumerate(layers) for block in _blocks(layer, batch, params.per_image_convs)]
         shapes: dict[tuple[int, ...], int] = {}
-        kind = np.array([shapes.setdefault((b.group == PACKED_GROUPS, *b[1:]), len(shapes)) for _, b in blocks])
+        kind = np.array([shapes.setdefault((b.group == PACKED_GROUPS,) + tuple(b[1:]), len(shapes)) for _, b in blocks])
         packed, block_rows, k, n, images, ohw = np.array(list(shapes), dtype=np.int64).T
         packed = packed.astype(bool)
         tiles = -(-block_rows // dm)
