@@ -42,11 +42,12 @@ AGENTS = ("autoq", "haq", "random", "uniform", "oracle", "oracle-layer")
 
 
 class Task:
-    """The task, its evaluator (one accuracy memo for all agents: scores are deterministic) and its sensitivity."""
+    """The task, its evaluator (one accuracy memo for all agents: scores are deterministic), its sensitivity and the
+    cost backend, opened once so that every run is costed alike."""
 
     def __init__(self, name: str, backend: str) -> None:
         self.task = load_task(name)
-        self.backend = backend
+        self.backend = open_backend(backend)
         self.evaluator = Evaluator.for_task(self.task)
         self.scales = self.evaluator.kernel_scales()
         self.sensitivity = task_sensitivity(self.evaluator)
@@ -54,7 +55,7 @@ class Task:
 
 def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: int) -> dict:
     seed_everything(seed)
-    env = QuantEnv(t.task.network, t.evaluator, open_backend(t.backend), setting, kernel_scales=t.scales,
+    env = QuantEnv(t.task.network, t.evaluator, t.backend, setting, kernel_scales=t.scales,
                    sensitivity=t.sensitivity)
     agent = make_agent(name, episodes, len(t.task.network), seed)
     outcomes, start = [], time.perf_counter()
@@ -73,6 +74,7 @@ def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: i
         "val_subset_accuracy": selected.accuracy, "val_accuracy": selection.val.accuracy,
         "test_accuracy": selection.test.accuracy, "latency_s": selected.cost.latency_s,
         "latency_ratio": selected.cost.latency_s / env.objective.reference.latency_s, "energy_j": selected.cost.energy_j,
+        "reference_latency_s": env.objective.reference.latency_s,
         "mixed_layers": sum(w > 1 for w in widths) / len(widths),
         "proposals_met_budget": float(np.mean([o.proposal_fits for o in learned])),
         "s_per_episode": wall / len(outcomes),
@@ -94,9 +96,9 @@ def mean_std(values: list[float]) -> str:
 FIGURES = ("test_accuracy", "val_accuracy", "latency_ratio", "mixed_layers", "proposals_met_budget", "selected_after_warmup")
 
 
-def table(runs: list[dict], agents: list[str], title: str) -> dict:
+def table(runs: list[dict], agents: list[str], title: str, over: str = "seeds") -> dict:
     print(f"\n{title}\n")
-    print("| agent | test accuracy (mean +- std over seeds) | val accuracy | latency / 8-bit | mixed-width layers "
+    print(f"| agent | test accuracy (mean +- std over {over}) | val accuracy | latency / 8-bit | mixed-width layers "
           "| proposals within budget | selected after warm-up |")
     print("|---|---|---|---|---|---|---|")
     out = {}
@@ -122,8 +124,7 @@ def main() -> None:
     episodes = args.episodes or TASK_EPISODES.get(args.task, 200)
     torch.set_num_threads(1)
     t = Task(args.task, args.backend)
-    backend = open_backend(args.backend)
-    shares = {f"{w}/{a}->{low}": weight_bit_shares(t.task.network, backend, w, a, low_bits=low).share
+    shares = {f"{w}/{a}->{low}": weight_bit_shares(t.task.network, t.backend, w, a, low_bits=low).share
               for w, a, low in ((4, 4, 1), (8, 8, 2))}
     runs: list[dict] = []
     for budget in args.budgets:
@@ -140,7 +141,8 @@ def main() -> None:
     head = f"## {args.task} on {args.backend}: {episodes} episodes per agent, seeds {args.seeds}"
     per_budget = {budget: table([r for r in runs if r["budget"] == budget], args.agents, f"{head}, latency budget {budget}")
                   for budget in args.budgets}
-    summary = table(runs, args.agents, f"{head}, all budgets {args.budgets}") if len(args.budgets) > 1 else per_budget[args.budgets[0]]
+    summary = (table(runs, args.agents, f"{head}, all budgets {args.budgets}", "seeds and budgets") if len(args.budgets) > 1
+               else per_budget[args.budgets[0]])
     print("\nShare of the latency that depends on weight bits (bounds what kernel-wise saves at equal activation bits): "
           + ", ".join(f"{k}: {v:.1%}" for k, v in shares.items()))
     matched: dict[str, dict[str, list[float | None]]] = {}
@@ -163,7 +165,9 @@ def main() -> None:
                       + f", matched in {len(reached)} of {len(ratios)} runs")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"task": args.task, "backend": args.backend, "episodes": episodes, "seeds": args.seeds,
+            json.dump({"task": args.task, "backend": args.backend, "backend_detail": t.backend.describe().detail,
+                       "overlay": t.backend.describe().overlay.name,
+                       "episodes": episodes, "seeds": args.seeds,
                        "budgets": args.budgets, "weight_bit_share": shares,
                        "runs": [{k: v for k, v in r.items() if k != "front"} for r in runs], "per_budget": per_budget,
                        "summary": summary, "latency_at_matched_accuracy": matched}, fh, indent=1)
