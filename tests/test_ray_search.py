@@ -11,7 +11,7 @@ import pytest
 from autoq.host.search.parallel import RayOptions
 from autoq.host.search.rewards import BudgetSpec, RewardSetting
 from autoq.host.search.runner import SearchConfig, run_search
-from autoq.host.traces import TraceStore
+from autoq.host.traces import TraceError, TraceStore
 from test_pool_backend import serve
 
 ray = pytest.importorskip("ray")
@@ -61,12 +61,13 @@ def test_thirty_episodes_on_three_boards_with_one_killed_midway(tmp_path, local_
     killed_at: list[float] = []
 
     def kill_midway():
-        while not trace.exists():
-            time.sleep(0.1)
         while True:
-            with TraceStore(trace, "r") as store:
-                if sum(r.backend_uri == victim_uri for r in store.records()) >= 15:
-                    break
+            try:  # the file exists a moment before its tables do
+                with TraceStore(trace, "r") as store:
+                    if sum(r.backend_uri == victim_uri for r in store.records()) >= 15:
+                        break
+            except TraceError:
+                pass
             time.sleep(0.1)
         victim.kill()
         killed_at.append(time.time())
