@@ -18,17 +18,18 @@ from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal
 
 from autoq.overlay.manifest import OverlayConfig
 
-from .common import LayerParams, ResultBank, TileBank, Token, column_sum, compress, region_base
+from .common import EntryLayout, LayerParams, ResultBank, Token, chunk_slots, column_sum, compress, region_base
 
 PIPE = 3
 STAGE1_LEVELS = 2  # compressor levels before the stage-1 register
 
 
 class Execute(Elaboratable):
-    def __init__(self, cfg: OverlayConfig, p: LayerParams, banks: list[TileBank], rbanks: list[ResultBank],
-                 lhs_ports, rhs_ports, res_port, rhs_full: Token, rhs_free: Token, lhs_free: Token,
-                 res_free: Token, res_full: Token):
-        self.cfg, self.p, self.banks, self.rbanks = cfg, p, banks, rbanks
+    def __init__(self, cfg: OverlayConfig, p: LayerParams, entry_port, chunk_len: list[Signal],
+                 rbanks: list[ResultBank], lhs_ports, rhs_ports, res_port, rhs_full: Token, rhs_free: Token,
+                 lhs_free: Token, res_free: Token, res_full: Token):
+        self.cfg, self.p, self.rbanks = cfg, p, rbanks
+        self.entry_port, self.chunk_len = entry_port, chunk_len
         self.lhs_ports, self.rhs_ports, self.res_port = lhs_ports, rhs_ports, res_port
         self.rhs_full, self.rhs_free, self.lhs_free = rhs_full, rhs_free, lhs_free
         self.res_free, self.res_full = res_free, res_full
@@ -49,11 +50,16 @@ class Execute(Elaboratable):
         progress = Signal()
         running = Signal()
 
-        def pick(getter):
-            return Mux(lreg, getter(self.banks[1]), getter(self.banks[0]))
-
-        tbits, rows, kw = pick(lambda b: b.tbits), pick(lambda b: b.rows), pick(lambda b: b.kw)
-        row_bits = [pick(lambda b, r=r: b.bits[r]) for r in range(dm)]
+        # the step's row tile: entry k of the chunk in lhs region lreg (an asynchronous read of the entry memory)
+        slots = chunk_slots(cfg)
+        k = Signal(range(slots + 1))
+        m.d.comb += self.entry_port.addr.eq(Mux(lreg, slots, 0) + k)
+        entry = EntryLayout(cfg).unpack(self.entry_port.data)
+        tbits, rows, kw = entry.tbits, entry.rows, entry.kw
+        row_bits = entry.bits
+        clen = Mux(lreg, self.chunk_len[1], self.chunk_len[0])
+        last_k = Signal()
+        m.d.comb += last_k.eq(k == clen - 1)
         last_col = Signal()
         m.d.comb += last_col.eq(n0 + dn >= p.n)
         remaining = Signal(32)
@@ -65,7 +71,7 @@ class Execute(Elaboratable):
         last_w, last_j, last_i = Signal(), Signal(), Signal()
         m.d.comb += [last_w.eq(w == kw - 1), last_j.eq(j == p.abits - 1), last_i.eq(i == tbits - 1)]
         for port in self.lhs_ports:
-            m.d.comb += port.addr.eq(region_base(cfg.lhs_mem_words, lreg, p.lhs_single) + la_plane + w)
+            m.d.comb += port.addr.eq(region_base(cfg.lhs_mem_words, lreg, p.lhs_single) + entry.lbase + la_plane + w)
         for port in self.rhs_ports:
             m.d.comb += port.addr.eq(region_base(cfg.rhs_mem_words, rreg, p.rhs_single) + ra_plane + w)
         shift_w = (2 * cfg.max_bits - 1).bit_length()
@@ -141,14 +147,15 @@ class Execute(Elaboratable):
         with m.FSM(name="execute"):
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [lreg.eq(0), rreg.eq(0), qreg.eq(0), step.eq(0), n0.eq(0), running.eq(1)]
+                    m.d.sync += [lreg.eq(0), rreg.eq(0), qreg.eq(0), step.eq(0), n0.eq(0), k.eq(0), running.eq(1)]
                     m.next = "WAIT"
             with m.State("WAIT"):
                 with m.If(step == p.total_steps):
                     m.d.sync += running.eq(0)
                     m.next = "IDLE"
-                with m.Elif(self.rhs_full.avail):
-                    m.d.comb += [self.rhs_full.take.eq(1), progress.eq(1)]
+                with m.Elif((k != 0) | self.rhs_full.avail):
+                    # a column tile's activations serve every row tile of the chunk: one rhs_full for the first
+                    m.d.comb += [self.rhs_full.take.eq(k == 0), progress.eq(1)]
                     m.d.sync += [i.eq(0), j.eq(0), w.eq(0), la_plane.eq(0), ra_plane.eq(0)]
                     m.next = "ISSUE"
             with m.State("ISSUE"):
@@ -164,8 +171,10 @@ class Execute(Elaboratable):
                         with m.If(~last_i):
                             m.d.sync += [i.eq(i + 1), la_plane.eq(la_plane + kw)]
                         with m.Else():
-                            m.d.comb += self.rhs_free.give.eq(1)
-                            m.d.sync += [flush.eq(PIPE), rreg.eq(~rreg)]
+                            with m.If(last_k):
+                                m.d.comb += self.rhs_free.give.eq(1)
+                                m.d.sync += rreg.eq(~rreg)
+                            m.d.sync += flush.eq(PIPE)
                             m.next = "FLUSH"
             with m.State("FLUSH"):
                 m.d.comb += progress.eq(1)
@@ -183,15 +192,20 @@ class Execute(Elaboratable):
                 with m.If(row == dm - 1):
                     for q, rb in enumerate(self.rbanks):
                         with m.If(qreg == q):
-                            m.d.sync += [rb.rows.eq(rows), rb.cols.eq(cols), rb.first.eq(n0 == 0)]
-                            m.d.sync += [rb.chan_off[r].eq(pick(lambda b, r=r: b.chan_off[r])) for r in range(dm)]
+                            m.d.sync += [rb.rows.eq(rows), rb.cols.eq(cols), rb.first.eq(n0 == 0),
+                                         rb.advance.eq(last_k)]
+                            m.d.sync += [rb.chan_off[r].eq(entry.chan_off[r]) for r in range(dm)]
                     m.d.comb += self.res_full.give.eq(1)
                     m.d.sync += [qreg.eq(~qreg), step.eq(step + 1)]
-                    with m.If(last_col):
-                        m.d.comb += self.lhs_free.give.eq(1)
-                        m.d.sync += [n0.eq(0), lreg.eq(~lreg)]
+                    with m.If(~last_k):
+                        m.d.sync += k.eq(k + 1)
                     with m.Else():
-                        m.d.sync += n0.eq(n0 + dn)
+                        m.d.sync += k.eq(0)
+                        with m.If(last_col):
+                            m.d.comb += self.lhs_free.give.eq(1)
+                            m.d.sync += [n0.eq(0), lreg.eq(~lreg)]
+                        with m.Else():
+                            m.d.sync += n0.eq(n0 + dn)
                     m.next = "WAIT"
         m.d.comb += [self.finished.eq(~running), self.active.eq(progress)]
         return m

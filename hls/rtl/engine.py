@@ -23,7 +23,7 @@ from autoq.overlay.manifest import ManifestError, OverlayConfig
 from autoq.overlay.regmap import REGMAP_VERSION, RegisterMap
 
 from .axi import ReadDma, RegisterSlave
-from .common import WORD_BITS, LayerParams, ResultBank, TileBank, Token
+from .common import WORD_BITS, EntryLayout, LayerParams, ResultBank, TileBank, Token, chunk_slots
 from .control import Controller
 from .dpa import Execute
 from .fetch import Fetch
@@ -106,12 +106,18 @@ class BitSerialEngine(wiring.Component):
         res_mem = Memory(shape=unsigned(cfg.dn * cfg.acc_bits), depth=2 * cfg.dm, init=[])
         res_w, res_r = res_mem.write_port(), res_mem.read_port()
         m.submodules.res = res_mem
-        banks = [TileBank(cfg, i) for i in range(2)]
+        # the weight chunks' tile-table entries: chunk_slots per lhs region, written by fetch, read by execute
+        layout = EntryLayout(cfg)
+        entries = Memory(shape=unsigned(layout.width), depth=2 * chunk_slots(cfg), init=[])
+        entry_w, entry_r = entries.write_port(), entries.read_port(domain="comb")
+        m.submodules.entries = entries
+        chunk_len = [Signal(range(chunk_slots(cfg) + 1), name=f"chunk_len{i}") for i in range(2)]
         rbanks = [ResultBank(cfg, i) for i in range(2)]
 
-        m.submodules.fetch = fetch = Fetch(cfg, p, banks, lhs_w, rhs_w, tokens["lhs_free"], tokens["rhs_free"],
-                                           tokens["rhs_full"])
-        m.submodules.execute = execute = Execute(cfg, p, banks, rbanks, lhs_r, rhs_r, res_w, tokens["rhs_full"],
+        m.submodules.fetch = fetch = Fetch(cfg, p, TileBank(cfg, 0), entry_w, chunk_len, lhs_w, rhs_w,
+                                           tokens["lhs_free"], tokens["rhs_free"], tokens["rhs_full"])
+        m.submodules.execute = execute = Execute(cfg, p, entry_r, chunk_len, rbanks, lhs_r, rhs_r, res_w,
+                                                 tokens["rhs_full"],
                                                  tokens["rhs_free"], tokens["lhs_free"], tokens["res_free"],
                                                  tokens["res_full"])
         m.submodules.result = result = Result(cfg, p, rbanks, res_r, tokens["res_full"], tokens["res_free"],

@@ -128,7 +128,10 @@ class Result(Elaboratable):
             with m.State("ROW_END"):
                 m.d.comb += progress.eq(1)
                 with m.If(row == rows - 1):
-                    m.d.sync += [pix0.eq(pix), img0.eq(img), qreg.eq(~qreg), step.eq(step + 1)]
+                    m.d.sync += [qreg.eq(~qreg), step.eq(step + 1)]
+                    # the chunk's other row tiles of this column tile start at the same column
+                    with m.If(pick(lambda b: b.advance)):
+                        m.d.sync += [pix0.eq(pix), img0.eq(img)]
                     m.d.comb += self.res_free.give.eq(1)
                     m.next = "WAIT"
                 with m.Else():
