@@ -7,7 +7,9 @@ for the port contract and the microarchitecture.
 Buffers (Amaranth ``Memory``): ``Dm`` weight buffers of ``lhs_mem_words`` Dk-bit words (one per array row),
 ``Dn`` activation buffers of ``rhs_mem_words`` (one per column), each run as two half-size regions, or as one
 region for a layer with a tile that needs more than half (``LayerParams.lhs_single``/``rhs_single``); one result
-buffer of ``2 * Dm`` words of ``Dn * acc_bits`` bits (two regions). Tokens (credit counters): ``lhs_free`` (2, or
+buffer of ``2 * Dm`` words of ``Dn * acc_bits`` bits (two regions); the chunk entry memory, ``2 * chunk_slots``
+entries (``common.EntryLayout``: a row tile's bits, rows, channel offsets, kwords and first lhs word), read
+asynchronously by execute, and ``chunk_len`` per lhs region. Tokens (credit counters): ``lhs_free`` (2, or
 1 when single), ``rhs_free`` (2 or 1), ``rhs_full`` (0), ``res_free`` (2), ``res_full`` (0).
 """
 from __future__ import annotations

@@ -1,14 +1,22 @@
 """Fetch stage: moves tile-table entries, weights and activations from DDR into the operand buffers.
 
-Two halves share the read DMA: the *requester* walks the loop nest (block, row tile, column tile), takes a free
-buffer region (``lhs_free`` per row tile, ``rhs_free`` per step), issues the DMA commands and tells the *sink*
-(through a small FIFO of descriptors) where the returning beats go; the sink writes beats into the banks and
-buffers in order and gives ``rhs_full`` when a step's activations are in. The requester runs up to two steps
-ahead of execute, so reads of the next step stream while the current one executes.
+Two halves share the read DMA: the *requester* walks the loop nest (block, weight chunk, column tile), takes a
+free buffer region (``lhs_free`` per chunk, ``rhs_free`` per column tile of a chunk), issues the DMA commands and
+tells the *sink* (through a small FIFO of descriptors) where the returning beats go; the sink writes beats into the
+staging ``TileBank`` and the buffers in order and gives ``rhs_full`` when a column tile's activations are in. The
+requester runs up to two column tiles ahead of execute, so reads of the next one stream while the current one
+executes.
 
-Per row tile: the entry (``1 + Dm`` beats) into the region's ``TileBank``; then ``rows * tbits * wpp`` weight beats
-(row ``r``'s planes into lhs buffer ``r``: plane ``i``, Dk-word ``w`` at ``region + i*kw + w``). Per column tile:
-``cols * abits * wpp`` activation beats (column ``c`` into rhs buffer ``c``: plane ``j`` at ``region + j*kw + w``).
+A *weight chunk* is a run of consecutive row tiles of one block whose weights fit one lhs region together
+(``sum(kwords * tbits) <= region words``, at most ``chunk_slots(cfg)`` tiles; a packed layer's chunks are single
+tiles, since each packed tile has its own activations). Per row tile of a chunk: the entry (``1 + Dm`` beats) into
+the staging bank (a tile that does not fit after the chunk's others closes the chunk and is read again as the
+first of the next), the sequential multiplies (``kw``, beats, channel offsets), then ``rows * tbits * wpp`` weight
+beats (row ``r``'s planes into lhs buffer ``r``: plane ``i``, Dk-word ``w`` at ``region + lbase + i*kw + w``,
+``lbase`` the words of the chunk's earlier tiles), and the entry goes into the chunk entry memory (slot
+``region * chunk_slots + k``). At the chunk's end ``chunk_len[region]`` is set. Per column tile:
+``cols * abits * wpp`` activation beats (column ``c`` into rhs buffer ``c``: plane ``j`` at ``region + j*kw + w``),
+once for all the chunk's row tiles.
 """
 from __future__ import annotations
 
