@@ -67,6 +67,12 @@ RTL_READ_BURSTS = 8  # bursts the RTL's read DMA keeps in flight (hls/rtl/engine
 RTL_WRITE_BURSTS = 16  # and its result stage (WRITE_OUTSTANDING)
 RTL_BURST_BEATS = 16  # AXI3 INCR bursts of up to 16 beats, never across 4 KiB
 RTL_PAGE_BEATS = 512
+RTL_CHUNK_SLOTS = 32  # tile-table entries per lhs region of the RTL (hls/rtl/common.py MAX_CHUNK_SLOTS)
+
+
+def rtl_chunk_slots(overlay: OverlayConfig) -> int:
+    """Row tiles one RTL weight chunk holds at most (``hls/rtl/common.chunk_slots``)."""
+    return max(1, min(RTL_CHUNK_SLOTS, overlay.lhs_mem_words // 2))
 
 
 class ScheduleError(AutoQError, ValueError):
@@ -231,6 +237,9 @@ class TileTable(NamedTuple):
     rows: np.ndarray  # (row tiles, 1)
     result_beats: np.ndarray
     result_bursts: np.ndarray
+    # the RTL's weight chunks (``ScheduleParams.pipeline``): True where a row tile starts one (consecutive row tiles
+    # of a block whose weights fit one lhs region together); None: every row tile is a chunk of its own
+    chunk_first: Any = None
 
 
 class _Layout(NamedTuple):
@@ -278,6 +287,21 @@ def _block_starts(words: np.ndarray, block_of_row: np.ndarray, capacity: int, ne
             starts[r], used = True, need
         else:
             used += need
+    return starts
+
+
+def _chunk_starts(words: np.ndarray, block_of_row: np.ndarray, capacity: np.ndarray, alone: np.ndarray,
+                  slots: int) -> np.ndarray:
+    """The RTL's greedy cut of each block's row tiles into weight chunks (``hls/rtl/fetch.py``): True where a chunk
+    starts. A chunk takes row tiles while their words fit ``capacity`` (per row tile) and it has fewer than
+    ``slots``; ``alone`` row tiles (packed) are chunks of their own."""
+    starts = np.r_[True, block_of_row[1:] != block_of_row[:-1]] | alone
+    used, count = 0, 0
+    for r, (need, first, cap) in enumerate(zip(words.tolist(), starts.tolist(), capacity.tolist())):
+        if first or count == slots or used + need > cap:
+            starts[r], used, count = True, need, 1
+        else:
+            used, count = used + need, count + 1
     return starts
 
 
@@ -433,6 +457,13 @@ def _layout_and_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, bat
     use_as = shared & (per_block_total(as_bytes, as_count) < per_block_total(ws_bytes, ws_count))
     row_as = use_as[row_block][:, None]
     width = np.where(row_as, as_width, ws_width)
+    # the RTL's weight chunks: greedy over each block's row tiles in one lhs region (the whole buffer for a layer with
+    # a tile of more than half), packed tiles one each
+    half = overlay.lhs_mem_words // 2
+    entry_of_row = np.array(b_entry)[row_block]
+    big = np.bincount(entry_of_row, weight_words > half, minlength=len(entries)) > 0
+    chunk_first = _chunk_starts(weight_words, row_block, np.where(big, overlay.lhs_mem_words, half)[entry_of_row],
+                                ~shared[row_block], rtl_chunk_slots(overlay))
     layout = _Layout(
         group, b_order, row_block, rows, bits, use_as,
         np.where(use_as, as_per_block, ws_per_block), np.where(use_as[row_block], first_row, ws_runs), column_tiles,
@@ -442,7 +473,7 @@ def _layout_and_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, bat
         np.array(b_entry)[row_block], len(entries), np.where(row_as, as_count, ws_count) * images[row_block][:, None],
         np.where(row_as, as_bytes, ws_bytes), rows, kwords, k_eff, bits, row_abits, width, ohw[row_block], overlay,
         per_image_convs,
-    )
+    )._replace(chunk_first=chunk_first)
     return layout, table
 
 
@@ -489,21 +520,45 @@ def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleP
 
     issue = table.passes * table.kwords
     execute = np.broadcast_to(issue + overlay.dm + 5, table.act_beats.shape)
-    fetch = stream(table.act_beats, table.act_bursts)
-    loop = (lat + table.act_beats / rho + issue + params.step_sync_cycles) / 2
+    act = stream(table.act_beats, table.act_bursts)
     per_burst = table.result_beats / np.maximum(table.result_bursts, 1)
     result = np.maximum(2 * table.rows + table.result_beats + params.result_burst_cycles * table.result_bursts + 1,
                         table.result_bursts * (wlat + params.write_slot_cycles + per_burst) / writes)
-    period = np.maximum.reduce([execute, fetch, loop, result])
     entry = 1 + overlay.dm  # beats of one tile-table entry (2 + 2 Dm uint32)
     weights = stream(table.weight_beats, table.weight_bursts)
-    bubble = (2 * lat + (2 * table.act_beats + entry) / rho + weights + params.row_tile_cycles
-              + params.row_cycles * table.rows - params.boundary_overlap * period)
+    # weight chunks: a column tile's activations are fetched once for the chunk's row tiles, which execute one
+    # after the other; the chunk's first row tile's step carries the column tile's pass beyond its others' steps
+    chunk_first = _chunk_first(table)
+    starts = np.flatnonzero(chunk_first)
+    seg = np.cumsum(chunk_first) - 1
+    length = np.diff(np.r_[starts, chunk_first.size])
+    base = np.maximum(execute, result)
+    chunk = lambda values: np.add.reduceat(values, starts, axis=0)[seg]
+    chunk_base = chunk(base)
+    loop = (lat + table.act_beats / rho + chunk(issue) + (length[seg, None] - 1) * (overlay.dm + 5)
+            + params.step_sync_cycles) / 2
+    whole_pass = np.maximum.reduce([chunk_base, act, loop])
+    head = chunk_first[:, None]
+    period = np.where(head, whole_pass - (chunk_base - base), base)
+    # a chunk's first column tile adds its bubble: for each of its row tiles the requester waits for the table entry
+    # (behind the previous tile's weights) and its multiplies before it issues the weights, then the activations,
+    # less ``boundary_overlap`` passes of the previous chunk that the buffered steps hide (none before a layer's
+    # first chunk); every row tile adds the tile-table check's share of its entry's beats
+    fill = lat + entry / rho + weights + params.row_tile_cycles + params.row_cycles * table.rows
+    after = np.r_[False, table.entry[1:] == table.entry[:-1]][:, None]  # a layer's first chunk follows nothing
+    bubble = chunk(fill) + lat + 2 * table.act_beats / rho - params.boundary_overlap * whole_pass * after
     check = np.maximum(entry / rho, (entry / RTL_BURST_BEATS * lat + entry / rho) / reads) + params.table_beat_cycles * entry
     first = _KIND_FIRST[None, :]
-    period = period + first * (np.maximum(bubble, 0) + check)
-    fetch = fetch + first * (weights + entry / rho)
+    period = period + first * (head * np.maximum(bubble, 0) + check)
+    fetch = act * head + first * (weights + entry / rho)
     return whole(fetch), whole(execute), whole(result), whole(period)
+
+
+def _chunk_first(table: TileTable) -> np.ndarray:
+    """Per row tile: it starts an RTL weight chunk (every row tile where the table does not say)."""
+    if table.chunk_first is None:
+        return np.ones(table.entry.size, dtype=bool)
+    return np.asarray(table.chunk_first, dtype=bool)
 
 
 def _pipeline_overhead(params: ScheduleParams) -> float:
@@ -532,7 +587,8 @@ class TableCycles(NamedTuple):
 def _pipeline_moved(table: TileTable, overlay: OverlayConfig) -> np.ndarray:
     """Bytes each cell moves in the RTL pipeline: its activations, a row tile's weights with its first column tile,
     its results."""
-    return (table.act_beats + _KIND_FIRST * table.weight_beats) * overlay.dram_width_bits / 8 + table.result_bytes
+    return ((table.act_beats * _chunk_first(table)[:, None] + _KIND_FIRST * table.weight_beats) * overlay.dram_width_bits / 8
+            + table.result_bytes)
 
 
 def _entry_cycles(stages: np.ndarray, steps: np.ndarray, moved: np.ndarray, binary_ops: np.ndarray,
@@ -622,6 +678,11 @@ class HistogramSchedule:
     def __init__(self, layers: Sequence[LayerSpec], overlay: OverlayConfig, params: ScheduleParams, batch: int = 1):
         _check_batch(batch)
         self.overlay, self.params = overlay, params
+        self._layers, self._batch = list(layers), batch
+        if params.pipeline:
+            # the RTL's weight chunks depend on the order of a block's tile widths beyond their histogram (the
+            # greedy cut of ``_chunk_starts``): pipeline plans are costed through their tile table
+            return
         dm, dk, dn, top, rhs = overlay.dm, overlay.dk, overlay.dn, overlay.max_bits, overlay.rhs_mem_words
         blocks = [(i, block) for i, layer in enumerate(layers) for block in _blocks(layer, batch, params.per_image_convs)]
         shapes: dict[tuple[int, ...], int] = {}
@@ -650,20 +711,16 @@ class HistogramSchedule:
         table = _tile_table(np.arange(ci.size), ci.size, ws_count, variants[0][0], rows, kwords, k_eff, bits, abits,
                             ws_width, ohw[ci], overlay, params.per_image_convs)
         total = lambda cells, count=ws_count: (np.broadcast_to(cells, count.shape) * count).sum(axis=1)
-        if params.pipeline:
-            fetch, execute, result, steps = _pipeline_cycles(table, overlay, params)
-            sums = [total(fetch), total(execute), total(result), total(steps), total(_pipeline_moved(table, overlay)),
-                    total(table.binary_ops)]
-        else:  # as the pipeline's sums, with the fetch cycles (0) and bytes (in 4, with the results') chosen per
-            # plan from those of each variant (7 on, cycles and bytes): weight-stationary without and with a run
-            # start, activation-stationary with the block's weights fitting the lhs buffer together and not; and
-            # the weight words (6), which say whether they do
-            _, execute, result = _cell_cycles(table, overlay, params)
-            sums = [np.zeros(ci.size), total(execute), total(result), total(1.0), total(table.result_bytes),
-                    total(table.binary_ops), (kwords * bits).astype(np.float64)]
-            for fetch_bytes, count in variants:
-                sums += [total(_cell_cycles(table._replace(fetch_bytes=fetch_bytes), overlay, params)[0], count),
-                         total(fetch_bytes, count)]
+        # the sums of the stage-total model, with the fetch cycles (0) and bytes (in 4, with the results') chosen per
+        # plan from those of each variant (7 on, cycles and bytes): weight-stationary without and with a run
+        # start, activation-stationary with the block's weights fitting the lhs buffer together and not; and
+        # the weight words (6), which say whether they do
+        _, execute, result = _cell_cycles(table, overlay, params)
+        sums = [np.zeros(ci.size), total(execute), total(result), total(1.0), total(table.result_bytes),
+                total(table.binary_ops), (kwords * bits).astype(np.float64)]
+        for fetch_bytes, count in variants:
+            sums += [total(_cell_cycles(table._replace(fetch_bytes=fetch_bytes), overlay, params)[0], count),
+                     total(fetch_bytes, count)]
         probe = np.stack(sums, axis=-1).reshape(len(shapes) * top, top, 2, 2, len(sums))
         single = np.repeat(tiles == 1, top)[:, None, None]
         normal = probe[:, :, 0, 1]
@@ -689,6 +746,12 @@ class HistogramSchedule:
         """Cycles of every layer: ``bits`` holds every kernel's weight bit-width, layer after layer, ``act_bits``
         every layer's activation bits, all within ``[1, overlay.max_bits]`` (not checked here)."""
         overlay, top = self.overlay, self.overlay.max_bits
+        if self.params.pipeline:
+            ends = np.cumsum([layer.c_out for layer in self._layers])
+            entries = [LayerEntry(layer, b, int(a)) for layer, b, a in
+                       zip(self._layers, np.split(np.asarray(bits), ends[:-1]), np.asarray(act_bits).tolist())]
+            table = tile_table(entries, overlay, self._batch, True, self.params.per_image_convs)
+            return table_cycles(table, overlay, self.params)
         counts = np.bincount(self._bins + bits, minlength=len(self._tiles) * (top + 1))
         at_least = grouped_tiles_at_least(counts.reshape(len(self._tiles), top + 1), overlay.dm)
         row = self._kind_base + act_bits[self._layer]
@@ -776,10 +839,12 @@ def layer_tiles(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, act_b
                 int(fetch[cell, kind]), int(execute[cell, kind]), int(result[cell, kind]), int(period[cell, kind]),
             )
 
-        if params.pipeline:  # the RTL's order: row tiles, each with all column tiles
-            for r in range(stop - first):
+        if params.pipeline:  # the RTL's order: weight chunks, for each column tile each row tile of the chunk
+            chunks = np.flatnonzero(_chunk_first(table)[first:stop]).tolist() + [stop - first]
+            for chunk_start, chunk_stop in zip(chunks[:-1], chunks[1:]):
                 for c in range(col_tiles):
-                    yield tile(r, c)
+                    for r in range(chunk_start, chunk_stop):
+                        yield tile(r, c)
         elif layout.activation_stationary[block]:
             for first_col in range(0, col_tiles, per_block):
                 for r in range(stop - first):
