@@ -94,9 +94,10 @@ class ScheduleParams:
     every image, the last column tile of each image partial); linear layers always take the batch as columns.
 
     ``pipeline``: False: the stage-total model above (``max`` of the three stage totals plus overheads). True: the
-    RTL engine's step pipeline (``hls/rtl``, see ``_pipeline_cycles``): every step (row tile x column tile) costs
-    the slowest of its fetch, execute, result and the two-region fetch/execute loop, its first column tile also the
-    row tile's table round trip and weights; the efficiencies and tile/pass overheads are then unused and
+    RTL engine's step pipeline (``hls/rtl``, see ``_pipeline_cycles``) over its weight chunks (row tiles resident
+    together in one lhs region, each column tile's activations fetched once for them): a chunk's pass over one
+    column tile costs the slowest of its steps' execute and result, the activations' fetch and the two-region
+    fetch/execute loop, its first column tile also the chunk's table round trips and weights; the efficiencies and tile/pass overheads are then unused and
     ``layer_overhead_cycles`` is the setup and drain beyond the memory latencies. Its inputs: the HP port's
     ``read_latency_cycles``, ``read_outstanding`` bursts, ``write_latency_cycles``, ``write_outstanding`` bursts and
     ``port_bytes_per_cycle`` (each direction; the rtlsim ``HPPortModel``'s fields); its fitted constants:
@@ -500,14 +501,18 @@ def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleP
     Derived from ``hls/rtl`` (see its ``__init__``) with the HP port's latency ``L``, outstanding bursts ``O``
     (at most the DMA's 8) and ``rho`` beats per cycle: a stream of ``b`` beats in ``n`` bursts takes
     ``max(b / rho, (n * L + b / rho) / O)``. Per step: execute ``passes * kwords + Dm + 5`` (issue, flush,
-    drain, hand-over); fetch the activations' stream; result ``2 * rows + beats + c_b * bursts + 1``, or its writes'
-    outstanding-slot limit ``bursts * (L_w + c_w + beats per burst) / O_w``; and the loop of each of the two rhs
-    regions (fetch issued when execute frees it, data back after ``L``, execute issues again):
-    ``(L + b / rho + passes * kwords + c_s) / 2``. The step costs the slowest of the four. A row tile's first step
-    adds its bubble: the requester waits for the table entry (behind the previous step's activations) and its
-    multiplies before it issues the weights and the activations, ``2 L + (2 b + entry) / rho + weights + c_t +
-    c_r * rows``, less ``boundary_overlap`` periods the buffered steps hide, and the tile-table check's share of
-    the entry's beats.
+    drain, hand-over); result ``2 * rows + beats + c_b * bursts + 1``, or its writes' outstanding-slot limit
+    ``bursts * (L_w + c_w + beats per burst) / O_w``. Per weight chunk (``TileTable.chunk_first``, the RTL's greedy
+    cut) and column tile, one pass: the larger of the steps' execute and result, summed over the chunk's row tiles;
+    the activations' stream; the loop of each of the two rhs regions (fetch issued when execute frees it after the
+    chunk's last row tile, data back after ``L``, execute issues again):
+    ``(L + b / rho + sum(passes * kwords) + (R - 1)(Dm + 5) + c_s) / 2``. The pass costs the slowest; the chunk's
+    first row tile carries what the pass costs beyond its other row tiles' steps. A chunk's first column tile adds
+    its bubble: for each row tile the requester waits for the table entry (behind the previous tile's weights) and
+    its multiplies before it issues the weights, ``sum(L + entry / rho + weights + c_t + c_r * rows)``, then the
+    activations, ``L + 2 b / rho``, less ``boundary_overlap`` passes of the previous chunk that the buffered steps
+    hide (none before a layer's first chunk); every row tile's first step adds the tile-table check's share of its
+    entry's beats.
     """
     beat_bytes = overlay.dram_width_bits / 8
     rho = min(params.port_bytes_per_cycle, beat_bytes) / beat_bytes
@@ -672,7 +677,8 @@ class HistogramSchedule:
     probes' sums per block, the first and last tiles' corrections, and, only where weight-stationary runs change
     what a block fetches and the loop order depends on it, a greedy walk over a block's widths (``_run_starts``).
     The probes' sums are whole numbers or eighths (with a power-of-two DRAM width) in float64, so any order of
-    adding them is exact.
+    adding them is exact. Under ``ScheduleParams.pipeline`` the RTL's weight chunks depend on the order of a
+    block's tile widths (a greedy cut), so plans are costed through their ``tile_table`` instead (slower).
     """
 
     def __init__(self, layers: Sequence[LayerSpec], overlay: OverlayConfig, params: ScheduleParams, batch: int = 1):
