@@ -244,14 +244,25 @@ class Entry:
         self.chan_off = [fields[f"off{r}"] for r in range(dm)]
 
 
+class ChunkState:
+    """Per lhs region, what fetch tells execute about the weight chunk in it: ``landed`` row tiles whose entry and
+    weights are in, ``closed`` once the chunk has all its row tiles, then ``length`` of them."""
+
+    def __init__(self, cfg: OverlayConfig):
+        slots = chunk_slots(cfg)
+        self.length = [Signal(range(slots + 1), name=f"chunk_len{i}") for i in range(2)]
+        self.landed = [Signal(range(slots + 1), name=f"chunk_landed{i}") for i in range(2)]
+        self.closed = [Signal(name=f"chunk_closed{i}") for i in range(2)]
+
+
 class ResultBank:
     """What one result region holds besides the accumulators: where its rows and columns go. ``first``: the step's
-    column tile is the first of a pass over the columns (results restart at column 0); ``advance``: it is the last
-    row tile of its chunk for this column tile (the next step starts at the next column tile)."""
+    column tile is the first of a pass over the columns (results restart at column 0); ``newcol``: it is the first
+    row tile of its chunk for this column tile (it starts where the previous step's columns ended)."""
 
     def __init__(self, cfg: OverlayConfig, index: int):
         self.rows = Signal(range(cfg.dm + 1), name=f"rb{index}_rows")
         self.cols = Signal(range(cfg.dn + 1), name=f"rb{index}_cols")
         self.first = Signal(name=f"rb{index}_first")
-        self.advance = Signal(name=f"rb{index}_advance")
+        self.newcol = Signal(name=f"rb{index}_newcol")
         self.chan_off = [Signal(32, name=f"rb{index}_off{r}") for r in range(cfg.dm)]

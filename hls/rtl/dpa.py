@@ -20,18 +20,18 @@ from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal
 
 from autoq.overlay.manifest import OverlayConfig
 
-from .common import EntryLayout, LayerParams, ResultBank, Token, chunk_slots, column_sum, compress, region_base
+from .common import ChunkState, EntryLayout, LayerParams, ResultBank, Token, chunk_slots, column_sum, compress, region_base
 
 PIPE = 3
 STAGE1_LEVELS = 2  # compressor levels before the stage-1 register
 
 
 class Execute(Elaboratable):
-    def __init__(self, cfg: OverlayConfig, p: LayerParams, entry_port, chunk_len: list[Signal],
+    def __init__(self, cfg: OverlayConfig, p: LayerParams, entry_port, chunk: ChunkState,
                  rbanks: list[ResultBank], lhs_ports, rhs_ports, res_port, rhs_full: Token, rhs_free: Token,
                  lhs_free: Token, res_free: Token, res_full: Token):
         self.cfg, self.p, self.rbanks = cfg, p, rbanks
-        self.entry_port, self.chunk_len = entry_port, chunk_len
+        self.entry_port, self.chunk = entry_port, chunk
         self.lhs_ports, self.rhs_ports, self.res_port = lhs_ports, rhs_ports, res_port
         self.rhs_full, self.rhs_free, self.lhs_free = rhs_full, rhs_free, lhs_free
         self.res_free, self.res_full = res_free, res_full
@@ -59,9 +59,14 @@ class Execute(Elaboratable):
         entry = EntryLayout(cfg).unpack(self.entry_port.data)
         tbits, rows, kw = entry.tbits, entry.rows, entry.kw
         row_bits = entry.bits
-        clen = Mux(lreg, self.chunk_len[1], self.chunk_len[0])
-        last_k = Signal()
-        m.d.comb += last_k.eq(k == clen - 1)
+        chunk = self.chunk
+        clen = Mux(lreg, chunk.length[1], chunk.length[0])
+        closed = Mux(lreg, chunk.closed[1], chunk.closed[0])
+        landed = Mux(lreg, chunk.landed[1], chunk.landed[0])
+        last_k, pass_over, rhs_held = Signal(), Signal(), Signal()
+        # the chunk's last row tile (known once fetch has closed the chunk; on the first column tile that can come
+        # after the step, then WAIT ends the column tile's pass)
+        m.d.comb += [last_k.eq(closed & (k == clen - 1)), pass_over.eq(closed & (k == clen))]
         last_col = Signal()
         m.d.comb += last_col.eq(n0 + dn >= p.n)
         remaining = Signal(32)
@@ -155,9 +160,27 @@ class Execute(Elaboratable):
                 with m.If(step == p.total_steps):
                     m.d.sync += running.eq(0)
                     m.next = "IDLE"
-                with m.Elif((k != 0) | self.rhs_full.avail):
+                with m.Elif(k == 0):
                     # a column tile's activations serve every row tile of the chunk: one rhs_full for the first
-                    m.d.comb += [self.rhs_full.take.eq(k == 0), progress.eq(1)]
+                    with m.If(self.rhs_full.avail & ((n0 != 0) | (landed != 0))):
+                        m.d.comb += [self.rhs_full.take.eq(1), progress.eq(1)]
+                        m.d.sync += [i.eq(0), j.eq(0), w.eq(0), la_plane.eq(0), ra_plane.eq(0), rhs_held.eq(1)]
+                        m.next = "ISSUE"
+                with m.Elif(pass_over):
+                    # the column tile's pass over the chunk is done
+                    m.d.comb += progress.eq(1)
+                    with m.If(rhs_held):
+                        m.d.comb += self.rhs_free.give.eq(1)
+                        m.d.sync += [rreg.eq(~rreg), rhs_held.eq(0)]
+                    m.d.sync += k.eq(0)
+                    with m.If(last_col):
+                        m.d.comb += self.lhs_free.give.eq(1)
+                        m.d.sync += [n0.eq(0), lreg.eq(~lreg)]
+                    with m.Else():
+                        m.d.sync += n0.eq(n0 + dn)
+                with m.Elif((n0 != 0) | (landed > k)):
+                    # the next row tile of the chunk (on the first column tile: once its weights are in)
+                    m.d.comb += progress.eq(1)
                     m.d.sync += [i.eq(0), j.eq(0), w.eq(0), la_plane.eq(0), ra_plane.eq(0)]
                     m.next = "ISSUE"
             with m.State("ISSUE"):
@@ -175,7 +198,7 @@ class Execute(Elaboratable):
                         with m.Else():
                             with m.If(last_k):
                                 m.d.comb += self.rhs_free.give.eq(1)
-                                m.d.sync += rreg.eq(~rreg)
+                                m.d.sync += [rreg.eq(~rreg), rhs_held.eq(0)]
                             m.d.sync += flush.eq(PIPE)
                             m.next = "FLUSH"
             with m.State("FLUSH"):
@@ -195,19 +218,10 @@ class Execute(Elaboratable):
                     for q, rb in enumerate(self.rbanks):
                         with m.If(qreg == q):
                             m.d.sync += [rb.rows.eq(rows), rb.cols.eq(cols), rb.first.eq(n0 == 0),
-                                         rb.advance.eq(last_k)]
+                                         rb.newcol.eq(k == 0)]
                             m.d.sync += [rb.chan_off[r].eq(entry.chan_off[r]) for r in range(dm)]
                     m.d.comb += self.res_full.give.eq(1)
-                    m.d.sync += [qreg.eq(~qreg), step.eq(step + 1)]
-                    with m.If(~last_k):
-                        m.d.sync += k.eq(k + 1)
-                    with m.Else():
-                        m.d.sync += k.eq(0)
-                        with m.If(last_col):
-                            m.d.comb += self.lhs_free.give.eq(1)
-                            m.d.sync += [n0.eq(0), lreg.eq(~lreg)]
-                        with m.Else():
-                            m.d.sync += n0.eq(n0 + dn)
+                    m.d.sync += [qreg.eq(~qreg), step.eq(step + 1), k.eq(k + 1)]
                     m.next = "WAIT"
         m.d.comb += [self.finished.eq(~running), self.active.eq(progress)]
         return m

@@ -25,7 +25,7 @@ from autoq.overlay.manifest import ManifestError, OverlayConfig
 from autoq.overlay.regmap import REGMAP_VERSION, RegisterMap
 
 from .axi import ReadDma, RegisterSlave
-from .common import WORD_BITS, EntryLayout, LayerParams, ResultBank, TileBank, Token, chunk_slots
+from .common import WORD_BITS, ChunkState, EntryLayout, LayerParams, ResultBank, TileBank, Token, chunk_slots
 from .control import Controller
 from .dpa import Execute
 from .fetch import Fetch
@@ -113,12 +113,12 @@ class BitSerialEngine(wiring.Component):
         entries = Memory(shape=unsigned(layout.width), depth=2 * chunk_slots(cfg), init=[])
         entry_w, entry_r = entries.write_port(), entries.read_port(domain="comb")
         m.submodules.entries = entries
-        chunk_len = [Signal(range(chunk_slots(cfg) + 1), name=f"chunk_len{i}") for i in range(2)]
+        chunk = ChunkState(cfg)
         rbanks = [ResultBank(cfg, i) for i in range(2)]
 
-        m.submodules.fetch = fetch = Fetch(cfg, p, TileBank(cfg, 0), entry_w, chunk_len, lhs_w, rhs_w,
+        m.submodules.fetch = fetch = Fetch(cfg, p, TileBank(cfg, 0), entry_w, chunk, lhs_w, rhs_w,
                                            tokens["lhs_free"], tokens["rhs_free"], tokens["rhs_full"])
-        m.submodules.execute = execute = Execute(cfg, p, entry_r, chunk_len, rbanks, lhs_r, rhs_r, res_w,
+        m.submodules.execute = execute = Execute(cfg, p, entry_r, chunk, rbanks, lhs_r, rhs_r, res_w,
                                                  tokens["rhs_full"],
                                                  tokens["rhs_free"], tokens["lhs_free"], tokens["res_free"],
                                                  tokens["res_full"])

@@ -27,16 +27,16 @@ from autoq.overlay.layout import row_tile_words
 from autoq.overlay.manifest import OverlayConfig
 
 from .arith import SeqMul
-from .common import WORD_BITS, EntryLayout, LayerParams, TileBank, Token, bits_for, chunk_slots, region_base
+from .common import WORD_BITS, ChunkState, EntryLayout, LayerParams, TileBank, Token, bits_for, chunk_slots, region_base
 
 KIND_TABLE, KIND_WEIGHTS, KIND_ACTS = 0, 1, 2
 
 
 class Fetch(Elaboratable):
-    def __init__(self, cfg: OverlayConfig, p: LayerParams, bank: TileBank, entry_port, chunk_len: list[Signal],
+    def __init__(self, cfg: OverlayConfig, p: LayerParams, bank: TileBank, entry_port, chunk: ChunkState,
                  lhs_ports, rhs_ports, lhs_free: Token, rhs_free: Token, rhs_full: Token):
         self.cfg, self.p, self.bank = cfg, p, bank
-        self.entry_port, self.chunk_len = entry_port, chunk_len
+        self.entry_port, self.chunk = entry_port, chunk
         self.lhs_ports, self.rhs_ports = lhs_ports, rhs_ports
         self.lhs_free, self.rhs_free, self.rhs_full = lhs_free, rhs_free, rhs_full
         self.start = Signal()
@@ -72,6 +72,9 @@ class Fetch(Elaboratable):
         table_loaded_set = Signal()
         requester_done = Signal()
         req_progress = Signal()
+        col0 = Signal()  # the chunk's first column tile's activations are fetched (after its first row tile)
+        chunk = self.chunk
+        landed = Signal()  # pulse: the sink has written a row tile's weights (into region ``sreg``)
         region_words = Mux(p.lhs_single, cfg.lhs_mem_words, cfg.lhs_mem_words // 2)
 
         def push(kind, reg, count, unit, base=0):
@@ -100,7 +103,10 @@ class Fetch(Elaboratable):
                     m.next = "IDLE"
                 with m.Elif(self.lhs_free.avail):
                     m.d.comb += [self.lhs_free.take.eq(1), req_progress.eq(1)]
-                    m.d.sync += [k.eq(0), cwords.eq(0)]
+                    m.d.sync += [k.eq(0), cwords.eq(0), col0.eq(0), n0.eq(0), col_addr.eq(act_base)]
+                    for r in range(2):
+                        with m.If(lreg == r):
+                            m.d.sync += chunk.closed[r].eq(0)
                     m.next = "TILE"
             with m.State("TILE"):
                 # a chunk ends at its block's end (the next block reads other activations), with every slot used,
@@ -138,7 +144,7 @@ class Fetch(Elaboratable):
             with m.State("MUL_CH0"):
                 m.d.comb += req_progress.eq(1)
                 with m.If(ch_r == bank.rows):
-                    m.next = "WEIGHTS"
+                    m.next = "COMMIT"
                 with m.Else():
                     m.d.comb += [mul.a.eq(p.ohw4), mul.b.eq(_select(bank.ch, ch_r)), mul.start.eq(1)]
                     m.next = "MUL_CH1"
@@ -157,24 +163,36 @@ class Fetch(Elaboratable):
                     with m.If(self.cmd_ready):
                         m.d.comb += req_progress.eq(1)
                         m.d.comb += push(KIND_WEIGHTS, lreg, bank.rows, p1, cwords)
-                        m.d.sync += w_off.eq(w_off + w_beats)
-                        m.next = "COMMIT"
+                        m.d.sync += [w_off.eq(w_off + w_beats), cwords.eq(cwords + tw), k.eq(k + 1), t.eq(t + 1),
+                                     tbl_off.eq(tbl_off + 8 * entry_beats)]
+                        with m.If(tt == p.tpb - 1):
+                            m.d.sync += tt.eq(0)
+                        with m.Else():
+                            m.d.sync += tt.eq(tt + 1)
+                        # the first column tile's activations right after the chunk's first row tile: execute
+                        # starts on the chunk while its other row tiles still stream in
+                        with m.If(~col0):
+                            m.next = "COL"
+                        with m.Else():
+                            m.next = "TILE"
             with m.State("COMMIT"):
-                # the entry (with its first word in the region) into slot k of the region
+                # the entry (with its first word in the region) into slot k of the region, before its weights
                 m.d.comb += [req_progress.eq(1), self.entry_port.en.eq(1)]
-                m.d.sync += [cwords.eq(cwords + tw), k.eq(k + 1), t.eq(t + 1), tbl_off.eq(tbl_off + 8 * entry_beats)]
-                with m.If(tt == p.tpb - 1):
-                    m.d.sync += tt.eq(0)
-                with m.Else():
-                    m.d.sync += tt.eq(tt + 1)
-                m.next = "TILE"
+                m.next = "WEIGHTS"
             with m.State("CLOSE"):
                 m.d.comb += req_progress.eq(1)
-                for r, length in enumerate(self.chunk_len):
+                for r in range(2):
                     with m.If(lreg == r):
-                        m.d.sync += length.eq(k)
-                m.d.sync += [col_addr.eq(act_base), n0.eq(0)]
-                m.next = "COL"
+                        m.d.sync += [chunk.length[r].eq(k), chunk.closed[r].eq(1)]
+                with m.If(n0 + cfg.dn >= p.n):
+                    # one column tile: its activations are in already, the chunk is done
+                    m.d.sync += lreg.eq(~lreg)
+                    with m.If(p.packed | (tt == 0)):
+                        m.d.sync += act_base.eq(col_addr)
+                    m.next = "CHUNK"
+                with m.Else():
+                    m.d.sync += n0.eq(n0 + cfg.dn)
+                    m.next = "COL"
             with m.State("COL"):
                 m.d.comb += req_progress.eq(1)
                 with m.If(cols == cfg.dn):
@@ -196,8 +214,10 @@ class Fetch(Elaboratable):
                         m.d.comb += [self.rhs_free.take.eq(1), req_progress.eq(1)]
                         m.d.comb += push(KIND_ACTS, rreg, cols, acol)
                         next_addr = col_addr + col_beats
-                        m.d.sync += [col_addr.eq(next_addr), rreg.eq(~rreg)]
-                        with m.If(n0 + cfg.dn >= p.n):
+                        m.d.sync += [col_addr.eq(next_addr), rreg.eq(~rreg), col0.eq(1)]
+                        with m.If(~col0):
+                            m.next = "TILE"
+                        with m.Elif(n0 + cfg.dn >= p.n):
                             m.d.sync += [n0.eq(0), lreg.eq(~lreg)]
                             # the next chunk starts a block (or, packed, a tile): its activations follow these
                             with m.If(p.packed | (tt == 0)):
@@ -256,8 +276,18 @@ class Fetch(Elaboratable):
                         m.d.sync += sink_busy.eq(0)
                         with m.If(kind == KIND_ACTS):
                             m.d.comb += self.rhs_full.give.eq(1)
+                        with m.Else():
+                            m.d.comb += landed.eq(1)
                 with m.Else():
                     m.d.sync += beat_in_unit.eq(beat_in_unit + 1)
+        # row tiles of each region's chunk whose weights are in (reset when fetch takes the region: the sink has
+        # nothing of that region outstanding then)
+        for r in range(2):
+            take = self.lhs_free.take & (lreg == r)
+            with m.If(take):
+                m.d.sync += chunk.landed[r].eq(0)
+            with m.Elif(landed & (sreg == r)):
+                m.d.sync += chunk.landed[r].eq(chunk.landed[r] + 1)
         m.d.comb += self.finished.eq(requester_done & ~sink_busy & ~queue.r_rdy)
         m.d.comb += self.active.eq(req_progress | beat)
         return m
