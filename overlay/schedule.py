@@ -508,11 +508,11 @@ def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleP
     chunk's last row tile, data back after ``L``, execute issues again):
     ``(L + b / rho + sum(passes * kwords) + (R - 1)(Dm + 5) + c_s) / 2``. The pass costs the slowest; the chunk's
     first row tile carries what the pass costs beyond its other row tiles' steps. A chunk's first column tile adds
-    its bubble: for each row tile the requester waits for the table entry (behind the previous tile's weights) and
-    its multiplies before it issues the weights, ``sum(L + entry / rho + weights + c_t + c_r * rows)``, then the
-    activations, ``L + 2 b / rho``, less ``boundary_overlap`` passes of the previous chunk that the buffered steps
-    hide (none before a layer's first chunk); every row tile's first step adds the tile-table check's share of its
-    entry's beats.
+    its bubble: the requester waits for the first row tile's table entry and multiplies before it issues its
+    weights, ``f = L + entry / rho + weights + c_t + c_r * rows``, then the activations, ``L + 2 b / rho``; each
+    later row tile runs once its weights are in, adding ``max(0, sum(f of the later tiles) - sum(steps but the
+    last))``; less ``boundary_overlap`` passes of the previous chunk that the buffered steps hide (none before a
+    layer's first chunk); every row tile's first step adds the tile-table check's share of its entry's beats.
     """
     beat_bytes = overlay.dram_width_bits / 8
     rho = min(params.port_bytes_per_cycle, beat_bytes) / beat_bytes
@@ -545,13 +545,16 @@ def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleP
     whole_pass = np.maximum.reduce([chunk_base, act, loop])
     head = chunk_first[:, None]
     period = np.where(head, whole_pass - (chunk_base - base), base)
-    # a chunk's first column tile adds its bubble: for each of its row tiles the requester waits for the table entry
-    # (behind the previous tile's weights) and its multiplies before it issues the weights, then the activations,
-    # less ``boundary_overlap`` passes of the previous chunk that the buffered steps hide (none before a layer's
-    # first chunk); every row tile adds the tile-table check's share of its entry's beats
+    # a chunk's first column tile adds its bubble: the requester waits for the first row tile's table entry and its
+    # multiplies before it issues the weights, then the activations; each later row tile runs once its own entry
+    # and weights are in (what of their fill the earlier steps do not cover adds); less ``boundary_overlap`` passes
+    # of the previous chunk that the buffered steps hide (none before a layer's first chunk); every row tile adds
+    # the tile-table check's share of its entry's beats
     fill = lat + entry / rho + weights + params.row_tile_cycles + params.row_cycles * table.rows
     after = np.r_[False, table.entry[1:] == table.entry[:-1]][:, None]  # a layer's first chunk follows nothing
-    bubble = chunk(fill) + lat + 2 * table.act_beats / rho - params.boundary_overlap * whole_pass * after
+    last_base = base[np.r_[starts[1:], chunk_first.size] - 1][seg]
+    late = np.maximum(chunk(fill) - fill - (chunk_base - last_base), 0)  # later row tiles not in before they run
+    bubble = fill + lat + 2 * table.act_beats / rho + late - params.boundary_overlap * whole_pass * after
     check = np.maximum(entry / rho, (entry / RTL_BURST_BEATS * lat + entry / rho) / reads) + params.table_beat_cycles * entry
     first = _KIND_FIRST[None, :]
     period = period + first * (head * np.maximum(bubble, 0) + check)
