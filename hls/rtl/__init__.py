@@ -35,8 +35,10 @@ Microarchitecture (BISMO: three stages running concurrently, synchronised by tok
   consecutive row tiles of a block whose weights fit one lhs region together) it takes an ``lhs_free`` token and
   reads the tiles' tile-table entries (into the chunk entry memory) and weights into lhs region ``chunk mod 2``;
   per column tile it takes ``rhs_free``, reads the columns' activations into rhs region ``s mod 2`` and gives
-  ``rhs_full``. All reads go through one burst DMA with several bursts in flight.
-- **execute** (``dpa.py``) per column tile takes ``rhs_full`` and runs one step per row tile of the chunk: streams
+  ``rhs_full`` (the first column tile's right after the chunk's first row tile). All reads go through one burst
+  DMA with several bursts in flight.
+- **execute** (``dpa.py``) per column tile takes ``rhs_full`` and runs one step per row tile of the chunk (on the
+  first column tile each as soon as its weights are in, while the chunk's later row tiles still stream): streams
   ``tbits * abits * kwords`` cycles through the ``Dm x Dn`` AND/popcount/shift/negate array, takes ``res_free``,
   drains the accumulators into result region ``s mod 2`` (``Dm`` cycles), gives ``res_full``; ``rhs_free`` after
   the chunk's last row tile, ``lhs_free`` after the chunk's last step.

@@ -1,8 +1,9 @@
 """Execute stage: the Dm x Dn dot-product array (AND + popcount + shift + conditional negate, no multipliers).
 
 Per step (one row tile x one column tile; for each column tile the row tiles of the weight chunk in lhs region
-``lreg`` one after the other, entry ``k`` of ``chunk_len[lreg]`` read from the chunk entry memory) it takes an
-``rhs_full`` token (only for the chunk's first row tile: the activations serve them all), then streams ``tbits * abits * kw``
+``lreg`` one after the other, entry ``k`` read from the chunk entry memory; on the first column tile row tile
+``k`` waits until ``ChunkState.landed`` says its weights are in) it takes an ``rhs_full`` token (only for the
+chunk's first row tile: the activations serve them all), then streams ``tbits * abits * kw``
 cycles: weight plane ``i`` (outer), activation plane ``j``, Dk-word ``w`` (inner), every unit ``(r, c)`` doing
 ``acc += (-1 if neg_r else 1) * (popcount(lhs_r & rhs_c) << (i + j))`` where ``neg_r`` marks row ``r``'s MSB plane
 (``i == bits_r - 1``, ``bits_r >= 2``); planes at or above a row's width are zero in the buffer. A column unit
@@ -10,9 +11,10 @@ accumulates ``colsum_c = sum_j popcount(rhs_c) << j`` during the ``i == 0`` pass
 ``bits_r == 1``) reads out ``2 * acc - colsum_c`` (applied once per column, after the drain's row select).
 Pipeline: buffer read, the first two levels of a compressor tree (``common.CompressorLevel``: the AND fused into
 full adders, then 6:3 counters), the rest of the tree and one carry-chain add, accumulate (``PIPE`` cycles after
-the last read). It gives ``rhs_free`` after the last read of the chunk's last row tile, then takes ``res_free``,
-drains the accumulators row by row (``Dm`` cycles) into the result region with the step's ``ResultBank``, gives
-``res_full`` and, after the chunk's last step (last row tile, last column tile), ``lhs_free``.
+the last read). It gives ``rhs_free`` after the last read of the chunk's last row tile (or, on the first column
+tile, when the chunk closes after its step), then takes ``res_free``, drains the accumulators row by row (``Dm``
+cycles) into the result region with the step's ``ResultBank``, gives ``res_full`` and, after the chunk's last
+step (last row tile, last column tile), ``lhs_free``.
 """
 from __future__ import annotations
 

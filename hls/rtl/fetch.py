@@ -14,9 +14,11 @@ the staging bank (a tile that does not fit after the chunk's others closes the c
 first of the next), the sequential multiplies (``kw``, beats, channel offsets), then ``rows * tbits * wpp`` weight
 beats (row ``r``'s planes into lhs buffer ``r``: plane ``i``, Dk-word ``w`` at ``region + lbase + i*kw + w``,
 ``lbase`` the words of the chunk's earlier tiles), and the entry goes into the chunk entry memory (slot
-``region * chunk_slots + k``). At the chunk's end ``chunk_len[region]`` is set. Per column tile:
-``cols * abits * wpp`` activation beats (column ``c`` into rhs buffer ``c``: plane ``j`` at ``region + j*kw + w``),
-once for all the chunk's row tiles.
+``region * chunk_slots + k``) before its weights. Per column tile: ``cols * abits * wpp`` activation beats
+(column ``c`` into rhs buffer ``c``: plane ``j`` at ``region + j*kw + w``), once for all the chunk's row tiles; the
+first column tile's right after the chunk's first row tile, so that execute starts on the chunk while its other
+row tiles stream in. ``ChunkState`` tells execute, per lhs region, how many row tiles' weights have landed (the
+sink counts them) and, once the chunk is closed, its length.
 """
 from __future__ import annotations
 
