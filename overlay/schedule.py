@@ -67,6 +67,12 @@ RTL_READ_BURSTS = 8  # bursts the RTL's read DMA keeps in flight (hls/rtl/engine
 RTL_WRITE_BURSTS = 16  # and its result stage (WRITE_OUTSTANDING)
 RTL_BURST_BEATS = 16  # AXI3 INCR bursts of up to 16 beats, never across 4 KiB
 RTL_PAGE_BEATS = 512
+RTL_CHUNK_SLOTS = 32  # tile-table entries per lhs region of the RTL (hls/rtl/common.py MAX_CHUNK_SLOTS)
+
+
+def rtl_chunk_slots(overlay: OverlayConfig) -> int:
+    """Row tiles one RTL weight chunk holds at most (``hls/rtl/common.chunk_slots``)."""
+    return max(1, min(RTL_CHUNK_SLOTS, overlay.lhs_mem_words // 2))
 
 
 class ScheduleError(AutoQError, ValueError):
@@ -88,21 +94,18 @@ class ScheduleParams:
     every image, the last column tile of each image partial); linear layers always take the batch as columns.
 
     ``pipeline``: False: the stage-total model above (``max`` of the three stage totals plus overheads). True: the
-    RTL engine's step pipeline (``hls/rtl``, see ``_pipeline_terms``): every step (row tile x column tile) costs
-    the slowest of its fetch, execute, result and the two-region fetch/execute loop; a row tile's first step also
-    the row tile's table round trip, multiplies and weights, as far as the buffered steps, the requester's own
-    loop or the two lhs regions' loop leave them exposed; a layer's first row tile its start-up from an empty
-    pipeline. The efficiencies and tile/pass overheads are then unused and ``layer_overhead_cycles`` is the setup
-    and drain beyond the memory latencies. Its inputs: the HP port's ``read_latency_cycles``, ``read_outstanding``
-    bursts, ``write_latency_cycles``, ``write_outstanding`` bursts and ``port_bytes_per_cycle`` (each direction; the
-    rtlsim ``HPPortModel``'s fields); its constants: ``step_sync_cycles`` (token hand-over in the fetch/execute
-    loop), ``row_tile_cycles`` and ``row_cycles`` (a row tile's table decode and sequential multiplies beyond what
-    the formulas count: fixed and per row, e.g. the bit length of each row's channel index),
-    ``boundary_overlap`` (the periods a steady pipeline spends from a step's fetch to the next-but-one step's
-    start, which hide a row tile's bubble: 3 from the RTL's two rhs regions, not fitted), ``result_burst_cycles``
-    (per write burst), ``write_slot_cycles`` (a write burst's hold of an outstanding slot beyond latency and beats)
-    and ``table_beat_cycles`` (per tile-table beat of the check pass beyond the beat itself: 0, the RTL checks a
-    beat a cycle as it arrives; not fitted).
+    RTL engine's step pipeline (``hls/rtl``, see ``_pipeline_cycles``) over its weight chunks (row tiles resident
+    together in one lhs region, each column tile's activations fetched once for them): a chunk's pass over one
+    column tile costs the slowest of its steps' execute and result, the activations' fetch and the two-region
+    fetch/execute loop, its first column tile also the chunk's table round trips and weights; the efficiencies and tile/pass overheads are then unused and
+    ``layer_overhead_cycles`` is the setup and drain beyond the memory latencies. Its inputs: the HP port's
+    ``read_latency_cycles``, ``read_outstanding`` bursts, ``write_latency_cycles``, ``write_outstanding`` bursts and
+    ``port_bytes_per_cycle`` (each direction; the rtlsim ``HPPortModel``'s fields); its fitted constants:
+    ``step_sync_cycles`` (token hand-over in the fetch/execute loop), ``row_tile_cycles`` and ``row_cycles``
+    (a row tile's table decode and sequential multiplies: fixed and per row), ``boundary_overlap`` (periods of
+    the previous steps that hide a row tile's bubble), ``result_burst_cycles`` (per write burst),
+    ``write_slot_cycles`` (a write burst's hold of an outstanding slot beyond latency and beats) and
+    ``table_beat_cycles`` (per tile-table beat of the check pass).
     """
 
     dram_efficiency: float = 0.8
@@ -235,6 +238,9 @@ class TileTable(NamedTuple):
     rows: np.ndarray  # (row tiles, 1)
     result_beats: np.ndarray
     result_bursts: np.ndarray
+    # the RTL's weight chunks (``ScheduleParams.pipeline``): True where a row tile starts one (consecutive row tiles
+    # of a block whose weights fit one lhs region together); None: every row tile is a chunk of its own
+    chunk_first: Any = None
 
 
 class _Layout(NamedTuple):
@@ -282,6 +288,21 @@ def _block_starts(words: np.ndarray, block_of_row: np.ndarray, capacity: int, ne
             starts[r], used = True, need
         else:
             used += need
+    return starts
+
+
+def _chunk_starts(words: np.ndarray, block_of_row: np.ndarray, capacity: np.ndarray, alone: np.ndarray,
+                  slots: int) -> np.ndarray:
+    """The RTL's greedy cut of each block's row tiles into weight chunks (``hls/rtl/fetch.py``): True where a chunk
+    starts. A chunk takes row tiles while their words fit ``capacity`` (per row tile) and it has fewer than
+    ``slots``; ``alone`` row tiles (packed) are chunks of their own."""
+    starts = np.r_[True, block_of_row[1:] != block_of_row[:-1]] | alone
+    used, count = 0, 0
+    for r, (need, first, cap) in enumerate(zip(words.tolist(), starts.tolist(), capacity.tolist())):
+        if first or count == slots or used + need > cap:
+            starts[r], used, count = True, need, 1
+        else:
+            used, count = used + need, count + 1
     return starts
 
 
@@ -437,6 +458,13 @@ def _layout_and_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, bat
     use_as = shared & (per_block_total(as_bytes, as_count) < per_block_total(ws_bytes, ws_count))
     row_as = use_as[row_block][:, None]
     width = np.where(row_as, as_width, ws_width)
+    # the RTL's weight chunks: greedy over each block's row tiles in one lhs region (the whole buffer for a layer with
+    # a tile of more than half), packed tiles one each
+    half = overlay.lhs_mem_words // 2
+    entry_of_row = np.array(b_entry)[row_block]
+    big = np.bincount(entry_of_row, weight_words > half, minlength=len(entries)) > 0
+    chunk_first = _chunk_starts(weight_words, row_block, np.where(big, overlay.lhs_mem_words, half)[entry_of_row],
+                                ~shared[row_block], rtl_chunk_slots(overlay))
     layout = _Layout(
         group, b_order, row_block, rows, bits, use_as,
         np.where(use_as, as_per_block, ws_per_block), np.where(use_as[row_block], first_row, ws_runs), column_tiles,
@@ -446,7 +474,7 @@ def _layout_and_table(entries: Sequence[LayerEntry], overlay: OverlayConfig, bat
         np.array(b_entry)[row_block], len(entries), np.where(row_as, as_count, ws_count) * images[row_block][:, None],
         np.where(row_as, as_bytes, ws_bytes), rows, kwords, k_eff, bits, row_abits, width, ohw[row_block], overlay,
         per_image_convs,
-    )
+    )._replace(chunk_first=chunk_first)
     return layout, table
 
 
@@ -466,42 +494,25 @@ def _cell_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParam
     return fetch, np.broadcast_to(execute, fetch.shape), result
 
 
-def _bit_length(values: np.ndarray) -> np.ndarray:
-    """Bits of the (positive, whole) ``values``: the cycles the RTL's shift-and-add ``SeqMul`` takes beyond 3."""
-    return np.frexp(np.maximum(values, 1))[1]
+def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams,
+                     whole: Callable[[np.ndarray], np.ndarray] = np.ceil) -> tuple[np.ndarray, ...]:
+    """Per-step (fetch, execute, result, pipeline) cycles of every cell in the RTL engine (``params.pipeline``).
 
-
-def _pipeline_terms(table: TileTable, overlay: OverlayConfig, params: ScheduleParams,
-                    whole: Callable[[np.ndarray], np.ndarray] = np.ceil) -> tuple[np.ndarray, ...]:
-    """Per-step (fetch, execute, result, pipeline) cycles of every cell in the RTL engine (``params.pipeline``),
-    and per row tile what it adds as its layer's first (``start``) and as its last (``tail``; ``_pipeline_cycles``).
-
-    Derived from ``hls/rtl`` (see its ``__init__``; traced in Amaranth's simulator) with the HP port's latency
-    ``L``, outstanding bursts ``O`` (at most the DMA's 8) and ``rho`` beats per cycle. Bursts come back in order, so
-    a burst holds its slot until its last beat: a stream of ``b`` beats in ``n`` bursts (16 beats, the last ``r``)
-    takes ``max(b / rho, (n L + b' / rho) / O)`` in steady state, ``b' = b + (16 - r)`` where the ``O`` slots can
-    keep to full bursts (``gcd(n, O) > 1``), else ``b``; from idle its last beat comes after
-    ``max(L + b / rho, w L + (w - 1 + n - (w - 1) O) b / n / rho)`` in ``w = ceil(n / O)`` waves.
-
-    Per step: execute ``issue + Dm + 5`` (``issue = passes * kwords``; flush, drain, hand-over); fetch the
-    activations' stream; result ``2 * rows + beats + c_b * bursts + 1``, or its writes' outstanding-slot limit
-    ``bursts * (L_w + c_w + beats per burst) / O_w``; the loop of each of the two rhs regions (fetch issued when
-    execute frees it, data back after ``L``, execute issues again): ``(L + b / rho + issue + c_s) / 2``. The period
-    ``P`` is the slowest of the four. The requester decodes a row tile's table entry (``1 + Dm`` beats) with
-    sequential multiplies, ``M = 18 + sum of 4 bit lengths (words per plane, weight and activation beats per row)
-    + 3 rows + c_t + c_r rows``. A row tile's first step costs the slowest of
-
-    * ``P`` plus, with three or more steps (the requester then waits for a free rhs region, so for execute), its
-      bubble: the table entry behind the last step's activations ``max(wait(a + entry), (2 a + entry) / rho -
-      issue)``, ``M``, the weights and the first activations ``wait(w + a)`` and ``issue``, less the
-      ``boundary_overlap`` (3) periods a steady pipeline spends from the last fetch to the next step's start;
-    * the requester's own loop, the next entry behind all of the row tile's data: ``wait(w + all its activations +
-      entry) + M`` (what holds with one or two steps, where execute never holds the requester back);
-    * the two lhs regions' loop: ``(wait(entry) + M + wait(w + a) + its other steps + execute) / 2``;
-
-    less its other steps, plus the tile-table check's share of the entry's beats (``c_e`` per beat). A layer's
-    first row tile starts from an empty pipeline instead, ``start = wait(entry) + M + wait(w + a) - first step``,
-    and its last row tile's last step ends one execute after it starts: ``tail = execute``.
+    Derived from ``hls/rtl`` (see its ``__init__``) with the HP port's latency ``L``, outstanding bursts ``O``
+    (at most the DMA's 8) and ``rho`` beats per cycle: a stream of ``b`` beats in ``n`` bursts takes
+    ``max(b / rho, (n * L + b / rho) / O)``. Per step: execute ``passes * kwords + Dm + 5`` (issue, flush,
+    drain, hand-over); result ``2 * rows + beats + c_b * bursts + 1``, or its writes' outstanding-slot limit
+    ``bursts * (L_w + c_w + beats per burst) / O_w``. Per weight chunk (``TileTable.chunk_first``, the RTL's greedy
+    cut) and column tile, one pass: the larger of the steps' execute and result, summed over the chunk's row tiles;
+    the activations' stream; the loop of each of the two rhs regions (fetch issued when execute frees it after the
+    chunk's last row tile, data back after ``L``, execute issues again):
+    ``(L + b / rho + sum(passes * kwords) + (R - 1)(Dm + 5) + c_s) / 2``. The pass costs the slowest; the chunk's
+    first row tile carries what the pass costs beyond its other row tiles' steps. A chunk's first column tile adds
+    its bubble: the requester waits for the first row tile's table entry and multiplies before it issues its
+    weights, ``f = L + entry / rho + weights + c_t + c_r * rows``, then the activations, ``L + 2 b / rho``; each
+    later row tile runs once its weights are in, adding ``max(0, sum(f of the later tiles) - sum(steps but the
+    last))``; less ``boundary_overlap`` passes of the previous chunk that the buffered steps hide (none before a
+    layer's first chunk); every row tile's first step adds the tile-table check's share of its entry's beats.
     """
     beat_bytes = overlay.dram_width_bits / 8
     rho = min(params.port_bytes_per_cycle, beat_bytes) / beat_bytes
@@ -522,46 +533,48 @@ def _pipeline_terms(table: TileTable, overlay: OverlayConfig, params: SchedulePa
 
     issue = table.passes * table.kwords
     execute = np.broadcast_to(issue + overlay.dm + 5, table.act_beats.shape)
-    fetch = stream(table.act_beats, table.act_bursts)
-    loop = (lat + table.act_beats / rho + issue + params.step_sync_cycles) / 2
+    act = stream(table.act_beats, table.act_bursts)
     per_burst = table.result_beats / np.maximum(table.result_bursts, 1)
     result = np.maximum(2 * table.rows + table.result_beats + params.result_burst_cycles * table.result_bursts + 1,
                         table.result_bursts * (wlat + params.write_slot_cycles + per_burst) / writes)
-    period = np.maximum.reduce([execute, fetch, loop, result])
     entry = 1 + overlay.dm  # beats of one tile-table entry (2 + 2 Dm uint32)
-    words = table.kwords * (overlay.dk // 64)  # 64-bit beats per bit-plane of a row or column
-    tbits = np.rint(table.weight_beats * overlay.dram_width_bits / (table.rows * table.kwords * overlay.dk))
-    multiplies = (18 + 2 * _bit_length(words) + _bit_length(tbits * words) + _bit_length(table.passes / tbits * words)
-                  + 3 * table.rows + params.row_tile_cycles + params.row_cycles * table.rows)
-    table_wait = np.maximum(wait(table.act_beats + entry, table.act_bursts + 1), (2 * table.act_beats + entry) / rho - issue)
-    data = wait(table.weight_beats + table.act_beats, table.weight_bursts + table.act_bursts)
-    bubble = table_wait + multiplies + data + issue - params.boundary_overlap * period
-    cells = np.broadcast_to(table.cell_tiles, table.act_beats.shape)
-    starts = np.maximum(cells[:, :1], 1)  # the row tile's first steps (one per image where images run apart)
-    steps = cells.sum(axis=1, keepdims=True) / starts
-    others = (cells[:, 1:] * period[:, 1:]).sum(axis=1, keepdims=True) / starts
-    row_beats = table.weight_beats + (cells * table.act_beats).sum(axis=1, keepdims=True) / starts + entry
-    row_bursts = table.weight_bursts + (cells * table.act_bursts).sum(axis=1, keepdims=True) / starts + 1
-    requester = wait(row_beats, row_bursts) + multiplies
-    lhs_loop = (wait(np.full_like(row_beats, entry), np.ones_like(row_bursts)) + multiplies + data + others + execute) / 2
-    lead = np.maximum(np.maximum(period + (steps > 2) * np.maximum(bubble, 0), requester - others), lhs_loop - others)
+    weights = stream(table.weight_beats, table.weight_bursts)
+    # weight chunks: a column tile's activations are fetched once for the chunk's row tiles, which execute one
+    # after the other; the chunk's first row tile's step carries the column tile's pass beyond its others' steps
+    chunk_first = _chunk_first(table)
+    starts = np.flatnonzero(chunk_first)
+    seg = np.cumsum(chunk_first) - 1
+    length = np.diff(np.r_[starts, chunk_first.size])
+    base = np.maximum(execute, result)
+    chunk = lambda values: np.add.reduceat(values, starts, axis=0)[seg]
+    chunk_base = chunk(base)
+    loop = (lat + table.act_beats / rho + chunk(issue) + (length[seg, None] - 1) * (overlay.dm + 5)
+            + params.step_sync_cycles) / 2
+    whole_pass = np.maximum.reduce([chunk_base, act, loop])
+    head = chunk_first[:, None]
+    period = np.where(head, whole_pass - (chunk_base - base), base)
+    # a chunk's first column tile adds its bubble: the requester waits for the first row tile's table entry and its
+    # multiplies before it issues the weights, then the activations; each later row tile runs once its own entry
+    # and weights are in (what of their fill the earlier steps do not cover adds); less ``boundary_overlap`` passes
+    # of the previous chunk that the buffered steps hide (none before a layer's first chunk); every row tile adds
+    # the tile-table check's share of its entry's beats
+    fill = lat + entry / rho + weights + params.row_tile_cycles + params.row_cycles * table.rows
+    after = np.r_[False, table.entry[1:] == table.entry[:-1]][:, None]  # a layer's first chunk follows nothing
+    last_base = base[np.r_[starts[1:], chunk_first.size] - 1][seg]
+    late = np.maximum(chunk(fill) - fill - (chunk_base - last_base), 0)  # later row tiles not in before they run
+    bubble = fill + lat + 2 * table.act_beats / rho + late - params.boundary_overlap * whole_pass * after
     check = np.maximum(entry / rho, (entry / RTL_BURST_BEATS * lat + entry / rho) / reads) + params.table_beat_cycles * entry
     first = _KIND_FIRST[None, :]
-    period = np.where(first, lead + check, period)
-    fetch = fetch + first * (stream(table.weight_beats, table.weight_bursts) + entry / rho)
-    start = wait(np.full_like(row_beats, entry), np.ones_like(row_bursts)) + multiplies + data[:, :1] - lead[:, :1]
-    return whole(fetch), whole(execute), whole(result), whole(period), whole(start), whole(execute[:, :1])
+    period = period + first * (head * np.maximum(bubble, 0) + check)
+    fetch = act * head + first * (weights + entry / rho)
+    return whole(fetch), whole(execute), whole(result), whole(period)
 
 
-def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams,
-                     whole: Callable[[np.ndarray], np.ndarray] = np.ceil) -> tuple[np.ndarray, ...]:
-    """Per-step (fetch, execute, result, pipeline) cycles of every cell in the RTL engine (``params.pipeline``,
-    formulas in ``_pipeline_terms``); the first step of each entry's first row tile carries the entry's start-up, that
-    of its last row tile its last execute."""
-    fetch, execute, result, period, start, tail = _pipeline_terms(table, overlay, params, whole)
-    change = table.entry[1:] != table.entry[:-1]
-    layer_first, layer_last = np.r_[True, change][:, None], np.r_[change, True][:, None]
-    return fetch, execute, result, period + _KIND_FIRST[None, :] * (layer_first * start + layer_last * tail)
+def _chunk_first(table: TileTable) -> np.ndarray:
+    """Per row tile: it starts an RTL weight chunk (every row tile where the table does not say)."""
+    if table.chunk_first is None:
+        return np.ones(table.entry.size, dtype=bool)
+    return np.asarray(table.chunk_first, dtype=bool)
 
 
 def _pipeline_overhead(params: ScheduleParams) -> float:
@@ -590,7 +603,8 @@ class TableCycles(NamedTuple):
 def _pipeline_moved(table: TileTable, overlay: OverlayConfig) -> np.ndarray:
     """Bytes each cell moves in the RTL pipeline: its activations, a row tile's weights with its first column tile,
     its results."""
-    return (table.act_beats + _KIND_FIRST * table.weight_beats) * overlay.dram_width_bits / 8 + table.result_bytes
+    return ((table.act_beats * _chunk_first(table)[:, None] + _KIND_FIRST * table.weight_beats) * overlay.dram_width_bits / 8
+            + table.result_bytes)
 
 
 def _entry_cycles(stages: np.ndarray, steps: np.ndarray, moved: np.ndarray, binary_ops: np.ndarray,
@@ -674,12 +688,18 @@ class HistogramSchedule:
     probes' sums per block, the first and last tiles' corrections, and, only where weight-stationary runs change
     what a block fetches and the loop order depends on it, a greedy walk over a block's widths (``_run_starts``).
     The probes' sums are whole numbers or eighths (with a power-of-two DRAM width) in float64, so any order of
-    adding them is exact.
+    adding them is exact. Under ``ScheduleParams.pipeline`` the RTL's weight chunks depend on the order of a
+    block's tile widths (a greedy cut), so plans are costed through their ``tile_table`` instead (slower).
     """
 
     def __init__(self, layers: Sequence[LayerSpec], overlay: OverlayConfig, params: ScheduleParams, batch: int = 1):
         _check_batch(batch)
         self.overlay, self.params = overlay, params
+        self._layers, self._batch = list(layers), batch
+        if params.pipeline:
+            # the RTL's weight chunks depend on the order of a block's tile widths beyond their histogram (the
+            # greedy cut of ``_chunk_starts``): pipeline plans are costed through their tile table
+            return
         dm, dk, dn, top, rhs = overlay.dm, overlay.dk, overlay.dn, overlay.max_bits, overlay.rhs_mem_words
         blocks = [(i, block) for i, layer in enumerate(layers) for block in _blocks(layer, batch, params.per_image_convs)]
         shapes: dict[tuple[int, ...], int] = {}
@@ -708,21 +728,16 @@ class HistogramSchedule:
         table = _tile_table(np.arange(ci.size), ci.size, ws_count, variants[0][0], rows, kwords, k_eff, bits, abits,
                             ws_width, ohw[ci], overlay, params.per_image_convs)
         total = lambda cells, count=ws_count: (np.broadcast_to(cells, count.shape) * count).sum(axis=1)
-        if params.pipeline:
-            fetch, execute, result, steps, start, tail = _pipeline_terms(table, overlay, params)
-            sums = [total(fetch), total(execute), total(result), total(steps), total(_pipeline_moved(table, overlay)),
-                    total(table.binary_ops)]
-            start, tail = ((x[:, 0] * ws_count[:, 0]).reshape(len(shapes) * top, top, 2, 2) for x in (start, tail))
-        else:  # as the pipeline's sums, with the fetch cycles (0) and bytes (in 4, with the results') chosen per
-            # plan from those of each variant (7 on, cycles and bytes): weight-stationary without and with a run
-            # start, activation-stationary with the block's weights fitting the lhs buffer together and not; and
-            # the weight words (6), which say whether they do
-            _, execute, result = _cell_cycles(table, overlay, params)
-            sums = [np.zeros(ci.size), total(execute), total(result), total(1.0), total(table.result_bytes),
-                    total(table.binary_ops), (kwords * bits).astype(np.float64)]
-            for fetch_bytes, count in variants:
-                sums += [total(_cell_cycles(table._replace(fetch_bytes=fetch_bytes), overlay, params)[0], count),
-                         total(fetch_bytes, count)]
+        # the sums of the stage-total model, with the fetch cycles (0) and bytes (in 4, with the results') chosen per
+        # plan from those of each variant (7 on, cycles and bytes): weight-stationary without and with a run
+        # start, activation-stationary with the block's weights fitting the lhs buffer together and not; and
+        # the weight words (6), which say whether they do
+        _, execute, result = _cell_cycles(table, overlay, params)
+        sums = [np.zeros(ci.size), total(execute), total(result), total(1.0), total(table.result_bytes),
+                total(table.binary_ops), (kwords * bits).astype(np.float64)]
+        for fetch_bytes, count in variants:
+            sums += [total(_cell_cycles(table._replace(fetch_bytes=fetch_bytes), overlay, params)[0], count),
+                     total(fetch_bytes, count)]
         probe = np.stack(sums, axis=-1).reshape(len(shapes) * top, top, 2, 2, len(sums))
         single = np.repeat(tiles == 1, top)[:, None, None]
         normal = probe[:, :, 0, 1]
@@ -732,46 +747,43 @@ class HistogramSchedule:
         # tiles), and the corrections as steps at the widest tile and the narrowest (1 from there on)
         increments = lambda sums: sums - np.concatenate([sums[:, 1:], np.zeros_like(sums[:, :1])], axis=1)
         self._table = np.concatenate([increments(normal), increments(first), increments(last)], axis=1)
-        if params.pipeline:  # a layer's start-up (its first block's widest tile) and last execute (its last's narrowest)
-            self._start = increments(np.where(single[:, :, 0], start[:, :, 1, 0], start[:, :, 0, 0]))
-            self._tail = increments(np.where(single[:, :, 0], tail[:, :, 1, 0], tail[:, :, 1, 1]))
-        if not params.pipeline:  # what starting a weight-stationary run adds to a tile's fetch, and where it can
-            # (a tile other than the first and last of each width; the last tile of each width: ``_run_starts``)
-            self._run = np.concatenate([normal[..., 9:11] - normal[..., 7:9],
-                                        probe[:, :, 1, 1, 9:11] - probe[:, :, 1, 1, 7:9]], axis=1)
-            self._runs_matter = (self._run != 0).any(axis=(1, 2))
+        # what starting a weight-stationary run adds to a tile's fetch, and where it can (a tile other than the
+        # first and last of each width; the last tile of each width: ``_run_starts``)
+        self._run = np.concatenate([normal[..., 9:11] - normal[..., 7:9],
+                                    probe[:, :, 1, 1, 9:11] - probe[:, :, 1, 1, 7:9]], axis=1)
+        self._runs_matter = (self._run != 0).any(axis=(1, 2))
         self._layer = np.array([i for i, _ in blocks])
         self._kind_base = kind * top - 1  # plus a layer's activation bits: its probes' row
         self._tiles, self._words, self._shared = tiles[kind], first_kwords[kind], ~packed[kind]
         self._bins = np.repeat(np.arange(len(blocks)) * (top + 1), block_rows[kind])
-        change = self._layer[1:] != self._layer[:-1]
-        self._layer_first, self._layer_last = np.r_[True, change], np.r_[change, True]
-        starts = np.flatnonzero(self._layer_first)
+        starts = np.flatnonzero(np.r_[True, self._layer[1:] != self._layer[:-1]])
         self._layer_starts = starts if starts.size < len(blocks) else None
 
     def cycles(self, bits: np.ndarray, act_bits: np.ndarray) -> TableCycles:
         """Cycles of every layer: ``bits`` holds every kernel's weight bit-width, layer after layer, ``act_bits``
         every layer's activation bits, all within ``[1, overlay.max_bits]`` (not checked here)."""
         overlay, top = self.overlay, self.overlay.max_bits
+        if self.params.pipeline:
+            ends = np.cumsum([layer.c_out for layer in self._layers])
+            entries = [LayerEntry(layer, b, int(a)) for layer, b, a in
+                       zip(self._layers, np.split(np.asarray(bits), ends[:-1]), np.asarray(act_bits).tolist())]
+            table = tile_table(entries, overlay, self._batch, True, self.params.per_image_convs)
+            return table_cycles(table, overlay, self.params)
         counts = np.bincount(self._bins + bits, minlength=len(self._tiles) * (top + 1))
         at_least = grouped_tiles_at_least(counts.reshape(len(self._tiles), top + 1), overlay.dm)
         row = self._kind_base + act_bits[self._layer]
         weights = np.concatenate([at_least, np.minimum(at_least, 1), at_least >= self._tiles[:, None]], axis=1)
         sums = np.matmul(weights[:, None, :], self._table[row])[:, 0]
-        if self.params.pipeline:
-            sums[:, 3] += (self._layer_first * (np.minimum(at_least, 1) * self._start[row]).sum(axis=1)
-                           + self._layer_last * ((at_least >= self._tiles[:, None]) * self._tail[row]).sum(axis=1))
-        else:
-            lhs = overlay.lhs_mem_words
-            cut = sums[:, 6] > lhs
-            ws, activation_stationary = sums[:, 7:9], np.where(cut[:, None], sums[:, 13:15], sums[:, 11:13])
-            walk = np.flatnonzero(cut & self._runs_matter[row] & (activation_stationary[:, 1] >= ws[:, 1]))
-            if walk.size:
-                starts = [_run_starts(a, w, lhs) for a, w in zip(at_least[walk].tolist(), self._words[walk].tolist())]
-                ws[walk] += np.matmul(np.array(starts, dtype=np.float64)[:, None, :], self._run[row[walk]])[:, 0]
-            fetch = np.where((self._shared & (activation_stationary[:, 1] < ws[:, 1]))[:, None], activation_stationary, ws)
-            sums[:, 0] = fetch[:, 0]
-            sums[:, 4] += fetch[:, 1]
+        lhs = overlay.lhs_mem_words
+        cut = sums[:, 6] > lhs
+        ws, activation_stationary = sums[:, 7:9], np.where(cut[:, None], sums[:, 13:15], sums[:, 11:13])
+        walk = np.flatnonzero(cut & self._runs_matter[row] & (activation_stationary[:, 1] >= ws[:, 1]))
+        if walk.size:
+            starts = [_run_starts(a, w, lhs) for a, w in zip(at_least[walk].tolist(), self._words[walk].tolist())]
+            ws[walk] += np.matmul(np.array(starts, dtype=np.float64)[:, None, :], self._run[row[walk]])[:, 0]
+        fetch = np.where((self._shared & (activation_stationary[:, 1] < ws[:, 1]))[:, None], activation_stationary, ws)
+        sums[:, 0] = fetch[:, 0]
+        sums[:, 4] += fetch[:, 1]
         if self._layer_starts is not None:
             sums = np.add.reduceat(sums, self._layer_starts, axis=0)
         return _entry_cycles(sums[:, :3].T, sums[:, 3], sums[:, 4], sums[:, 5], self.params, np.ceil)
@@ -843,10 +855,12 @@ def layer_tiles(layer: LayerSpec, weight_bits: Sequence[int] | np.ndarray, act_b
                 int(fetch[cell, kind]), int(execute[cell, kind]), int(result[cell, kind]), int(period[cell, kind]),
             )
 
-        if params.pipeline:  # the RTL's order: row tiles, each with all column tiles
-            for r in range(stop - first):
+        if params.pipeline:  # the RTL's order: weight chunks, for each column tile each row tile of the chunk
+            chunks = np.flatnonzero(_chunk_first(table)[first:stop]).tolist() + [stop - first]
+            for chunk_start, chunk_stop in zip(chunks[:-1], chunks[1:]):
                 for c in range(col_tiles):
-                    yield tile(r, c)
+                    for r in range(chunk_start, chunk_stop):
+                        yield tile(r, c)
         elif layout.activation_stationary[block]:
             for first_col in range(0, col_tiles, per_block):
                 for r in range(stop - first):

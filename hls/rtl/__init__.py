@@ -31,13 +31,17 @@ readable and reports ``Status.OK``; ``CMD_RUN`` runs the layer or reports the ``
 
 Microarchitecture (BISMO: three stages running concurrently, synchronised by tokens):
 
-- **fetch** (``fetch.py``) walks blocks -> row tiles -> column tiles of ``Dn`` columns. Per row tile it takes an
-  ``lhs_free`` token, reads the tile-table entry and the tile's weights into lhs region ``t mod 2``; per column
-  tile it takes ``rhs_free``, reads the columns' activations into rhs region ``s mod 2`` and gives ``rhs_full``.
-  All reads go through one burst DMA with several bursts in flight.
-- **execute** (``dpa.py``) per step takes ``rhs_full``, streams ``tbits * abits * kwords`` cycles through the
-  ``Dm x Dn`` AND/popcount/shift/negate array, gives ``rhs_free``, takes ``res_free``, drains the accumulators into
-  result region ``s mod 2`` (``Dm`` cycles), gives ``res_full`` (and ``lhs_free`` after a row tile's last step).
+- **fetch** (``fetch.py``) walks blocks -> weight chunks -> column tiles of ``Dn`` columns. Per chunk (the
+  consecutive row tiles of a block whose weights fit one lhs region together) it takes an ``lhs_free`` token and
+  reads the tiles' tile-table entries (into the chunk entry memory) and weights into lhs region ``chunk mod 2``;
+  per column tile it takes ``rhs_free``, reads the columns' activations into rhs region ``s mod 2`` and gives
+  ``rhs_full`` (the first column tile's right after the chunk's first row tile). All reads go through one burst
+  DMA with several bursts in flight.
+- **execute** (``dpa.py``) per column tile takes ``rhs_full`` and runs one step per row tile of the chunk (on the
+  first column tile each as soon as its weights are in, while the chunk's later row tiles still stream): streams
+  ``tbits * abits * kwords`` cycles through the ``Dm x Dn`` AND/popcount/shift/negate array, takes ``res_free``,
+  drains the accumulators into result region ``s mod 2`` (``Dm`` cycles), gives ``res_full``; ``rhs_free`` after
+  the chunk's last row tile, ``lhs_free`` after the chunk's last step.
 - **result** (``result.py``) per step takes ``res_full``, writes the int32 results as bursts at their NCHW
   positions, gives ``res_free``.
 
@@ -50,8 +54,10 @@ popcount would cover the other rows' K spans too, so there the layout stores a b
 complement row (``overlay/layout.py``, ``stored_weight_bits``: 0 outside its span) and the tile table says 2; a
 packed entry with a 1-bit row is not the layout's table (``BAD_TABLE``, as the emulation).
 
-Loop order: weight-stationary per row tile (weights fetched once per row tile, kept for all its column tiles);
-activations are fetched once per step (a block's activations are re-read for each of its row tiles). With two
-regions per buffer, fetch of step ``s + 1`` (and of the next row tile's weights), execute of step ``s`` and write-back
-of step ``s - 1`` overlap.
+Loop order: (block, weight chunk, column tile, row tile of the chunk). A chunk's weights stay in one lhs region
+while all column tiles stream past, and each column tile's activations are fetched once per chunk (a block's
+activations are read ``ceil(row tiles / chunk)`` times, not once per row tile). The lhs keeps two regions: the
+next chunk's entries and weights are fetched while the current chunk runs (a chunk is then at most half the
+buffer: one region, without overlap, for a layer with a tile that needs more than half). With two rhs regions,
+fetch of column tile ``c + 1``, execute of column tile ``c`` and write-back of the previous step overlap.
 """

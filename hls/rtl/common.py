@@ -183,7 +183,8 @@ class Token(Elaboratable):
 
 
 class TileBank:
-    """What one lhs region holds besides the weights: its tile-table entry and what fetch derived from it."""
+    """A tile-table entry being loaded by fetch and what fetch derived from it (before it goes into the chunk
+    entry memory, ``EntryLayout``)."""
 
     def __init__(self, cfg: OverlayConfig, index: int):
         bw = bits_for(cfg.max_bits)
@@ -195,11 +196,73 @@ class TileBank:
         self.kw = Signal(32, name=f"lb{index}_kw")
 
 
+MAX_CHUNK_SLOTS = 32
+
+
+def chunk_slots(cfg: OverlayConfig) -> int:
+    """Tile-table entries one lhs region can hold (a weight chunk's most row tiles): one per Dk-word of a region,
+    capped at ``MAX_CHUNK_SLOTS`` (a chunk also ends when its weights fill the region)."""
+    return max(1, min(MAX_CHUNK_SLOTS, cfg.lhs_mem_words // 2))
+
+
+class EntryLayout:
+    """A row tile's entry as one word of the chunk entry memory (``Dm``... fields concatenated, LSB first):
+    ``tbits``, ``rows``, ``bits[Dm]``, ``chan_off[Dm]`` (byte offsets of the rows' output channels), ``kw``
+    (Dk-words per bit-plane) and ``lbase`` (the tile's first word in its lhs region)."""
+
+    def __init__(self, cfg: OverlayConfig):
+        bw = bits_for(cfg.max_bits)
+        self.dm = cfg.dm
+        self.fields = ([("tbits", bw), ("rows", bits_for(cfg.dm))] + [(f"bits{r}", bw) for r in range(cfg.dm)]
+                       + [(f"off{r}", 32) for r in range(cfg.dm)] + [("kw", 32), ("lbase", bits_for(cfg.lhs_mem_words))])
+        self.width = sum(width for _name, width in self.fields)
+
+    def pack(self, bank: TileBank, lbase: Value) -> Value:
+        values = {"tbits": bank.tbits, "rows": bank.rows, "kw": bank.kw, "lbase": lbase}
+        values.update({f"bits{r}": bank.bits[r] for r in range(self.dm)})
+        values.update({f"off{r}": bank.chan_off[r] for r in range(self.dm)})
+        out = []
+        for name, width in self.fields:
+            value = Value.cast(values[name])
+            out.append(value[:width] if len(value) >= width else Cat(value, Const(0, width - len(value))))
+        return Cat(*out)
+
+    def unpack(self, data: Value) -> "Entry":
+        fields, pos = {}, 0
+        for name, width in self.fields:
+            fields[name] = data[pos:pos + width]
+            pos += width
+        return Entry(fields, self.dm)
+
+
+class Entry:
+    """The fields of an entry read from the chunk entry memory (slices of the read data)."""
+
+    def __init__(self, fields: dict, dm: int):
+        self.tbits, self.rows, self.kw, self.lbase = fields["tbits"], fields["rows"], fields["kw"], fields["lbase"]
+        self.bits = [fields[f"bits{r}"] for r in range(dm)]
+        self.chan_off = [fields[f"off{r}"] for r in range(dm)]
+
+
+class ChunkState:
+    """Per lhs region, what fetch tells execute about the weight chunk in it: ``landed`` row tiles whose entry and
+    weights are in, ``closed`` once the chunk has all its row tiles, then ``length`` of them."""
+
+    def __init__(self, cfg: OverlayConfig):
+        slots = chunk_slots(cfg)
+        self.length = [Signal(range(slots + 1), name=f"chunk_len{i}") for i in range(2)]
+        self.landed = [Signal(range(slots + 1), name=f"chunk_landed{i}") for i in range(2)]
+        self.closed = [Signal(name=f"chunk_closed{i}") for i in range(2)]
+
+
 class ResultBank:
-    """What one result region holds besides the accumulators: where its rows and columns go."""
+    """What one result region holds besides the accumulators: where its rows and columns go. ``first``: the step's
+    column tile is the first of a pass over the columns (results restart at column 0); ``newcol``: it is the first
+    row tile of its chunk for this column tile (it starts where the previous step's columns ended)."""
 
     def __init__(self, cfg: OverlayConfig, index: int):
         self.rows = Signal(range(cfg.dm + 1), name=f"rb{index}_rows")
         self.cols = Signal(range(cfg.dn + 1), name=f"rb{index}_cols")
         self.first = Signal(name=f"rb{index}_first")
+        self.newcol = Signal(name=f"rb{index}_newcol")
         self.chan_off = [Signal(32, name=f"rb{index}_off{r}") for r in range(cfg.dm)]

@@ -1,6 +1,9 @@
 """Execute stage: the Dm x Dn dot-product array (AND + popcount + shift + conditional negate, no multipliers).
 
-Per step (one row tile x one column tile) it takes an ``rhs_full`` token, then streams ``tbits * abits * kw``
+Per step (one row tile x one column tile; for each column tile the row tiles of the weight chunk in lhs region
+``lreg`` one after the other, entry ``k`` read from the chunk entry memory; on the first column tile row tile
+``k`` waits until ``ChunkState.landed`` says its weights are in) it takes an ``rhs_full`` token (only for the
+chunk's first row tile: the activations serve them all), then streams ``tbits * abits * kw``
 cycles: weight plane ``i`` (outer), activation plane ``j``, Dk-word ``w`` (inner), every unit ``(r, c)`` doing
 ``acc += (-1 if neg_r else 1) * (popcount(lhs_r & rhs_c) << (i + j))`` where ``neg_r`` marks row ``r``'s MSB plane
 (``i == bits_r - 1``, ``bits_r >= 2``); planes at or above a row's width are zero in the buffer. A column unit
@@ -8,9 +11,10 @@ accumulates ``colsum_c = sum_j popcount(rhs_c) << j`` during the ``i == 0`` pass
 ``bits_r == 1``) reads out ``2 * acc - colsum_c`` (applied once per column, after the drain's row select).
 Pipeline: buffer read, the first two levels of a compressor tree (``common.CompressorLevel``: the AND fused into
 full adders, then 6:3 counters), the rest of the tree and one carry-chain add, accumulate (``PIPE`` cycles after
-the last read). It gives ``rhs_free`` after the step's last read, then takes ``res_free``,
-drains the accumulators row by row (``Dm`` cycles) into the result region with the step's ``ResultBank``, gives
-``res_full`` and, after a row tile's last column tile, ``lhs_free``.
+the last read). It gives ``rhs_free`` after the last read of the chunk's last row tile (or, on the first column
+tile, when the chunk closes after its step), then takes ``res_free``, drains the accumulators row by row (``Dm``
+cycles) into the result region with the step's ``ResultBank``, gives ``res_full`` and, after the chunk's last
+step (last row tile, last column tile), ``lhs_free``.
 """
 from __future__ import annotations
 
@@ -18,17 +22,18 @@ from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal
 
 from autoq.overlay.manifest import OverlayConfig
 
-from .common import LayerParams, ResultBank, TileBank, Token, column_sum, compress, region_base
+from .common import ChunkState, EntryLayout, LayerParams, ResultBank, Token, chunk_slots, column_sum, compress, region_base
 
 PIPE = 3
 STAGE1_LEVELS = 2  # compressor levels before the stage-1 register
 
 
 class Execute(Elaboratable):
-    def __init__(self, cfg: OverlayConfig, p: LayerParams, banks: list[TileBank], rbanks: list[ResultBank],
-                 lhs_ports, rhs_ports, res_port, rhs_full: Token, rhs_free: Token, lhs_free: Token,
-                 res_free: Token, res_full: Token):
-        self.cfg, self.p, self.banks, self.rbanks = cfg, p, banks, rbanks
+    def __init__(self, cfg: OverlayConfig, p: LayerParams, entry_port, chunk: ChunkState,
+                 rbanks: list[ResultBank], lhs_ports, rhs_ports, res_port, rhs_full: Token, rhs_free: Token,
+                 lhs_free: Token, res_free: Token, res_full: Token):
+        self.cfg, self.p, self.rbanks = cfg, p, rbanks
+        self.entry_port, self.chunk = entry_port, chunk
         self.lhs_ports, self.rhs_ports, self.res_port = lhs_ports, rhs_ports, res_port
         self.rhs_full, self.rhs_free, self.lhs_free = rhs_full, rhs_free, lhs_free
         self.res_free, self.res_full = res_free, res_full
@@ -49,11 +54,21 @@ class Execute(Elaboratable):
         progress = Signal()
         running = Signal()
 
-        def pick(getter):
-            return Mux(lreg, getter(self.banks[1]), getter(self.banks[0]))
-
-        tbits, rows, kw = pick(lambda b: b.tbits), pick(lambda b: b.rows), pick(lambda b: b.kw)
-        row_bits = [pick(lambda b, r=r: b.bits[r]) for r in range(dm)]
+        # the step's row tile: entry k of the chunk in lhs region lreg (an asynchronous read of the entry memory)
+        slots = chunk_slots(cfg)
+        k = Signal(range(slots + 1))
+        m.d.comb += self.entry_port.addr.eq(Mux(lreg, slots, 0) + k)
+        entry = EntryLayout(cfg).unpack(self.entry_port.data)
+        tbits, rows, kw = entry.tbits, entry.rows, entry.kw
+        row_bits = entry.bits
+        chunk = self.chunk
+        clen = Mux(lreg, chunk.length[1], chunk.length[0])
+        closed = Mux(lreg, chunk.closed[1], chunk.closed[0])
+        landed = Mux(lreg, chunk.landed[1], chunk.landed[0])
+        last_k, pass_over, rhs_held = Signal(), Signal(), Signal()
+        # the chunk's last row tile (known once fetch has closed the chunk; on the first column tile that can come
+        # after the step, then WAIT ends the column tile's pass)
+        m.d.comb += [last_k.eq(closed & (k == clen - 1)), pass_over.eq(closed & (k == clen))]
         last_col = Signal()
         m.d.comb += last_col.eq(n0 + dn >= p.n)
         remaining = Signal(32)
@@ -65,7 +80,7 @@ class Execute(Elaboratable):
         last_w, last_j, last_i = Signal(), Signal(), Signal()
         m.d.comb += [last_w.eq(w == kw - 1), last_j.eq(j == p.abits - 1), last_i.eq(i == tbits - 1)]
         for port in self.lhs_ports:
-            m.d.comb += port.addr.eq(region_base(cfg.lhs_mem_words, lreg, p.lhs_single) + la_plane + w)
+            m.d.comb += port.addr.eq(region_base(cfg.lhs_mem_words, lreg, p.lhs_single) + entry.lbase + la_plane + w)
         for port in self.rhs_ports:
             m.d.comb += port.addr.eq(region_base(cfg.rhs_mem_words, rreg, p.rhs_single) + ra_plane + w)
         shift_w = (2 * cfg.max_bits - 1).bit_length()
@@ -141,14 +156,33 @@ class Execute(Elaboratable):
         with m.FSM(name="execute"):
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [lreg.eq(0), rreg.eq(0), qreg.eq(0), step.eq(0), n0.eq(0), running.eq(1)]
+                    m.d.sync += [lreg.eq(0), rreg.eq(0), qreg.eq(0), step.eq(0), n0.eq(0), k.eq(0), running.eq(1)]
                     m.next = "WAIT"
             with m.State("WAIT"):
                 with m.If(step == p.total_steps):
                     m.d.sync += running.eq(0)
                     m.next = "IDLE"
-                with m.Elif(self.rhs_full.avail):
-                    m.d.comb += [self.rhs_full.take.eq(1), progress.eq(1)]
+                with m.Elif(k == 0):
+                    # a column tile's activations serve every row tile of the chunk: one rhs_full for the first
+                    with m.If(self.rhs_full.avail & ((n0 != 0) | (landed != 0))):
+                        m.d.comb += [self.rhs_full.take.eq(1), progress.eq(1)]
+                        m.d.sync += [i.eq(0), j.eq(0), w.eq(0), la_plane.eq(0), ra_plane.eq(0), rhs_held.eq(1)]
+                        m.next = "ISSUE"
+                with m.Elif(pass_over):
+                    # the column tile's pass over the chunk is done
+                    m.d.comb += progress.eq(1)
+                    with m.If(rhs_held):
+                        m.d.comb += self.rhs_free.give.eq(1)
+                        m.d.sync += [rreg.eq(~rreg), rhs_held.eq(0)]
+                    m.d.sync += k.eq(0)
+                    with m.If(last_col):
+                        m.d.comb += self.lhs_free.give.eq(1)
+                        m.d.sync += [n0.eq(0), lreg.eq(~lreg)]
+                    with m.Else():
+                        m.d.sync += n0.eq(n0 + dn)
+                with m.Elif((n0 != 0) | (landed > k)):
+                    # the next row tile of the chunk (on the first column tile: once its weights are in)
+                    m.d.comb += progress.eq(1)
                     m.d.sync += [i.eq(0), j.eq(0), w.eq(0), la_plane.eq(0), ra_plane.eq(0)]
                     m.next = "ISSUE"
             with m.State("ISSUE"):
@@ -164,8 +198,10 @@ class Execute(Elaboratable):
                         with m.If(~last_i):
                             m.d.sync += [i.eq(i + 1), la_plane.eq(la_plane + kw)]
                         with m.Else():
-                            m.d.comb += self.rhs_free.give.eq(1)
-                            m.d.sync += [flush.eq(PIPE), rreg.eq(~rreg)]
+                            with m.If(last_k):
+                                m.d.comb += self.rhs_free.give.eq(1)
+                                m.d.sync += [rreg.eq(~rreg), rhs_held.eq(0)]
+                            m.d.sync += flush.eq(PIPE)
                             m.next = "FLUSH"
             with m.State("FLUSH"):
                 m.d.comb += progress.eq(1)
@@ -183,15 +219,11 @@ class Execute(Elaboratable):
                 with m.If(row == dm - 1):
                     for q, rb in enumerate(self.rbanks):
                         with m.If(qreg == q):
-                            m.d.sync += [rb.rows.eq(rows), rb.cols.eq(cols), rb.first.eq(n0 == 0)]
-                            m.d.sync += [rb.chan_off[r].eq(pick(lambda b, r=r: b.chan_off[r])) for r in range(dm)]
+                            m.d.sync += [rb.rows.eq(rows), rb.cols.eq(cols), rb.first.eq(n0 == 0),
+                                         rb.newcol.eq(k == 0)]
+                            m.d.sync += [rb.chan_off[r].eq(entry.chan_off[r]) for r in range(dm)]
                     m.d.comb += self.res_full.give.eq(1)
-                    m.d.sync += [qreg.eq(~qreg), step.eq(step + 1)]
-                    with m.If(last_col):
-                        m.d.comb += self.lhs_free.give.eq(1)
-                        m.d.sync += [n0.eq(0), lreg.eq(~lreg)]
-                    with m.Else():
-                        m.d.sync += n0.eq(n0 + dn)
+                    m.d.sync += [qreg.eq(~qreg), step.eq(step + 1), k.eq(k + 1)]
                     m.next = "WAIT"
         m.d.comb += [self.finished.eq(~running), self.active.eq(progress)]
         return m

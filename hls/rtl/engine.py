@@ -7,7 +7,9 @@ for the port contract and the microarchitecture.
 Buffers (Amaranth ``Memory``): ``Dm`` weight buffers of ``lhs_mem_words`` Dk-bit words (one per array row),
 ``Dn`` activation buffers of ``rhs_mem_words`` (one per column), each run as two half-size regions, or as one
 region for a layer with a tile that needs more than half (``LayerParams.lhs_single``/``rhs_single``); one result
-buffer of ``2 * Dm`` words of ``Dn * acc_bits`` bits (two regions). Tokens (credit counters): ``lhs_free`` (2, or
+buffer of ``2 * Dm`` words of ``Dn * acc_bits`` bits (two regions); the chunk entry memory, ``2 * chunk_slots``
+entries (``common.EntryLayout``: a row tile's bits, rows, channel offsets, kwords and first lhs word), read
+asynchronously by execute, and ``common.ChunkState`` per lhs region (row tiles landed, closed, length). Tokens (credit counters): ``lhs_free`` (2, or
 1 when single), ``rhs_free`` (2 or 1), ``rhs_full`` (0), ``res_free`` (2), ``res_full`` (0).
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ from autoq.overlay.manifest import ManifestError, OverlayConfig
 from autoq.overlay.regmap import REGMAP_VERSION, RegisterMap
 
 from .axi import ReadDma, RegisterSlave
-from .common import WORD_BITS, LayerParams, ResultBank, TileBank, Token
+from .common import WORD_BITS, ChunkState, EntryLayout, LayerParams, ResultBank, TileBank, Token, chunk_slots
 from .control import Controller
 from .dpa import Execute
 from .fetch import Fetch
@@ -106,12 +108,18 @@ class BitSerialEngine(wiring.Component):
         res_mem = Memory(shape=unsigned(cfg.dn * cfg.acc_bits), depth=2 * cfg.dm, init=[])
         res_w, res_r = res_mem.write_port(), res_mem.read_port()
         m.submodules.res = res_mem
-        banks = [TileBank(cfg, i) for i in range(2)]
+        # the weight chunks' tile-table entries: chunk_slots per lhs region, written by fetch, read by execute
+        layout = EntryLayout(cfg)
+        entries = Memory(shape=unsigned(layout.width), depth=2 * chunk_slots(cfg), init=[])
+        entry_w, entry_r = entries.write_port(), entries.read_port(domain="comb")
+        m.submodules.entries = entries
+        chunk = ChunkState(cfg)
         rbanks = [ResultBank(cfg, i) for i in range(2)]
 
-        m.submodules.fetch = fetch = Fetch(cfg, p, banks, lhs_w, rhs_w, tokens["lhs_free"], tokens["rhs_free"],
-                                           tokens["rhs_full"])
-        m.submodules.execute = execute = Execute(cfg, p, banks, rbanks, lhs_r, rhs_r, res_w, tokens["rhs_full"],
+        m.submodules.fetch = fetch = Fetch(cfg, p, TileBank(cfg, 0), entry_w, chunk, lhs_w, rhs_w,
+                                           tokens["lhs_free"], tokens["rhs_free"], tokens["rhs_full"])
+        m.submodules.execute = execute = Execute(cfg, p, entry_r, chunk, rbanks, lhs_r, rhs_r, res_w,
+                                                 tokens["rhs_full"],
                                                  tokens["rhs_free"], tokens["lhs_free"], tokens["res_free"],
                                                  tokens["res_full"])
         m.submodules.result = result = Result(cfg, p, rbanks, res_r, tokens["res_full"], tokens["res_free"],

@@ -39,6 +39,7 @@ class Result(Elaboratable):
         j = Signal(range(dn + 2))
         pix, img, addr = Signal(32), Signal(32), Signal(32)
         pix0, img0 = Signal(32), Signal(32)
+        pix_end, img_end = Signal(32), Signal(32)  # where the last step's columns ended
         run_left = Signal(range(2 * MAX_BURST + 1))
         inflight = Signal(range(self.outstanding + 1))
         running = Signal()
@@ -96,6 +97,9 @@ class Result(Elaboratable):
                     m.d.sync += row.eq(0)
                     with m.If(pick(lambda b: b.first)):
                         m.d.sync += [pix0.eq(0), img0.eq(p.results_addr)]
+                    with m.Elif(pick(lambda b: b.newcol)):
+                        # a new column tile (the chunk's other row tiles of a column tile start at the same column)
+                        m.d.sync += [pix0.eq(pix_end), img0.eq(img_end)]
                     m.next = "ROW"
             with m.State("ROW"):
                 m.d.comb += progress.eq(1)
@@ -128,7 +132,7 @@ class Result(Elaboratable):
             with m.State("ROW_END"):
                 m.d.comb += progress.eq(1)
                 with m.If(row == rows - 1):
-                    m.d.sync += [pix0.eq(pix), img0.eq(img), qreg.eq(~qreg), step.eq(step + 1)]
+                    m.d.sync += [qreg.eq(~qreg), step.eq(step + 1), pix_end.eq(pix), img_end.eq(img)]
                     m.d.comb += self.res_free.give.eq(1)
                     m.next = "WAIT"
                 with m.Else():
