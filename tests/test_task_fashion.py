@@ -121,9 +121,6 @@ def test_data_reference_and_its_errors(tmp_path):
         fashion.load_data(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="on the RTL overlay (now bitstreams/pynq_z1) a step fetches its activations every "
-                   "step, so the CNN is activation-fetch-bound: 10.9% of its 4/4 latency depends on weight bits (55% on the "
-                   "retired HLS preset); issue 11 asks for >= 50%, which needs a network redesigned for the RTL overlay")
 def test_network_fits_the_overlay_and_mostly_scales_with_weight_bits():
     task = load_task("fashion")
     network = task.network

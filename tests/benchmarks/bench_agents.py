@@ -16,6 +16,7 @@ activation bits.
     python tests/benchmarks/bench_agents.py [--task fashion] [--backend model] [--seeds 0 1 2]
         [--budgets 0.3x 0.4x 0.5x] [--episodes 150] [--agents autoq haq random uniform oracle oracle-layer]
         [--json out.json]
+    python tests/benchmarks/bench_agents.py --merge seed0.json seed1.json seed2.json [--json all.json]
 """
 from __future__ import annotations
 
@@ -111,6 +112,59 @@ def table(runs: list[dict], agents: list[str], title: str, over: str = "seeds") 
     return out
 
 
+def report(runs: list[dict], meta: dict) -> dict:
+    """Print the tables of ``runs`` (run here or merged from ``--json`` files); returns the ``--json`` document."""
+    seeds, budgets = sorted({r["seed"] for r in runs}), list(dict.fromkeys(r["budget"] for r in runs))
+    agents = list(dict.fromkeys(r["agent"] for r in runs))
+    head = f"## {meta['task']} on {meta['backend']}: {meta['episodes']} episodes per agent, seeds {seeds}"
+    per_budget = {budget: table([r for r in runs if r["budget"] == budget], agents, f"{head}, latency budget {budget}")
+                  for budget in budgets}
+    summary = (table(runs, agents, f"{head}, all budgets {budgets}", "seeds and budgets") if len(budgets) > 1
+               else per_budget[budgets[0]])
+    print("\nShare of the latency that depends on weight bits (bounds what kernel-wise saves at equal activation bits): "
+          + ", ".join(f"{k}: {v:.1%}" for k, v in meta["weight_bit_share"].items()))
+    matched: dict[str, dict[str, list[float | None]]] = {}
+    if "autoq" in agents:
+        print("\nLatency at matched accuracy (autoq's lowest latency at >= the other's selected val-subset accuracy, / its latency):\n")
+        for other in ("haq", "oracle-layer"):
+            if other not in agents:
+                continue
+            matched[other] = {}
+            for budget in budgets:
+                ratios = []
+                for seed in seeds:
+                    a = next(r for r in runs if r["agent"] == "autoq" and r["budget"] == budget and r["seed"] == seed)
+                    b = next(r for r in runs if r["agent"] == other and r["budget"] == budget and r["seed"] == seed)
+                    ratios.append(latency_at_matched_accuracy(a, b))
+                matched[other][budget] = ratios
+                reached = [r for r in ratios if r is not None]
+                print(f"- autoq vs {other} at {budget}: "
+                      + (f"{np.mean(reached):.3f} +- {np.std(reached):.3f}" if reached else "never matched")
+                      + f", matched in {len(reached)} of {len(ratios)} runs")
+    return {**meta, "seeds": seeds, "budgets": budgets, "runs": runs, "per_budget": per_budget, "summary": summary,
+            "latency_at_matched_accuracy": matched}
+
+
+def merged(paths: list[str]) -> tuple[list[dict], dict]:
+    """The runs and shared figures of several ``--json`` files of one task, backend and episode count."""
+    docs = [json.loads(open(path).read()) for path in paths]
+    keys = ("task", "backend", "backend_detail", "overlay", "episodes", "weight_bit_share")
+    meta = {k: docs[0][k] for k in keys}
+    for path, doc in zip(paths, docs):
+        differ = [k for k in keys if doc[k] != meta[k]]
+        if differ:
+            raise SystemExit(f"{path} differs from {paths[0]} in {', '.join(differ)}: not runs of one benchmark")
+    runs, seen = [], {}
+    for path, doc in zip(paths, docs):
+        for run in doc["runs"]:
+            key = (run["agent"], run["seed"], run["budget"])
+            if key in seen:
+                raise SystemExit(f"{path} and {seen[key]} both hold {key[0]} at seed {key[1]}, budget {key[2]}")
+            seen[key] = path
+            runs.append(run)
+    return runs, meta
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default=DEFAULT_TASK, help="model/task name as for autoq search --model")
@@ -120,7 +174,20 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, help="episodes per agent (default: autoq search's for the task)")
     parser.add_argument("--agents", nargs="+", default=list(AGENTS))
     parser.add_argument("--json", metavar="PATH", help="write every run's figures here")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="print the tables of these --json files together "
+                        "(e.g. seeds run as parallel processes) instead of running")
     args = parser.parse_args()
+    if args.merge:
+        runs, meta = merged(args.merge)
+    else:
+        runs, meta = run_all(args)
+    document = report(runs, meta)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(document, fh, indent=1)
+
+
+def run_all(args: argparse.Namespace) -> tuple[list[dict], dict]:
     episodes = args.episodes or TASK_EPISODES.get(args.task, 200)
     torch.set_num_threads(1)
     t = Task(args.task, args.backend)
@@ -138,39 +205,9 @@ def main() -> None:
                       f"episode {result['selected_episode']}), latency {result['latency_ratio']:.3f}x, mixed layers "
                       f"{result['mixed_layers']:.2f}, proposals within budget {result['proposals_met_budget']:.2f}, "
                       f"{result['s_per_episode']:.2f} s/episode", flush=True)
-    head = f"## {args.task} on {args.backend}: {episodes} episodes per agent, seeds {args.seeds}"
-    per_budget = {budget: table([r for r in runs if r["budget"] == budget], args.agents, f"{head}, latency budget {budget}")
-                  for budget in args.budgets}
-    summary = (table(runs, args.agents, f"{head}, all budgets {args.budgets}", "seeds and budgets") if len(args.budgets) > 1
-               else per_budget[args.budgets[0]])
-    print("\nShare of the latency that depends on weight bits (bounds what kernel-wise saves at equal activation bits): "
-          + ", ".join(f"{k}: {v:.1%}" for k, v in shares.items()))
-    matched: dict[str, dict[str, list[float | None]]] = {}
-    if "autoq" in args.agents:
-        print("\nLatency at matched accuracy (autoq's lowest latency at >= the other's selected val-subset accuracy, / its latency):\n")
-        for other in ("haq", "oracle-layer"):
-            if other not in args.agents:
-                continue
-            matched[other] = {}
-            for budget in args.budgets:
-                ratios = []
-                for seed in args.seeds:
-                    a = next(r for r in runs if r["agent"] == "autoq" and r["budget"] == budget and r["seed"] == seed)
-                    b = next(r for r in runs if r["agent"] == other and r["budget"] == budget and r["seed"] == seed)
-                    ratios.append(latency_at_matched_accuracy(a, b))
-                matched[other][budget] = ratios
-                reached = [r for r in ratios if r is not None]
-                print(f"- autoq vs {other} at {budget}: "
-                      + (f"{np.mean(reached):.3f} +- {np.std(reached):.3f}" if reached else "never matched")
-                      + f", matched in {len(reached)} of {len(ratios)} runs")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"task": args.task, "backend": args.backend, "backend_detail": t.backend.describe().detail,
-                       "overlay": t.backend.describe().overlay.name,
-                       "episodes": episodes, "seeds": args.seeds,
-                       "budgets": args.budgets, "weight_bit_share": shares,
-                       "runs": [{k: v for k, v in r.items() if k != "front"} for r in runs], "per_budget": per_budget,
-                       "summary": summary, "latency_at_matched_accuracy": matched}, fh, indent=1)
+    description = t.backend.describe()
+    return runs, {"task": args.task, "backend": args.backend, "backend_detail": description.detail,
+                  "overlay": description.overlay.name, "episodes": episodes, "weight_bit_share": shares}
 
 
 if __name__ == "__main__":
