@@ -15,8 +15,9 @@ Fitted on Yosys 0.70 ``synth_xilinx -family xc7`` (``autoq hls synth``, ``autoq.
 * FFs: ``FF_CONTROL + FF_PER_POPCOUNT_BIT * (Dm * Dn + Dn) * Dk + FF_PER_UNIT * Dm * Dn`` (within 0.3%).
 * BRAM36: each of the ``Dm`` weight and ``Dn`` activation buffers is ``Dk`` bits wide and maps to 64-bit x 512-word
   BRAM36 slices (SDP 72-bit mode): ``ceil(Dk / 64) * (Dm * ceil(lhs_mem_words / 512) + Dn * ceil(rhs_mem_words /
-  512))``, exact on all five builds. The result buffer (``2 Dm`` words of ``Dn`` int32) and the tile table are
-  LUTRAM (in the LUT count); ``result_mem_words`` is not used by the RTL.
+  512))``, exact on all five builds. The result buffer (``2 Dm`` words of ``Dn`` int32) and the chunk entry memory
+  (``2 * chunk_slots`` words of ``hls.rtl.common.EntryLayout``, RAM64M) are LUTRAM (in the LUT count);
+  ``result_mem_words`` is not used by the RTL.
 * DSP: none (shift and conditional negate; the controller's multiplier is sequential), 0 in every build.
 
 The prior was BISMO's published model (Umuroglu et al., TRETS 2019), kept as ``BISMO_*``: LUT per unit
@@ -24,7 +25,9 @@ The prior was BISMO's published model (Umuroglu et al., TRETS 2019), kept as ``B
 adder-tree popcount cost 2.14 LUTs per bit where BISMO's generated compressor trees cost 1.17, so the fitted
 array is about 1.8x BISMO's at ``Dk = 256``. Checked against flattened Yosys runs of the compressor-tree RTL
 (``autoq hls synth --flatten``, 2026-12-02), not refitted: 8x8x256 59,514 LUTs (the model says 3.3% fewer), 8x8x128
-37,628 (0.6% more), 8x4x256 33,369 (5.4% fewer); BRAM36 exact (64, 32, 48).
+37,628 (0.6% more), 8x4x256 33,369 (5.4% fewer); BRAM36 exact (64, 32, 48). After the weight chunks (the chunk
+entry memory, 1d495a6): 8x8x128 flattened 37,823 LUTs (the model says 0.04% more; LUTRAM +456, 452 of it the entry
+memory's 113 RAM64M, logic LUTs -261), 11,826 FF (2.4% more); hierarchical 2x2x64 7,225 (0.5% fewer).
 
 ``SHELL_RESERVE`` is an allowance for what the block design adds around the engine and is not in its netlist: two
 SmartConnects (GP0 -> the AXI-Lite slave, in PG247's low-area mode; the engine's AXI3 master -> HP0) and a
