@@ -9,8 +9,9 @@ Buffers (Amaranth ``Memory``): ``Dm`` weight buffers of ``lhs_mem_words`` Dk-bit
 region for a layer with a tile that needs more than half (``LayerParams.lhs_single``/``rhs_single``); one result
 buffer of ``2 * Dm`` words of ``Dn * acc_bits`` bits (two regions); the chunk entry memory, ``2 * chunk_slots``
 entries (``common.EntryLayout``: a row tile's bits, rows, channel offsets, kwords and first lhs word), read
-asynchronously by execute, and ``common.ChunkState`` per lhs region (row tiles landed, closed, length). Tokens (credit counters): ``lhs_free`` (2, or
-1 when single), ``rhs_free`` (2 or 1), ``rhs_full`` (0), ``res_free`` (2), ``res_full`` (0).
+asynchronously by execute, and ``common.ChunkState`` per lhs region (row tiles landed, closed, length). Tokens
+(credit counters): ``lhs_free`` (2, or 1 when single), ``rhs_free`` (2 or 1), ``rhs_full`` (0), ``res_free`` (2),
+``res_full`` (0).
 """
 from __future__ import annotations
 
