@@ -364,14 +364,13 @@ def calibration_from_fit(result: FitResult, dataset: Dataset, base: CalibrationP
 
 # ---- the RTL engine's step pipeline (ScheduleParams.pipeline), fitted on RTL-simulation cycle counts -------------
 
-PIPELINE_PARAMETERS = ("layer_overhead_cycles", "step_sync_cycles", "row_tile_cycles", "row_cycles",
-                       "result_burst_cycles", "write_slot_cycles")
-"""The constants ``fit_pipeline`` fits; ``boundary_overlap`` (3) and ``table_beat_cycles`` (0) stay at their values
-from the RTL's structure (see ``ScheduleParams``)."""
+PIPELINE_PARAMETERS = ("layer_overhead_cycles", "row_cycles", "result_burst_cycles", "write_slot_cycles")
+"""The constants ``fit_pipeline`` fits; the rest of the pipeline model is derived from the RTL (``row_tile_cycles``
+and ``step_sync_cycles`` stay 0, see ``ScheduleParams``)."""
 PORT_PARAMETERS = ("read_latency_cycles", "read_outstanding", "write_latency_cycles", "write_outstanding",
                    "port_bytes_per_cycle")
-_PIPELINE_START = np.array([150.0, 2.0, 10.0, 3.0, 2.0, 2.0])
-_PIPELINE_UPPER = np.array([1e5, 1e3, 1e4, 1e3, 64.0, 1e3])
+_PIPELINE_START = np.array([150.0, 3.0, 2.0, 2.0])
+_PIPELINE_UPPER = np.array([1e5, 1e3, 64.0, 1e3])
 
 
 class PipelineRun(NamedTuple):

@@ -47,7 +47,7 @@ Imports only numpy (and the numpy-only tiling): this runs on the board.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence, cast
 
 import numpy as np
 
@@ -95,17 +95,19 @@ class ScheduleParams:
 
     ``pipeline``: False: the stage-total model above (``max`` of the three stage totals plus overheads). True: the
     RTL engine's step pipeline (``hls/rtl``, see ``_pipeline_cycles``) over its weight chunks (row tiles resident
-    together in one lhs region, each column tile's activations fetched once for them): a chunk's pass over one
-    column tile costs the slowest of its steps' execute and result, the activations' fetch and the two-region
-    fetch/execute loop, its first column tile also the chunk's table round trips and weights; the efficiencies and tile/pass overheads are then unused and
-    ``layer_overhead_cycles`` is the setup and drain beyond the memory latencies. Its inputs: the HP port's
+    together in one lhs region, each column tile's activations fetched once for them): a chunk's pass over a later
+    column tile costs the slowest of its steps' executes or results, the activations' fetch and the two-region
+    fetch/execute loop; its first column tile the requester's chain of table entries, multiplies and weights as
+    far as the previous chunk's last passes leave it exposed, or with one or two column tiles the requester's own
+    loop. The efficiencies and tile/pass overheads are then unused. Its inputs: the HP port's
     ``read_latency_cycles``, ``read_outstanding`` bursts, ``write_latency_cycles``, ``write_outstanding`` bursts and
-    ``port_bytes_per_cycle`` (each direction; the rtlsim ``HPPortModel``'s fields); its fitted constants:
-    ``step_sync_cycles`` (token hand-over in the fetch/execute loop), ``row_tile_cycles`` and ``row_cycles``
-    (a row tile's table decode and sequential multiplies: fixed and per row), ``boundary_overlap`` (periods of
-    the previous steps that hide a row tile's bubble), ``result_burst_cycles`` (per write burst),
-    ``write_slot_cycles`` (a write burst's hold of an outstanding slot beyond latency and beats) and
-    ``table_beat_cycles`` (per tile-table beat of the check pass).
+    ``port_bytes_per_cycle`` (each direction; the rtlsim ``HPPortModel``'s fields). Everything else is derived
+    from the RTL but these constants: ``layer_overhead_cycles`` (fitted: the controller's setup sequence and the
+    start/finish handshakes beyond the table check's read latency and the last write response), ``row_cycles``
+    (fitted: per row of a row tile, the bit length of its channel index in the requester's channel-offset
+    multiply), ``result_burst_cycles`` (fitted: per write burst) and ``write_slot_cycles`` (fitted: a write
+    burst's hold of an outstanding slot beyond latency and beats); ``row_tile_cycles`` (per row tile in the
+    requester) and ``step_sync_cycles`` (in the rhs regions' loop) are extra slack the RTL does not have: 0.
     """
 
     dram_efficiency: float = 0.8
@@ -122,11 +124,9 @@ class ScheduleParams:
     port_bytes_per_cycle: float = 6.4
     step_sync_cycles: float = 0.0
     row_tile_cycles: float = 0.0
-    row_cycles: float = 3.0
-    boundary_overlap: float = 3.0
-    result_burst_cycles: float = 2.0
-    write_slot_cycles: float = 0.0
-    table_beat_cycles: float = 0.0
+    row_cycles: float = 2.6
+    result_burst_cycles: float = 2.2
+    write_slot_cycles: float = 0.7
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -379,13 +379,13 @@ def _tile_table(entry: np.ndarray, entries: int, count: np.ndarray, fetch_bytes:
     act_beats = width * kwords[:, None] * dk * abits[:, None] / beat_bits
     weight_beats = (rows * kwords * dk * bits / beat_bits)[:, None]
     bursts = lambda beats: np.ceil(beats / RTL_BURST_BEATS) + beats / RTL_PAGE_BEATS
-    # result: one burst per row and run of columns inside one image (linear: every column is its own image), an odd
-    # int32 start costs half a beat on average where the alignment varies
+    # result: one burst per row and run of columns inside one image (linear: every column is its own image), of
+    # (odd start + int32s + 1) // 2 beats: two int32 a beat and half a beat more per burst where the alignment varies
     ohw = ohw[:, None]
     crossings = np.where(ohw == 1, width - 1, np.where(ohw % dn == 0, 0, (width - 1) / np.maximum(ohw, 1)))
     row_bursts = 1 + crossings + width * overlay.acc_bits / 8 / 4096
-    odd = np.where(ohw == 1, 1.0, np.where((ohw % 2 == 1) | (dn % 2 == 1), 0.5, 0.0))
-    row_beats = width * overlay.acc_bits / 2 / beat_bits + odd * row_bursts
+    odd = np.where((ohw == 1) | (ohw % 2 == 1) | (dn % 2 == 1), 0.5, 0.0)
+    row_beats = width * overlay.acc_bits / beat_bits + odd * row_bursts
     return TileTable(
         entry, count, fetch_bytes,
         rows[:, None] * width * overlay.acc_bits / 8,
@@ -494,31 +494,68 @@ def _cell_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParam
     return fetch, np.broadcast_to(execute, fetch.shape), result
 
 
-def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams,
-                     whole: Callable[[np.ndarray], np.ndarray] = np.ceil) -> tuple[np.ndarray, ...]:
-    """Per-step (fetch, execute, result, pipeline) cycles of every cell in the RTL engine (``params.pipeline``).
+class _TileTerms(NamedTuple):
+    """A row tile's terms in the RTL pipeline (``_tile_terms``), which know nothing of weight chunks: arrays over row
+    tiles, ``(row tiles, 1)`` or ``(row tiles, 4)`` over the column-tile kinds (any numeric array field; ``_ChunkTerms``
+    sums and picks every field). ``fetch``, ``execute``, ``result`` and ``period`` are its cells' cycles where it
+    does not start a chunk (unrounded)."""
 
-    Derived from ``hls/rtl`` (see its ``__init__``) with the HP port's latency ``L``, outstanding bursts ``O``
-    (at most the DMA's 8) and ``rho`` beats per cycle: a stream of ``b`` beats in ``n`` bursts takes
-    ``max(b / rho, (n * L + b / rho) / O)``. Per step: execute ``passes * kwords + Dm + 5`` (issue, flush,
-    drain, hand-over); result ``2 * rows + beats + c_b * bursts + 1``, or its writes' outstanding-slot limit
-    ``bursts * (L_w + c_w + beats per burst) / O_w``. Per weight chunk (``TileTable.chunk_first``, the RTL's greedy
-    cut) and column tile, one pass: the larger of the steps' execute and result, summed over the chunk's row tiles;
-    the activations' stream; the loop of each of the two rhs regions (fetch issued when execute frees it after the
-    chunk's last row tile, data back after ``L``, execute issues again):
-    ``(L + b / rho + sum(passes * kwords) + (R - 1)(Dm + 5) + c_s) / 2``. The pass costs the slowest; the chunk's
-    first row tile carries what the pass costs beyond its other row tiles' steps. A chunk's first column tile adds
-    its bubble: the requester waits for the first row tile's table entry and multiplies before it issues its
-    weights, ``f = L + entry / rho + weights + c_t + c_r * rows``, then the activations, ``L + 2 b / rho``; each
-    later row tile runs once its weights are in, adding ``max(0, sum(f of the later tiles) - sum(steps but the
-    last))``; less ``boundary_overlap`` passes of the previous chunk that the buffered steps hide (none before a
-    layer's first chunk); every row tile's first step adds the tile-table check's share of its entry's beats.
-    """
+    fetch: np.ndarray
+    execute: np.ndarray
+    result: np.ndarray
+    period: np.ndarray
+    issue: np.ndarray  # passes * kwords
+    base: np.ndarray  # the larger of the step's execute and result
+    act: np.ndarray  # the column tile's activations streamed (steady state)
+    act_wait: np.ndarray  # the column tile's activations from an idle DMA
+    chain: np.ndarray  # the requester's loop per row tile: weights, then the next entry, multiplies, state changes
+    chain_acts: np.ndarray  # what the first column tile's activations, read behind the weights, add to ``chain``
+    acts_in: np.ndarray  # from the weights' read to the first column tile's activations in
+    weights_in: np.ndarray  # from the weights' read to the weights in
+    multiplies: np.ndarray  # the requester's sequential multiplies and state changes for the row tile's entry
+    reread: np.ndarray  # reading the entry again and its first multiply (a chunk cut where this row tile did not fit)
+    entry_wait: np.ndarray  # one table entry from an idle DMA
+    last_write: np.ndarray  # the step's write-back when no later step follows (a layer's last step)
+    cells: np.ndarray  # column tiles of each kind
+    check: np.ndarray  # the tile-table check's share of the row tile's entry beats, paid by its first step
+
+
+class _ChunkTerms(NamedTuple):
+    """Per weight chunk: every ``_TileTerms`` field summed over its row tiles, of its first and of its last row tile,
+    its row tiles and whether it follows a chunk of its layer (arrays ``(chunks, 1)`` or ``(chunks, 4)``)."""
+
+    sum: _TileTerms
+    first: _TileTerms
+    last: _TileTerms
+    tiles: np.ndarray  # (chunks, 1)
+    after: np.ndarray  # (chunks, 1) bool: not its layer's first chunk
+
+
+class _StepCycles(NamedTuple):
+    """Unrounded (fetch, execute, result, pipeline) cycles of cells."""
+
+    fetch: np.ndarray
+    execute: np.ndarray
+    result: np.ndarray
+    period: np.ndarray
+
+
+def _port(overlay: OverlayConfig, params: ScheduleParams) -> tuple[float, float, float, float, float]:
+    """The HP port as the RTL sees it: (beats per cycle, read latency, write latency, reads and writes in flight)."""
     beat_bytes = overlay.dram_width_bits / 8
-    rho = min(params.port_bytes_per_cycle, beat_bytes) / beat_bytes
-    lat, wlat = params.read_latency_cycles, params.write_latency_cycles
-    reads = min(params.read_outstanding, RTL_READ_BURSTS)
-    writes = min(params.write_outstanding, RTL_WRITE_BURSTS)
+    return (min(params.port_bytes_per_cycle, beat_bytes) / beat_bytes, params.read_latency_cycles,
+            params.write_latency_cycles, min(params.read_outstanding, RTL_READ_BURSTS),
+            min(params.write_outstanding, RTL_WRITE_BURSTS))
+
+
+def _bit_length(values: np.ndarray) -> np.ndarray:
+    """Bits of the whole ``values`` >= 0 (0 for 0): the cycles the RTL's shift-and-add ``SeqMul`` takes beyond 3."""
+    return np.frexp(values)[1]
+
+
+def _tile_terms(table: TileTable, overlay: OverlayConfig, params: ScheduleParams) -> _TileTerms:
+    """Every row tile's ``_TileTerms`` (see ``_pipeline_cycles``)."""
+    rho, lat, wlat, reads, writes = _port(overlay, params)
 
     def stream(beats: np.ndarray, bursts: np.ndarray) -> np.ndarray:
         n = np.ceil(beats / RTL_BURST_BEATS)
@@ -526,48 +563,179 @@ def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleP
         held = beats + full * (RTL_BURST_BEATS * n - beats)
         return np.maximum(beats / rho, (bursts * lat + held / rho) / reads)
 
-    def wait(beats: np.ndarray, bursts: np.ndarray) -> np.ndarray:
+    def wait(beats: np.ndarray, bursts: np.ndarray, last: float | None = None) -> np.ndarray:
+        # from an idle DMA: a wave of bursts per free slot, each one read latency after the wave before; ``last``:
+        # the beats of the last burst (a table entry), the others of equal size
         waves = np.maximum(np.ceil(np.floor(bursts) / reads), 1)
-        tail = waves - 1 + bursts - (waves - 1) * reads
-        return np.maximum(lat + beats / rho, waves * lat + tail * beats / np.maximum(bursts, 1) / rho)
+        tail = waves - 1 + bursts - (waves - 1) * reads  # the bursts on the critical path
+        if last is None:
+            tail_beats = tail * beats / np.maximum(bursts, 1)
+        else:
+            tail_beats = (tail - 1) * (beats - last) / np.maximum(bursts - 1, 1) + last
+        return np.maximum(lat + beats / rho, waves * (lat + 1) - 1 + tail_beats / rho) - 1 / rho
 
+    rows, count = table.rows, table.entry.size
+    dm, entry = overlay.dm, 1 + overlay.dm  # beats of one tile-table entry (2 + 2 Dm uint32)
     issue = table.passes * table.kwords
-    execute = np.broadcast_to(issue + overlay.dm + 5, table.act_beats.shape)
+    execute = issue + dm + 5
     act = stream(table.act_beats, table.act_bursts)
     per_burst = table.result_beats / np.maximum(table.result_bursts, 1)
-    result = np.maximum(2 * table.rows + table.result_beats + params.result_burst_cycles * table.result_bursts + 1,
-                        table.result_bursts * (wlat + params.write_slot_cycles + per_burst) / writes)
-    entry = 1 + overlay.dm  # beats of one tile-table entry (2 + 2 Dm uint32)
-    weights = stream(table.weight_beats, table.weight_bursts)
-    # weight chunks: a column tile's activations are fetched once for the chunk's row tiles, which execute one
-    # after the other; the chunk's first row tile's step carries the column tile's pass beyond its others' steps
-    chunk_first = _chunk_first(table)
-    starts = np.flatnonzero(chunk_first)
-    seg = np.cumsum(chunk_first) - 1
-    length = np.diff(np.r_[starts, chunk_first.size])
+    # a burst's beats go one a cycle while the write budget lasts (it refills to one cycle's worth between bursts)
+    beats = per_burst + np.maximum(0, (per_burst - 1) * (1 / rho - 1) - 0.5)
+    written = 2 * rows + table.result_bursts * (beats + params.result_burst_cycles) + 1
+    slot = wlat + params.write_slot_cycles + per_burst
+    result = np.maximum(written, table.result_bursts * slot / writes)
     base = np.maximum(execute, result)
-    chunk = lambda values: np.add.reduceat(values, starts, axis=0)[seg]
-    chunk_base = chunk(base)
-    loop = (lat + table.act_beats / rho + chunk(issue) + (length[seg, None] - 1) * (overlay.dm + 5)
-            + params.step_sync_cycles) / 2
-    whole_pass = np.maximum.reduce([chunk_base, act, loop])
-    head = chunk_first[:, None]
-    period = np.where(head, whole_pass - (chunk_base - base), base)
-    # a chunk's first column tile adds its bubble: the requester waits for the first row tile's table entry and its
-    # multiplies before it issues the weights, then the activations; each later row tile runs once its own entry
-    # and weights are in (what of their fill the earlier steps do not cover adds); less ``boundary_overlap`` passes
-    # of the previous chunk that the buffered steps hide (none before a layer's first chunk); every row tile adds
-    # the tile-table check's share of its entry's beats
-    fill = lat + entry / rho + weights + params.row_tile_cycles + params.row_cycles * table.rows
-    after = np.r_[False, table.entry[1:] == table.entry[:-1]][:, None]  # a layer's first chunk follows nothing
-    last_base = base[np.r_[starts[1:], chunk_first.size] - 1][seg]
-    late = np.maximum(chunk(fill) - fill - (chunk_base - last_base), 0)  # later row tiles not in before they run
-    bubble = fill + lat + 2 * table.act_beats / rho + late - params.boundary_overlap * whole_pass * after
-    check = np.maximum(entry / rho, (entry / RTL_BURST_BEATS * lat + entry / rho) / reads) + params.table_beat_cycles * entry
-    first = _KIND_FIRST[None, :]
-    period = period + first * (head * np.maximum(bubble, 0) + check)
-    fetch = act * head + first * (weights + entry / rho)
-    return whole(fetch), whole(execute), whole(result), whole(period)
+    weights = stream(table.weight_beats, table.weight_bursts)
+    # every row tile's first step fetches its weights and adds the tile-table check's share of its entry's beats
+    check = np.full((count, 1), np.maximum(entry / rho, (entry / RTL_BURST_BEATS * lat + entry / rho) / reads))
+    one = np.ones((count, 1))
+    words = table.kwords * overlay.dk / overlay.dram_width_bits  # beats per bit-plane of a row or column
+    bits = np.rint(table.weight_beats / (rows * words))
+    multiplies = (18 + _bit_length(table.kwords) + 2 * _bit_length(words) + _bit_length(bits * words)
+                  + _bit_length(table.passes / bits * words) + 3 * rows + params.row_tile_cycles + params.row_cycles * rows)
+    w, wb, a, ab = table.weight_beats, table.weight_bursts, table.act_beats[:, :1], table.act_bursts[:, :1]
+    behind = wait(w + entry, wb + 1, entry)
+    entry_wait = wait(entry * one, one, entry)
+    return _TileTerms(
+        _KIND_FIRST * (weights + entry / rho), execute, result, base + _KIND_FIRST * check, issue, base, act,
+        wait(table.act_beats, table.act_bursts), behind + multiplies + 3, wait(w + a + entry, wb + ab + 1, entry) - behind,
+        wait(w + a, wb + ab), wait(w, wb), multiplies, entry_wait + _bit_length(table.kwords) + 9, entry_wait,
+        np.maximum(written, (table.result_bursts / writes - 1) * slot),
+        np.broadcast_to(table.cell_tiles, base.shape).astype(np.float64), check)
+
+
+def _term_matrix(terms: _TileTerms) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """The fields of ``terms`` side by side in one float matrix (row tiles, columns), and each field's columns."""
+    rows = len(terms[0])
+    parts = [np.broadcast_to(np.asarray(values, dtype=np.float64), (rows, np.shape(values)[1])) for values in terms]
+    edges = np.cumsum([0] + [part.shape[1] for part in parts]).tolist()
+    return np.concatenate(parts, axis=1), tuple(slice(a, b) for a, b in zip(edges[:-1], edges[1:]))
+
+
+def _terms_of(matrix: np.ndarray, columns: tuple[slice | None, ...], missing: Any = None) -> _TileTerms:
+    """The ``_TileTerms`` whose fields lie in ``columns`` of the (rows, columns) ``matrix`` (None: ``missing``)."""
+    return _TileTerms._make([missing if at is None else matrix[:, at] for at in columns])
+
+
+_COARSE, _FINE = 2.0 ** -20, 2.0 ** -52
+
+
+def _split(values: np.ndarray) -> np.ndarray:
+    """``values`` as whole numbers of ``_COARSE`` and of ``_FINE`` (stacked on a new last but one axis), which float64 sums
+    exactly in any order (of up to 2^33 / ``_COARSE`` in all; terms of at least 1 split exactly)."""
+    coarse = np.round(values / _COARSE)
+    return np.stack([coarse, np.round((values - coarse * _COARSE) / _FINE)], axis=-2)
+
+
+def _joined(parts: np.ndarray) -> np.ndarray:
+    """Sums of ``_split`` parts as floats: the exact sum of the split terms, rounded once."""
+    return parts[..., 0, :] * _COARSE + parts[..., 1, :] * _FINE
+
+
+def _chunk_terms(terms: _TileTerms, chunk_first: np.ndarray, entry: np.ndarray) -> _ChunkTerms:
+    """The ``_ChunkTerms`` of consecutive row tiles cut into chunks where ``chunk_first``; ``entry``: each row tile's
+    layer entry. Sums are exact sums rounded once, so that ``HistogramSchedule`` may add them in any order."""
+    matrix, columns = _term_matrix(terms)
+    starts = np.flatnonzero(chunk_first)
+    ends = np.r_[starts[1:], chunk_first.size] - 1
+    sums = _joined(np.add.reduceat(_split(matrix), starts, axis=0))
+    return _ChunkTerms(_terms_of(sums, columns), _terms_of(matrix[starts], columns), _terms_of(matrix[ends], columns),
+                       (ends + 1 - starts)[:, None], np.r_[False, entry[1:] == entry[:-1]][starts, None])
+
+
+def _chunk_steps(chunk: _ChunkTerms, overlay: OverlayConfig, params: ScheduleParams) -> _StepCycles:
+    """The cells of every chunk's first row tile (see ``_pipeline_cycles``)."""
+    dm, entry = overlay.dm, 1 + overlay.dm
+    rho = _port(overlay, params)[0]
+    head, total, last, after = chunk.first, chunk.sum, chunk.last, chunk.after
+    cells = head.cells
+    later = cells[:, 1:].sum(axis=1, keepdims=True)  # column tiles after the first
+    # a later column tile: the chunk's executes or results, the activations' stream or the two rhs regions' loop
+    steps = np.maximum(total.execute, total.result)
+    loop = (head.act_wait + total.issue + (chunk.tiles - 1) * (dm + 5) + 2 + params.step_sync_cycles) / 2
+    passes = np.maximum(np.maximum(steps + 1, head.act), loop)
+    later_work = (cells[:, 1:] * passes[:, 1:]).sum(axis=1, keepdims=True)
+    # the first column tile: from its activations in, each later row tile runs once the requester's chain has its
+    # weights in (``stretch``, with the last step's execute: ``stretch_e``)
+    chain = total.chain - last.chain + head.chain_acts + last.weights_in - head.acts_in + 1
+    stretch = np.maximum(steps[:, :1] + 1, chain + last.base[:, :1])
+    stretch_e = np.maximum(total.execute + 1, chain + last.execute)
+    # the chunk's fill, from the requester's start on it to its first activations in: the first entry (behind the
+    # previous chunk's last activations), its multiplies, its weights and activations; with one column tile a chunk
+    # after another reads its first entry again (the previous chunk was cut where it did not fit)
+    reread = head.reread * (after & (later == 0))
+    fill = (np.where(after, np.maximum(head.act_wait[:, 2:3], head.act_wait[:, 3:4]) + entry / rho, head.entry_wait + 2)
+            + 5 + head.multiplies + head.acts_in + reread)
+    # three or more column tiles: the requester starts the chunk once it has the previous chunk's last activations,
+    # two passes before execute needs the fill (plus the rest of that step, or the result stage's backlog)
+    e, i, r = last.execute, last.issue, last.result[:, 3:4]
+    hidden = (np.maximum(passes[:, 1:2], passes[:, 2:3]) + passes[:, 3:4]
+              + np.maximum(e - i, 3 * r - e - i - dm - 1))
+    behind = steps[:, :1] + 1 + np.maximum(0, fill + stretch_e - hidden - steps[:, :1] - 1)
+    # one column tile: the requester's loop (``chain``) carries the next chunk's fill; a layer's first chunk
+    # (``~after``, also standing for its last) adds its fill, its last write-back and has its first step's execute
+    # but not its result
+    first = ~after
+    own = np.where((later >= 1) | first, stretch, steps[:, :1] + 1)
+    work = (np.where(after & (later >= 2), behind, own) + later_work
+            - first * (head.base[:, :1] - head.execute))
+    requester = total.chain + head.chain_acts + reread + (cells[:, 1:] * (head.act[:, 1:] + 3)).sum(axis=1, keepdims=True)
+    end = np.where(cells[:, 3:4] > 0, last.last_write[:, 3:4], last.last_write[:, :1])
+    cost = np.where(first, work + fill + end, np.maximum(work, requester))
+    period = np.where(_KIND_FIRST, (cost - later_work) / np.maximum(cells[:, :1], 1), passes) - (total.base - head.base)
+    return _StepCycles(head.act + head.fetch, head.execute, head.result, period + _KIND_FIRST * head.check)
+
+
+def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams,
+                     whole: Callable[[np.ndarray], np.ndarray] = np.ceil) -> tuple[np.ndarray, ...]:
+    """Per-step (fetch, execute, result, pipeline) cycles of every cell in the RTL engine (``params.pipeline``).
+
+    Derived from ``hls/rtl`` (see its ``__init__``; traced cycle by cycle in Amaranth's simulator against the
+    rtlsim HP-port model) with the port's latency ``L``, outstanding bursts ``O`` (at most the DMA's 8) and ``rho``
+    beats per cycle. Bursts return in order: a stream of ``b`` beats in ``n`` bursts takes ``max(b / rho,
+    (n L + b / rho) / O)`` in steady state; from an idle DMA its last beat comes after ``max(L + b / rho,
+    w (L + 1) - 1 + b' / rho) - 1 / rho`` in ``w = ceil(n / O)`` waves, ``b'`` the beats of the bursts on the
+    critical path (one per later wave and those of the first). Per step: execute ``passes * kwords + Dm + 5``
+    (issue, flush, drain, hand-over); result ``2 * rows + bursts * (t + c_b) + 1``, ``t`` a burst's beats at one a
+    cycle while the write budget lasts (``b + max(0, (b - 1)(1 / rho - 1) - 1/2)``), or its writes'
+    outstanding-slot limit ``bursts * (L_w + c_w + beats per burst) / O_w``.
+
+    Per weight chunk (``TileTable.chunk_first``, the RTL's greedy cut) of ``R`` row tiles and ``C`` column tiles:
+
+    * a later column tile's pass costs the slowest of the chunk's executes or results (summed, plus the pass's
+      hand-over), the activations' stream and the loop of each of the two rhs regions, ``(wait(b) + sum(passes
+      * kwords) + (R - 1)(Dm + 5) + 2 + c_s) / 2``;
+    * the requester's chain per row tile: it waits for the row tile's entry (read behind the previous weights),
+      multiplies (``18 + bit lengths of kwords, 2x beats per plane, the weight and activation beats per row + 3
+      rows + c_t + c_r rows``, the last the rows' channel offsets), issues the weights: ``wait(w + entry) +
+      multiplies + 3``; the first column tile's activations follow the first row tile's weights;
+    * the first column tile's pass: each later row tile runs once its weights are in, the larger of the steps and
+      the chain from the activations in to the last step's end;
+    * its fill, from the requester's start on the chunk to its activations in: the first entry (behind the previous
+      chunk's last activations), multiplies, weights and activations; with ``C >= 3`` the requester starts two
+      passes (plus the rest of the step, or the result stage's backlog) before execute needs it, which hide the
+      fill and the chain; with ``C <= 2`` the chunk costs at least the requester's own loop (its chain and the
+      later column tiles' activations, all through the one DMA), which then carries the next chunk's fill (with
+      one column tile a chunk after another reads its first entry again: the previous one was cut where it did
+      not fit);
+    * a layer's first chunk adds its fill, has its first step's execute but not its write-back (nothing earlier to
+      overlap) and pays the last step's write-back, ``max(result, (bursts / O_w - 1)(L_w + c_w + beats per
+      burst))``, standing for the layer's last chunk; every row tile's first step adds the tile-table check's share
+      of its entry's beats.
+
+    The chunk's first row tile carries what its column tiles cost beyond its other row tiles' steps.
+
+    In three parts, which ``HistogramSchedule`` shares: ``_tile_terms`` (per row tile), ``_chunk_terms`` (their sums,
+    first and last per chunk) and ``_chunk_steps`` (a chunk's first row tile's cells from those); the other row tiles
+    cost their own ``_TileTerms`` cells.
+    """
+    terms = _tile_terms(table, overlay, params)
+    chunk_first = _chunk_first(table)
+    heads = _chunk_steps(_chunk_terms(terms, chunk_first, table.entry), overlay, params)
+    seg = np.cumsum(chunk_first) - 1
+    cell = lambda own, head: whole(np.broadcast_to(np.where(chunk_first[:, None], head[seg], own), table.cell_tiles.shape))
+    return tuple(cell(own, head) for own, head in zip(terms[:4], heads))
 
 
 def _chunk_first(table: TileTable) -> np.ndarray:
@@ -578,7 +746,8 @@ def _chunk_first(table: TileTable) -> np.ndarray:
 
 
 def _pipeline_overhead(params: ScheduleParams) -> float:
-    """Per-layer cycles of the RTL pipeline beyond its steps: setup, the table check's latency, the last writes."""
+    """Per-layer cycles of the RTL pipeline beyond its steps: setup (fitted), the table check's read latency and the
+    last write response."""
     return params.layer_overhead_cycles + params.read_latency_cycles + params.write_latency_cycles
 
 
@@ -688,29 +857,45 @@ class HistogramSchedule:
     probes' sums per block, the first and last tiles' corrections, and, only where weight-stationary runs change
     what a block fetches and the loop order depends on it, a greedy walk over a block's widths (``_run_starts``).
     The probes' sums are whole numbers or eighths (with a power-of-two DRAM width) in float64, so any order of
-    adding them is exact. Under ``ScheduleParams.pipeline`` the RTL's weight chunks depend on the order of a
-    block's tile widths (a greedy cut), so plans are costed through their ``tile_table`` instead (slower).
+    adding them is exact.
+
+    Under ``ScheduleParams.pipeline`` the probes are ``_tile_terms`` (per block shape, activation bits, width, full
+    or last tile) and a plan's RTL weight chunks follow from its histograms too: ``_walk_chunks`` runs the greedy
+    cut of ``_chunk_starts`` over a block's widths, all blocks at once. Every chunk costs what its first row tile's
+    cells (``_chunk_steps`` of its ``_ChunkTerms``) add to its tiles' own cells; the chunks that hold one width
+    only cost the same for the same (shape, activation bits, width, lhs region), so they are probed once too, and
+    per plan the chunk formula runs on the other chunks only (at most one per block and width, and the last).
     """
 
     def __init__(self, layers: Sequence[LayerSpec], overlay: OverlayConfig, params: ScheduleParams, batch: int = 1):
         _check_batch(batch)
         self.overlay, self.params = overlay, params
-        self._layers, self._batch = list(layers), batch
-        if params.pipeline:
-            # the RTL's weight chunks depend on the order of a block's tile widths beyond their histogram (the
-            # greedy cut of ``_chunk_starts``): pipeline plans are costed through their tile table
-            return
-        dm, dk, dn, top, rhs = overlay.dm, overlay.dk, overlay.dn, overlay.max_bits, overlay.rhs_mem_words
+        top = overlay.max_bits
         blocks = [(i, block) for i, layer in enumerate(layers) for block in _blocks(layer, batch, params.per_image_convs)]
         shapes: dict[tuple[int, ...], int] = {}
         kind = np.array([shapes.setdefault((b.group == PACKED_GROUPS,) + tuple(b[1:]), len(shapes)) for _, b in blocks])
-        packed, block_rows, k, n, images, ohw = np.array(list(shapes), dtype=np.int64).T
+        shape = np.array(list(shapes), dtype=np.int64).T  # per kind: packed, rows, k, n, images, ohw
+        self._layer = np.array([i for i, _ in blocks])
+        self._kind, self._kind_base = kind, kind * top - 1  # plus a layer's activation bits: its probes' row
+        self._tiles = (-(-shape[1] // overlay.dm))[kind]
+        self._bins = np.repeat(np.arange(len(blocks)) * (top + 1), shape[1][kind])
+        starts = np.flatnonzero(np.r_[True, self._layer[1:] != self._layer[:-1]])
+        self._layer_starts = starts if starts.size < len(blocks) else None
+        if params.pipeline:
+            self._probe_chunks(shape)
+        else:
+            self._probe_stage_totals(shape)
+
+    def _probe_stage_totals(self, shape: np.ndarray) -> None:
+        overlay, params, kind = self.overlay, self.params, self._kind
+        dm, dk, dn, top, rhs = overlay.dm, overlay.dk, overlay.dn, overlay.max_bits, overlay.rhs_mem_words
+        packed, block_rows, k, n, images, ohw = shape
         packed = packed.astype(bool)
         tiles = -(-block_rows // dm)
         first_kwords = -(-np.where(packed, np.minimum(block_rows, dm) * k, k) // dk)
 
         # probes: kind, activation bits, tile maximum (widest first), full or last tile, first of its block or not
-        ci, ai, bi, last, later = np.indices((len(shapes), top, top, 2, 2)).reshape(5, -1)
+        ci, ai, bi, last, later = np.indices((packed.size, top, top, 2, 2)).reshape(5, -1)
         abits, bits = ai + 1, np.where(packed[ci], packed_row_bits(top - bi), top - bi)
         rows = np.where(last == 1, block_rows[ci] - dm * (tiles[ci] - 1), dm)
         k_eff = np.where(packed[ci], rows * k[ci], k[ci])
@@ -738,7 +923,7 @@ class HistogramSchedule:
         for fetch_bytes, count in variants:
             sums += [total(_cell_cycles(table._replace(fetch_bytes=fetch_bytes), overlay, params)[0], count),
                      total(fetch_bytes, count)]
-        probe = np.stack(sums, axis=-1).reshape(len(shapes) * top, top, 2, 2, len(sums))
+        probe = np.stack(sums, axis=-1).reshape(packed.size * top, top, 2, 2, len(sums))
         single = np.repeat(tiles == 1, top)[:, None, None]
         normal = probe[:, :, 0, 1]
         first = np.where(single, probe[:, :, 1, 0], probe[:, :, 0, 0]) - normal  # the widest tile's correction
@@ -752,23 +937,94 @@ class HistogramSchedule:
         self._run = np.concatenate([normal[..., 9:11] - normal[..., 7:9],
                                     probe[:, :, 1, 1, 9:11] - probe[:, :, 1, 1, 7:9]], axis=1)
         self._runs_matter = (self._run != 0).any(axis=(1, 2))
-        self._layer = np.array([i for i, _ in blocks])
-        self._kind_base = kind * top - 1  # plus a layer's activation bits: its probes' row
-        self._tiles, self._words, self._shared = tiles[kind], first_kwords[kind], ~packed[kind]
-        self._bins = np.repeat(np.arange(len(blocks)) * (top + 1), block_rows[kind])
-        starts = np.flatnonzero(np.r_[True, self._layer[1:] != self._layer[:-1]])
-        self._layer_starts = starts if starts.size < len(blocks) else None
+        self._words, self._shared = first_kwords[kind], ~packed[kind]
+
+    def _probe_chunks(self, shape: np.ndarray) -> None:
+        """The pipeline mode's probes: the row tiles' terms and own cells, the greedy cut's constants, and what chunks
+        of one width cost."""
+        overlay, params, kind = self.overlay, self.params, self._kind
+        dm, dk, dn, top, lhs = overlay.dm, overlay.dk, overlay.dn, overlay.max_bits, overlay.lhs_mem_words
+        packed, block_rows, k, n, images, ohw = shape
+        packed = packed.astype(bool)
+        kinds, tiles = packed.size, -(-block_rows // dm)
+        last_rows = block_rows - dm * (tiles - 1)
+        # probes: kind, activation bits, tile width (widest first), full or last tile
+        ci, ai, bi, last = np.indices((kinds, top, top, 2)).reshape(4, -1)
+        bits = np.where(packed[ci], packed_row_bits(top - bi), top - bi)
+        rows = np.where(last == 1, last_rows[ci], dm)
+        k_eff = np.where(packed[ci], rows * k[ci], k[ci])
+        kwords = -(-k_eff // dk)
+        _, width, count = _column_kinds(n[ci], dn, -(-n[ci] // dn))
+        count = count * images[ci][:, None]
+        table = _tile_table(np.arange(ci.size), ci.size, count, np.zeros(count.shape), rows, kwords, k_eff, bits, ai + 1,
+                            width, ohw[ci], overlay, params.per_image_convs)
+        terms = _tile_terms(table, overlay, params)
+        values, columns = _term_matrix(terms)
+        own = (np.ceil(np.stack([np.broadcast_to(cells, count.shape) for cells in terms[:4]])) * count).sum(axis=2).T
+        moved = [(_pipeline_moved(table._replace(chunk_first=np.full(ci.size, head)), overlay) * count).sum(axis=1)
+                 for head in (False, True)]
+        # per probe: its own cells (where it does not start a chunk: fetch, execute, result, period, bytes moved) and
+        # binary ops; and as a chunk's first tile, those cells less the bytes it moves beyond (what its chunk's replace)
+        own = np.column_stack([own, moved[0], (table.binary_ops * count).sum(axis=1)])
+        self._head_own = np.column_stack([own[:, :4], moved[0] - moved[1]])
+        block_count = count.reshape(kinds, top * top * 2, 4)[:, 0]
+        self._count = block_count[kind]
+
+        # the greedy cut (``_walk_chunks``), per lhs region (half the buffer, or all of it for a layer with a tile of
+        # more than half) and kind, per width: the words a tile takes of a chunk (at most all) and the tiles a chunk holds
+        self._regions = np.array([lhs // 2, lhs])
+        slots = np.where(packed, 1, rtl_chunk_slots(overlay))  # packed tiles are chunks of their own
+        words = (kwords * bits).reshape(kinds, top, top, 2)[:, 0]
+        self._fill = np.minimum(words[None, :, :, 0], self._regions[:, None, None]).reshape(2 * kinds, top)
+        per_chunk = np.minimum(slots[:, None], np.maximum(1, self._regions[:, None, None] // words[None, :, :, 0]))
+        self._per_chunk, self._slots = per_chunk.reshape(2 * kinds, top), slots[kind]
+        self._first_words = np.where((tiles == 1)[:, None], words[..., 1], words[..., 0])  # of a block's widest tile
+        self._partial = (last_rows != dm)[kind]  # the block's last tile has fewer rows than the others
+        self._layer_first = np.r_[True, self._layer[1:] != self._layer[:-1]]
+        self._kinds, self._index, self._widths, self._ends = kinds, np.arange(kind.size), np.arange(top), np.arange(top + 1)
+        self._at_end, self._before_end = self._widths == self._ends[:, None], self._widths < self._ends[:, None]
+
+        # chunks of one width, per probe row, width, region, following a chunk of their layer or not; evaluating the
+        # chunk formula on them finds the fields it reads of each aggregate, which plans then aggregate alone
+        grid = (kinds * top, top, 2, 2)
+        flat = lambda values: np.broadcast_to(values, grid + values.shape[4:]).reshape((-1,) + values.shape[4:])
+        held = per_chunk.transpose(1, 2, 0)[np.repeat(np.arange(kinds), top), :, :, None, None]
+        parts = _split(values).reshape(kinds * top, top, 2, 2, -1)
+        sums = _joined(held[..., None] * parts[:, :, None, None, 0])
+        head = _terms_of(flat(values.reshape(kinds * top, top, 2, 1, -1)[:, :, :1]), columns)
+        reads = [_FieldReads(terms) for terms in (_terms_of(flat(sums), columns), head, head)]
+        chunk = _ChunkTerms(*cast(tuple[_TileTerms, _TileTerms, _TileTerms], reads), flat(held),
+                            flat(np.array([False, True]).reshape(1, 1, 1, 2, 1)))
+        cells = self._head_cells(chunk, np.empty((len(chunk.tiles), 4, 4)))
+        full_head_own = flat(self._head_own.reshape(kinds * top, top, 2, 1, -1)[:, :, :1])
+        uniform = np.column_stack([(cells * flat(np.repeat(block_count, top, axis=0)[:, None, None, None])[:, None]).sum(axis=2)
+                                   - full_head_own[:, :4], -full_head_own[:, 4]]).reshape(grid + (5,))
+        (sum_columns, self._sum_at), (head_columns, self._head_at), (tail_columns, self._tail_at) = (
+            _read_columns(columns, read.names) for read in reads)
+        self._sum_parts = parts[..., sum_columns].reshape(kinds * top, top, 2, -1)  # (row, width, tile, parts)
+        self._head_values = np.ascontiguousarray(values[:, head_columns].T)
+        self._tail_values = np.ascontiguousarray(values[:, tail_columns].T)
+        self._unread = np.full((kind.size * (top + 1), 1), np.nan)  # stands in for the fields the formula does not read
+        # per probe row and region, per width: a tile's own cells and binary ops, what a chunk of it alone adds after its
+        # layer's first chunk, the last tile's own cells, and what a chunk of it alone adds instead as the layer's first
+        own = own.reshape(kinds * top, 1, top, 2, 6)
+        added = np.concatenate([uniform.transpose(0, 2, 1, 3, 4), np.zeros(grid[:1] + (2, top, 2, 1))], axis=4)
+        per_width = [own[..., 0, :], added[..., 1, :], own[..., 1, :], added[..., 0, :] - added[..., 1, :]]
+        self._per_width = np.concatenate(np.broadcast_arrays(*per_width), axis=2).reshape(kinds * top * 2, 4 * top, 6)
+
+    def _head_cells(self, chunk: _ChunkTerms, cells: np.ndarray) -> np.ndarray:
+        """The cycles of every chunk's first row tile's cells (``_chunk_steps``, rounded) into ``cells`` (chunks,
+        stages, column-tile kinds)."""
+        for stage, cycles in enumerate(_chunk_steps(chunk, self.overlay, self.params)):
+            cells[:, stage] = cycles
+        return np.ceil(cells, out=cells)
 
     def cycles(self, bits: np.ndarray, act_bits: np.ndarray) -> TableCycles:
         """Cycles of every layer: ``bits`` holds every kernel's weight bit-width, layer after layer, ``act_bits``
         every layer's activation bits, all within ``[1, overlay.max_bits]`` (not checked here)."""
-        overlay, top = self.overlay, self.overlay.max_bits
         if self.params.pipeline:
-            ends = np.cumsum([layer.c_out for layer in self._layers])
-            entries = [LayerEntry(layer, b, int(a)) for layer, b, a in
-                       zip(self._layers, np.split(np.asarray(bits), ends[:-1]), np.asarray(act_bits).tolist())]
-            table = tile_table(entries, overlay, self._batch, True, self.params.per_image_convs)
-            return table_cycles(table, overlay, self.params)
+            return self._chunk_cycles(bits, act_bits)
+        overlay, top = self.overlay, self.overlay.max_bits
         counts = np.bincount(self._bins + bits, minlength=len(self._tiles) * (top + 1))
         at_least = grouped_tiles_at_least(counts.reshape(len(self._tiles), top + 1), overlay.dm)
         row = self._kind_base + act_bits[self._layer]
@@ -787,6 +1043,118 @@ class HistogramSchedule:
         if self._layer_starts is not None:
             sums = np.add.reduceat(sums, self._layer_starts, axis=0)
         return _entry_cycles(sums[:, :3].T, sums[:, 3], sums[:, 4], sums[:, 5], self.params, np.ceil)
+
+    def _chunk_cycles(self, bits: np.ndarray, act_bits: np.ndarray) -> TableCycles:
+        """``cycles`` under ``ScheduleParams.pipeline``."""
+        top, blocks, widths, index = self.overlay.max_bits, self._tiles.size, self._widths, self._index
+        counts = np.bincount(self._bins + bits, minlength=blocks * (top + 1)).reshape(blocks, top + 1)
+        at_least = grouped_tiles_at_least(counts, self.overlay.dm)
+        n = at_least.copy()
+        n[:, 1:] -= at_least[:, :-1]  # tiles per width, widest first
+        present = n > 0
+        first, last = present.argmax(axis=1), (at_least < self._tiles[:, None]).sum(axis=1)
+        row, partial = self._kind_base + act_bits[self._layer], self._partial
+        big = self._first_words[self._kind, first] > self._regions[0]
+        if self._layer_starts is not None:
+            big = np.bincount(self._layer, big)[self._layer] > 0
+        cut = self._kind + big * self._kinds
+        per_chunk = self._per_chunk[cut]
+        taken, opens = _walk_chunks(n, self._fill[cut], per_chunk, self._regions[big.astype(np.intp)], self._slots)
+        closes = n > taken
+        chunks = -((taken - n) // per_chunk)  # the chunks the rest of each width starts
+        full = n.copy()
+        full[index, last] -= partial  # tiles of each width with all rows
+
+        # the chunks that may hold several widths: per block, the one open before each width where that closes it (not
+        # at the block's first width: none is open), and the block's last (at ``top``); the width whose rest opened each
+        real = np.ones((blocks, top + 1), dtype=bool)
+        real[:, :top] = closes & (widths > first[:, None])
+        opened, before = np.full((blocks, top + 1), -1), np.full((blocks, top + 1), -1)
+        np.maximum.accumulate(np.where(closes, widths, -1), axis=1, out=opened[:, 1:])
+        np.maximum.accumulate(np.where(present, widths, -1), axis=1, out=before[:, 1:])  # the narrowest width before
+        opening = opens[index[:, None], opened]
+        opening[:, top] -= partial & (opened[:, top] == last)  # the block's last tile apart
+        # their tiles and sums: the rest of the width that opened each, the widths between and what the closing one takes
+        composition = ((widths == opened[..., None]) * opening[..., None] + self._at_end * taken[:, None, :]
+                       + ((widths > opened[..., None]) & self._before_end) * full[:, None, :])
+        parts = np.matmul(composition.astype(np.float64), self._sum_parts[row, :, 0])
+        parts[:, top] += partial[:, None] * self._sum_parts[row, last, 1]
+        block, end = np.nonzero(real)
+        start, tail_width, takes = opened[block, end], before[block, end], composition[block, end, np.minimum(end, top - 1)]
+        takes *= end < top
+        alone = (end == top) & partial[block]  # the chunk holds the block's last tile
+        tiles, parts = composition[block, end].sum(axis=1) + alone, parts[block, end]
+        probe = row[block] * top
+        single = alone & (tiles == 1)  # the block's last tile, in a chunk of its own
+        head = np.where(single, (probe + last[block]) * 2 + 1, (probe + start) * 2)
+        tail = (probe + np.where(takes > 0, end, tail_width)) * 2 + alone
+        first_chunks = chunks[index, first]
+        after = ~((self._layer_first & (first_chunks == 1))[block] & (start == first[block]))
+        unread = self._unread[:block.size]
+        chunk = _ChunkTerms(_terms_of(_joined(parts.reshape(block.size, 2, -1)), self._sum_at, unread),
+                            _terms_of(np.take(self._head_values, head, axis=1).T, self._head_at, unread),
+                            _terms_of(np.take(self._tail_values, tail, axis=1).T, self._tail_at, unread),
+                            tiles[:, None], after[:, None])
+        cells = np.empty((block.size, 21))
+        cells[:, 16:] = self._head_own[head]
+        self._head_cells(chunk, cells[:, :16].reshape(-1, 4, 4))
+        heads = np.add.reduceat(cells, np.searchsorted(block, index), axis=0)  # every block ends with a chunk
+
+        # the tiles' own cells, the chunks of one width (following a chunk of their layer but maybe its first one) and
+        # the last tile's own cells
+        last_tile = (widths == last[:, None]) & partial[:, None]
+        first_uniform = (widths == first[:, None]) & (self._layer_first & (first_chunks > 1))[:, None]
+        weights = np.concatenate([full, np.maximum(chunks - 1, 0), last_tile, first_uniform], axis=1)
+        per_width = self._per_width[row * 2 + big]
+        totals = np.matmul(weights[:, None, :].astype(np.float64), per_width)[:, 0]
+        totals[:, :4] += (heads[:, :16].reshape(blocks, 4, 4) * self._count[:, None]).sum(axis=2) - heads[:, 16:20]
+        totals[:, 4] -= heads[:, 20]
+        if self._layer_starts is not None:
+            totals = np.add.reduceat(totals, self._layer_starts, axis=0)
+        return _entry_cycles(totals[:, :3].T, totals[:, 3], totals[:, 4], totals[:, 5], self.params, np.ceil)
+
+
+class _FieldReads:
+    """Stands in for a ``_TileTerms`` and notes the fields read of it (``HistogramSchedule`` aggregates only those)."""
+
+    def __init__(self, terms: _TileTerms):
+        self.terms, self.names = terms, set[str]()
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        self.names.add(name)
+        return getattr(self.terms, name)
+
+
+def _read_columns(columns: tuple[slice, ...], names: set[str]) -> tuple[np.ndarray, tuple[slice | None, ...]]:
+    """The value-matrix ``columns`` of the fields ``names`` (``_term_matrix``), and where each field lies among them
+    (None: not read)."""
+    picked: list[int] = []
+    at: list[slice | None] = []
+    for name, field in zip(_TileTerms._fields, columns):
+        at.append(slice(len(picked), len(picked) + field.stop - field.start) if name in names else None)
+        picked += range(field.start, field.stop) if name in names else []
+    return np.array(picked, dtype=np.intp), tuple(at)
+
+
+def _walk_chunks(n: np.ndarray, fill: np.ndarray, per_chunk: np.ndarray, region: np.ndarray,
+                 slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_chunk_starts``' greedy cut of many blocks' row tiles, widest first, from their tiles of each width ``n``
+    (blocks, widths), the words each takes of a chunk (``fill``, at most the ``region``'s words) and the tiles a
+    chunk of that width alone holds (``per_chunk``), with ``slots`` per block. Per width, the chunk open before it
+    takes what still fits; the rest fill ``per_chunk`` at a time, and the remainder stays open. Returns per block and
+    width the tiles the chunk open before it takes and, where some are left, how many of them stay open."""
+    left, room = slots, np.zeros_like(slots)
+    taken, opens = np.zeros(n.shape[::-1], dtype=np.int64), np.zeros(n.shape[::-1], dtype=np.int64)
+    for width in np.flatnonzero(n.any(axis=0)).tolist():
+        count, words = n[:, width], fill[:, width]
+        take = np.minimum(np.minimum(count, left), room // words, out=taken[width])
+        rest = count - take
+        closes = rest > 0
+        remainder = np.add((rest - 1) % per_chunk[:, width], 1, out=opens[width])
+        added = np.where(closes, remainder, count)
+        left = np.where(closes, slots, left) - added
+        room = np.where(closes, region, room) - added * words
+    return taken.T, opens.T
 
 
 def combine_stages(fetch: int, execute: int, result: int, tiles: int, params: ScheduleParams,

@@ -83,9 +83,11 @@ def test_shipped_sweep_refits_to_the_bundled_constants_and_every_shape_fits():
 
 
 def test_linear_layers_pay_one_read_latency_per_row_tile():
-    """One column tile per row tile: the requester's loop (table entry behind the previous tile's weights and
-    activations, its multiplies, the next weights) is the period, one read latency per row tile, as the RTL
-    simulation counts it (rtlsim: +30 cycles per row tile from latency 10 to 40, 1/2 bits, 8 outstanding)."""
+    """One column tile: the requester's loop (the table entry behind the previous row tile's weights, its
+    multiplies, the next weights) is the period, one read latency per row tile, and one more per weight chunk (16
+    one-bit row tiles of 256 inputs here), whose first entry is read again, as the RTL simulation counts it
+    (Amaranth trace with the rtlsim HP-port model, 1/2 bits, 8 outstanding: 256 -> 64 minus 256 -> 32 channels,
+    per row tile, +31.875 cycles from read latency 10 to 40 and +42.5 from 40 to 80)."""
     overlay, schedule = load_overlay("rtl_small"), load_default_calibration("rtl_small").schedule
     per_tile = {}
     for latency in (10.0, 40.0, 80.0):
@@ -93,8 +95,8 @@ def test_linear_layers_pay_one_read_latency_per_row_tile():
         small, big = (layer_cycles(LayerSpec("fc", "linear", 256, c_out), np.ones(c_out, dtype=int), 2, overlay, at).total
                       for c_out in (32, 64))
         per_tile[latency] = (big - small) / 16
-    assert per_tile[40.0] - per_tile[10.0] == pytest.approx(30.0, abs=1.0)
-    assert per_tile[80.0] - per_tile[40.0] == pytest.approx(40.0, abs=1.0)
+    assert per_tile[40.0] - per_tile[10.0] == pytest.approx(30.0 * 17 / 16, abs=1.0)
+    assert per_tile[80.0] - per_tile[40.0] == pytest.approx(40.0 * 17 / 16, abs=1.0)
 
 
 def test_emulated_rtl_small_counts_with_the_rtlsim_fit():

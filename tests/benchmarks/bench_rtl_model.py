@@ -82,7 +82,8 @@ def write_calibration(overlay_name: str, fitted: ScheduleParams, figures: dict, 
         calibrated=True, schedule=fitted, energy=base.energy, overlay=None, fit=figures,
         notes=(f"calibrated: timing fitted on RTL-simulation cycle counts ({source_overlay}); the schedule is the "
                "fit's prediction, not a measurement; schedule model pipeline=true (overlay/schedule.py "
-               "_pipeline_terms; boundary_overlap 3 and table_beat_cycles 0 from the RTL's structure, not fitted); "
+               "_pipeline_cycles: derived from the RTL but layer_overhead_cycles, row_cycles, result_burst_cycles and "
+               "write_slot_cycles, fitted; row_tile_cycles and step_sync_cycles 0, not fitted); "
                "the port fields are the rtlsim HPPortModel defaults (read latency 40, 8 outstanding, write latency "
                "30, 6.4 B/cycle), assumptions, not board measurements",
                *transfer,
@@ -149,7 +150,7 @@ def main() -> None:
     start = time.perf_counter()
     fit = fit_pipeline(runs, overlay, seed=args.seed)
     print(f"\nfit of the pipeline constants on these runs ({time.perf_counter() - start:.1f} s):")
-    for name in (*PIPELINE_PARAMETERS, "boundary_overlap", "table_beat_cycles"):
+    for name in (*PIPELINE_PARAMETERS, "row_tile_cycles", "step_sync_cycles"):
         print(f"  {name:<24} {getattr(fit.params, name):g}{'' if name in PIPELINE_PARAMETERS else ' (held, not fitted)'}")
     for label, e in (("in-sample", fit.in_sample), ("5-fold", fit.kfold), ("leave-one-shape-out", fit.leave_one_shape_out)):
         print(f"  {label:<20} MAPE {e.mape:5.2f}%  max {e.max_ape:5.1f}%")
