@@ -85,7 +85,7 @@ def test_kernel_wise_plan_between_min_and_max_and_grouping_helps(model):
     cost = {name: model.measure(net, plan, batch=4).layers[2].latency_s
             for name, plan in (("mixed", mixed), ("low", low), ("high", high))}
     assert cost["low"] < cost["mixed"] < cost["high"]
-    # grouping the 2-bit kernels into tiles of their own saves execute passes (the RTL's layer stays fetch-bound)
+    # grouping the 2-bit kernels into tiles of their own saves execute passes
     ungrouped = model.measure(net, mixed, batch=4, grouped=False).layers[2]
     grouped = model.measure(net, mixed, batch=4).layers[2]
     assert grouped.cycles["execute"] < 0.8 * ungrouped.cycles["execute"] and grouped.latency_s <= ungrouped.latency_s

@@ -13,8 +13,9 @@ one was read. Pixels are scaled to [0, 1] and normalised with ``PIXEL_MEAN``/``P
 The CNN (``FashionCNN``) was made for the retired HLS preset (8x8x256, Dm = 8 rows of output channels per tile):
 every layer has 128 or 256 output channels (16-32 whole row tiles that a plan can narrow), ``K = c_in * kh * kw``
 of conv2 and conv3 is 1152 / 2304 (9 / 18 words of the RTL preset's Dk = 128). On that preset most of its latency
-scaled with weight bits; the RTL engine re-reads a block's activations for every row tile, which makes every
-layer fetch-bound (``autoq.host.tasks.costshare`` prints the share). The shipped weights come from ``python -m autoq.host.tasks.train_fashion``.
+scaled with weight bits; on the RTL preset, whose weight chunks fetch a column tile's activations once for up to
+32 resident row tiles, about half of its 4/4 latency does (``autoq.host.tasks.costshare`` prints the share). The
+shipped weights come from ``python -m autoq.host.tasks.train_fashion``.
 """
 from __future__ import annotations
 
