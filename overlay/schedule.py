@@ -605,7 +605,7 @@ def _tile_terms(table: TileTable, overlay: OverlayConfig, params: ScheduleParams
         np.broadcast_to(table.cell_tiles, base.shape).astype(np.float64), check)
 
 
-def _term_matrix(terms: _TileTerms) -> tuple[np.ndarray, tuple[slice, ...]]:
+def _term_matrix(terms: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[slice, ...]]:
     """The fields of ``terms`` side by side in one float matrix (row tiles, columns), and each field's columns."""
     rows = len(terms[0])
     parts = [np.broadcast_to(np.asarray(values, dtype=np.float64), (rows, np.shape(values)[1])) for values in terms]
@@ -644,47 +644,82 @@ def _chunk_terms(terms: _TileTerms, chunk_first: np.ndarray, entry: np.ndarray) 
                        (ends + 1 - starts)[:, None], np.r_[False, entry[1:] == entry[:-1]][starts, None])
 
 
-def _chunk_steps(chunk: _ChunkTerms, overlay: OverlayConfig, params: ScheduleParams) -> _StepCycles:
-    """The cells of every chunk's first row tile (see ``_pipeline_cycles``)."""
-    dm, entry = overlay.dm, 1 + overlay.dm
-    rho = _port(overlay, params)[0]
-    head, total, last, after = chunk.first, chunk.sum, chunk.last, chunk.after
+class _HeadSteps(NamedTuple):
+    """What ``_chunk_steps`` takes of a chunk's first row tile and whether the chunk follows one of its layer alone
+    (``_head_steps``)."""
+
+    fill: np.ndarray  # from the requester's start on the chunk to its first activations in
+    reread: np.ndarray  # reading the first entry again (one column tile, after a chunk of its layer)
+    stretched: np.ndarray  # the first column tile's pass is the requester's stretch, not one step
+    hidden: np.ndarray  # three or more column tiles after a chunk of its layer: the requester runs ahead
+    unwritten: np.ndarray  # a layer's first chunk: its first step's result, beyond its execute, overlaps nothing
+    acts: np.ndarray  # the requester's share of the later column tiles' activations
+    first_tiles: np.ndarray  # the first column tiles that share the first kind's cost
+    fetch: np.ndarray  # the cells' fetch
+    check: np.ndarray  # the tile-table check's share, paid by the first step
+
+
+class _TailSteps(NamedTuple):
+    """What ``_chunk_steps`` takes of a chunk's last row tile alone (``_tail_steps``)."""
+
+    backlog: np.ndarray  # the rest of the last step, or the result stage's backlog, before execute needs the fill
+    end: np.ndarray  # the last step's write-back when no later step follows
+
+
+def _head_steps(head: _TileTerms, after: np.ndarray, overlay: OverlayConfig, params: ScheduleParams) -> _HeadSteps:
+    """``_HeadSteps`` of chunks' first row tiles ``head``, ``after`` a chunk of their layer or not."""
     cells = head.cells
     later = cells[:, 1:].sum(axis=1, keepdims=True)  # column tiles after the first
+    # the chunk's fill, from the requester's start on it to its first activations in: the first entry (behind the
+    # previous chunk's last activations), its multiplies, its weights and activations; with one column tile a chunk
+    # after another reads its first entry again (the previous chunk was cut where it did not fit)
+    reread = head.reread * (after & (later == 0))
+    wait = np.maximum(head.act_wait[:, 2:3], head.act_wait[:, 3:4]) + (1 + overlay.dm) / _port(overlay, params)[0]
+    fill = np.where(after, wait, head.entry_wait + 2) + 5 + head.multiplies + head.acts_in + reread
+    # one column tile: the requester's loop carries the next chunk's fill; a layer's first chunk (``~after``, also
+    # standing for its last) has its first step's execute but not its result
+    first = ~after
+    return _HeadSteps(fill, reread, (later >= 1) | first, after & (later >= 2), first * (head.base[:, :1] - head.execute),
+                      (cells[:, 1:] * (head.act[:, 1:] + 3)).sum(axis=1, keepdims=True), np.maximum(cells[:, :1], 1),
+                      head.act + head.fetch, _KIND_FIRST * head.check)
+
+
+def _tail_steps(last: _TileTerms, overlay: OverlayConfig) -> _TailSteps:
+    """``_TailSteps`` of chunks' last row tiles ``last``."""
+    e, i, r = last.execute, last.issue, last.result[:, 3:4]
+    return _TailSteps(np.maximum(e - i, 3 * r - e - i - overlay.dm - 1),
+                      np.where(last.cells[:, 3:4] > 0, last.last_write[:, 3:4], last.last_write[:, :1]))
+
+
+def _chunk_steps(chunk: _ChunkTerms, overlay: OverlayConfig, params: ScheduleParams, opening: _HeadSteps | None = None,
+                 closing: _TailSteps | None = None) -> _StepCycles:
+    """The cells of every chunk's first row tile (see ``_pipeline_cycles``); ``opening`` and ``closing``: its first
+    and last row tiles' ``_head_steps`` and ``_tail_steps`` where known."""
+    head, total, last, after = chunk.first, chunk.sum, chunk.last, chunk.after
+    own = _head_steps(head, after, overlay, params) if opening is None else opening
+    ends = _tail_steps(last, overlay) if closing is None else closing
+    cells = head.cells
     # a later column tile: the chunk's executes or results, the activations' stream or the two rhs regions' loop
     steps = np.maximum(total.execute, total.result)
-    loop = (head.act_wait + total.issue + (chunk.tiles - 1) * (dm + 5) + 2 + params.step_sync_cycles) / 2
+    loop = (head.act_wait + total.issue + (chunk.tiles - 1) * (overlay.dm + 5) + 2 + params.step_sync_cycles) / 2
     passes = np.maximum(np.maximum(steps + 1, head.act), loop)
     later_work = (cells[:, 1:] * passes[:, 1:]).sum(axis=1, keepdims=True)
     # the first column tile: from its activations in, each later row tile runs once the requester's chain has its
     # weights in (``stretch``, with the last step's execute: ``stretch_e``)
     chain = total.chain - last.chain + head.chain_acts + last.weights_in - head.acts_in + 1
-    stretch = np.maximum(steps[:, :1] + 1, chain + last.base[:, :1])
+    step = steps[:, :1] + 1
+    stretch = np.maximum(step, chain + last.base[:, :1])
     stretch_e = np.maximum(total.execute + 1, chain + last.execute)
-    # the chunk's fill, from the requester's start on it to its first activations in: the first entry (behind the
-    # previous chunk's last activations), its multiplies, its weights and activations; with one column tile a chunk
-    # after another reads its first entry again (the previous chunk was cut where it did not fit)
-    reread = head.reread * (after & (later == 0))
-    fill = (np.where(after, np.maximum(head.act_wait[:, 2:3], head.act_wait[:, 3:4]) + entry / rho, head.entry_wait + 2)
-            + 5 + head.multiplies + head.acts_in + reread)
     # three or more column tiles: the requester starts the chunk once it has the previous chunk's last activations,
     # two passes before execute needs the fill (plus the rest of that step, or the result stage's backlog)
-    e, i, r = last.execute, last.issue, last.result[:, 3:4]
-    hidden = (np.maximum(passes[:, 1:2], passes[:, 2:3]) + passes[:, 3:4]
-              + np.maximum(e - i, 3 * r - e - i - dm - 1))
-    behind = steps[:, :1] + 1 + np.maximum(0, fill + stretch_e - hidden - steps[:, :1] - 1)
-    # one column tile: the requester's loop (``chain``) carries the next chunk's fill; a layer's first chunk
-    # (``~after``, also standing for its last) adds its fill, its last write-back and has its first step's execute
-    # but not its result
-    first = ~after
-    own = np.where((later >= 1) | first, stretch, steps[:, :1] + 1)
-    work = (np.where(after & (later >= 2), behind, own) + later_work
-            - first * (head.base[:, :1] - head.execute))
-    requester = total.chain + head.chain_acts + reread + (cells[:, 1:] * (head.act[:, 1:] + 3)).sum(axis=1, keepdims=True)
-    end = np.where(cells[:, 3:4] > 0, last.last_write[:, 3:4], last.last_write[:, :1])
-    cost = np.where(first, work + fill + end, np.maximum(work, requester))
-    period = np.where(_KIND_FIRST, (cost - later_work) / np.maximum(cells[:, :1], 1), passes) - (total.base - head.base)
-    return _StepCycles(head.act + head.fetch, head.execute, head.result, period + _KIND_FIRST * head.check)
+    hidden = np.maximum(passes[:, 1:2], passes[:, 2:3]) + passes[:, 3:4] + ends.backlog
+    behind = step + np.maximum(0, own.fill + stretch_e - hidden - steps[:, :1] - 1)
+    # a layer's first chunk adds its fill and its last write-back; the others cost at least the requester's loop
+    work = np.where(own.hidden, behind, np.where(own.stretched, stretch, step)) + later_work - own.unwritten
+    requester = total.chain + head.chain_acts + own.reread + own.acts
+    cost = np.where(~after, work + own.fill + ends.end, np.maximum(work, requester))
+    period = np.where(_KIND_FIRST, (cost - later_work) / own.first_tiles, passes) - (total.base - head.base)
+    return _StepCycles(own.fetch, head.execute, head.result, period + own.check)
 
 
 def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleParams,
@@ -727,8 +762,9 @@ def _pipeline_cycles(table: TileTable, overlay: OverlayConfig, params: ScheduleP
     The chunk's first row tile carries what its column tiles cost beyond its other row tiles' steps.
 
     In three parts, which ``HistogramSchedule`` shares: ``_tile_terms`` (per row tile), ``_chunk_terms`` (their sums,
-    first and last per chunk) and ``_chunk_steps`` (a chunk's first row tile's cells from those); the other row tiles
-    cost their own ``_TileTerms`` cells.
+    first and last per chunk) and ``_chunk_steps`` (a chunk's first row tile's cells from those, with what it takes of
+    the first and of the last row tile alone in ``_head_steps`` and ``_tail_steps``); the other row tiles cost their
+    own ``_TileTerms`` cells.
     """
     terms = _tile_terms(table, overlay, params)
     chunk_first = _chunk_first(table)
@@ -864,7 +900,9 @@ class HistogramSchedule:
     cut of ``_chunk_starts`` over a block's widths, all blocks at once. Every chunk costs what its first row tile's
     cells (``_chunk_steps`` of its ``_ChunkTerms``) add to its tiles' own cells; the chunks that hold one width
     only cost the same for the same (shape, activation bits, width, lhs region), so they are probed once too, and
-    per plan the chunk formula runs on the other chunks only (at most one per block and width, and the last).
+    per plan the chunk formula runs on the other chunks only (at most one per block and width, and the last), with
+    their first and last row tiles' ``_head_steps`` and ``_tail_steps`` and their first row tile's fetch, execute and
+    result cells (its own alone) probed, so that only its pipeline cells are left to evaluate.
     """
 
     def __init__(self, layers: Sequence[LayerSpec], overlay: OverlayConfig, params: ScheduleParams, batch: int = 1):
@@ -980,9 +1018,10 @@ class HistogramSchedule:
         self._per_chunk, self._slots = per_chunk.reshape(2 * kinds, top), slots[kind]
         self._first_words = np.where((tiles == 1)[:, None], words[..., 1], words[..., 0])  # of a block's widest tile
         self._partial = (last_rows != dm)[kind]  # the block's last tile has fewer rows than the others
+        self._some_partial = bool(self._partial.any())
         self._layer_first = np.r_[True, self._layer[1:] != self._layer[:-1]]
         self._kinds, self._index, self._widths, self._ends = kinds, np.arange(kind.size), np.arange(top), np.arange(top + 1)
-        self._at_end, self._before_end = self._widths == self._ends[:, None], self._widths < self._ends[:, None]
+        self._before_end = self._widths < self._ends[:, None]
 
         # chunks of one width, per probe row, width, region, following a chunk of their layer or not; evaluating the
         # chunk formula on them finds the fields it reads of each aggregate, which plans then aggregate alone
@@ -992,18 +1031,29 @@ class HistogramSchedule:
         parts = _split(values).reshape(kinds * top, top, 2, 2, -1)
         sums = _joined(held[..., None] * parts[:, :, None, None, 0])
         head = _terms_of(flat(values.reshape(kinds * top, top, 2, 1, -1)[:, :, :1]), columns)
+        after = flat(np.array([False, True]).reshape(1, 1, 1, 2, 1))
         reads = [_FieldReads(terms) for terms in (_terms_of(flat(sums), columns), head, head)]
-        chunk = _ChunkTerms(*cast(tuple[_TileTerms, _TileTerms, _TileTerms], reads), flat(held),
-                            flat(np.array([False, True]).reshape(1, 1, 1, 2, 1)))
-        cells = self._head_cells(chunk, np.empty((len(chunk.tiles), 4, 4)))
+        chunk = _ChunkTerms(*cast(tuple[_TileTerms, _TileTerms, _TileTerms], reads), flat(held), after)
+        cells = self._head_cells(chunk, np.empty((len(chunk.tiles), 4, 4)), _head_steps(head, after, overlay, params),
+                                 _tail_steps(head, overlay))
         full_head_own = flat(self._head_own.reshape(kinds * top, top, 2, 1, -1)[:, :, :1])
         uniform = np.column_stack([(cells * flat(np.repeat(block_count, top, axis=0)[:, None, None, None])[:, None]).sum(axis=2)
                                    - full_head_own[:, :4], -full_head_own[:, 4]]).reshape(grid + (5,))
         (sum_columns, self._sum_at), (head_columns, self._head_at), (tail_columns, self._tail_at) = (
             _read_columns(columns, read.names) for read in reads)
         self._sum_parts = parts[..., sum_columns].reshape(kinds * top, top, 2, -1)  # (row, width, tile, parts)
-        self._head_values = np.ascontiguousarray(values[:, head_columns].T)
-        self._tail_values = np.ascontiguousarray(values[:, tail_columns].T)
+        # and every probe's ``_head_steps`` (after a chunk of its layer or not: row ``2 * probe + after``) and
+        # ``_tail_steps``, beside the fields read of it
+        probes = _terms_of(values, columns)
+        opening = _head_steps(_TileTerms._make(np.repeat(field, 2, axis=0) for field in probes),
+                              np.tile([[False], [True]], (len(values), 1)), overlay, params)
+        self._head_values, self._opening_at = _beside(np.repeat(values[:, head_columns], 2, axis=0), opening)
+        self._tail_values, self._closing_at = _beside(values[:, tail_columns], _tail_steps(probes, overlay))
+        # a chunk's first row tile's fetch, execute and result cells are its own alone: per probe, what they add to its
+        # own cells, less its own pipeline cells and the bytes it moves beyond (plans add its pipeline cells)
+        alone = _ChunkTerms(probes, probes, probes, np.ones((len(values), 1)), np.zeros((len(values), 1), dtype=bool))
+        fixed = (self._head_cells(alone, np.empty((len(values), 4, 4)))[:, :3] * count[:, None]).sum(axis=2)
+        self._head_fixed = np.column_stack([fixed - self._head_own[:, :3], -self._head_own[:, 3:]])
         self._unread = np.full((kind.size * (top + 1), 1), np.nan)  # stands in for the fields the formula does not read
         # per probe row and region, per width: a tile's own cells and binary ops, what a chunk of it alone adds after its
         # layer's first chunk, the last tile's own cells, and what a chunk of it alone adds instead as the layer's first
@@ -1012,10 +1062,11 @@ class HistogramSchedule:
         per_width = [own[..., 0, :], added[..., 1, :], own[..., 1, :], added[..., 0, :] - added[..., 1, :]]
         self._per_width = np.concatenate(np.broadcast_arrays(*per_width), axis=2).reshape(kinds * top * 2, 4 * top, 6)
 
-    def _head_cells(self, chunk: _ChunkTerms, cells: np.ndarray) -> np.ndarray:
+    def _head_cells(self, chunk: _ChunkTerms, cells: np.ndarray, opening: _HeadSteps | None = None,
+                    closing: _TailSteps | None = None) -> np.ndarray:
         """The cycles of every chunk's first row tile's cells (``_chunk_steps``, rounded) into ``cells`` (chunks,
         stages, column-tile kinds)."""
-        for stage, cycles in enumerate(_chunk_steps(chunk, self.overlay, self.params)):
+        for stage, cycles in enumerate(_chunk_steps(chunk, self.overlay, self.params, opening, closing)):
             cells[:, stage] = cycles
         return np.ceil(cells, out=cells)
 
@@ -1051,8 +1102,7 @@ class HistogramSchedule:
         at_least = grouped_tiles_at_least(counts, self.overlay.dm)
         n = at_least.copy()
         n[:, 1:] -= at_least[:, :-1]  # tiles per width, widest first
-        present = n > 0
-        first, last = present.argmax(axis=1), (at_least < self._tiles[:, None]).sum(axis=1)
+        first, last = (n > 0).argmax(axis=1), (at_least < self._tiles[:, None]).sum(axis=1)
         row, partial = self._kind_base + act_bits[self._layer], self._partial
         big = self._first_words[self._kind, first] > self._regions[0]
         if self._layer_starts is not None:
@@ -1062,43 +1112,49 @@ class HistogramSchedule:
         taken, opens = _walk_chunks(n, self._fill[cut], per_chunk, self._regions[big.astype(np.intp)], self._slots)
         closes = n > taken
         chunks = -((taken - n) // per_chunk)  # the chunks the rest of each width starts
-        full = n.copy()
-        full[index, last] -= partial  # tiles of each width with all rows
+        full = n  # tiles of each width with all rows
+        if self._some_partial:
+            full = n.copy()
+            full[index, last] -= partial
 
         # the chunks that may hold several widths: per block, the one open before each width where that closes it (not
         # at the block's first width: none is open), and the block's last (at ``top``); the width whose rest opened each
         real = np.ones((blocks, top + 1), dtype=bool)
         real[:, :top] = closes & (widths > first[:, None])
-        opened, before = np.full((blocks, top + 1), -1), np.full((blocks, top + 1), -1)
+        opened = np.full((blocks, top + 1), -1)
         np.maximum.accumulate(np.where(closes, widths, -1), axis=1, out=opened[:, 1:])
-        np.maximum.accumulate(np.where(present, widths, -1), axis=1, out=before[:, 1:])  # the narrowest width before
         opening = opens[index[:, None], opened]
-        opening[:, top] -= partial & (opened[:, top] == last)  # the block's last tile apart
+        if self._some_partial:
+            opening[:, top] -= partial & (opened[:, top] == last)  # the block's last tile apart
         # their tiles and sums: the rest of the width that opened each, the widths between and what the closing one takes
-        composition = ((widths == opened[..., None]) * opening[..., None] + self._at_end * taken[:, None, :]
-                       + ((widths > opened[..., None]) & self._before_end) * full[:, None, :])
+        composition = ((widths > opened[..., None]) & self._before_end) * full[:, None, :]
+        composition[:, widths, widths] = taken
+        composition[index[:, None], self._ends, opened] = opening  # (elsewhere only where not ``real``)
         parts = np.matmul(composition.astype(np.float64), self._sum_parts[row, :, 0])
-        parts[:, top] += partial[:, None] * self._sum_parts[row, last, 1]
+        if self._some_partial:
+            parts[:, top] += partial[:, None] * self._sum_parts[row, last, 1]
         block, end = np.nonzero(real)
-        start, tail_width, takes = opened[block, end], before[block, end], composition[block, end, np.minimum(end, top - 1)]
-        takes *= end < top
-        alone = (end == top) & partial[block]  # the chunk holds the block's last tile
-        tiles, parts = composition[block, end].sum(axis=1) + alone, parts[block, end]
-        probe = row[block] * top
-        single = alone & (tiles == 1)  # the block's last tile, in a chunk of its own
-        head = np.where(single, (probe + last[block]) * 2 + 1, (probe + start) * 2)
-        tail = (probe + np.where(takes > 0, end, tail_width)) * 2 + alone
+        start, held, parts, probe = opened[block, end], composition[block, end], parts[block, end], row[block] * top
+        tiles, narrowest = held.sum(axis=1), top - 1 - (held[:, ::-1] > 0).argmax(axis=1)  # the chunk's tiles, last width
+        head, tail = (probe + start) * 2, (probe + narrowest) * 2
+        if self._some_partial:
+            alone = (end == top) & partial[block]  # the chunk holds the block's last tile
+            tiles += alone
+            shorter = (probe + last[block]) * 2 + 1
+            head = np.where(alone & (tiles == 1), shorter, head)  # that tile in a chunk of its own
+            tail = np.where(alone, shorter, tail)
         first_chunks = chunks[index, first]
         after = ~((self._layer_first & (first_chunks == 1))[block] & (start == first[block]))
         unread = self._unread[:block.size]
+        firsts, lasts = self._head_values[head * 2 + after], self._tail_values[tail]
         chunk = _ChunkTerms(_terms_of(_joined(parts.reshape(block.size, 2, -1)), self._sum_at, unread),
-                            _terms_of(np.take(self._head_values, head, axis=1).T, self._head_at, unread),
-                            _terms_of(np.take(self._tail_values, tail, axis=1).T, self._tail_at, unread),
+                            _terms_of(firsts, self._head_at, unread), _terms_of(lasts, self._tail_at, unread),
                             tiles[:, None], after[:, None])
-        cells = np.empty((block.size, 21))
-        cells[:, 16:] = self._head_own[head]
-        self._head_cells(chunk, cells[:, :16].reshape(-1, 4, 4))
-        heads = np.add.reduceat(cells, np.searchsorted(block, index), axis=0)  # every block ends with a chunk
+        period = _chunk_steps(chunk, self.overlay, self.params, _HeadSteps._make(firsts[:, at] for at in self._opening_at),
+                              _TailSteps._make(lasts[:, at] for at in self._closing_at)).period
+        added = self._head_fixed[head]
+        added[:, 3] += (np.ceil(period) * self._count[block]).sum(axis=1)
+        heads = np.add.reduceat(added, np.searchsorted(block, index), axis=0)  # every block ends with a chunk
 
         # the tiles' own cells, the chunks of one width (following a chunk of their layer but maybe its first one) and
         # the last tile's own cells
@@ -1107,8 +1163,7 @@ class HistogramSchedule:
         weights = np.concatenate([full, np.maximum(chunks - 1, 0), last_tile, first_uniform], axis=1)
         per_width = self._per_width[row * 2 + big]
         totals = np.matmul(weights[:, None, :].astype(np.float64), per_width)[:, 0]
-        totals[:, :4] += (heads[:, :16].reshape(blocks, 4, 4) * self._count[:, None]).sum(axis=2) - heads[:, 16:20]
-        totals[:, 4] -= heads[:, 20]
+        totals[:, :5] += heads
         if self._layer_starts is not None:
             totals = np.add.reduceat(totals, self._layer_starts, axis=0)
         return _entry_cycles(totals[:, :3].T, totals[:, 3], totals[:, 4], totals[:, 5], self.params, np.ceil)
@@ -1123,6 +1178,13 @@ class _FieldReads:
     def __getattr__(self, name: str) -> np.ndarray:
         self.names.add(name)
         return getattr(self.terms, name)
+
+
+def _beside(values: np.ndarray, terms: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """``values`` (rows, columns) and the fields of ``terms`` (``_term_matrix``) side by side, and each field's columns."""
+    matrix, columns = _term_matrix(terms)
+    offset = values.shape[1]
+    return np.concatenate([values, matrix], axis=1), tuple(slice(c.start + offset, c.stop + offset) for c in columns)
 
 
 def _read_columns(columns: tuple[slice, ...], names: set[str]) -> tuple[np.ndarray, tuple[slice | None, ...]]:
@@ -1143,17 +1205,25 @@ def _walk_chunks(n: np.ndarray, fill: np.ndarray, per_chunk: np.ndarray, region:
     chunk of that width alone holds (``per_chunk``), with ``slots`` per block. Per width, the chunk open before it
     takes what still fits; the rest fill ``per_chunk`` at a time, and the remainder stays open. Returns per block and
     width the tiles the chunk open before it takes and, where some are left, how many of them stay open."""
-    left, room = slots, np.zeros_like(slots)
-    taken, opens = np.zeros(n.shape[::-1], dtype=np.int64), np.zeros(n.shape[::-1], dtype=np.int64)
-    for width in np.flatnonzero(n.any(axis=0)).tolist():
-        count, words = n[:, width], fill[:, width]
-        take = np.minimum(np.minimum(count, left), room // words, out=taken[width])
-        rest = count - take
-        closes = rest > 0
-        remainder = np.add((rest - 1) % per_chunk[:, width], 1, out=opens[width])
-        added = np.where(closes, remainder, count)
-        left = np.where(closes, slots, left) - added
-        room = np.where(closes, region, room) - added * words
+    counts, fill, per_chunk = n.T.copy(), fill.T.copy(), per_chunk.T.copy()  # in place, width by width
+    left, room, added, rest = slots.copy(), np.zeros_like(slots), np.empty_like(slots), np.empty_like(slots)
+    closes = np.empty(slots.shape, dtype=bool)
+    taken, opens = np.zeros(counts.shape, dtype=np.int64), np.zeros(counts.shape, dtype=np.int64)
+    present = np.flatnonzero(counts.any(axis=1)).tolist()
+    for width in present:
+        count, words, take, remainder = counts[width], fill[width], taken[width], opens[width]
+        if width != present[0]:  # no chunk is open before the first width
+            np.minimum(np.minimum(np.floor_divide(room, words, out=take), left, out=take), count, out=take)
+        np.greater(np.subtract(count, take, out=rest), 0, out=closes)
+        np.add(np.remainder(np.subtract(rest, 1, out=remainder), per_chunk[width], out=remainder), 1, out=remainder)
+        if width == present[-1]:
+            break
+        np.copyto(left, slots, where=closes)
+        np.copyto(room, region, where=closes)
+        np.copyto(added, count)
+        np.copyto(added, remainder, where=closes)
+        left -= added
+        room -= np.multiply(added, words, out=added)
     return taken.T, opens.T
 
 
