@@ -90,6 +90,14 @@ class Fetch(Elaboratable):
             m.d.sync += table_loaded.eq(1)
         m.d.comb += [self.entry_port.addr.eq(Mux(lreg, slots, 0) + k), self.entry_port.data.eq(layout.pack(bank, cwords))]
 
+        def next_chunk(activations_end) -> None:
+            """The chunk's last column tile is requested: the next chunk takes the other lhs region, and where it starts
+            a block (or, packed, a tile) its activations follow these (``activations_end``)."""
+            m.d.sync += lreg.eq(~lreg)
+            with m.If(p.packed | (tt == 0)):
+                m.d.sync += act_base.eq(activations_end)
+            m.next = "CHUNK"
+
         # Loop nest: block -> chunk (row tiles whose weights fill one lhs region) -> column tile -> row tile of the
         # chunk (execute's). Per chunk: one lhs_free; per tile of it: entry, weights at the region's next free word;
         # then per column tile: the activations once for all the chunk's row tiles.
@@ -187,11 +195,7 @@ class Fetch(Elaboratable):
                     with m.If(lreg == r):
                         m.d.sync += [chunk.length[r].eq(k), chunk.closed[r].eq(1)]
                 with m.If(n0 + cfg.dn >= p.n):
-                    # one column tile: its activations are in already, the chunk is done
-                    m.d.sync += lreg.eq(~lreg)
-                    with m.If(p.packed | (tt == 0)):
-                        m.d.sync += act_base.eq(col_addr)
-                    m.next = "CHUNK"
+                    next_chunk(col_addr)  # one column tile: its activations are in already, the chunk is done
                 with m.Else():
                     m.d.sync += n0.eq(n0 + cfg.dn)
                     m.next = "COL"
@@ -220,11 +224,8 @@ class Fetch(Elaboratable):
                         with m.If(~col0):
                             m.next = "TILE"
                         with m.Elif(n0 + cfg.dn >= p.n):
-                            m.d.sync += [n0.eq(0), lreg.eq(~lreg)]
-                            # the next chunk starts a block (or, packed, a tile): its activations follow these
-                            with m.If(p.packed | (tt == 0)):
-                                m.d.sync += act_base.eq(next_addr)
-                            m.next = "CHUNK"
+                            m.d.sync += n0.eq(0)
+                            next_chunk(next_addr)
                         with m.Else():
                             m.d.sync += n0.eq(n0 + cfg.dn)
                             m.next = "COL"
