@@ -1013,15 +1013,16 @@ class HistogramSchedule:
         self._regions = np.array([lhs // 2, lhs])
         slots = np.where(packed, 1, rtl_chunk_slots(overlay))  # packed tiles are chunks of their own
         words = (kwords * bits).reshape(kinds, top, top, 2)[:, 0]
-        self._fill = np.minimum(words[None, :, :, 0], self._regions[:, None, None]).reshape(2 * kinds, top)
+        # (widths, region and kind), so that a plan's blocks gather them width by width as ``_walk_chunks`` walks them
+        self._fill = np.minimum(words[None, :, :, 0], self._regions[:, None, None]).reshape(2 * kinds, top).T.copy()
         per_chunk = np.minimum(slots[:, None], np.maximum(1, self._regions[:, None, None] // words[None, :, :, 0]))
-        self._per_chunk, self._slots = per_chunk.reshape(2 * kinds, top), slots[kind]
+        self._per_chunk, self._slots = per_chunk.reshape(2 * kinds, top).T.copy(), slots[kind]
         self._first_words = np.where((tiles == 1)[:, None], words[..., 1], words[..., 0])  # of a block's widest tile
         self._partial = (last_rows != dm)[kind]  # the block's last tile has fewer rows than the others
         self._some_partial = bool(self._partial.any())
         self._layer_first = np.r_[True, self._layer[1:] != self._layer[:-1]]
-        self._kinds, self._index, self._widths, self._ends = kinds, np.arange(kind.size), np.arange(top), np.arange(top + 1)
-        self._before_end = self._widths < self._ends[:, None]
+        self._kinds, self._index, self._widths = kinds, np.arange(kind.size), np.arange(top + 1)  # and a block's end
+        self._before_end = self._widths[:top] < self._widths[:, None]
 
         # chunks of one width, per probe row, width, region, following a chunk of their layer or not; evaluating the
         # chunk formula on them finds the fields it reads of each aggregate, which plans then aggregate alone
@@ -1041,7 +1042,8 @@ class HistogramSchedule:
                                    - full_head_own[:, :4], -full_head_own[:, 4]]).reshape(grid + (5,))
         (sum_columns, self._sum_at), (head_columns, self._head_at), (tail_columns, self._tail_at) = (
             _read_columns(columns, read.names) for read in reads)
-        self._sum_parts = parts[..., sum_columns].reshape(kinds * top, top, 2, -1)  # (row, width, tile, parts)
+        # (row, width, tile, parts: each field's two split terms side by side)
+        self._sum_parts = parts[..., sum_columns].swapaxes(3, 4).reshape(kinds * top, top, 2, -1)
         # and every probe's ``_head_steps`` (after a chunk of its layer or not: row ``2 * probe + after``) and
         # ``_tail_steps``, beside the fields read of it
         probes = _terms_of(values, columns)
@@ -1049,6 +1051,8 @@ class HistogramSchedule:
                               np.tile([[False], [True]], (len(values), 1)), overlay, params)
         self._head_values, self._opening_at = _beside(np.repeat(values[:, head_columns], 2, axis=0), opening)
         self._tail_values, self._closing_at = _beside(values[:, tail_columns], _tail_steps(probes, overlay))
+        # (fields, probes): a plan's chunks gather columns, and each field of theirs is then contiguous for the formula
+        self._head_values, self._tail_values = self._head_values.T.copy(), self._tail_values.T.copy()
         # a chunk's first row tile's fetch, execute and result cells are its own alone: per probe, what they add to its
         # own cells, less its own pipeline cells and the bytes it moves beyond (plans add its pipeline cells)
         alone = _ChunkTerms(probes, probes, probes, np.ones((len(values), 1)), np.zeros((len(values), 1), dtype=bool))
@@ -1108,10 +1112,10 @@ class HistogramSchedule:
         if self._layer_starts is not None:
             big = np.bincount(self._layer, big)[self._layer] > 0
         cut = self._kind + big * self._kinds
-        per_chunk = self._per_chunk[cut]
-        taken, opens = _walk_chunks(n, self._fill[cut], per_chunk, self._regions[big.astype(np.intp)], self._slots)
+        per_chunk = self._per_chunk[:, cut].T
+        taken, opens = _walk_chunks(n, self._fill[:, cut].T, per_chunk, self._regions[big.astype(np.intp)], self._slots)
         closes = n > taken
-        chunks = -((taken - n) // per_chunk)  # the chunks the rest of each width starts
+        more = np.maximum((n - taken - 1) // per_chunk, 0)  # the whole chunks the rest of each width fills
         full = n  # tiles of each width with all rows
         if self._some_partial:
             full = n.copy()
@@ -1120,16 +1124,16 @@ class HistogramSchedule:
         # the chunks that may hold several widths: per block, the one open before each width where that closes it (not
         # at the block's first width: none is open), and the block's last (at ``top``); the width whose rest opened each
         real = np.ones((blocks, top + 1), dtype=bool)
-        real[:, :top] = closes & (widths > first[:, None])
+        real[:, :top] = closes & (widths[:top] > first[:, None])
         opened = np.full((blocks, top + 1), -1)
-        np.maximum.accumulate(np.where(closes, widths, -1), axis=1, out=opened[:, 1:])
+        np.maximum.accumulate(np.where(closes, widths[:top], -1), axis=1, out=opened[:, 1:])
         opening = opens[index[:, None], opened]
         if self._some_partial:
             opening[:, top] -= partial & (opened[:, top] == last)  # the block's last tile apart
         # their tiles and sums: the rest of the width that opened each, the widths between and what the closing one takes
-        composition = ((widths > opened[..., None]) & self._before_end) * full[:, None, :]
-        composition[:, widths, widths] = taken
-        composition[index[:, None], self._ends, opened] = opening  # (elsewhere only where not ``real``)
+        composition = ((widths[:top] > opened[..., None]) & self._before_end) * full[:, None, :]
+        composition[:, widths[:top], widths[:top]] = taken
+        composition[index[:, None], widths, opened] = opening  # (elsewhere only where not ``real``)
         parts = np.matmul(composition.astype(np.float64), self._sum_parts[row, :, 0])
         if self._some_partial:
             parts[:, top] += partial[:, None] * self._sum_parts[row, last, 1]
@@ -1143,26 +1147,29 @@ class HistogramSchedule:
             shorter = (probe + last[block]) * 2 + 1
             head = np.where(alone & (tiles == 1), shorter, head)  # that tile in a chunk of its own
             tail = np.where(alone, shorter, tail)
-        first_chunks = chunks[index, first]
-        after = ~((self._layer_first & (first_chunks == 1))[block] & (start == first[block]))
+        offsets = np.searchsorted(block, index)  # every block ends with a chunk
+        after = np.ones(block.size, dtype=bool)
+        after[offsets] = ~(self._layer_first & (more[index, first] == 0))
         unread = self._unread[:block.size]
-        firsts, lasts = self._head_values[head * 2 + after], self._tail_values[tail]
-        chunk = _ChunkTerms(_terms_of(_joined(parts.reshape(block.size, 2, -1)), self._sum_at, unread),
+        firsts, lasts = self._head_values.take(head * 2 + after, axis=1).T, self._tail_values.take(tail, axis=1).T
+        sums = _joined(np.ascontiguousarray(parts.T).reshape(-1, 2, block.size)).T  # each field contiguous, as in firsts
+        chunk = _ChunkTerms(_terms_of(sums, self._sum_at, unread),
                             _terms_of(firsts, self._head_at, unread), _terms_of(lasts, self._tail_at, unread),
                             tiles[:, None], after[:, None])
         period = _chunk_steps(chunk, self.overlay, self.params, _HeadSteps._make(firsts[:, at] for at in self._opening_at),
                               _TailSteps._make(lasts[:, at] for at in self._closing_at)).period
         added = self._head_fixed[head]
         added[:, 3] += (np.ceil(period) * self._count[block]).sum(axis=1)
-        heads = np.add.reduceat(added, np.searchsorted(block, index), axis=0)  # every block ends with a chunk
+        heads = np.add.reduceat(added, offsets, axis=0)
 
         # the tiles' own cells, the chunks of one width (following a chunk of their layer but maybe its first one) and
         # the last tile's own cells
-        last_tile = (widths == last[:, None]) & partial[:, None]
-        first_uniform = (widths == first[:, None]) & (self._layer_first & (first_chunks > 1))[:, None]
-        weights = np.concatenate([full, np.maximum(chunks - 1, 0), last_tile, first_uniform], axis=1)
-        per_width = self._per_width[row * 2 + big]
-        totals = np.matmul(weights[:, None, :].astype(np.float64), per_width)[:, 0]
+        weights = np.zeros((blocks, 4 * top))
+        weights[:, :top], weights[:, top:2 * top] = full, more
+        if self._some_partial:
+            weights[index, 2 * top + last] = partial
+        weights[index, 3 * top + first] = self._layer_first & (more[index, first] > 0)
+        totals = np.matmul(weights[:, None, :], self._per_width[row * 2 + big])[:, 0]
         totals[:, :5] += heads
         if self._layer_starts is not None:
             totals = np.add.reduceat(totals, self._layer_starts, axis=0)
@@ -1205,25 +1212,27 @@ def _walk_chunks(n: np.ndarray, fill: np.ndarray, per_chunk: np.ndarray, region:
     chunk of that width alone holds (``per_chunk``), with ``slots`` per block. Per width, the chunk open before it
     takes what still fits; the rest fill ``per_chunk`` at a time, and the remainder stays open. Returns per block and
     width the tiles the chunk open before it takes and, where some are left, how many of them stay open."""
-    counts, fill, per_chunk = n.T.copy(), fill.T.copy(), per_chunk.T.copy()  # in place, width by width
-    left, room, added, rest = slots.copy(), np.zeros_like(slots), np.empty_like(slots), np.empty_like(slots)
+    counts, fill, per_chunk = (np.ascontiguousarray(values.T) for values in (n, fill, per_chunk))  # width by width
+    # per width, its tiles beyond the first, its words and what a chunk of one of its tiles leaves
+    beyond, spent, closed = counts - 1, counts * fill, region - fill
+    left, room, scratch, last_slot = slots.copy(), np.zeros_like(slots), np.empty_like(slots), slots - 1
     closes = np.empty(slots.shape, dtype=bool)
     taken, opens = np.zeros(counts.shape, dtype=np.int64), np.zeros(counts.shape, dtype=np.int64)
     present = np.flatnonzero(counts.any(axis=1)).tolist()
     for width in present:
-        count, words, take, remainder = counts[width], fill[width], taken[width], opens[width]
+        words, take, extra = fill[width], taken[width], opens[width]
         if width != present[0]:  # no chunk is open before the first width
-            np.minimum(np.minimum(np.floor_divide(room, words, out=take), left, out=take), count, out=take)
-        np.greater(np.subtract(count, take, out=rest), 0, out=closes)
-        np.add(np.remainder(np.subtract(rest, 1, out=remainder), per_chunk[width], out=remainder), 1, out=remainder)
+            np.minimum(np.floor_divide(room, words, out=take), left, out=take)  # not yet capped by the width's tiles
+        np.greater_equal(np.subtract(beyond[width], take, out=extra), 0, out=closes)
+        np.remainder(extra, per_chunk[width], out=extra)  # where it closes, the tiles that stay open, less one
         if width == present[-1]:
             break
-        np.copyto(left, slots, where=closes)
-        np.copyto(room, region, where=closes)
-        np.copyto(added, count)
-        np.copyto(added, remainder, where=closes)
-        left -= added
-        room -= np.multiply(added, words, out=added)
+        left -= counts[width]
+        room -= spent[width]
+        np.copyto(left, np.subtract(last_slot, extra, out=scratch), where=closes)
+        np.copyto(room, np.subtract(closed[width], np.multiply(extra, words, out=scratch), out=scratch), where=closes)
+    np.minimum(taken, counts, out=taken)
+    opens += 1
     return taken.T, opens.T
 
 
