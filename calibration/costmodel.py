@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from autoq.common.measurement import LayerCost, Measurement, Provenance, predicted_by
+from autoq.common.measurement import LayerCost, Measurement, Provenance
 from autoq.common.network import LayerSpec, NetworkSpec
 from autoq.common.plan import MAX_BITS, QuantPlan
 from autoq.overlay.calibration_params import (
@@ -23,8 +23,6 @@ from autoq.overlay.calibration_params import (
 from autoq.overlay.manifest import OverlayConfig
 from autoq.overlay.resources import estimate
 from autoq.overlay.schedule import STAGES, HistogramSchedule, LayerEntry, TableCycles, table_cycles, tile_table
-
-CYCLE_FIELDS = ("fetch", "execute", "result", "overhead", "total")
 
 
 def grid_entries(layers: Sequence[LayerSpec], wbits: Iterable[int], abits: Iterable[int]) -> list[LayerEntry]:
@@ -60,7 +58,7 @@ class AnalyticCostModel:
         joules = self.params.energy.total_j(seconds, cycles.binary_ops, cycles.dram_bytes)
         stages = np.array([cycles.fetch, cycles.execute, cycles.result, cycles.total, cycles.total])
         # overhead as a board reports it (``Board._assemble``): the cycles the slowest stage does not explain
-        stages[3] -= stages[:3].max(axis=0)
+        stages[3] -= np.maximum.reduce(stages[:3])
         latency, energy = float(np.add.reduce(seconds)), float(np.add.reduce(joules))
         return Measurement(
             network_hash=network.hash,
@@ -71,16 +69,15 @@ class AnalyticCostModel:
             avg_power_w=energy / latency,
             idle_power_w=self.params.energy.idle_power_w,
             layers=tuple([
-                LayerCost(spec.name, s, j, STAGES[b], dict(zip(CYCLE_FIELDS, c)))
-                for spec, s, j, b, c in zip(network.layers, seconds.tolist(), joules.tolist(), cycles.bound.tolist(),
-                                            stages.T.astype(np.int64).tolist())
+                LayerCost(spec.name, s, j, STAGES[b], {"fetch": f, "execute": e, "result": r, "overhead": o, "total": t})
+                for spec, s, j, b, f, e, r, o, t in zip(network.layers, seconds.tolist(), joules.tolist(),
+                                                        cycles.bound.tolist(), *stages.astype(np.int64).tolist())
             ]),
             provenance=Provenance(
                 source="model", overlay_build_hash=self.overlay.build_hash, calibration_id=self.params.id,
                 calibrated=self.params.calibrated,
-            ),
+            ),  # every figure predicted by the calibration (Measurement's default labels)
             resources=dict(self._resources),
-            predicted=predicted_by(self.params.id),
         )
 
     def measure_direct(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1, grouped: bool = True) -> Measurement:
@@ -93,7 +90,7 @@ class AnalyticCostModel:
 
     def measure(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1, grouped: bool = True) -> Measurement:
         plan.check(network)
-        acts = np.frombuffer(bytes(lp.act_bits for lp in plan.layers), np.uint8)
+        acts = np.frombuffer(bytes([lp.act_bits for lp in plan.layers]), np.uint8)
         bits = np.frombuffer(plan.bits_bytes, np.uint8)
         top = self.overlay.max_bits
         if not grouped or top < MAX_BITS and max(bits.max(), acts.max()) > top:  # natural order, or bits the

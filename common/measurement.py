@@ -31,7 +31,10 @@ class MeasurementFormatError(AutoQError, ValueError):
     """A measurement record is of another format, or labels its figures inconsistently."""
 
 
-@dataclass(frozen=True)
+_NO_CYCLES: dict[str, int] = {}  # LayerCost's default cycles: a fresh empty dict
+
+
+@dataclass(frozen=True, init=False)
 class LayerCost:
     """Cost of one layer. ``cycles`` maps stage name (fetch/execute/result/overhead/total, and on engines with
     register map v2 stall_fetch/stall_execute/stall_result) to cycles; ``bound`` names the slowest stage."""
@@ -41,6 +44,12 @@ class LayerCost:
     energy_j: float
     bound: str
     cycles: dict[str, int] = field(default_factory=dict)
+
+    def __init__(self, name: str, latency_s: float, energy_j: float, bound: str,
+                 cycles: dict[str, int] = _NO_CYCLES) -> None:
+        fields = self.__dict__  # frozen: the fields are written once, here (faster than object.__setattr__)
+        fields["name"], fields["latency_s"], fields["energy_j"], fields["bound"] = name, latency_s, energy_j, bound
+        fields["cycles"] = {} if cycles is _NO_CYCLES else cycles
 
 
 @dataclass(frozen=True)
@@ -92,8 +101,10 @@ class Measurement:
     reasons: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.measured and not self.predicted:
+        if not self.measured and not self.predicted:  # the default labels: consistent unless a reason says otherwise
             object.__setattr__(self, "predicted", predicted_by(self.provenance.calibration_id))
+            if not self.reasons:
+                return
         unknown = sorted((set(self.measured) | set(self.predicted) | set(self.reasons)) - set(FIGURES))
         both = sorted(set(self.measured) & set(self.predicted))
         unlabelled = [f for f in FIGURES if f not in self.measured and f not in self.predicted]

@@ -7,7 +7,8 @@ a comparison, not a second validation).
 
 A plan's ``hash`` is the SHA-256 of its JSON body (``[[name, act_bits, [weight_bits...]], ...]``, compact). It is
 built from the plan's weight bits as one byte per kernel (``bits_bytes``, which the cost model reads too): bit-widths
-are single digits (``MAX_BITS`` < 10), so one numpy pass writes every ``digit,`` pair of the body.
+are single digits (``MAX_BITS`` < 10), so one numpy pass writes every ``digit,`` pair of the body. The rest of the
+body (names, brackets, where each layer's digits go) is kept per network, for the plans that fit it.
 """
 from __future__ import annotations
 
@@ -37,12 +38,41 @@ def _check_bits(value: Any, what: str) -> int:
     return value
 
 
+_ACT_BITS = tuple(b",%d,[" % bits for bits in range(MAX_BITS + 1))  # a hash body's text after a layer's name
+_HashLayout = tuple[list[bytes], list[slice]]
+_HASH_LAYOUTS: dict[str, _HashLayout] = {}  # see _hash_layout
+_MAX_HASH_LAYOUTS = 64  # networks
+
+
 @functools.lru_cache(maxsize=4096)
 def _json_string(name: str) -> bytes:
     return json.dumps(name).encode()
 
 
-@dataclass(frozen=True)
+def _hash_layout(layers: Sequence[LayerPlan], network_hash: str | None) -> _HashLayout:
+    """The hash body of a plan of ``layers`` in pieces, with empty places for what differs between plans: ``[``, per
+    layer ``[name`` (``,[name`` after the first), a place for its ``,act_bits,[``, one for its weight digits, and
+    ``]]``, then ``]``; and per layer the slice of the plan's ``digit,`` pairs that holds its digits. Kept by
+    ``network_hash``, the structure hash of the network the plan fits (``None``: none known), as the plans that fit a
+    network share its layers' names and kernel counts."""
+    layout = _HASH_LAYOUTS.get(network_hash) if network_hash else None
+    if layout is None:
+        parts, digits, start, open_entry = [b"["], [], 0, b"["
+        for l in layers:
+            stop = start + 2 * len(l.weight_bits)
+            parts += (open_entry + _json_string(l.name), b"", b"", b"]]")
+            digits.append(slice(start, stop - 1))  # less the comma after the layer's last digit
+            start, open_entry = stop, b",["
+        parts.append(b"]")
+        layout = parts, digits
+        if network_hash:
+            if len(_HASH_LAYOUTS) >= _MAX_HASH_LAYOUTS:
+                _HASH_LAYOUTS.clear()
+            _HASH_LAYOUTS[network_hash] = layout
+    return layout
+
+
+@dataclass(frozen=True, init=False)
 class LayerPlan:
     """Bit-widths of one layer: ``weight_bits[c]`` for output channel ``c``; ``act_bits`` for its input activations.
 
@@ -54,22 +84,21 @@ class LayerPlan:
     weight_bits: tuple[int, ...]
     act_bits: int
 
-    def __post_init__(self) -> None:
-        if type(self.weight_bits) is not tuple:
-            object.__setattr__(self, "weight_bits", tuple(self.weight_bits))
-        bits = self.weight_bits
+    def __init__(self, name: str, weight_bits: tuple[int, ...], act_bits: int) -> None:
+        bits = weight_bits if type(weight_bits) is tuple else tuple(weight_bits)
         if not bits:
-            raise PlanError(f"layer {self.name!r}: weight_bits is empty")
+            raise PlanError(f"layer {name!r}: weight_bits is empty")
         try:  # integers (what bytes() takes, one byte each) within [MIN_BITS, MAX_BITS]; else say which is not
             packed = bytes(bytearray(bits))  # bytearray reads a tuple of ints faster than bytes does
         except (TypeError, ValueError):
-            packed = b""
-        if len(packed) != len(bits) or packed.translate(None, _BIT_WIDTHS):
+            packed = b""  # bits is not empty: the loop below names the bad value
+        if not packed or packed.translate(None, _BIT_WIDTHS):
             for c, value in enumerate(bits):
-                _check_bits(value, f"layer {self.name!r}: weight_bits[{c}]")
-        if type(self.act_bits) is not int or not MIN_BITS <= self.act_bits <= MAX_BITS:
-            _check_bits(self.act_bits, f"layer {self.name!r}: act_bits")
-        object.__setattr__(self, "bits_bytes", packed)
+                _check_bits(value, f"layer {name!r}: weight_bits[{c}]")
+        if type(act_bits) is not int or not MIN_BITS <= act_bits <= MAX_BITS:
+            _check_bits(act_bits, f"layer {name!r}: act_bits")
+        fields = self.__dict__  # frozen: the fields are written once, here (faster than object.__setattr__)
+        fields["name"], fields["weight_bits"], fields["act_bits"], fields["bits_bytes"] = name, bits, act_bits, packed
 
     @property
     def mean_weight_bits(self) -> float:
@@ -184,19 +213,18 @@ class QuantPlan:
     @functools.cached_property
     def bits_bytes(self) -> bytes:
         """Every kernel's weight bit-width, layer after layer, one byte each."""
-        return b"".join(l.bits_bytes for l in self.layers)
+        return b"".join([l.bits_bytes for l in self.layers])
 
     @functools.cached_property
     def hash(self) -> str:
         """First 16 hex digits of the SHA-256 of ``json.dumps([[name, act_bits, list(weight_bits)], ...],
         separators=(",", ":"))``."""
-        pairs = (np.frombuffer(self.bits_bytes, np.uint8).astype("<u2") + (ord(",") << 8 | ord("0"))).tobytes()
-        entries, start = [], 0
-        for l in self.layers:  # each layer's digits and commas, less the comma after its last digit
-            stop = start + 2 * len(l.weight_bits)
-            entries.append(b"[%s,%d,[%s]]" % (_json_string(l.name), l.act_bits, pairs[start:stop - 1]))
-            start = stop
-        return hashlib.sha256(b"[" + b",".join(entries) + b"]").hexdigest()[:16]
+        template, digits = _hash_layout(self.layers, self.__dict__.get("_fits"))
+        parts: list[bytes | memoryview] = list(template)
+        parts[2::4] = [_ACT_BITS[l.act_bits] for l in self.layers]
+        pairs = np.add(np.frombuffer(self.bits_bytes, np.uint8), ord(",") << 8 | ord("0"), dtype="<u2").data.cast("B")
+        parts[3::4] = map(pairs.__getitem__, digits)
+        return hashlib.sha256(b"".join(parts)).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "QuantPlan":

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import pickle
 
@@ -68,6 +69,17 @@ def test_plan_constructors_and_summary():
     assert mixed.hash != plan.hash
     lw = QuantPlan.layerwise(net, [(8, 8), (4, 4), (2, 8)])
     assert [l.weight_bits[0] for l in lw.layers] == [8, 4, 2]
+
+
+def test_layer_plan_is_a_frozen_dataclass():
+    layer = LayerPlan(name="fc", weight_bits=[4, 2], act_bits=3)
+    assert layer.weight_bits == (4, 2) and layer.bits_bytes == bytes([4, 2])
+    assert dataclasses.replace(layer, act_bits=5) == LayerPlan("fc", (4, 2), 5)
+    assert pickle.loads(pickle.dumps(layer)) == layer and hash(layer) == hash(LayerPlan("fc", (4, 2), 3))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        layer.act_bits = 5  # type: ignore[misc]
+    with pytest.raises(PlanError, match=r"layer 'fc': act_bits = 9 is out of range"):
+        dataclasses.replace(layer, act_bits=9)
 
 
 def test_plan_json_round_trip(tmp_path):

@@ -93,6 +93,20 @@ def test_plan_hash_is_the_json_formula_and_survives_pickling():
         assert QuantPlan.from_json(plan.to_json()).hash == plan.hash
 
 
+def test_the_hash_of_a_plan_that_fits_a_network_is_the_json_formula():
+    rng = np.random.default_rng(2)
+    big = wide_net().layers[0]
+    for network in (grouped_net(), wide_net(), NetworkSpec("big", (big,), (64, 6, 6)),  # a name, other kernel counts
+                    NetworkSpec("big", (dataclasses.replace(big, c_out=5),), (64, 6, 6))):
+        for _ in range(3):  # the first plan of a network lays its hash body out, the others reuse the layout
+            layers = [LayerPlan(l.name, tuple(int(b) for b in rng.integers(1, 9, l.c_out)), int(rng.integers(1, 9)))
+                      for l in network.layers]
+            body = json.dumps([[l.name, l.act_bits, list(l.weight_bits)] for l in layers], separators=(",", ":"))
+            fitted = QuantPlan.for_network(network, layers)
+            assert fitted.hash == QuantPlan(tuple(layers)).hash == hashlib.sha256(body.encode()).hexdigest()[:16]
+    assert QuantPlan(()).hash == hashlib.sha256(b"[]").hexdigest()[:16]
+
+
 def test_layer_plan_checks_its_bits_in_one_pass_and_names_the_first_bad_one():
     assert LayerPlan("a", np.array([3, 8], dtype=np.int64), 2).bits_bytes == bytes([3, 8])  # numpy integers
     for bits, message in (((3, 0, 9), r"weight_bits\[1\] = 0 is out of range"), ((3, 9), r"weight_bits\[1\] = 9"),

@@ -3,6 +3,7 @@ measurements (``autoq calibrate`` and the replay fallback), the Zynq global time
 resolution check."""
 from __future__ import annotations
 
+import dataclasses
 
 import pytest
 
@@ -44,6 +45,21 @@ def test_old_records_and_inconsistent_labels_are_refused():
         Measurement.from_dict({**data, "predicted": {k: v for k, v in data["predicted"].items() if k != "energy_j"}})
     with pytest.raises(MeasurementFormatError, match=r"unknown figures \['speed'\]"):
         Measurement.from_dict({**data, "predicted": {**data["predicted"], "speed": "x"}})
+
+
+def test_default_labels_are_the_provenance_calibration_and_reasons_are_still_checked():
+    m = open_backend("model").measure(TINY, some_plans(TINY, 1)[0])
+    data = {**m.to_dict(), "predicted": {}}
+    assert Measurement.from_dict(data) == m  # no labels: every figure predicted by the provenance's calibration
+    with pytest.raises(MeasurementFormatError, match=r"unknown figures \['speed'\]"):
+        Measurement.from_dict({**data, "reasons": {"speed": "x"}})
+    assert Measurement.from_dict({**data, "reasons": {"energy_j": "no meter"}}).reasons == {"energy_j": "no meter"}
+    layer = m.layers[0]
+    assert type(layer)(layer.name, layer.latency_s, layer.energy_j, layer.bound).cycles == {}
+    assert type(layer)(layer.name, 1.0, 2.0, "x").cycles is not type(layer)(layer.name, 1.0, 2.0, "x").cycles
+    assert dataclasses.replace(layer, bound="fetch") == type(layer)(**{**dataclasses.asdict(layer), "bound": "fetch"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        layer.bound = "fetch"  # type: ignore[misc]
 
 
 def test_emulated_latency_and_energy_are_predicted_by_its_calibration():
