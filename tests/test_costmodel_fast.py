@@ -57,6 +57,35 @@ def test_measure_equals_the_direct_path_on_random_kernel_wise_plans(arch):
                 assert fast.latency_s == direct.latency_s and fast.energy_j == direct.energy_j  # bit for bit
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "grouped"])
+def test_measure_many_equals_measure_plan_by_plan(arch, monkeypatch):
+    import autoq.calibration.costmodel as costmodel
+    monkeypatch.setattr(costmodel, "MANY", 4)  # 7 plans: a pass of 4 copies, then one of 3 padded to 4
+    network = grouped_net() if arch == "grouped" else spec_for(arch)
+    overlay = load_overlay()
+    stamp = lambda m: dataclasses.replace(m, provenance=dataclasses.replace(m.provenance, timestamp=0.0))
+    for params in calibrations():
+        for batch in (1, 2):
+            plans = random_plans(network, 7, seed=batch)
+            model = AnalyticCostModel(overlay, params)
+            many = model.measure_many(network, plans, batch)
+            assert [stamp(m) for m in many] == [stamp(model.measure(network, plan, batch)) for plan in plans]
+            assert {copies for _, _, copies in model._schedules} == {1, 4}
+    assert AnalyticCostModel(overlay, params).measure_many(network, []) == []
+
+
+def test_measure_many_takes_the_direct_path_for_a_plan_the_histograms_do_not_serve():
+    network = grouped_net()
+    model = AnalyticCostModel(load_overlay(), load_default_calibration())
+    plans = random_plans(network, 3, seed=0)
+    many = model.measure_many(network, plans, grouped=False)
+    assert [m.latency_s for m in many] == [model.measure_direct(network, p, grouped=False).latency_s for p in plans]
+    assert not model._schedules
+    model.overlay = dataclasses.replace(model.overlay, max_bits=4)
+    with pytest.raises(OperandError, match=r"weight_bits\[0\] = 8 is outside \[1, 4\]"):
+        model.measure_many(network, [QuantPlan.uniform(network, 3, 3), QuantPlan.uniform(network, 8, 3)])
+
+
 def test_bits_the_overlay_cannot_run_raise_as_before():
     network = grouped_net()
     overlay = load_overlay()

@@ -8,6 +8,7 @@ must match the bundled overlay's build hash.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from autoq.calibration.costmodel import AnalyticCostModel
 from autoq.overlay.calibration_params import CalibrationError, CalibrationParams, load_default_calibration
@@ -31,6 +32,10 @@ class ModelBackend:
 
     def measure(self, network: NetworkSpec, plan: QuantPlan, batch: int = 1) -> Measurement:
         return self.model.measure(network, plan, batch)
+
+    def measure_many(self, network: NetworkSpec, plans: Sequence[QuantPlan], batch: int = 1) -> list[Measurement]:
+        """``measure`` of every plan, many in one pass (``AnalyticCostModel.measure_many``)."""
+        return self.model.measure_many(network, plans, batch)
 
     def describe(self) -> BackendInfo:
         params = self.model.params

@@ -6,8 +6,10 @@ End to end as the search scores a plan (``host/search/env.py``): each plan is bu
 plan. Under both schedule models: the RTL pipeline (the bundled calibration's) and the stage totals
 (``ScheduleParams()``, the published-figure parameters of the PYNQ-Z1 calibration before the RTL fit).
 
-Side by side, the same plans through ``measure_direct``: every layer tiled from its per-kernel bits (the definition
-the fast path equals bit for bit, and the path the old layer memo took on a miss). Each figure is the best of
+Beside it, as many fresh plans built the same way and scored in one ``measure_many`` call per round (up to ``MANY``
+plans per histogram pass; its schedule over that many copies of the network is built before the clock starts). Side
+by side, the same plans through ``measure_direct``: every layer tiled from its per-kernel bits (the definition the
+fast path equals bit for bit, and the path the old layer memo took on a miss). Each figure is the best of
 ``--repeats`` rounds of ``--plans`` plans, in wall-clock and in CPU time (the machine may be shared); the inputs are
 frozen out of the garbage collector's sight before the clock starts.
 """
@@ -21,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from autoq.calibration.costmodel import AnalyticCostModel
+from autoq.calibration.costmodel import MANY, AnalyticCostModel
 from autoq.common.network import NetworkSpec
 from autoq.common.plan import LayerPlan, QuantPlan
 from autoq.host.backends.model import ModelBackend
@@ -40,12 +42,16 @@ def random_bits(network: NetworkSpec, count: int, rng: np.random.Generator) -> l
 
 
 def best_rate(measure: Callable[[NetworkSpec, QuantPlan, int], object], network: NetworkSpec,
-              rounds: list[list[Layers]]) -> tuple[float, float]:
-    """Plans per second (wall clock, CPU time), the best round of each; every plan built and scored once."""
+              rounds: list[list[Layers]], many: Callable[[NetworkSpec, list[QuantPlan], int], object] | None = None
+              ) -> tuple[float, float]:
+    """Plans per second (wall clock, CPU time), the best round of each; every plan built and scored once, one at a
+    time by ``measure`` or, with ``many``, all of a round's plans in one call."""
     wall = cpu = 0.0
     for plans in rounds:
         start, start_cpu = time.perf_counter(), time.process_time()
-        for layers in plans:
+        if many is not None:
+            many(network, [QuantPlan.for_network(network, (LayerPlan(*layer) for layer in layers)) for layers in plans], 1)
+        for layers in plans if many is None else ():
             measure(network, QuantPlan.for_network(network, (LayerPlan(*layer) for layer in layers)), 1)
         wall = max(wall, len(plans) / (time.perf_counter() - start))
         cpu = max(cpu, len(plans) / (time.process_time() - start_cpu))
@@ -72,14 +78,18 @@ def main() -> None:
         network = spec_for(arch)
         for mode, params in modes(load_default_calibration()).items():
             fast_rounds = [random_bits(network, args.plans, rng) for _ in range(args.repeats)]
+            many_rounds = [random_bits(network, args.plans, rng) for _ in range(args.repeats)]
             direct_rounds = [random_bits(network, max(1, args.plans // 10), rng) for _ in range(args.repeats)]
             gc.collect()
             gc.freeze()
             backend, direct = ModelBackend(params, overlay, "model"), AnalyticCostModel(overlay, params)
             fast_wall, fast_cpu = best_rate(backend.measure, network, fast_rounds)
+            backend.measure_many(network, [QuantPlan.uniform(network, 8, 8)] * min(args.plans, MANY), 1)  # its schedule
+            many_wall, many_cpu = best_rate(backend.measure, network, many_rounds, backend.measure_many)
             old_wall, old_cpu = best_rate(direct.measure_direct, network, direct_rounds)
             gc.unfreeze()
             print(f"{arch:13s} {mode:12s} measure {fast_wall:7.0f} plans/s ({fast_cpu:7.0f} per CPU s) | "
+                  f"measure_many {many_wall:7.0f} ({many_cpu:7.0f}) | "
                   f"direct path {old_wall:6.0f} ({old_cpu:6.0f}) | x{fast_wall / old_wall:.1f} (x{fast_cpu / old_cpu:.1f})")
 
 
