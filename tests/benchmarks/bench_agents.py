@@ -9,12 +9,13 @@ must beat), its latency relative to the uniform 8-bit plan, the fraction of its 
 width, how often the agent's own proposal met the budget, and whether a selected plan ever came from the warm-up.
 Then latency at matched accuracy: the lowest latency autoq reached among plans at least as accurate (on the
 validation subset) as the other agent's selected plan, as a ratio to that plan's latency (autoq vs haq, autoq vs the
-layer-wise oracle), printed beside the share of the network's latency that depends on weight bits
-(``autoq.host.tasks.costshare``), which is what a kernel-wise plan can save against a layer-wise one at the same
-activation bits.
+layer-wise oracle), among the plans of autoq's search at that budget (which all sit at the budget once enforced) and
+among those of its searches at every budget of the seed, printed beside the share of the network's latency that
+depends on weight bits (``autoq.host.tasks.costshare``), which is what a kernel-wise plan can save against a
+layer-wise one at the same activation bits.
 
     python tests/benchmarks/bench_agents.py [--task fashion] [--backend model] [--seeds 0 1 2]
-        [--budgets 0.3x 0.4x 0.5x] [--episodes 150] [--agents autoq haq random uniform oracle oracle-layer]
+        [--budgets 0.2x 0.25x 0.3x] [--episodes 150] [--agents autoq haq random uniform oracle oracle-layer]
         [--json out.json]
     python tests/benchmarks/bench_agents.py --merge seed0.json seed1.json seed2.json [--json all.json]
 """
@@ -83,10 +84,10 @@ def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: i
     }
 
 
-def latency_at_matched_accuracy(mine: dict, other: dict) -> float | None:
-    """Lowest latency among ``mine``'s plans at least as accurate (val subset) as ``other``'s selected plan, relative
-    to that plan's latency."""
-    eligible = [lat for acc, lat in mine["front"] if acc >= other["val_subset_accuracy"]]
+def latency_at_matched_accuracy(front: list[tuple[float, float]], other: dict) -> float | None:
+    """Lowest latency among the plans of ``front`` (val-subset accuracy, latency) at least as accurate as ``other``'s
+    selected plan, relative to that plan's latency."""
+    eligible = [lat for acc, lat in front if acc >= other["val_subset_accuracy"]]
     return min(eligible) / other["latency_s"] if eligible else None
 
 
@@ -123,24 +124,29 @@ def report(runs: list[dict], meta: dict) -> dict:
                else per_budget[budgets[0]])
     print("\nShare of the latency that depends on weight bits (bounds what kernel-wise saves at equal activation bits): "
           + ", ".join(f"{k}: {v:.1%}" for k, v in meta["weight_bit_share"].items()))
-    matched: dict[str, dict[str, list[float | None]]] = {}
+    matched: dict[str, dict[str, dict[str, list[float | None]]]] = {}
     if "autoq" in agents:
-        print("\nLatency at matched accuracy (autoq's lowest latency at >= the other's selected val-subset accuracy, / its latency):\n")
+        print("\nLatency at matched accuracy: autoq's lowest latency at >= the other's selected val-subset accuracy, / the "
+              "other's latency; among the plans of autoq's search at the same budget, and among those of its searches at "
+              "every budget of the seed (a tighter budget's plan can match a looser one's accuracy):\n")
         for other in ("haq", "oracle-layer"):
             if other not in agents:
                 continue
-            matched[other] = {}
+            matched[other] = {"same budget": {}, "every budget": {}}
             for budget in budgets:
-                ratios = []
-                for seed in seeds:
-                    a = next(r for r in runs if r["agent"] == "autoq" and r["budget"] == budget and r["seed"] == seed)
-                    b = next(r for r in runs if r["agent"] == other and r["budget"] == budget and r["seed"] == seed)
-                    ratios.append(latency_at_matched_accuracy(a, b))
-                matched[other][budget] = ratios
-                reached = [r for r in ratios if r is not None]
-                print(f"- autoq vs {other} at {budget}: "
-                      + (f"{np.mean(reached):.3f} +- {np.std(reached):.3f}" if reached else "never matched")
-                      + f", matched in {len(reached)} of {len(ratios)} runs")
+                for scope, ratios in matched[other].items():
+                    ratios[budget] = []
+                    for seed in seeds:
+                        b = next(r for r in runs if r["agent"] == other and r["budget"] == budget and r["seed"] == seed)
+                        mine = [r for r in runs if r["agent"] == "autoq" and r["seed"] == seed
+                                and (scope == "every budget" or r["budget"] == budget)]
+                        ratios[budget].append(latency_at_matched_accuracy([p for r in mine for p in r["front"]], b))
+                line = []
+                for scope, ratios in matched[other].items():
+                    reached = [r for r in ratios[budget] if r is not None]
+                    line.append(f"{scope} " + (f"{np.mean(reached):.3f} +- {np.std(reached):.3f}" if reached else "never matched")
+                                + f" ({len(reached)} of {len(ratios[budget])} runs)")
+                print(f"- autoq vs {other} at {budget}: " + "; ".join(line))
     return {**meta, "seeds": seeds, "budgets": budgets, "runs": runs, "per_budget": per_budget, "summary": summary,
             "latency_at_matched_accuracy": matched}
 
@@ -170,7 +176,8 @@ def main() -> None:
     parser.add_argument("--task", default=DEFAULT_TASK, help="model/task name as for autoq search --model")
     parser.add_argument("--backend", default="model", help="cost backend URI (default model)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--budgets", nargs="+", default=["0.3x", "0.4x", "0.5x"])
+    # tight budgets: on the Fashion CNN at 0.4x and 0.5x every agent's plan is within ~0.3 points of the float model
+    parser.add_argument("--budgets", nargs="+", default=["0.2x", "0.25x", "0.3x"])
     parser.add_argument("--episodes", type=int, help="episodes per agent (default: autoq search's for the task)")
     parser.add_argument("--agents", nargs="+", default=list(AGENTS))
     parser.add_argument("--json", metavar="PATH", help="write every run's figures here")
