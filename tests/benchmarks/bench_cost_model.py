@@ -7,7 +7,7 @@ plan. Under both schedule models: the RTL pipeline (the bundled calibration's) a
 (``ScheduleParams()``, the published-figure parameters of the PYNQ-Z1 calibration before the RTL fit).
 
 Beside it, as many fresh plans built the same way and scored in one ``measure_many`` call per round (up to ``MANY``
-plans per histogram pass; its schedule over that many copies of the network is built before the clock starts). Side
+plans per histogram pass; its schedules over copies of the network are built before the clock starts). Side
 by side, the same plans through ``measure_direct``: every layer tiled from its per-kernel bits (the definition the
 fast path equals bit for bit, and the path the old layer memo took on a miss). Each figure is the best of
 ``--repeats`` rounds of ``--plans`` plans, in wall-clock and in CPU time (the machine may be shared); the inputs are
@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from autoq.calibration.costmodel import MANY, AnalyticCostModel
+from autoq.calibration.costmodel import AnalyticCostModel
 from autoq.common.network import NetworkSpec
 from autoq.common.plan import LayerPlan, QuantPlan
 from autoq.host.backends.model import ModelBackend
@@ -41,18 +41,27 @@ def random_bits(network: NetworkSpec, count: int, rng: np.random.Generator) -> l
             for _ in range(count)]
 
 
-def best_rate(measure: Callable[[NetworkSpec, QuantPlan, int], object], network: NetworkSpec,
-              rounds: list[list[Layers]], many: Callable[[NetworkSpec, list[QuantPlan], int], object] | None = None
-              ) -> tuple[float, float]:
-    """Plans per second (wall clock, CPU time), the best round of each; every plan built and scored once, one at a
-    time by ``measure`` or, with ``many``, all of a round's plans in one call."""
+def built(network: NetworkSpec, layers: Layers) -> QuantPlan:
+    return QuantPlan.for_network(network, (LayerPlan(*layer) for layer in layers))
+
+
+def one_at_a_time(measure: Callable[[NetworkSpec, QuantPlan, int], object], network: NetworkSpec
+                  ) -> Callable[[list[Layers]], object]:
+    return lambda plans: [measure(network, built(network, layers), 1) for layers in plans]
+
+
+def in_one_call(measure_many: Callable[[NetworkSpec, list[QuantPlan], int], object], network: NetworkSpec
+                ) -> Callable[[list[Layers]], object]:
+    return lambda plans: measure_many(network, [built(network, layers) for layers in plans], 1)
+
+
+def best_rate(score: Callable[[list[Layers]], object], rounds: list[list[Layers]]) -> tuple[float, float]:
+    """Plans per second (wall clock, CPU time), the best round of each; ``score`` builds and scores a round's plans,
+    each once."""
     wall = cpu = 0.0
     for plans in rounds:
         start, start_cpu = time.perf_counter(), time.process_time()
-        if many is not None:
-            many(network, [QuantPlan.for_network(network, (LayerPlan(*layer) for layer in layers)) for layers in plans], 1)
-        for layers in plans if many is None else ():
-            measure(network, QuantPlan.for_network(network, (LayerPlan(*layer) for layer in layers)), 1)
+        score(plans)
         wall = max(wall, len(plans) / (time.perf_counter() - start))
         cpu = max(cpu, len(plans) / (time.process_time() - start_cpu))
     return wall, cpu
@@ -83,10 +92,10 @@ def main() -> None:
             gc.collect()
             gc.freeze()
             backend, direct = ModelBackend(params, overlay, "model"), AnalyticCostModel(overlay, params)
-            fast_wall, fast_cpu = best_rate(backend.measure, network, fast_rounds)
-            backend.measure_many(network, [QuantPlan.uniform(network, 8, 8)] * min(args.plans, MANY), 1)  # its schedule
-            many_wall, many_cpu = best_rate(backend.measure, network, many_rounds, backend.measure_many)
-            old_wall, old_cpu = best_rate(direct.measure_direct, network, direct_rounds)
+            fast_wall, fast_cpu = best_rate(one_at_a_time(backend.measure, network), fast_rounds)
+            backend.measure_many(network, [QuantPlan.uniform(network, 8, 8)] * args.plans, 1)  # its schedules
+            many_wall, many_cpu = best_rate(in_one_call(backend.measure_many, network), many_rounds)
+            old_wall, old_cpu = best_rate(one_at_a_time(direct.measure_direct, network), direct_rounds)
             gc.unfreeze()
             print(f"{arch:13s} {mode:12s} measure {fast_wall:7.0f} plans/s ({fast_cpu:7.0f} per CPU s) | "
                   f"measure_many {many_wall:7.0f} ({many_cpu:7.0f}) | "
