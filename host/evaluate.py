@@ -192,6 +192,12 @@ class Evaluator:
             self._float_log_probs.clear()
         return self._score(self.held_out["test"])
 
+    def correct(self, plan: QuantPlan, split: str = "test") -> np.ndarray:
+        """Whether each image of held-out ``split`` is classified right under ``plan`` (not cached): what a paired
+        comparison of two plans on the same images needs."""
+        self.qmodel.apply(plan)
+        return np.concatenate([self._correct(self._parts[part]) for part in self._parts_of(split)])
+
     def full_precision_accuracy(self, split: str = "val") -> float:
         """Top-1 accuracy of the float model on ``split``."""
         parts = self._parts_of(split)
@@ -225,7 +231,10 @@ class Evaluator:
             raise AutoQError("fine-tuning needs a train split")
 
     def _score(self, split: Split) -> float:
-        return int((self._log_probs(split).argmax(1) == split.y).sum()) / len(split)
+        return int(self._correct(split).sum()) / len(split)
+
+    def _correct(self, split: Split) -> np.ndarray:
+        return (self._log_probs(split).argmax(1) == split.y).numpy()
 
     def _sums(self, part: str) -> _Sums:
         """The applied plan's sums on ``part`` (``_Sums``)."""

@@ -46,6 +46,18 @@ def test_val_selects_and_test_reports_on_disjoint_images(evaluator, task):
     assert on_val == evaluator._score(val) and on_test == evaluator._score(test)
 
 
+def test_correct_marks_each_image_and_agrees_with_accuracy(evaluator, task):
+    """``correct`` (paired comparisons) marks every image of the split once; its mean is the accuracy."""
+    wide, narrow = QuantPlan.uniform(task.network, 8, 8), QuantPlan.uniform(task.network, 2, 2)
+    for split, images in (("test", task.test), ("val", task.val)):
+        right = evaluator.correct(narrow, split)
+        assert right.dtype == bool and right.shape == (len(images),)
+        assert right.mean() == pytest.approx(evaluator.accuracy(narrow, split=split), abs=1e-12)
+    assert (evaluator.correct(wide) != evaluator.correct(narrow)).sum() > 0.05 * len(task.test)
+    with pytest.raises(AutoQError, match="no held-out split"):
+        evaluator.correct(wide, "train")
+
+
 def test_results_are_cached_by_plan_hash(evaluator, task):
     plan = QuantPlan.uniform(task.network, 5, 6)
     first = evaluator.accuracy(plan)

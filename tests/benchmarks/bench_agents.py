@@ -7,7 +7,10 @@ Not a test: prints tables (and writes ``--json PATH``).
 Per agent and budget: test accuracy of the selected plan (mean +- std over seeds: the std is the noise a difference
 must beat), its latency relative to the uniform 8-bit plan, the fraction of its layers that run more than one tile
 width, how often the agent's own proposal met the budget, and whether a selected plan ever came from the warm-up.
-Then latency at matched accuracy: the lowest latency autoq reached among plans at least as accurate (on the
+Then autoq's test accuracy minus each other agent's, paired by seed, with two noise figures: the std over seeds
+(the search's own randomness) and the standard error from the test images (the paired per-image differences of the
+two selected plans, which is far below the ~0.5 points of one accuracy on 5,000 images, as both plans get most
+images alike). Then latency at matched accuracy: the lowest latency autoq reached among plans at least as accurate (on the
 validation subset) as the other agent's selected plan, as a ratio to that plan's latency (autoq vs haq, autoq vs the
 layer-wise oracle), among the plans of autoq's search at that budget (which all sit at the budget once enforced) and
 among those of its searches at every budget of the seed, printed beside the share of the network's latency that
@@ -22,6 +25,7 @@ layer-wise one at the same activation bits.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import time
 
@@ -81,7 +85,30 @@ def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: i
         "proposals_met_budget": float(np.mean([o.proposal_fits for o in learned])),
         "s_per_episode": wall / len(outcomes),
         "front": [(o.accuracy, o.cost.latency_s) for o in learned],
+        "test_correct": packed(t.evaluator.correct(selected.plan, "test")),
     }
+
+
+def packed(correct: np.ndarray) -> str:
+    """Per-image correctness as JSON-friendly text (base64 of the packed bits)."""
+    return base64.b64encode(np.packbits(correct).tobytes()).decode() + f":{len(correct)}"
+
+
+def unpacked(text: str) -> np.ndarray:
+    bits, count = text.rsplit(":", 1)
+    return np.unpackbits(np.frombuffer(base64.b64decode(bits), dtype=np.uint8))[: int(count)].astype(bool)
+
+
+def paired_difference(mine: list[dict], others: list[dict]) -> tuple[float, float, float]:
+    """Test accuracy of ``mine`` minus ``others`` (runs paired by seed), in points: the mean over seeds, its std over
+    seeds, and the standard error of the mean from the test images alone (each seed's paired per-image differences,
+    which cancel the images both plans get right or wrong: the test split's own noise on this difference)."""
+    diffs, variances = [], []
+    for a, b in zip(mine, others):
+        d = unpacked(a["test_correct"]).astype(float) - unpacked(b["test_correct"])
+        diffs.append(100 * d.mean())
+        variances.append((100 * d.std(ddof=1)) ** 2 / len(d))
+    return float(np.mean(diffs)), float(np.std(diffs)), float(np.sqrt(sum(variances)) / len(diffs))
 
 
 def latency_at_matched_accuracy(front: list[tuple[float, float]], other: dict) -> float | None:
@@ -125,7 +152,21 @@ def report(runs: list[dict], meta: dict) -> dict:
     print("\nShare of the latency that depends on weight bits (bounds what kernel-wise saves at equal activation bits): "
           + ", ".join(f"{k}: {v:.1%}" for k, v in meta["weight_bit_share"].items()))
     matched: dict[str, dict[str, dict[str, list[float | None]]]] = {}
+    paired: dict[str, dict[str, tuple[float, float, float]]] = {}
     if "autoq" in agents:
+        print("\nTest accuracy of autoq minus each other agent, in points, paired by seed: mean over seeds +- its std over "
+              "seeds [+- the test images' standard error of that mean, from the per-image differences]:\n")
+        for other in agents:
+            if other == "autoq":
+                continue
+            paired[other] = {}
+            for budget in budgets:
+                mine = sorted((r for r in runs if r["agent"] == "autoq" and r["budget"] == budget), key=lambda r: r["seed"])
+                theirs = sorted((r for r in runs if r["agent"] == other and r["budget"] == budget), key=lambda r: r["seed"])
+                if [r["seed"] for r in mine] == [r["seed"] for r in theirs]:
+                    paired[other][budget] = paired_difference(mine, theirs)
+            print(f"- vs {other}: " + "; ".join(f"{budget} {d:+.2f} +- {s:.2f} [+- {e:.2f}]"
+                                                 for budget, (d, s, e) in paired[other].items()))
         print("\nLatency at matched accuracy: autoq's lowest latency at >= the other's selected val-subset accuracy, / the "
               "other's latency; among the plans of autoq's search at the same budget, and among those of its searches at "
               "every budget of the seed (a tighter budget's plan can match a looser one's accuracy):\n")
@@ -148,7 +189,7 @@ def report(runs: list[dict], meta: dict) -> dict:
                                 + f" ({len(reached)} of {len(ratios[budget])} runs)")
                 print(f"- autoq vs {other} at {budget}: " + "; ".join(line))
     return {**meta, "seeds": seeds, "budgets": budgets, "runs": runs, "per_budget": per_budget, "summary": summary,
-            "latency_at_matched_accuracy": matched}
+            "latency_at_matched_accuracy": matched, "paired_test_difference": paired}
 
 
 def merged(paths: list[str]) -> tuple[list[dict], dict]:
