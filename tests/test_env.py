@@ -6,7 +6,7 @@ import pytest
 
 from autoq.common.backend import BackendInfo
 
-from autoq.common.plan import QuantPlan
+from autoq.common.plan import LayerPlan, QuantPlan
 from autoq.host.search.env import KERNEL_OBS_DIM, LAYER_OBS_DIM, QuantEnv
 from autoq.host.search.rewards import BudgetSpec, CostPoint, RewardSetting, SearchError
 from searchtoys import ToyBackend, ToyEvaluator, toy_env, toy_network
@@ -109,6 +109,27 @@ def test_plans_within_budget_are_not_changed():
     cheap = QuantPlan.uniform(env.network, 2, 2)
     outcome = env.evaluate(cheap)
     assert outcome.plan == outcome.proposed == cheap and outcome.fits
+
+
+def test_measure_many_is_measure_of_each_plan_batched_or_one_by_one():
+    """With the model backend ``measure_many`` takes its batch path; a backend without one measures plan by plan."""
+    import dataclasses
+
+    from autoq.common.backend import open_backend
+
+    stamp = lambda m: dataclasses.replace(m, provenance=dataclasses.replace(m.provenance, timestamp=0.0))
+    toy = toy_env(HALF_LATENCY)
+    rng = np.random.default_rng(0)
+    plans = [QuantPlan.uniform(toy.network, 8, 8)]
+    plans += [QuantPlan.for_network(toy.network, (LayerPlan(l.name, tuple(int(b) for b in rng.integers(2, 9, l.c_out)),
+                                                            int(rng.integers(2, 9))) for l in toy.network))
+              for _ in range(5)]
+    calls = toy.backend.calls
+    assert [stamp(m) for m in toy.measure_many(plans)] == [stamp(toy.measure(p)) for p in plans]
+    assert toy.backend.calls == calls + 2 * len(plans)
+    model = toy.scoring_with(open_backend("model"), toy.evaluator)
+    assert [stamp(m) for m in model.measure_many(plans)] == [stamp(model.measure(p)) for p in plans]
+    assert model.measure_many([]) == []
 
 
 def test_impossible_budget_is_an_error_before_the_search():

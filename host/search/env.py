@@ -317,6 +317,14 @@ class QuantEnv:
     def measure(self, plan: QuantPlan) -> Measurement:
         return self.backend.measure(self.network, plan, self.batch)
 
+    def measure_many(self, plans: Sequence[QuantPlan]) -> list[Measurement]:
+        """``measure`` of each plan, in one call where the backend scores many at once (``ModelBackend.measure_many``);
+        a backend without it (a board, a recording) measures them one by one."""
+        many = getattr(self.backend, "measure_many", None)
+        if many is None:
+            return [self.measure(plan) for plan in plans]
+        return list(many(self.network, plans, self.batch))
+
     def evaluate(self, plan: QuantPlan, layer_wise: bool | None = None) -> EpisodeOutcome:
         """Score ``plan`` against the budget, enforce the budget on it if it must be, then score the plan that fits:
         accuracy, loss, KL, cost, reward. ``layer_wise`` picks the enforcement rule (default: whether every layer of

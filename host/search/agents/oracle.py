@@ -142,9 +142,10 @@ class OracleAgent(Agent):
         """The least estimated-loss plan whose ``metric`` cost (summed over layers) is at most ``limit``."""
         network = env.network
         groups = [self.candidates(env, i) for i in range(len(network))]
-        for j in range(max(len(g) for g in groups)):  # cost all layers' j-th candidates in one measured plan
-            chosen = [g[min(j, len(g) - 1)] for g in groups]
-            measurement = env.measure(_plan(network, chosen))
+        # cost all layers' j-th candidates in one measured plan, every j in one call
+        columns = range(max(len(g) for g in groups))
+        measurements = env.measure_many([_plan(network, [g[min(j, len(g) - 1)] for g in groups]) for j in columns])
+        for j, measurement in zip(columns, measurements):
             for group, layer_cost in zip(groups, measurement.layers):
                 if j < len(group):
                     group[j].cost = layer_cost.latency_s if metric == "latency" else layer_cost.energy_j
