@@ -15,10 +15,7 @@ def register_synth(commands: argparse._SubParsersAction) -> None:
     """Add ``synth`` to the ``autoq hls`` actions."""
     synth = commands.add_parser("synth", help="synthesise the RTL engine with Yosys (synth_xilinx -family xc7) and "
                                               "report LUT/FF/BRAM/DSP against the part")
-    synth.add_argument("--overlay", default=DEFAULT_OVERLAY,
-                       help=f"overlay in bitstreams/ or a manifest path (default {DEFAULT_OVERLAY})")
-    synth.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="manifest field override, e.g. --set dm=4 (JSON values; repeatable)")
+    add_manifest_options(synth)
     synth.add_argument("--verilog", metavar="FILE", default=None,
                        help="synthesise this Verilog (top bitserial_engine) instead of the one generated from hls/rtl")
     synth.add_argument("--no-cache", action="store_true", help="synthesise even if a cached result exists")
@@ -27,6 +24,14 @@ def register_synth(commands: argparse._SubParsersAction) -> None:
                             "no LUTs per block)")
     synth.add_argument("--json", action="store_true", help="print the report as JSON")
     synth.set_defaults(handler=synth_handler)
+
+
+def add_manifest_options(parser: argparse.ArgumentParser) -> None:
+    """``--overlay`` (default the bundled one) and ``--set KEY=VALUE`` manifest overrides (read with ``overrides``)."""
+    parser.add_argument("--overlay", default=DEFAULT_OVERLAY,
+                        help=f"overlay in bitstreams/, its folder or its manifest (default {DEFAULT_OVERLAY})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a manifest field first, e.g. --set dm=4 (JSON values; repeatable)")
 
 
 def overrides(items: list[str]) -> dict[str, object]:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoq.host.cli._hls_synth import overrides, register_synth
-from autoq.overlay.manifest import DEFAULT_OVERLAY
+from autoq.host.cli._hls_synth import add_manifest_options, overrides, register_synth
 
 SIM_OVERLAY = "rtl_small"
 """``autoq hls sim``'s default: a 2x2x64 array whose Verilator build takes about a minute (see README)."""
@@ -33,10 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     rehash = commands.add_parser("rehash", help="recompute a manifest's build hash after an edit, and its default "
                                                 "calibration's overlay_build_hash")
-    rehash.add_argument("--overlay", default=DEFAULT_OVERLAY,
-                        help=f"overlay in bitstreams/, its folder or its manifest (default {DEFAULT_OVERLAY})")
-    rehash.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="change a manifest field first, e.g. --set dm=4 (JSON values; repeatable)")
+    add_manifest_options(rehash)
     rehash.set_defaults(handler=rehash_handler)
 
 
