@@ -293,6 +293,10 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
     if not resume and checkpoint.exists():
         raise SearchError(f"{checkpoint} already holds a search: pass --resume to continue it, or choose another --out")
     task, evaluator = search_evaluator(config)
+    if not evaluator.trainable and (hls4ml or config.finetune_steps):
+        asked = "an hls4ml export" if hls4ml else f"{config.finetune_steps} fine-tune steps per episode"
+        raise SearchError(f"{asked} needs a torch model; {task.name!r} is an ONNX graph "
+                          "(give it as a .pt state dict with --arch)")
     scales = evaluator.kernel_scales()  # per-kernel float weights, BatchNorm folded; a torch or an ONNX model
     created = _FreshFiles(out, record, resume)
     if not resume and not (out / SENSITIVITY_NAME).exists():
