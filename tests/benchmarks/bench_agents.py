@@ -9,7 +9,7 @@ must beat), its latency relative to the uniform 8-bit plan, the fraction of its 
 width, how often the agent's own proposal met the budget, and whether a selected plan ever came from the warm-up.
 Then autoq's test accuracy minus each other agent's, paired by seed, with two noise figures: the std over seeds
 (the search's own randomness) and the standard error from the test images (the paired per-image differences of the
-two selected plans, which is far below the ~0.5 points of one accuracy on 5,000 images, as both plans get most
+two selected plans, which is well below the ~0.5 points of one accuracy on 5,000 images, as both plans get most
 images alike). Then latency at matched accuracy: the lowest latency autoq reached among plans at least as accurate (on the
 validation subset) as the other agent's selected plan, as a ratio to that plan's latency (autoq vs haq, autoq vs the
 layer-wise oracle), among the plans of autoq's search at that budget (which all sit at the budget once enforced) and
