@@ -153,7 +153,7 @@ class Evaluator:
         parts = self._parts_of(split)
         if finetune_steps < 0:
             raise AutoQError(f"finetune_steps must be >= 0, got {finetune_steps}")
-        self._check_finetune(finetune_steps)
+        self.check_finetune(finetune_steps)
         missing = [part for part in parts if (plan.hash, finetune_steps, part) not in self._cache]
         if missing:
             for part in missing:
@@ -183,7 +183,7 @@ class Evaluator:
         returns its test-split accuracy. Accuracies cached before describe the old weights, so the cache is cleared."""
         if steps < 0:
             raise AutoQError(f"finetune_steps must be >= 0, got {steps}")
-        self._check_finetune(steps)
+        self.check_finetune(steps)
         self.qmodel.apply(plan)
         if steps:
             self._finetune(steps)
@@ -223,7 +223,8 @@ class Evaluator:
                              "(use 0 fine-tune steps, or give the model as a .pt state dict with --arch)")
         return self.qmodel.model
 
-    def _check_finetune(self, steps: int) -> None:
+    def check_finetune(self, steps: int) -> None:
+        """Refuse ``steps`` fine-tune steps this evaluator cannot take (an ONNX graph, or no train split)."""
         if steps and not self.trainable:
             raise AutoQError(f"model {self.qmodel.network.name!r} is an ONNX graph: it cannot be fine-tuned "
                              "(use 0 fine-tune steps, or give the model as a .pt state dict with --arch)")

@@ -310,6 +310,16 @@ def hls4ml_config(integer_model: "fx.GraphModule", precisions: dict[str, LayerPr
     return config
 
 
+def check_hls4ml_exportable(qmodel: "QuantizedModel | OnnxQuantizedModel") -> "QuantizedModel":
+    """``qmodel`` if hls4ml can convert it; an ONNX graph (``quant.onnx_quant``) has no torch module: refused."""
+    from autoq.host.quant.quantizer import QuantizedModel
+
+    if not isinstance(qmodel, QuantizedModel):
+        raise AutoQError(f"hls4ml export needs a torch model; {qmodel.network.name!r} is an ONNX graph "
+                         "(give it as a .pt state dict with --arch)")
+    return qmodel
+
+
 def export_hls4ml(qmodel: "QuantizedModel | OnnxQuantizedModel", plan: QuantPlan, output_dir: str | Path, *, part: str = PYNQ_Z1_PART) -> HlsExport:
     """Apply ``plan`` to ``qmodel`` and write an hls4ml project for it into ``output_dir`` (not compiled: call
     ``result.hls_model.compile()`` for the C simulation, or run the vendor tools on the project)."""
@@ -319,11 +329,7 @@ def export_hls4ml(qmodel: "QuantizedModel | OnnxQuantizedModel", plan: QuantPlan
 
     import torch
 
-    from autoq.host.quant.quantizer import QuantizedModel
-
-    if not isinstance(qmodel, QuantizedModel):  # quant.onnx_quant: an ONNX graph, no torch module for hls4ml to convert
-        raise AutoQError(f"hls4ml export needs a torch model; {qmodel.network.name!r} is an ONNX graph "
-                         "(give it as a .pt state dict with --arch)")
+    qmodel = check_hls4ml_exportable(qmodel)
     qmodel.apply(plan)
     output = Path(output_dir)
     example = torch.zeros((1, *qmodel.network.input_shape))

@@ -293,10 +293,11 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
     if not resume and checkpoint.exists():
         raise SearchError(f"{checkpoint} already holds a search: pass --resume to continue it, or choose another --out")
     task, evaluator = search_evaluator(config)
-    if not evaluator.trainable and (hls4ml or config.finetune_steps):
-        asked = "an hls4ml export" if hls4ml else f"{config.finetune_steps} fine-tune steps per episode"
-        raise SearchError(f"{asked} needs a torch model; {task.name!r} is an ONNX graph "
-                          "(give it as a .pt state dict with --arch)")
+    evaluator.check_finetune(config.finetune_steps)  # refused here, not at the first episode or the export
+    if hls4ml:
+        from autoq.host.export.hls4ml_export import check_hls4ml_exportable
+
+        check_hls4ml_exportable(evaluator.qmodel)
     scales = evaluator.kernel_scales()  # per-kernel float weights, BatchNorm folded; a torch or an ONNX model
     created = _FreshFiles(out, record, resume)
     if not resume and not (out / SENSITIVITY_NAME).exists():
