@@ -151,8 +151,6 @@ class Evaluator:
         """Top-1 accuracy, mean cross-entropy and mean KL(float || quantized) on ``split`` under ``plan``, after
         ``finetune_steps`` SGD steps when asked (cached per part of the split)."""
         parts = self._parts_of(split)
-        if finetune_steps < 0:
-            raise AutoQError(f"finetune_steps must be >= 0, got {finetune_steps}")
         self.check_finetune(finetune_steps)
         missing = [part for part in parts if (plan.hash, finetune_steps, part) not in self._cache]
         if missing:
@@ -181,8 +179,6 @@ class Evaluator:
     def finetune_and_keep(self, plan: QuantPlan, steps: int) -> float:
         """Fine-tune under ``plan`` for ``steps`` SGD steps and *keep* the weights (the final model, before export);
         returns its test-split accuracy. Accuracies cached before describe the old weights, so the cache is cleared."""
-        if steps < 0:
-            raise AutoQError(f"finetune_steps must be >= 0, got {steps}")
         self.check_finetune(steps)
         self.qmodel.apply(plan)
         if steps:
@@ -224,7 +220,9 @@ class Evaluator:
         return self.qmodel.model
 
     def check_finetune(self, steps: int) -> None:
-        """Refuse ``steps`` fine-tune steps this evaluator cannot take (an ONNX graph, or no train split)."""
+        """Refuse ``steps`` fine-tune steps this evaluator cannot take (negative, an ONNX graph, or no train split)."""
+        if steps < 0:
+            raise AutoQError(f"finetune_steps must be >= 0, got {steps}")
         if steps and not self.trainable:
             raise AutoQError(f"model {self.qmodel.network.name!r} is an ONNX graph: it cannot be fine-tuned "
                              "(use 0 fine-tune steps, or give the model as a .pt state dict with --arch)")
