@@ -10,6 +10,10 @@ coupled steps), each candidate screened at a few timing settings; for data from 
 lookup table. The structure is chosen once on all data; cross-validation refits the timing parameters. Only the
 achieved bandwidth (port width x efficiency) is identifiable, not the two apart.
 
+With ``pipeline`` (the RTL's step pipeline, ``ScheduleParams.pipeline``) the fit is of that model's constants
+instead (``PIPELINE_PARAMETERS``, least squares on the log ratio from ``_PIPELINE_START``), the HP port's settings
+kept as given; no structure search. ``fit_pipeline`` fits them on RTL-simulation runs under several port settings.
+
 Errors are absolute percentage errors of latency: in-sample, k-fold over samples, and leave-one-layer-out (every
 measurement of one layer held out together). Baselines are printed beside them: ``c * MACs * wbits * abits`` with
 one global ``c``, and ``c_layer * wbits * abits`` with one constant per layer (the naive table scaling).
@@ -18,10 +22,11 @@ Energy, when measured, is fitted after latency by non-negative least squares on 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 from scipy.optimize import least_squares, nnls
@@ -271,11 +276,20 @@ class FitResult:
 
 
 def fit(dataset: Dataset, template: OverlayConfig, search_overlay: bool = False, per_image_convs: bool = False,
-        folds: int = 5, seed: int = 0, progress: Callable[[str], None] = lambda _: None) -> FitResult:
-    """Fit ``dataset`` (see the module docstring). ``template`` is the overlay (or the search's starting point)."""
+        folds: int = 5, seed: int = 0, progress: Callable[[str], None] = lambda _: None,
+        pipeline: ScheduleParams | None = None) -> FitResult:
+    """Fit ``dataset`` (see the module docstring). ``template`` is the overlay (or the search's starting point).
+    ``pipeline``: fit the RTL step pipeline's constants (``PIPELINE_PARAMETERS``) instead of the stage-total
+    parameters, every other field (the HP port's settings) kept from ``pipeline``."""
     keys = dataset.layer_keys
-    if len(dataset.samples) < 2 * len(FREE_PARAMETERS):
-        raise FitError(f"{len(dataset.samples)} measurements are too few to fit {len(FREE_PARAMETERS)} parameters")
+    free = FREE_PARAMETERS if pipeline is None else PIPELINE_PARAMETERS
+    if pipeline is not None and not pipeline.pipeline:
+        raise FitError("the schedule whose pipeline constants are to be fitted is a stage-total one (pipeline: false)")
+    if pipeline is not None and search_overlay:
+        raise FitError("the overlay structure is searched with the stage-total model only: the pipeline model is the "
+                       "RTL's own, fitted on measurements of that RTL's overlay")
+    if len(dataset.samples) < 2 * len(free):
+        raise FitError(f"{len(dataset.samples)} measurements are too few to fit {len(free)} parameters")
     if len(keys) < 2:
         raise FitError("measurements of at least two different layers (or, measured whole, networks) are needed "
                        "(leave-one-layer-out)")
@@ -290,27 +304,35 @@ def fit(dataset: Dataset, template: OverlayConfig, search_overlay: bool = False,
         structure = Structure(template, per_image_convs)
     predictor = _Predictor(dataset, structure)
     everything = np.ones(measured.size, dtype=bool)
-    progress(f"fitting timing parameters on {measured.size} measurements ({structure.describe()})")
-    starts = _best_starts(predictor, measured, everything, _STARTS_KEPT)
-    params, _ = _fit_timing(predictor, measured, everything, starts, max_nfev=60)
+    model = "stage-total" if pipeline is None else "pipeline"
+    progress(f"fitting the {model} timing parameters on {measured.size} measurements ({structure.describe()})")
+    refit: Callable[[np.ndarray], ScheduleParams]
+    if pipeline is None:
+        starts = _best_starts(predictor, measured, everything, _STARTS_KEPT)
+        params, _ = _fit_timing(predictor, measured, everything, starts, max_nfev=60)
+        warm = (_vector(params),)
+        refit = lambda train: _fit_timing(predictor, measured, train, warm, max_nfev=25)[0]
+    else:
+        steps = _DatasetPipeline(predictor, dataclasses.replace(pipeline, per_image_convs=per_image_convs))
+        cycles = measured * structure.overlay.clock_hz
+        x = _fit_pipeline_x(steps, cycles, everything, _PIPELINE_START)
+        params = steps.params(x)
+        refit = lambda train: steps.params(_fit_pipeline_x(steps, cycles, train, x))
     seconds = predictor.seconds(params)
-    warm = (_vector(params),)
 
     held_out = np.empty_like(measured)
     rng = np.random.default_rng(seed)
     fold_of = rng.permutation(measured.size) % folds
     for fold in range(folds):
         test = fold_of == fold
-        fold_params, _ = _fit_timing(predictor, measured, ~test, warm, max_nfev=25)
-        held_out[test] = predictor.seconds(fold_params)[test]
+        held_out[test] = predictor.seconds(refit(~test))[test]
     kfold = error_figures(held_out, measured)
     progress(f"{folds}-fold cross-validation: MAPE {kfold.mape:.2f}%")
 
     sample_keys = np.array([s.key for s in dataset.samples])
     for key in keys:
         test = sample_keys == key
-        layer_params, _ = _fit_timing(predictor, measured, ~test, warm, max_nfev=25)
-        held_out[test] = predictor.seconds(layer_params)[test]
+        held_out[test] = predictor.seconds(refit(~test))[test]
     lolo = error_figures(held_out, measured)
     progress(f"leave-one-layer-out ({len(keys)} layers): MAPE {lolo.mape:.2f}%")
 
@@ -324,6 +346,15 @@ def fit(dataset: Dataset, template: OverlayConfig, search_overlay: bool = False,
         energy_figures = error_figures(predicted_energy[have], measured_energy[have])
     return FitResult(structure, params, energy, error_figures(seconds, measured), kfold, lolo, energy_figures,
                      _baselines(dataset, measured), folds, tuple(log))
+
+
+def pipeline_to_fit(base: CalibrationParams, stage_totals: bool | None = None) -> ScheduleParams | None:
+    """``fit``'s ``pipeline`` for a fit on top of calibration ``base``: ``base``'s step pipeline (its HP port's
+    settings), or a default one if ``base`` has the stage totals; None (fit the stage totals) if ``stage_totals``,
+    which defaults to whether ``base`` has them."""
+    if base.schedule.pipeline if stage_totals is None else not stage_totals:
+        return base.schedule if base.schedule.pipeline else ScheduleParams(pipeline=True)
+    return None
 
 
 def calibration_from_fit(result: FitResult, dataset: Dataset, base: CalibrationParams, calibration_id: str,
@@ -343,6 +374,15 @@ def calibration_from_fit(result: FitResult, dataset: Dataset, base: CalibrationP
     else:
         notes = [f"NOT calibrated: {dataset.predicted}; a fit on a model's predictions reproduces that model, it "
                  f"measures nothing (fitted on {dataset.source})"]
+    schedule = result.schedule
+    if schedule.pipeline:
+        port = {name: getattr(schedule, name) for name in PORT_PARAMETERS}
+        origin = (f"kept from calibration {base.id!r}" if port == {n: getattr(base.schedule, n) for n in PORT_PARAMETERS}
+                  else "as given to the fit")
+        notes.append(f"schedule model pipeline=true: {', '.join(PIPELINE_PARAMETERS)} fitted; the HP port's settings "
+                     f"not fitted, {origin}: " + ", ".join(f"{k} {v:g}" for k, v in port.items()))
+    else:
+        notes.append(f"schedule model pipeline=false (stage totals): {', '.join(FREE_PARAMETERS)} fitted")
     if result.energy is None:
         notes.append(f"energy parameters not measured: kept from calibration {base.id!r} (calibrated={base.calibrated})")
     figures = result.figures()
@@ -354,7 +394,7 @@ def calibration_from_fit(result: FitResult, dataset: Dataset, base: CalibrationP
         overlay_build_hash=overlay.build_hash,
         date=today(),
         calibrated=calibrated,
-        schedule=result.schedule,
+        schedule=schedule,
         energy=result.energy or base.energy,
         overlay=carried,
         fit=figures,
@@ -407,7 +447,26 @@ class _PipelinePredictor:
         return out
 
 
-def _fit_pipeline_x(predictor: _PipelinePredictor, measured: np.ndarray, train: np.ndarray, x0: np.ndarray) -> np.ndarray:
+class _PipelineCycles(Protocol):
+    def cycles(self, x: np.ndarray, relaxed: bool = False) -> np.ndarray: ...
+
+
+class _DatasetPipeline:
+    """A dataset's cycles (``_Predictor``, whole-network samples summed) under the pipeline schedule ``base`` with
+    its ``PIPELINE_PARAMETERS`` set to ``x``."""
+
+    def __init__(self, predictor: _Predictor, base: ScheduleParams):
+        self.predictor, self.base = predictor, base
+
+    def params(self, x: np.ndarray) -> ScheduleParams:
+        constants: dict[str, Any] = dict(zip(PIPELINE_PARAMETERS, (float(v) for v in x)))
+        return dataclasses.replace(self.base, **constants)
+
+    def cycles(self, x: np.ndarray, relaxed: bool = False) -> np.ndarray:
+        return self.predictor.cycles(self.params(x), relaxed)[0]
+
+
+def _fit_pipeline_x(predictor: _PipelineCycles, measured: np.ndarray, train: np.ndarray, x0: np.ndarray) -> np.ndarray:
     residual = lambda x: np.log(predictor.cycles(x, relaxed=True)[train] / measured[train])
     return least_squares(residual, x0, bounds=(np.zeros_like(x0), _PIPELINE_UPPER), x_scale=np.maximum(x0, 1.0)).x
 

@@ -8,7 +8,6 @@ from autoq.common.backend import open_backend
 from autoq.common.errors import BackendError
 from autoq.host.backends.record import RecordingBackend, open_backend_recording
 from autoq.overlay.calibration_params import CalibrationParams, load_default_calibration
-from autoq.overlay.schedule import ScheduleParams
 from autoq.host.backends.replay import FIT_CACHE_SUFFIX, parse_uri
 from autoq.host.traces import TraceStore
 from boardkit import TINY
@@ -127,12 +126,12 @@ def test_model_backend_search_replays_identically(tmp_path):
 
 def test_fallback_predicts_misses_with_the_model_fitted_on_the_trace(tmp_path):
     net, path = TINY, tmp_path / "trace.sqlite"
-    # The fallback fits the stage-total model (as ``autoq calibrate`` does; neither fits the RTL pipeline model from
-    # a trace yet, and on this net a stage-total fit misses the pipeline model by ~3%): record with a stage-total
-    # calibration, so the check is that the fit recovers the model family it was recorded from.
-    stage = tmp_path / "stage.json"
-    dataclasses.replace(load_default_calibration(), schedule=ScheduleParams()).save(stage)
-    model = f"model:{stage}"
+    # The fallback fits the default calibration's model (the RTL's step pipeline), as ``autoq calibrate`` does: the
+    # trace is recorded with a pipeline calibration of other constants, which the fit must recover.
+    other = tmp_path / "other.json"
+    schedule = dataclasses.replace(load_default_calibration().schedule, layer_overhead_cycles=400.0, row_cycles=4.0)
+    dataclasses.replace(load_default_calibration(), schedule=schedule).save(other)
+    model = f"model:{other}"
     plans = some_plans(net, 8)
     recorded = record_with_model_backend(path, net, plans, model)
     unseen = some_plans(net, 3, seed=7)
@@ -142,17 +141,20 @@ def test_fallback_predicts_misses_with_the_model_fitted_on_the_trace(tmp_path):
     for plan in unseen:
         predicted, expected = replay.measure(net, plan), truth.measure(net, plan)
         assert predicted.provenance.source == "model"
-        assert predicted.provenance.calibration_id == f"replay-fit/2:{path.name}:8:8"
+        assert predicted.provenance.calibration_id == f"replay-fit/3:{path.name}:8:8"
         # the trace came from the model itself, so the model refitted on it predicts unseen plans closely
         assert predicted.latency_s == pytest.approx(expected.latency_s, rel=0.02)
         assert predicted.energy_j == pytest.approx(expected.energy_j, rel=0.05)
+    fitted = replay.fitted_calibration().schedule
+    assert fitted.pipeline and (fitted.layer_overhead_cycles, fitted.row_cycles) == pytest.approx((400.0, 4.0), rel=0.1)
+    assert not replay.fitted_calibration().calibrated  # fitted on a model's predictions
     replay.close()
     cache = path.with_name(path.name + FIT_CACHE_SUFFIX)
     assert cache.exists(), "the fit is cached beside the trace"
     CalibrationParams.load(cache).with_changes(notes=("cached",)).save(cache)
     assert open_backend(f"replay:{path}?fallback=model").fitted_calibration().notes == ("cached",), "read from the cache"
     record_with_model_backend(path, net, unseen[:1], model)  # the trace grows: the cached fit is stale
-    assert open_backend(f"replay:{path}?fallback=model").fitted_calibration().id == f"replay-fit/2:{path.name}:9:9"
+    assert open_backend(f"replay:{path}?fallback=model").fitted_calibration().id == f"replay-fit/3:{path.name}:9:9"
     assert recorded  # recorded measurements remain hits
 
 

@@ -5,6 +5,7 @@ against the RTL simulation on layers that were not in the fitting sweep."""
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -80,6 +81,34 @@ def test_shipped_sweep_refits_to_the_bundled_constants_and_every_shape_fits():
     for name in set(shapes.tolist()):
         figures = error_figures(predicted[shapes == name], measured[shapes == name])
         assert figures.mape < 3.0 and figures.max_ape < 10.0, (name, figures)
+
+
+def test_calibrate_fits_the_rtl_pipeline_on_rtlsim_runs(tmp_path, capsys):
+    """``autoq calibrate`` on RTL-simulation runs (the shipped sweep's at the bundled calibration's HP-port
+    settings, as a measurement CSV) fits the RTL's step pipeline by default, and predicts them, every layer shape
+    held out in turn, several times better than a fit of the stage totals on the same runs."""
+    from autoq.calibration.fit import PORT_PARAMETERS
+    from autoq.calibration.measurements import Sample, write_measurements_csv
+    from autoq.host.cli import main
+
+    overlay, schedule = load_overlay("rtl_small"), load_default_calibration("rtl_small").schedule
+    port = tuple(getattr(schedule, name) for name in PORT_PARAMETERS)
+    runs = [run for run in _sweep_runs() if run.port == port]
+    assert len(runs) == 144
+    samples = [Sample(run.layer, run.weight_bits, run.act_bits, run.batch, run.cycles / overlay.clock_hz, float("nan"),
+                      f"sweep/{run.layer.name}") for run in runs]
+    write_measurements_csv(samples, tmp_path / "rtlsim.csv")
+    reports = {}
+    for model in ("pipeline", "stage-totals"):
+        args = ["calibrate", str(tmp_path / "rtlsim.csv"), "--overlay", "rtl_small", "-o", str(tmp_path / f"{model}.json"),
+                "--json"] + (["--schedule", model] if model != "pipeline" else [])
+        assert main(args) == 0
+        reports[model] = json.loads(capsys.readouterr().out)
+    pipeline, stage_totals = reports["pipeline"], reports["stage-totals"]
+    assert pipeline["calibrated"] and pipeline["schedule"]["pipeline"] and not stage_totals["schedule"]["pipeline"]
+    assert any(note.startswith("schedule model pipeline=true: layer_overhead_cycles, row_cycles") for note in pipeline["notes"])
+    held_out = {model: report["fit"]["latency_leave_one_layer_out"]["mape_percent"] for model, report in reports.items()}
+    assert held_out["pipeline"] < 2.0 and held_out["stage-totals"] > 4 * held_out["pipeline"], held_out
 
 
 def test_linear_layers_pay_one_read_latency_per_row_tile():

@@ -113,11 +113,12 @@ class ReplayBackend:
         """The calibration fitted on this trace's per-layer measurements: read from the cache beside the trace while
         the trace is unchanged, else fitted (``autoq.calibration.fit``, as ``autoq calibrate`` does) and cached."""
         from autoq.overlay.calibration_params import CalibrationError, CalibrationParams, load_default_calibration
-        from autoq.calibration.fit import FitError, calibration_from_fit, fit
+        from autoq.calibration.fit import FitError, calibration_from_fit, fit, pipeline_to_fit
         from autoq.calibration.measurements import MeasurementError, samples_from_trace
 
         count, last = self.store.fingerprint()
-        calibration_id = f"replay-fit/2:{self.store.path.name}:{count}:{last}"  # /2: calibrated only on measurements
+        # /2: calibrated only on measurements; /3: the default calibration's schedule model (the RTL's step pipeline)
+        calibration_id = f"replay-fit/3:{self.store.path.name}:{count}:{last}"
         cache = self.store.path.with_name(self.store.path.name + FIT_CACHE_SUFFIX)
         try:
             cached = CalibrationParams.load(cache)
@@ -127,10 +128,11 @@ class ReplayBackend:
             pass  # no cache yet, or a stale/unreadable one: fit again
         try:
             dataset = samples_from_trace(self.store.path)
-            result = fit(dataset, self.describe().overlay, folds=2)
+            base = load_default_calibration()
+            result = fit(dataset, self.describe().overlay, folds=2, pipeline=pipeline_to_fit(base))
         except (MeasurementError, FitError) as exc:
             raise BackendError(f"{self.uri!r}: cannot fit the fallback model on the trace: {exc}") from None
-        params = calibration_from_fit(result, dataset, load_default_calibration(), calibration_id, bundled=None)
+        params = calibration_from_fit(result, dataset, base, calibration_id, bundled=None)
         try:
             params.save(cache)
         except OSError:

@@ -6,7 +6,9 @@ FILE --export csv`` writes (whole-network totals of uniform plans of named netwo
 (``[layer, wbits-1, abits-1]``, cycles) of another overlay; ``--lookup-table haq-mobilenet-v2`` is HAQ's
 MobileNetV2 table, bundled (it sets --arch mobilenet_v2 --batch 16). With ``--search-overlay`` (implied for a
 lookup table) the overlay's structure is searched as well and the calibration file carries it, so ``--backend
-model:OUT.json`` uses it as is.
+model:OUT.json`` uses it as is. The schedule model fitted is the bundled calibration's (the RTL's step pipeline:
+its ``calibration.fit.PIPELINE_PARAMETERS``, the HP port's settings kept), or with ``--schedule stage-totals``, a
+structure search or a lookup table, the stage totals' ``FREE_PARAMETERS``.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from typing import Any
 
 from autoq.host.cli._args import output_file
 from autoq.host.cli.inspect_cmd import positive_int
+
+SCHEDULE_MODELS = ("pipeline", "stage-totals")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                              "(bundled name or manifest path; default pynq_z1)")
     parser.add_argument("--search-overlay", action="store_true",
                         help="also search array dims, DRAM width and batch lowering (default for --lookup-table)")
+    parser.add_argument("--schedule", choices=SCHEDULE_MODELS,
+                        help="schedule model to fit: the RTL step pipeline's constants (the HP port's settings kept "
+                             "from the overlay's bundled calibration) or the stage totals' parameters (default: the bundled "
+                             "calibration's model; stage totals with --search-overlay or --lookup-table)")
     parser.add_argument("--per-image-convs", action="store_true",
                         help="without a search: the runtime runs conv layers image by image")
     parser.add_argument("--folds", type=positive_int, default=5, help="k of k-fold cross-validation (default 5)")
@@ -73,7 +81,7 @@ def render(report: dict[str, Any], path: str, overlay: dict[str, Any] | None) ->
     lines = [
         f"calibration {report['id']!r} from {report['source']}: "
         + ("calibrated" if report["calibrated"] else "NOT calibrated (calibrated: false)"),
-        *report["notes"][:1],
+        *report["notes"][:2],  # what it was fitted on, and which schedule model
         f"structure: {fit['structure']}" + (f" (carried overlay, part {overlay['part']})" if overlay else ""),
         "latency error (absolute percentage):",
         _line("in-sample", fit["latency_in_sample"]),
@@ -91,7 +99,7 @@ def render(report: dict[str, Any], path: str, overlay: dict[str, Any] | None) ->
 
 def run(args: argparse.Namespace) -> int:
     from autoq.overlay.calibration_params import load_default_calibration
-    from autoq.calibration.fit import calibration_from_fit, fit
+    from autoq.calibration.fit import calibration_from_fit, fit, pipeline_to_fit
     from autoq.calibration.measurements import MeasurementError, load_samples, merge
     from autoq.overlay.manifest import load_overlay
 
@@ -105,11 +113,14 @@ def run(args: argparse.Namespace) -> int:
         raise MeasurementError("give measurement inputs (CSV or trace) and/or --lookup-table FILE.npy|NAME")
     dataset = merge(datasets)
     progress = (lambda _: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
-    result = fit(dataset, template, search_overlay=args.search_overlay or bool(args.lookup_table),
-                 per_image_convs=args.per_image_convs, folds=args.folds, progress=progress)
-    calibration_id = args.calibration_id or Path(args.output).stem
     bundled = None if Path(args.overlay).suffix == ".json" else template
-    calibration = calibration_from_fit(result, dataset, load_default_calibration(), calibration_id, bundled)
+    base = load_default_calibration(args.overlay) if bundled is not None else load_default_calibration()
+    searching = args.search_overlay or bool(args.lookup_table)
+    stage_totals = args.schedule == "stage-totals" if args.schedule else True if searching else None
+    result = fit(dataset, template, search_overlay=searching, per_image_convs=args.per_image_convs, folds=args.folds,
+                 progress=progress, pipeline=pipeline_to_fit(base, stage_totals))
+    calibration_id = args.calibration_id or Path(args.output).stem
+    calibration = calibration_from_fit(result, dataset, base, calibration_id, bundled)
     calibration.save(args.output)
     if not calibration.calibrated:
         print(f"warning: {args.output} is NOT calibrated (calibrated: false): {dataset.predicted}", file=sys.stderr)
