@@ -171,6 +171,33 @@ def rtl_small_build():
 
 
 @pytest.mark.slow
+def test_the_shipped_sweep_is_the_current_rtls(rtl_small_build):
+    """The runs the bundled calibrations are fitted on, run again on today's RTL (the whole default sweep, its
+    seeded operands), count the same cycles in every stage and come back as bit-exact: a change
+    to the RTL's timing fails here until the sweep is measured again and the calibrations refitted, instead of
+    leaving them fitted on an RTL that no longer exists (the overlay's build hash covers its parameters, not the
+    RTL's revision)."""
+    import csv
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+    try:
+        from rtl_timing_sweep import BITS, MEMORY, SHAPES, _run_key, memory_settings, sweep
+    finally:
+        sys.path.pop(0)
+    with SWEEP.open(newline="") as handle:
+        shipped = {_run_key(row): row for row in csv.DictReader(handle)}
+    counters = ("rtl_fetch", "rtl_execute", "rtl_result", "rtl_total", "exact")
+    rerun = list(sweep("rtl_small", SHAPES, BITS, memory_settings(MEMORY), (1, 2)))
+    assert len(rerun) == len(shipped) == 1008
+    for row in rerun:
+        old = shipped[_run_key({k: str(v) for k, v in row.items()})]
+        assert [str(row[c]) for c in counters] == [old[c] for c in counters], (
+            f"{row['layer']} {row['wbits_spec']}/{row['act_bits']} batch {row['batch']}: the RTL counts "
+            f"{[row[c] for c in counters]}, the shipped sweep {[old[c] for c in counters]}: measure the sweep again "
+            "(tests/benchmarks/rtl_timing_sweep.py) and refit the calibrations (bench_rtl_model.py --write-calibration)")
+
+
+@pytest.mark.slow
 def test_fit_tracks_rtlsim_on_layers_outside_the_sweep(rtl_small_build):
     from autoq.hls.rtlsim import HPPortModel
     from autoq.hls.rtlsim.check import check_layer, open_engine

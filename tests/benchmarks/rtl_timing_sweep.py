@@ -61,6 +61,15 @@ def operands(rng: np.random.Generator, layer: LayerSpec, wbits: str, abits: int,
     return x, w, bits
 
 
+def memory_settings(text: str) -> list[tuple[int, int, float]]:
+    """``MEMORY``-style text as (read latency, outstanding bursts, bytes per cycle) settings."""
+    settings = []
+    for item in text.split(","):
+        parts = item.split(":")
+        settings.append((int(parts[0]), int(parts[1]), float(parts[2]) if len(parts) > 2 else HPPortModel().bandwidth))
+    return settings
+
+
 def sweep_overlay(name: str):
     """A bundled overlay by ``name``, or ``base@DMxDNxDK``: ``base`` with other array dimensions."""
     base, _, dims = name.partition("@")
@@ -179,10 +188,7 @@ def main() -> None:
     args = parser.parse_args()
     shapes = [s for s in SHAPES if not args.shapes or s.name in args.shapes.split(",")]
     bits = args.bits.split(",") if args.bits else list(BITS)
-    memory = []
-    for item in args.memory.split(","):
-        parts = item.split(":")
-        memory.append((int(parts[0]), int(parts[1]), float(parts[2]) if len(parts) > 2 else HPPortModel().bandwidth))
+    memory = memory_settings(args.memory)
     batches = [int(v) for v in args.batches.split(",")]
     new = not (args.append and args.output.is_file())
     start = time.perf_counter()
