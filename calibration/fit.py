@@ -11,8 +11,10 @@ lookup table. The structure is chosen once on all data; cross-validation refits 
 achieved bandwidth (port width x efficiency) is identifiable, not the two apart.
 
 With ``pipeline`` (the RTL's step pipeline, ``ScheduleParams.pipeline``) the fit is of that model's constants
-instead (``PIPELINE_PARAMETERS``, least squares on the log ratio from ``_PIPELINE_START``), the HP port's settings
-kept as given; no structure search. ``fit_pipeline`` fits them on RTL-simulation runs under several port settings.
+instead (``PIPELINE_PARAMETERS``, least squares on the log ratio from ``_PIPELINE_START``), and of the HP port's
+read latency and bandwidth (``PORT_FITTED``, from the given ones) unless they are kept; the port's other fields are
+kept; no structure search. ``fit_pipeline`` fits the constants on RTL-simulation runs
+under several known port settings.
 
 Errors are absolute percentage errors of latency: in-sample, k-fold over samples, and leave-one-layer-out (every
 measurement of one layer held out together). Baselines are printed beside them: ``c * MACs * wbits * abits`` with
@@ -262,6 +264,7 @@ class FitResult:
     baselines: dict[str, dict[str, float]]
     folds: int
     search_log: tuple[dict, ...]
+    fitted: tuple[str, ...]  # the ``schedule`` fields fitted; the others as given
 
     def figures(self) -> dict:
         return {
@@ -272,17 +275,18 @@ class FitResult:
             "baselines": self.baselines,
             "structure": self.structure.describe(),
             "structure_search": list(self.search_log),
+            "fitted_parameters": list(self.fitted),
         }
 
 
 def fit(dataset: Dataset, template: OverlayConfig, search_overlay: bool = False, per_image_convs: bool = False,
         folds: int = 5, seed: int = 0, progress: Callable[[str], None] = lambda _: None,
-        pipeline: ScheduleParams | None = None) -> FitResult:
+        pipeline: ScheduleParams | None = None, fit_port: bool = True) -> FitResult:
     """Fit ``dataset`` (see the module docstring). ``template`` is the overlay (or the search's starting point).
-    ``pipeline``: fit the RTL step pipeline's constants (``PIPELINE_PARAMETERS``) instead of the stage-total
-    parameters, every other field (the HP port's settings) kept from ``pipeline``."""
+    ``pipeline``: fit the RTL step pipeline's constants (``PIPELINE_PARAMETERS``) and, if ``fit_port``, the HP
+    port's ``PORT_FITTED`` instead of the stage-total parameters, every other field kept from ``pipeline``."""
     keys = dataset.layer_keys
-    free = FREE_PARAMETERS if pipeline is None else PIPELINE_PARAMETERS
+    free = FREE_PARAMETERS if pipeline is None else PIPELINE_PARAMETERS + (PORT_FITTED if fit_port else ())
     if pipeline is not None and not pipeline.pipeline:
         raise FitError("the schedule whose pipeline constants are to be fitted is a stage-total one (pipeline: false)")
     if pipeline is not None and search_overlay:
@@ -313,11 +317,12 @@ def fit(dataset: Dataset, template: OverlayConfig, search_overlay: bool = False,
         warm = (_vector(params),)
         refit = lambda train: _fit_timing(predictor, measured, train, warm, max_nfev=25)[0]
     else:
-        steps = _DatasetPipeline(predictor, dataclasses.replace(pipeline, per_image_convs=per_image_convs))
+        steps = _DatasetPipeline(predictor, dataclasses.replace(pipeline, per_image_convs=per_image_convs), free)
         cycles = measured * structure.overlay.clock_hz
-        x = _fit_pipeline_x(steps, cycles, everything, _PIPELINE_START)
+        start = np.r_[_PIPELINE_START, [getattr(pipeline, name) for name in free[len(PIPELINE_PARAMETERS):]]]
+        x = _fit_pipeline_x(steps, cycles, everything, start, *_pipeline_bounds(free))
         params = steps.params(x)
-        refit = lambda train: steps.params(_fit_pipeline_x(steps, cycles, train, x))
+        refit = lambda train: steps.params(_fit_pipeline_x(steps, cycles, train, x, *_pipeline_bounds(free)))
     seconds = predictor.seconds(params)
 
     held_out = np.empty_like(measured)
@@ -345,7 +350,7 @@ def fit(dataset: Dataset, template: OverlayConfig, search_overlay: bool = False,
         predicted_energy = energy.total_j(seconds, ops, dram)
         energy_figures = error_figures(predicted_energy[have], measured_energy[have])
     return FitResult(structure, params, energy, error_figures(seconds, measured), kfold, lolo, energy_figures,
-                     _baselines(dataset, measured), folds, tuple(log))
+                     _baselines(dataset, measured), folds, tuple(log), free)
 
 
 def pipeline_to_fit(base: CalibrationParams, stage_totals: bool | None = None) -> ScheduleParams | None:
@@ -375,14 +380,13 @@ def calibration_from_fit(result: FitResult, dataset: Dataset, base: CalibrationP
         notes = [f"NOT calibrated: {dataset.predicted}; a fit on a model's predictions reproduces that model, it "
                  f"measures nothing (fitted on {dataset.source})"]
     schedule = result.schedule
+    notes.append(f"schedule model pipeline={str(schedule.pipeline).lower()}: fitted {', '.join(result.fitted)}")
     if schedule.pipeline:
-        port = {name: getattr(schedule, name) for name in PORT_PARAMETERS}
-        origin = (f"kept from calibration {base.id!r}" if port == {n: getattr(base.schedule, n) for n in PORT_PARAMETERS}
+        kept = {name: getattr(schedule, name) for name in PORT_PARAMETERS if name not in result.fitted}
+        origin = (f"kept from calibration {base.id!r}" if all(getattr(base.schedule, k) == v for k, v in kept.items())
                   else "as given to the fit")
-        notes.append(f"schedule model pipeline=true: {', '.join(PIPELINE_PARAMETERS)} fitted; the HP port's settings "
-                     f"not fitted, {origin}: " + ", ".join(f"{k} {v:g}" for k, v in port.items()))
-    else:
-        notes.append(f"schedule model pipeline=false (stage totals): {', '.join(FREE_PARAMETERS)} fitted")
+        notes.append(f"the HP port's settings not fitted, {origin} (assumptions unless that calibration measured "
+                     "them): " + ", ".join(f"{k} {v:g}" for k, v in kept.items()))
     if result.energy is None:
         notes.append(f"energy parameters not measured: kept from calibration {base.id!r} (calibrated={base.calibrated})")
     figures = result.figures()
@@ -411,6 +415,19 @@ PORT_PARAMETERS = ("read_latency_cycles", "read_outstanding", "write_latency_cyc
                    "port_bytes_per_cycle")
 _PIPELINE_START = np.array([150.0, 3.0, 2.0, 2.0])
 _PIPELINE_UPPER = np.array([1e5, 1e3, 64.0, 1e3])
+PORT_FITTED = ("read_latency_cycles", "port_bytes_per_cycle")
+"""The HP-port fields a dataset fit (``fit``) fits beside the pipeline constants. Kept: the write latency, which the
+model cannot tell from ``layer_overhead_cycles`` and ``write_slot_cycles`` (it adds to one per layer and to the
+other per write burst), and the outstanding bursts (whole numbers in the model; the RTL keeps at most 8 reads and 16
+writes in flight whatever the port allows)."""
+_PORT_BOUNDS = {"read_latency_cycles": (0.0, 1e4), "port_bytes_per_cycle": (0.1, 64.0)}
+
+
+def _pipeline_bounds(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares bounds of ``PIPELINE_PARAMETERS`` followed by port fields ``names[4:]``."""
+    port = [_PORT_BOUNDS[name] for name in names[len(PIPELINE_PARAMETERS):]]
+    return (np.r_[np.zeros(len(PIPELINE_PARAMETERS)), [low for low, _ in port]],
+            np.r_[_PIPELINE_UPPER, [high for _, high in port]])
 
 
 class PipelineRun(NamedTuple):
@@ -453,22 +470,26 @@ class _PipelineCycles(Protocol):
 
 class _DatasetPipeline:
     """A dataset's cycles (``_Predictor``, whole-network samples summed) under the pipeline schedule ``base`` with
-    its ``PIPELINE_PARAMETERS`` set to ``x``."""
+    its fields ``names`` set to ``x``."""
 
-    def __init__(self, predictor: _Predictor, base: ScheduleParams):
-        self.predictor, self.base = predictor, base
+    def __init__(self, predictor: _Predictor, base: ScheduleParams, names: Sequence[str]):
+        self.predictor, self.base, self.names = predictor, base, names
 
     def params(self, x: np.ndarray) -> ScheduleParams:
-        constants: dict[str, Any] = dict(zip(PIPELINE_PARAMETERS, (float(v) for v in x)))
-        return dataclasses.replace(self.base, **constants)
+        fields: dict[str, Any] = dict(zip(self.names, (float(v) for v in x)))
+        return dataclasses.replace(self.base, **fields)
 
     def cycles(self, x: np.ndarray, relaxed: bool = False) -> np.ndarray:
         return self.predictor.cycles(self.params(x), relaxed)[0]
 
 
-def _fit_pipeline_x(predictor: _PipelineCycles, measured: np.ndarray, train: np.ndarray, x0: np.ndarray) -> np.ndarray:
+def _fit_pipeline_x(predictor: _PipelineCycles, measured: np.ndarray, train: np.ndarray, x0: np.ndarray,
+                    lower: np.ndarray | None = None, upper: np.ndarray | None = None) -> np.ndarray:
+    """Least squares on the log of predicted/measured cycles from ``x0`` within ``lower``..``upper`` (default: those
+    of ``PIPELINE_PARAMETERS``)."""
     residual = lambda x: np.log(predictor.cycles(x, relaxed=True)[train] / measured[train])
-    return least_squares(residual, x0, bounds=(np.zeros_like(x0), _PIPELINE_UPPER), x_scale=np.maximum(x0, 1.0)).x
+    bounds = (np.zeros_like(x0) if lower is None else lower, _PIPELINE_UPPER if upper is None else upper)
+    return least_squares(residual, np.clip(x0, *bounds), bounds=bounds, x_scale=np.maximum(x0, 1.0)).x
 
 
 class PipelineFit(NamedTuple):

@@ -126,8 +126,9 @@ def test_model_backend_search_replays_identically(tmp_path):
 
 def test_fallback_predicts_misses_with_the_model_fitted_on_the_trace(tmp_path):
     net, path = TINY, tmp_path / "trace.sqlite"
-    # The fallback fits the default calibration's model (the RTL's step pipeline), as ``autoq calibrate`` does: the
-    # trace is recorded with a pipeline calibration of other constants, which the fit must recover.
+    # The fallback fits the default calibration's model (the RTL's step pipeline, its port's read latency and
+    # bandwidth too), as ``autoq calibrate`` does: the trace is recorded with a pipeline calibration of other
+    # constants, whose costs of unseen plans the fit must predict.
     other = tmp_path / "other.json"
     schedule = dataclasses.replace(load_default_calibration().schedule, layer_overhead_cycles=400.0, row_cycles=4.0)
     dataclasses.replace(load_default_calibration(), schedule=schedule).save(other)
@@ -145,8 +146,7 @@ def test_fallback_predicts_misses_with_the_model_fitted_on_the_trace(tmp_path):
         # the trace came from the model itself, so the model refitted on it predicts unseen plans closely
         assert predicted.latency_s == pytest.approx(expected.latency_s, rel=0.02)
         assert predicted.energy_j == pytest.approx(expected.energy_j, rel=0.05)
-    fitted = replay.fitted_calibration().schedule
-    assert fitted.pipeline and (fitted.layer_overhead_cycles, fitted.row_cycles) == pytest.approx((400.0, 4.0), rel=0.1)
+    assert replay.fitted_calibration().schedule.pipeline
     assert not replay.fitted_calibration().calibrated  # fitted on a model's predictions
     replay.close()
     cache = path.with_name(path.name + FIT_CACHE_SUFFIX)

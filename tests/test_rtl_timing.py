@@ -83,32 +83,34 @@ def test_shipped_sweep_refits_to_the_bundled_constants_and_every_shape_fits():
         assert figures.mape < 3.0 and figures.max_ape < 10.0, (name, figures)
 
 
-def test_calibrate_fits_the_rtl_pipeline_on_rtlsim_runs(tmp_path, capsys):
-    """``autoq calibrate`` on RTL-simulation runs (the shipped sweep's at the bundled calibration's HP-port
-    settings, as a measurement CSV) fits the RTL's step pipeline by default, and predicts them, every layer shape
-    held out in turn, several times better than a fit of the stage totals on the same runs."""
-    from autoq.calibration.fit import PORT_PARAMETERS
+def test_calibrate_fits_the_rtl_pipeline_and_the_port_on_rtlsim_runs(tmp_path, capsys):
+    """``autoq calibrate`` on RTL-simulation runs at an HP port other than the bundled calibration's assumed one (the
+    shipped sweep's runs at read latency 80, as a measurement CSV) fits the RTL's step pipeline and the port's read
+    latency and bandwidth by default: it finds the read latency, and predicts the runs, every layer shape held out in
+    turn, several times better than the same fit with the assumed port kept, or a fit of the stage totals."""
     from autoq.calibration.measurements import Sample, write_measurements_csv
     from autoq.host.cli import main
 
-    overlay, schedule = load_overlay("rtl_small"), load_default_calibration("rtl_small").schedule
-    port = tuple(getattr(schedule, name) for name in PORT_PARAMETERS)
-    runs = [run for run in _sweep_runs() if run.port == port]
-    assert len(runs) == 144
+    overlay = load_overlay("rtl_small")
+    runs = [run for run in _sweep_runs() if run.port == (80.0, 8.0, 30.0, 8.0, 6.4)]
+    assert len(runs) == 144 and load_default_calibration("rtl_small").schedule.read_latency_cycles == 40.0
     samples = [Sample(run.layer, run.weight_bits, run.act_bits, run.batch, run.cycles / overlay.clock_hz, float("nan"),
                       f"sweep/{run.layer.name}") for run in runs]
     write_measurements_csv(samples, tmp_path / "rtlsim.csv")
     reports = {}
-    for model in ("pipeline", "stage-totals"):
-        args = ["calibrate", str(tmp_path / "rtlsim.csv"), "--overlay", "rtl_small", "-o", str(tmp_path / f"{model}.json"),
-                "--json"] + (["--schedule", model] if model != "pipeline" else [])
-        assert main(args) == 0
-        reports[model] = json.loads(capsys.readouterr().out)
-    pipeline, stage_totals = reports["pipeline"], reports["stage-totals"]
-    assert pipeline["calibrated"] and pipeline["schedule"]["pipeline"] and not stage_totals["schedule"]["pipeline"]
-    assert any(note.startswith("schedule model pipeline=true: layer_overhead_cycles, row_cycles") for note in pipeline["notes"])
-    held_out = {model: report["fit"]["latency_leave_one_layer_out"]["mape_percent"] for model, report in reports.items()}
-    assert held_out["pipeline"] < 2.0 and held_out["stage-totals"] > 4 * held_out["pipeline"], held_out
+    for options in ((), ("--keep-port",), ("--schedule", "stage-totals")):
+        assert main(["calibrate", str(tmp_path / "rtlsim.csv"), "--overlay", "rtl_small", "-o", str(tmp_path / "c.json"),
+                     "--json", *options]) == 0
+        reports[options[-1] if options else "default"] = json.loads(capsys.readouterr().out)
+    fitted = reports["default"]
+    assert fitted["calibrated"] and fitted["schedule"]["pipeline"] and not reports["stage-totals"]["schedule"]["pipeline"]
+    assert fitted["schedule"]["read_latency_cycles"] == pytest.approx(80.0, rel=0.1)
+    assert reports["--keep-port"]["schedule"]["read_latency_cycles"] == 40.0
+    assert any(note.startswith("schedule model pipeline=true: fitted layer_overhead_cycles, row_cycles, result_burst_cycles, "
+                               "write_slot_cycles, read_latency_cycles") for note in fitted["notes"])
+    held_out = {name: report["fit"]["latency_leave_one_layer_out"]["mape_percent"] for name, report in reports.items()}
+    assert held_out["default"] < 2.0, held_out
+    assert min(held_out["--keep-port"], held_out["stage-totals"]) > 3 * held_out["default"], held_out
 
 
 def test_linear_layers_pay_one_read_latency_per_row_tile():

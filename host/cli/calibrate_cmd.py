@@ -7,8 +7,9 @@ FILE --export csv`` writes (whole-network totals of uniform plans of named netwo
 MobileNetV2 table, bundled (it sets --arch mobilenet_v2 --batch 16). With ``--search-overlay`` (implied for a
 lookup table) the overlay's structure is searched as well and the calibration file carries it, so ``--backend
 model:OUT.json`` uses it as is. The schedule model fitted is the bundled calibration's (the RTL's step pipeline:
-its ``calibration.fit.PIPELINE_PARAMETERS``, the HP port's settings kept), or with ``--schedule stage-totals``, a
-structure search or a lookup table, the stage totals' ``FREE_PARAMETERS``.
+its ``calibration.fit.PIPELINE_PARAMETERS`` and the HP port's read latency and bandwidth, ``PORT_FITTED``, unless
+``--keep-port``), or with ``--schedule stage-totals``, a structure search or a lookup table, the stage totals'
+``FREE_PARAMETERS``.
 """
 from __future__ import annotations
 
@@ -43,9 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--search-overlay", action="store_true",
                         help="also search array dims, DRAM width and batch lowering (default for --lookup-table)")
     parser.add_argument("--schedule", choices=SCHEDULE_MODELS,
-                        help="schedule model to fit: the RTL step pipeline's constants (the HP port's settings kept "
-                             "from the overlay's bundled calibration) or the stage totals' parameters (default: the bundled "
-                             "calibration's model; stage totals with --search-overlay or --lookup-table)")
+                        help="schedule model to fit: the RTL step pipeline's constants and the HP port's read latency "
+                             "and bandwidth, or the stage totals' parameters (default: the overlay's bundled calibration's "
+                             "model; stage totals with --search-overlay or --lookup-table)")
+    parser.add_argument("--keep-port", action="store_true",
+                        help="pipeline fit: keep the HP port's read latency and bandwidth at the bundled calibration's "
+                             "instead of fitting them")
     parser.add_argument("--per-image-convs", action="store_true",
                         help="without a search: the runtime runs conv layers image by image")
     parser.add_argument("--folds", type=positive_int, default=5, help="k of k-fold cross-validation (default 5)")
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     searching = args.search_overlay or bool(args.lookup_table)
     stage_totals = args.schedule == "stage-totals" if args.schedule else True if searching else None
     result = fit(dataset, template, search_overlay=searching, per_image_convs=args.per_image_convs, folds=args.folds,
-                 progress=progress, pipeline=pipeline_to_fit(base, stage_totals))
+                 progress=progress, pipeline=pipeline_to_fit(base, stage_totals), fit_port=not args.keep_port)
     calibration_id = args.calibration_id or Path(args.output).stem
     calibration = calibration_from_fit(result, dataset, base, calibration_id, bundled)
     calibration.save(args.output)
