@@ -255,11 +255,13 @@ def test_trace_csv_export_is_a_calibration_input(tmp_path, capsys, schedule):
         assert report["schedule"][name] == pytest.approx(getattr(STAGE_TOTAL, name), rel=0.05), name
 
 
-def test_pipeline_fit_refuses_a_structure_search(tmp_path, capsys):
+def test_pipeline_options_that_do_not_apply_are_refused(tmp_path, capsys):
     write_measurements_csv(synthetic(load_overlay()).samples, tmp_path / "m.csv")
     out = tmp_path / "o.json"
     assert main(["calibrate", str(tmp_path / "m.csv"), "-o", str(out), "--search-overlay", "--schedule", "pipeline"]) == 2
     assert "the overlay structure is searched with the stage-total model only" in capsys.readouterr().err
+    assert main(["calibrate", str(tmp_path / "m.csv"), "-o", str(out), "--schedule", "stage-totals", "--keep-port"]) == 2
+    assert "--keep-port keeps the HP port of a pipeline fit; this fit is of the stage totals" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -103,7 +103,7 @@ def render(report: dict[str, Any], path: str, overlay: dict[str, Any] | None) ->
 
 def run(args: argparse.Namespace) -> int:
     from autoq.overlay.calibration_params import load_default_calibration
-    from autoq.calibration.fit import calibration_from_fit, fit, pipeline_to_fit
+    from autoq.calibration.fit import FitError, calibration_from_fit, fit, pipeline_to_fit
     from autoq.calibration.measurements import MeasurementError, load_samples, merge
     from autoq.overlay.manifest import load_overlay
 
@@ -121,8 +121,11 @@ def run(args: argparse.Namespace) -> int:
     base = load_default_calibration(args.overlay) if bundled is not None else load_default_calibration()
     searching = args.search_overlay or bool(args.lookup_table)
     stage_totals = args.schedule == "stage-totals" if args.schedule else True if searching else None
+    pipeline = pipeline_to_fit(base, stage_totals)
+    if pipeline is None and args.keep_port:
+        raise FitError("--keep-port keeps the HP port of a pipeline fit; this fit is of the stage totals, which have none")
     result = fit(dataset, template, search_overlay=searching, per_image_convs=args.per_image_convs, folds=args.folds,
-                 progress=progress, pipeline=pipeline_to_fit(base, stage_totals), fit_port=not args.keep_port)
+                 progress=progress, pipeline=pipeline, fit_port=not args.keep_port)
     calibration_id = args.calibration_id or Path(args.output).stem
     calibration = calibration_from_fit(result, dataset, base, calibration_id, bundled)
     calibration.save(args.output)
