@@ -11,6 +11,10 @@ here, a few minutes) and prints
   leave-one-shape-out MAPE and max error, by shape; ``--write-calibration`` writes it as the ``calibration.json`` of
   ``--overlay`` (and of each ``--also`` overlay, e.g. ``pynq_z1``: the constants are per beat, burst, row and
   step, the array's dimensions enter through the formulas), its ``source`` naming the sweep file and its sha256;
+- with ``--per-port``, ``autoq calibrate``'s fit (``calibration.fit.fit``, as on a board's measurements: the runs
+  of one HP-port setting, the port unknown to the fit) per port setting: leave-one-layer-out MAPE of the pipeline
+  with the port's read latency and bandwidth fitted, of the pipeline with the bundled calibration's port kept, and
+  of the stage totals, beside the fitted read latency and bandwidth;
 - the simulation speed and the time the ``rtlsim`` backend takes to measure the digits network at 8/8
   (``--digits``).
 """
@@ -30,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rtl_timing_sweep import FIELDS, load_runs, sweep, sweep_overlay  # noqa: E402
 
 from autoq.calibration.fit import (PIPELINE_PARAMETERS, PORT_PARAMETERS, PipelineRun, error_figures,  # noqa: E402
-                                   fit_pipeline)
+                                   fit, fit_pipeline)
+from autoq.calibration.measurements import Dataset, Sample  # noqa: E402
 from autoq.common.plan import QuantPlan  # noqa: E402
 from autoq.overlay.calibration_params import (CalibrationParams, default_calibration_path,  # noqa: E402
                                               load_default_calibration, today)
@@ -97,6 +102,23 @@ def write_calibration(overlay_name: str, fitted: ScheduleParams, figures: dict, 
     return path
 
 
+def per_port(runs: list[PipelineRun], overlay, bundled: ScheduleParams) -> None:
+    """``autoq calibrate``'s fits of each HP-port setting's runs alone (see the module docstring)."""
+    print("\nautoq calibrate's fit of one HP-port setting's runs, leave-one-layer-out MAPE: pipeline with the port's "
+          f"read latency and bandwidth fitted | port kept at the bundled ({bundled.read_latency_cycles:g}, "
+          f"{bundled.read_outstanding:g}, {bundled.port_bytes_per_cycle:g}) | stage totals; fitted read latency, B/cycle")
+    for port in sorted({run.port for run in runs}):
+        chosen = [run for run in runs if run.port == port]
+        data = Dataset(tuple(Sample(run.layer, run.weight_bits, run.act_bits, run.batch, run.cycles / overlay.clock_hz,
+                                    float("nan"), run.layer.name) for run in chosen), "rtlsim", measured_by=("rtlsim",))
+        fitted, kept, totals = (fit(data, overlay, pipeline=bundled), fit(data, overlay, pipeline=bundled, fit_port=False),
+                                fit(data, overlay))
+        print(f"  read latency {port[0]:3g}, {port[1]:g} outstanding, {port[4]:g} B/cycle ({len(chosen)} runs): "
+              f"{fitted.leave_one_layer_out.mape:5.2f}% | {kept.leave_one_layer_out.mape:5.2f}% | "
+              f"{totals.leave_one_layer_out.mape:5.2f}%; {fitted.schedule.read_latency_cycles:.1f}, "
+              f"{fitted.schedule.port_bytes_per_cycle:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--overlay", default="rtl_small",
@@ -106,6 +128,7 @@ def main() -> None:
     parser.add_argument("--write-calibration", action="store_true", help="write the fit as the overlay's calibration.json")
     parser.add_argument("--also", action="append", default=[], help="another overlay to write the fit for (repeatable)")
     parser.add_argument("--digits", action="store_true", help="also time the rtlsim backend on the digits network")
+    parser.add_argument("--per-port", action="store_true", help="also autoq calibrate's fit of each port setting's runs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     overlay = sweep_overlay(args.overlay)
@@ -158,6 +181,8 @@ def main() -> None:
         e, held = fit.by_shape[name], fit.shape_out[name]
         print(f"  {name:<20} in-sample {e.mape:5.2f}% (max {e.max_ape:5.1f}%)  held out {held.mape:5.2f}% "
               f"(max {held.max_ape:5.1f}%)")
+    if args.per_port:
+        per_port(runs, overlay, bundled.schedule)
     if args.write_calibration:
         for name in [overlay.name, *args.also]:
             figures = {**fit.figures(), "fitted_on": {**fitted_on, "runs": len(runs), "overlay": overlay.name}}
