@@ -85,7 +85,7 @@ def render(report: dict[str, Any], path: str, overlay: dict[str, Any] | None) ->
     lines = [
         f"calibration {report['id']!r} from {report['source']}: "
         + ("calibrated" if report["calibrated"] else "NOT calibrated (calibrated: false)"),
-        *report["notes"][:2],  # what it was fitted on, and which schedule model
+        *report["notes"],  # what it was fitted on, which parameters, what was kept
         f"structure: {fit['structure']}" + (f" (carried overlay, part {overlay['part']})" if overlay else ""),
         "latency error (absolute percentage):",
         _line("in-sample", fit["latency_in_sample"]),
@@ -95,8 +95,8 @@ def render(report: dict[str, Any], path: str, overlay: dict[str, Any] | None) ->
     lines += [_line(f"baseline {name}", figures) for name, figures in fit["baselines"].items()]
     if fit["energy_in_sample"]:
         lines.append(_line("energy, in-sample", fit["energy_in_sample"]))
-    lines.append("parameters: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in report["schedule"].items()))
+    schedule = report["schedule"]
+    lines.append("fitted: " + ", ".join(f"{k}={schedule[k]:.4g}" for k in fit["fitted_parameters"]))
     lines.append(f"wrote {path}")
     return "\n".join(lines)
 
