@@ -293,7 +293,9 @@ def fit(dataset: Dataset, template: OverlayConfig, search_overlay: bool = False,
         raise FitError("the overlay structure is searched with the stage-total model only: the pipeline model is the "
                        "RTL's own, fitted on measurements of that RTL's overlay")
     if len(dataset.samples) < 2 * len(free):
-        raise FitError(f"{len(dataset.samples)} measurements are too few to fit {len(free)} parameters")
+        raise FitError(f"{len(dataset.samples)} measurements are too few to fit {len(free)} parameters"
+                       + (f" ({', '.join(free)}; with the HP port kept, {len(PIPELINE_PARAMETERS)})"
+                          if pipeline is not None and fit_port else ""))
     if len(keys) < 2:
         raise FitError("measurements of at least two different layers (or, measured whole, networks) are needed "
                        "(leave-one-layer-out)")

@@ -203,6 +203,9 @@ def test_too_little_data_is_refused():
     data = synthetic(overlay)
     with pytest.raises(FitError, match="too few"):
         fit(Dataset(data.samples[:4], "tiny"), overlay)
+    with pytest.raises(FitError, match=r"8 measurements are too few to fit 6 parameters \(layer_overhead_cycles, .*"
+                                       r"port_bytes_per_cycle; with the HP port kept, 4\)"):
+        fit(Dataset(data.samples[:8], "small"), overlay, pipeline=load_default_calibration().schedule)
     one_layer = Dataset(tuple(s for s in data.samples if s.key == "net/conv") * 3, "one layer")
     with pytest.raises(FitError, match="at least two different layers"):
         fit(one_layer, overlay)
