@@ -49,13 +49,18 @@ def test_rtl_calibrations_name_the_shipped_sweep(overlay):
     assert f"sweep {SWEEP_NAME} (sha256 {digest})" in calibration.source
 
 
-def _sweep_runs():
+def _sweep_module():
+    """``tests/benchmarks/rtl_timing_sweep.py``, the sweep's reader and runner (a script, not a package module)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
     try:
-        from rtl_timing_sweep import load_runs
+        import rtl_timing_sweep
     finally:
         sys.path.pop(0)
-    return load_runs(SWEEP, "rtl_small")
+    return rtl_timing_sweep
+
+
+def _sweep_runs():
+    return _sweep_module().load_runs(SWEEP, "rtl_small")
 
 
 def test_shipped_sweep_refits_to_the_bundled_constants_and_every_shape_fits():
@@ -88,15 +93,13 @@ def test_calibrate_fits_the_rtl_pipeline_and_the_port_on_rtlsim_runs(tmp_path, c
     shipped sweep's runs at read latency 80, as a measurement CSV) fits the RTL's step pipeline and the port's read
     latency and bandwidth by default: it finds the read latency, and predicts the runs, every layer shape held out in
     turn, several times better than the same fit with the assumed port kept, or a fit of the stage totals."""
-    from autoq.calibration.measurements import Sample, write_measurements_csv
+    from autoq.calibration.measurements import write_measurements_csv
     from autoq.host.cli import main
 
     overlay = load_overlay("rtl_small")
     runs = [run for run in _sweep_runs() if run.port == (80.0, 8.0, 30.0, 8.0, 6.4)]
     assert len(runs) == 144 and load_default_calibration("rtl_small").schedule.read_latency_cycles == 40.0
-    samples = [Sample(run.layer, run.weight_bits, run.act_bits, run.batch, run.cycles / overlay.clock_hz, float("nan"),
-                      f"sweep/{run.layer.name}") for run in runs]
-    write_measurements_csv(samples, tmp_path / "rtlsim.csv")
+    write_measurements_csv(_sweep_module().runs_as_measurements(runs, overlay.clock_hz).samples, tmp_path / "rtlsim.csv")
     reports = {}
     for options in ((), ("--keep-port",), ("--schedule", "stage-totals")):
         assert main(["calibrate", str(tmp_path / "rtlsim.csv"), "--overlay", "rtl_small", "-o", str(tmp_path / "c.json"),
@@ -181,18 +184,15 @@ def test_the_shipped_sweep_is_the_current_rtls(rtl_small_build):
     RTL's revision)."""
     import csv
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
-    try:
-        from rtl_timing_sweep import BITS, MEMORY, SHAPES, _run_key, memory_settings, sweep
-    finally:
-        sys.path.pop(0)
+    sweep_module = _sweep_module()
     with SWEEP.open(newline="") as handle:
-        shipped = {_run_key(row): row for row in csv.DictReader(handle)}
+        shipped = {sweep_module._run_key(row): row for row in csv.DictReader(handle)}
     counters = ("rtl_fetch", "rtl_execute", "rtl_result", "rtl_total", "exact")
-    rerun = list(sweep("rtl_small", SHAPES, BITS, memory_settings(MEMORY), (1, 2)))
+    rerun = list(sweep_module.sweep("rtl_small", sweep_module.SHAPES, sweep_module.BITS,
+                                    sweep_module.memory_settings(sweep_module.MEMORY), (1, 2)))
     assert len(rerun) == len(shipped) == 1008
     for row in rerun:
-        old = shipped[_run_key({k: str(v) for k, v in row.items()})]
+        old = shipped[sweep_module._run_key({k: str(v) for k, v in row.items()})]
         assert [str(row[c]) for c in counters] == [old[c] for c in counters], (
             f"{row['layer']} {row['wbits_spec']}/{row['act_bits']} batch {row['batch']}: the RTL counts "
             f"{[row[c] for c in counters]}, the shipped sweep {[old[c] for c in counters]}: measure the sweep again "

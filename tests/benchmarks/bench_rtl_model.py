@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rtl_timing_sweep import FIELDS, load_runs, sweep, sweep_overlay  # noqa: E402
+from rtl_timing_sweep import FIELDS, load_runs, runs_as_measurements, sweep, sweep_overlay  # noqa: E402
 
 from autoq.calibration.fit import (PIPELINE_PARAMETERS, PORT_PARAMETERS, PipelineRun, error_figures,  # noqa: E402
                                    fit, fit_pipeline)
-from autoq.calibration.measurements import Dataset, Sample  # noqa: E402
 from autoq.common.plan import QuantPlan  # noqa: E402
 from autoq.overlay.calibration_params import (CalibrationParams, default_calibration_path,  # noqa: E402
                                               load_default_calibration, today)
@@ -109,8 +108,7 @@ def per_port(runs: list[PipelineRun], overlay, bundled: ScheduleParams) -> None:
           f"{bundled.read_outstanding:g}, {bundled.port_bytes_per_cycle:g}) | stage totals; fitted read latency, B/cycle")
     for port in sorted({run.port for run in runs}):
         chosen = [run for run in runs if run.port == port]
-        data = Dataset(tuple(Sample(run.layer, run.weight_bits, run.act_bits, run.batch, run.cycles / overlay.clock_hz,
-                                    float("nan"), run.layer.name) for run in chosen), "rtlsim", measured_by=("rtlsim",))
+        data = runs_as_measurements(chosen, overlay.clock_hz)
         fitted, kept, totals = (fit(data, overlay, pipeline=bundled), fit(data, overlay, pipeline=bundled, fit_port=False),
                                 fit(data, overlay))
         print(f"  read latency {port[0]:3g}, {port[1]:g} outstanding, {port[4]:g} B/cycle ({len(chosen)} runs): "

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from autoq.calibration.fit import PipelineRun
+from autoq.calibration.measurements import Dataset, Sample
 from autoq.common.network import LayerSpec
 from autoq.hls.rtlsim import HPPortModel
 from autoq.hls.rtlsim.check import check_layer, open_engine
@@ -145,6 +146,13 @@ def load_runs(path: Path, overlay: str | None = None) -> list[PipelineRun]:
             runs.append(PipelineRun(layer, bits, int(row["act_bits"]), int(row["batch"]), port, float(row["rtl_total"])))
     return runs
 
+
+
+def runs_as_measurements(runs: list[PipelineRun], clock_hz: float, source: str = "rtlsim") -> Dataset:
+    """Sweep runs as the measurements ``autoq calibrate`` fits (latency from the RTL's ``cycles_total`` at
+    ``clock_hz``, no power), each keyed by its layer's name."""
+    return Dataset(tuple(Sample(run.layer, run.weight_bits, run.act_bits, run.batch, run.cycles / clock_hz,
+                                float("nan"), run.layer.name) for run in runs), source, measured_by=("rtlsim",))
 
 def _run_key(row: dict) -> tuple:
     return (row["overlay"], row["layer"], row["wbits_spec"], row["act_bits"], row["batch"], row["read_latency"],
