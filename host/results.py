@@ -433,7 +433,7 @@ def _summary_md(network, records, best, fronts, info, written, final, best_test_
         f"- energy: {f['energy_j'] * 1e3:.4f} mJ",
         f"- average weight bits: {f['avg_weight_bits']:.3f}; average activation bits: {f['avg_act_bits']:.3f}",
         f"- reward on {split}: {top.reward:.6g}; cost measured by: {f['source']}; "
-        f"{'proposed within the budget' if top.proposal_fits else 'lowered to the budget by the environment'}",
+        f"{_how_budget_met(top)}",
         f"- distinct tile widths per layer ({tile_rows}-row tiles): "
         + ", ".join(f"{lp.name} {tile_widths(lp.weight_bits, tile_rows)}" for lp in top.plan.layers),
         f"- plan: `{written['best_reward'].name}`; kernel bit-widths: `{written['heatmap'].name}`",
@@ -468,6 +468,14 @@ def _summary_md(network, records, best, fronts, info, written, final, best_test_
             ),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _how_budget_met(outcome: EpisodeOutcome) -> str:
+    if outcome.plan == outcome.proposed:
+        return "proposed within the budget"
+    if outcome.proposal_fits:
+        return "proposed within the budget, raised to it by the environment (the slack the proposal left)"
+    return "lowered to the budget by the environment"
 
 
 def _selected_md(top: EpisodeRecord, selection: Selection | None, split: str, images: Callable[[str], str]) -> list[str]:

@@ -164,7 +164,7 @@ def test_greedy_meets_the_budget_and_beats_uniform():
     outcomes = run(greedy, env, 10)
     assert greedy.finished() and len(outcomes) == 1
     (outcome,) = outcomes
-    assert outcome.fits and outcome.plan == outcome.proposed
+    assert outcome.fits and outcome.proposal_fits  # it never relied on budget enforcement
     assert any(len(set(lp.weight_bits)) > 1 for lp in outcome.plan.layers)  # kernel-wise
     uniform_best = max(o.accuracy for o in run(UniformAgent(), toy_env(TIGHT), 100))
     assert outcome.accuracy > uniform_best

@@ -35,6 +35,33 @@ def test_enforcement_lowers_the_least_sensitive_tiles_first():
     assert all(len(set(lp.weight_bits)) == 1 for lp in layer_wise.plan.layers) and layer_wise.fits
 
 
+
+def test_a_kernel_wise_plan_that_fits_spends_the_budget_it_leaves():
+    """The inverse of enforcement: a kernel-wise proposal under the budget is raised, whole tiles at a time, until
+    not one activation bit or tile bit more fits; the proposal is kept beside it. Layer-wise plans, and every plan
+    with ``spend_slack=False``, are scored as proposed."""
+    env = toy_env(TIGHT)
+    cheap = QuantPlan.uniform(env.network, 2, 2)
+    outcome = env.evaluate(cheap, layer_wise=False)
+    assert outcome.proposal_fits and outcome.fits and outcome.proposed == cheap
+    assert outcome.cost.latency_s > 1.5 * outcome.proposed_cost.latency_s
+    assert outcome.measurement.plan_hash == outcome.plan.hash
+    for i, lp in enumerate(outcome.plan.layers):
+        bits = np.array(lp.weight_bits)
+        tops = [int(bits[t].max()) for t in env.tiles[i]]
+        assert all(len(set(bits[t])) == 1 for t in env.tiles[i])
+        assert tops == sorted(tops, reverse=True)  # more sensitive tiles never narrower than less sensitive ones
+        raised = [LayerPlan(lp.name, lp.weight_bits, lp.act_bits + 1)] if lp.act_bits < env.max_bits else []
+        for tile, top in zip(env.tiles[i], tops):
+            if top < env.max_bits:
+                wider = bits.copy()
+                wider[tile] = top + 1
+                raised.append(LayerPlan(lp.name, tuple(int(b) for b in wider), lp.act_bits))
+        for layer in raised:
+            assert not env.objective.fits(CostPoint.of(env.measure(outcome.plan.replace(lp.name, layer)))), layer
+    assert env.evaluate(cheap, layer_wise=True).plan == cheap
+    assert toy_env(TIGHT, spend_slack=False).evaluate(cheap, layer_wise=False).plan == cheap
+
 def test_snapped_proposals_form_sensitivity_sorted_tiles():
     env = toy_env(TIGHT)
     env.reset()

@@ -11,8 +11,11 @@ The outcome keeps the proposal's own cost (``proposed_cost``), so an agent can l
 learns from a Lagrangian reward, ``rewards.BudgetMultiplier``). Only as a last resort is an over-budget proposal
 lowered until it fits: a layer-wise proposal by HAQ's rule (from the last layer, activations
 first, then all the layer's kernels), a kernel-wise one by the cheapest estimated loss per cost saved, which lowers
-a layer's least sensitive tile first. The plan that fits is what is evaluated (accuracy, loss and KL to the float
-model with the injected evaluator, cost with the injected ``CostBackend``) and recorded. Proposing and scoring are
+a layer's least sensitive tile first. A kernel-wise proposal that fits with budget to spare is raised by the
+inverse rule (most loss removed per cost added, a layer's most sensitive tile first) until nothing more fits
+(``spend_slack``), so no episode is scored on budget it left unused. The plan that fits is what is evaluated
+(accuracy, loss and KL to the float model with the injected evaluator, cost with the injected ``CostBackend``) and
+recorded. Proposing and scoring are
 apart: ``step(..., scored=False)`` ends an episode with its ``Proposal`` alone, agents that pick whole plans propose
 them directly, and ``evaluate`` scores a proposal without touching any agent state, so a batch of proposals can be
 scored at once (``scoring_with``: one shallow copy per plan, each with its own backend and evaluator handles).
@@ -123,8 +126,10 @@ class EpisodeOutcome:
 
     @property
     def proposal_fits(self) -> bool:
-        """Whether the agent's own proposal met the budget (no enforcement was needed)."""
-        return self.plan == self.proposed
+        """Whether the agent's own proposal met the budget: enforcement lowered none of its bits (spending the
+        slack of a proposal that fits only raises them)."""
+        return all(final.act_bits >= own.act_bits and all(f >= o for f, o in zip(final.weight_bits, own.weight_bits))
+                   for final, own in zip(self.plan.layers, self.proposed.layers))
 
     def placed(self, episode: int, agent: str) -> "EpisodeOutcome":
         """This outcome as episode ``episode`` of ``agent``'s search."""
@@ -166,6 +171,7 @@ class QuantEnv:
         sensitivity: Sensitivity | None = None,
         tile_rows: int | None = None,
         snap_tiles: bool = True,
+        spend_slack: bool = True,
     ) -> None:
         max_bits = overlay_max_bits(backend) if max_bits is None else max_bits
         check_bit_range(min_bits, max_bits)
@@ -184,6 +190,7 @@ class QuantEnv:
         self.sensitivity.check(network)
         self.tile_rows = int(tile_rows or backend_tile_rows(backend))
         self.snap_tiles = snap_tiles
+        self.spend_slack = spend_slack
         self.tiles = [self.sensitivity.tiles(i, self.tile_rows) for i in range(len(network))]
         log_fisher = [np.log(np.maximum(f, 1e-30)) for f in self.sensitivity.fisher]
         every = np.concatenate(log_fisher)
@@ -358,9 +365,13 @@ class QuantEnv:
     def enforce_budget(self, plan: QuantPlan, measurement: Measurement | None = None,
                        layer_wise: bool = True) -> tuple[QuantPlan, Measurement]:
         """``plan`` if it meets the budget; otherwise lowered until it does (``layer_wise``: HAQ's rule, see
-        ``_enforce_layer_wise``; else ``_enforce_by_sensitivity``), measuring after every change."""
+        ``_enforce_layer_wise``; else ``_enforce_by_sensitivity``), measuring after every change. Under a budget a
+        kernel-wise ``plan`` that fits is raised to it (``_spend_slack``); a reward without a budget has no slack."""
         measurement = self.measure(plan) if measurement is None else measurement
         if self.objective.fits(CostPoint.of(measurement)):
+            budget = self.objective.setting.budget
+            if self.spend_slack and not layer_wise and budget is not None:
+                return self._spend_slack(plan, measurement, budget.metric)
             return plan, measurement
         if layer_wise:
             return self._enforce_layer_wise(plan)
@@ -405,6 +416,50 @@ class QuantEnv:
             measurement = self.measure(plan)
             if self.objective.fits(CostPoint.of(measurement)):
                 return plan, measurement
+
+    def _spend_slack(self, plan: QuantPlan, measurement: Measurement, metric: str) -> tuple[QuantPlan, Measurement]:
+        """The inverse of ``_enforce_by_sensitivity`` for a plan that fits: repeatedly take the move with the most
+        estimated loss removed per estimated cost added (one activation bit onto a layer, or one bit onto one tile,
+        all its kernels raised to the tile's widest bits plus one) and keep it if the plan still fits; a move that
+        breaks the budget is not tried again (the others only add cost). Nothing is left of the budget a tile
+        could use."""
+        sens, hi = self.sensitivity, self.max_bits
+        acts = [l.act_bits for l in plan.layers]
+        weights = [np.array(l.weight_bits) for l in plan.layers]
+        refused: set[tuple[int, int]] = set()  # (layer, tile index or -1 for the activations)
+        while True:
+            per_layer = _layer_costs(measurement, metric, len(acts))
+            best: tuple[float, int, int] | None = None
+            for i in range(len(acts)):
+                tile_tops = [int(weights[i][t].max()) for t in self.tiles[i]]
+                if acts[i] < hi and (i, -1) not in refused:
+                    removed = sens.act_loss[i, acts[i] - 1] - sens.act_loss[i, acts[i]]
+                    score = max(removed, 0.0) / max(per_layer[i] / acts[i], 1e-30)
+                    if best is None or score > best[0]:
+                        best = (score, i, -1)
+                for j, (tile, top) in enumerate(zip(self.tiles[i], tile_tops)):
+                    if top >= hi or (i, j) in refused:
+                        continue
+                    old = weights[i][tile]
+                    removed = float((sens.weight_loss[i][tile, old - 1] - sens.weight_loss[i][tile, top]).sum())
+                    score = max(removed, 0.0) / max(per_layer[i] / sum(tile_tops), 1e-30)
+                    if best is None or score > best[0]:
+                        best = (score, i, j)
+            if best is None:
+                return plan, measurement
+            _, i, j = best
+            new_acts, new_weights = acts[i], weights[i].copy()
+            if j < 0:
+                new_acts += 1
+            else:
+                new_weights[self.tiles[i][j]] = new_weights[self.tiles[i][j]].max() + 1
+            name = plan.layers[i].name
+            raised = plan.replace(name, LayerPlan(name, tuple(int(b) for b in new_weights), new_acts))
+            raised_measurement = self.measure(raised)
+            if self.objective.fits(CostPoint.of(raised_measurement)):
+                plan, measurement, acts[i], weights[i] = raised, raised_measurement, new_acts, new_weights
+            else:
+                refused.add((i, j))
 
     def _enforce_layer_wise(self, plan: QuantPlan) -> tuple[QuantPlan, Measurement]:
         """HAQ's rule: sweep layers from the last, each time first the activation bits by one, then the layer's
