@@ -35,7 +35,6 @@ def test_enforcement_lowers_the_least_sensitive_tiles_first():
     assert all(len(set(lp.weight_bits)) == 1 for lp in layer_wise.plan.layers) and layer_wise.fits
 
 
-
 def test_a_kernel_wise_plan_that_fits_spends_the_budget_it_leaves():
     """The inverse of enforcement: a kernel-wise proposal under the budget is raised, whole tiles at a time, until
     not one activation bit or tile bit more fits; the proposal is kept beside it. Layer-wise plans, and every plan
@@ -61,6 +60,7 @@ def test_a_kernel_wise_plan_that_fits_spends_the_budget_it_leaves():
             assert not env.objective.fits(CostPoint.of(env.measure(outcome.plan.replace(lp.name, layer)))), layer
     assert env.evaluate(cheap, layer_wise=True).plan == cheap
     assert toy_env(TIGHT, spend_slack=False).evaluate(cheap, layer_wise=False).plan == cheap
+
 
 def test_snapped_proposals_form_sensitivity_sorted_tiles():
     env = toy_env(TIGHT)

@@ -369,90 +369,43 @@ class QuantEnv:
         kernel-wise ``plan`` that fits is raised to it (``_spend_slack``); a reward without a budget has no slack."""
         measurement = self.measure(plan) if measurement is None else measurement
         if self.objective.fits(CostPoint.of(measurement)):
-            budget = self.objective.setting.budget
-            if self.spend_slack and not layer_wise and budget is not None:
-                return self._spend_slack(plan, measurement, budget.metric)
+            if self.spend_slack and not layer_wise and self.objective.setting.budget is not None:
+                return self._spend_slack(plan, measurement)
             return plan, measurement
         if layer_wise:
             return self._enforce_layer_wise(plan)
         return self._enforce_by_sensitivity(plan, measurement)
 
     def _enforce_by_sensitivity(self, plan: QuantPlan, measurement: Measurement) -> tuple[QuantPlan, Measurement]:
-        """Repeatedly take the move with the least estimated loss per estimated cost saved: one activation bit off a
-        layer, or one bit off one tile of a layer (its sensitivity-sorted Dm kernels, all set to the tile's widest
-        bits minus one). A layer's cost is taken as proportional to its activation bits and to the sum of its tiles'
-        bits, so within a layer the least sensitive tile at a given width goes first."""
-        sens, lo = self.sensitivity, self.min_bits
-        metric = self.objective.setting.budget.metric if self.objective.setting.budget else "latency"
+        """Repeatedly take the lowering move (``_one_bit_moves``) with the least estimated loss added per estimated
+        cost saved, measuring after each, until the plan fits; within a layer the least sensitive tile at a given
+        width goes first."""
         acts = [l.act_bits for l in plan.layers]
         weights = [np.array(l.weight_bits) for l in plan.layers]
         while True:
-            per_layer = _layer_costs(measurement, metric, len(acts))
-            best: tuple[float, int, np.ndarray | None] | None = None
-            for i in range(len(acts)):
-                tile_tops = [int(weights[i][t].max()) for t in self.tiles[i]]
-                if acts[i] > lo:
-                    added = sens.act_loss[i, acts[i] - 2] - sens.act_loss[i, acts[i] - 1]
-                    score = max(added, 0.0) / max(per_layer[i] / acts[i], 1e-30)
-                    if best is None or score < best[0]:
-                        best = (score, i, None)
-                for tile, top in zip(self.tiles[i], tile_tops):
-                    if top <= lo:
-                        continue
-                    old = weights[i][tile]
-                    new = np.minimum(old, top - 1)
-                    added = float((sens.weight_loss[i][tile, new - 1] - sens.weight_loss[i][tile, old - 1]).sum())
-                    score = max(added, 0.0) / max(per_layer[i] / sum(tile_tops), 1e-30)
-                    if best is None or score < best[0]:
-                        best = (score, i, tile)
-            if best is None:  # every bit at the floor, which resolve() checked fits; only a drifting backend gets here
+            moves = self._one_bit_moves(acts, weights, measurement, -1)
+            if not moves:  # every bit at the floor, which resolve() checked fits; only a drifting backend gets here
                 return plan, measurement
-            _, i, chosen = best
-            if chosen is None:
-                acts[i] -= 1
-            else:
-                weights[i][chosen] = np.minimum(weights[i][chosen], weights[i][chosen].max() - 1)
+            _, i, j = min(moves)
+            acts[i], weights[i] = self._moved(acts[i], weights[i], i, j, -1)
             plan = plan.replace(plan.layers[i].name, LayerPlan(plan.layers[i].name, tuple(int(b) for b in weights[i]), acts[i]))
             measurement = self.measure(plan)
             if self.objective.fits(CostPoint.of(measurement)):
                 return plan, measurement
 
-    def _spend_slack(self, plan: QuantPlan, measurement: Measurement, metric: str) -> tuple[QuantPlan, Measurement]:
-        """The inverse of ``_enforce_by_sensitivity`` for a plan that fits: repeatedly take the move with the most
-        estimated loss removed per estimated cost added (one activation bit onto a layer, or one bit onto one tile,
-        all its kernels raised to the tile's widest bits plus one) and keep it if the plan still fits; a move that
-        breaks the budget is not tried again (the others only add cost). Nothing is left of the budget a tile
-        could use."""
-        sens, hi = self.sensitivity, self.max_bits
+    def _spend_slack(self, plan: QuantPlan, measurement: Measurement) -> tuple[QuantPlan, Measurement]:
+        """The inverse of ``_enforce_by_sensitivity`` for a plan that fits: repeatedly take the raising move with the
+        most estimated loss removed per estimated cost added and keep it if the plan still fits; a move that breaks
+        the budget is not tried again (the others only add cost). Nothing is left of the budget a tile could use."""
         acts = [l.act_bits for l in plan.layers]
         weights = [np.array(l.weight_bits) for l in plan.layers]
-        refused: set[tuple[int, int]] = set()  # (layer, tile index or -1 for the activations)
+        refused: set[tuple[int, int]] = set()
         while True:
-            per_layer = _layer_costs(measurement, metric, len(acts))
-            best: tuple[float, int, int] | None = None
-            for i in range(len(acts)):
-                tile_tops = [int(weights[i][t].max()) for t in self.tiles[i]]
-                if acts[i] < hi and (i, -1) not in refused:
-                    removed = sens.act_loss[i, acts[i] - 1] - sens.act_loss[i, acts[i]]
-                    score = max(removed, 0.0) / max(per_layer[i] / acts[i], 1e-30)
-                    if best is None or score > best[0]:
-                        best = (score, i, -1)
-                for j, (tile, top) in enumerate(zip(self.tiles[i], tile_tops)):
-                    if top >= hi or (i, j) in refused:
-                        continue
-                    old = weights[i][tile]
-                    removed = float((sens.weight_loss[i][tile, old - 1] - sens.weight_loss[i][tile, top]).sum())
-                    score = max(removed, 0.0) / max(per_layer[i] / sum(tile_tops), 1e-30)
-                    if best is None or score > best[0]:
-                        best = (score, i, j)
-            if best is None:
+            moves = [move for move in self._one_bit_moves(acts, weights, measurement, +1) if move[1:] not in refused]
+            if not moves:
                 return plan, measurement
-            _, i, j = best
-            new_acts, new_weights = acts[i], weights[i].copy()
-            if j < 0:
-                new_acts += 1
-            else:
-                new_weights[self.tiles[i][j]] = new_weights[self.tiles[i][j]].max() + 1
+            _, i, j = max(moves, key=lambda move: move[0])
+            new_acts, new_weights = self._moved(acts[i], weights[i], i, j, +1)
             name = plan.layers[i].name
             raised = plan.replace(name, LayerPlan(name, tuple(int(b) for b in new_weights), new_acts))
             raised_measurement = self.measure(raised)
@@ -460,6 +413,38 @@ class QuantEnv:
                 plan, measurement, acts[i], weights[i] = raised, raised_measurement, new_acts, new_weights
             else:
                 refused.add((i, j))
+
+    def _one_bit_moves(self, acts: list[int], weights: list[np.ndarray], measurement: Measurement,
+                       step: int) -> list[tuple[float, int, int]]:
+        """Every move of one bit in direction ``step`` (-1 lowers, +1 raises) within [``min_bits``, ``max_bits``]:
+        one activation bit of a layer (tile index -1), or one bit of one tile of a layer (its sensitivity-sorted Dm
+        kernels, all set to the tile's widest bits plus ``step``), as (estimated loss added, for a lowering, or
+        removed, for a raising, per estimated cost changed; layer; tile index). A layer's cost is taken as
+        proportional to its activation bits and to the sum of its tiles' widest bits (its share of ``measurement``)."""
+        metric = self.objective.setting.budget.metric if self.objective.setting.budget else "latency"
+        per_layer = _layer_costs(measurement, metric, len(acts))
+        sens, moves = self.sensitivity, []
+        for i in range(len(acts)):
+            tile_tops = [int(weights[i][t].max()) for t in self.tiles[i]]
+            if self.min_bits <= acts[i] + step <= self.max_bits:
+                change = step * (sens.act_loss[i, acts[i] - 1] - sens.act_loss[i, acts[i] + step - 1])
+                moves.append((max(change, 0.0) / max(per_layer[i] / acts[i], 1e-30), i, -1))
+            for j, (tile, top) in enumerate(zip(self.tiles[i], tile_tops)):
+                if not self.min_bits <= top + step <= self.max_bits:
+                    continue
+                old = weights[i][tile]
+                new = _tile_moved(old, step)
+                change = step * float((sens.weight_loss[i][tile, old - 1] - sens.weight_loss[i][tile, new - 1]).sum())
+                moves.append((max(change, 0.0) / max(per_layer[i] / sum(tile_tops), 1e-30), i, j))
+        return moves
+
+    def _moved(self, act_bits: int, weights: np.ndarray, i: int, j: int, step: int) -> tuple[int, np.ndarray]:
+        """Layer ``i``'s activation bits and kernel bits after the move of ``_one_bit_moves`` on tile ``j``."""
+        if j < 0:
+            return act_bits + step, weights
+        moved = weights.copy()
+        moved[self.tiles[i][j]] = _tile_moved(weights[self.tiles[i][j]], step)
+        return act_bits, moved
 
     def _enforce_layer_wise(self, plan: QuantPlan) -> tuple[QuantPlan, Measurement]:
         """HAQ's rule: sweep layers from the last, each time first the activation bits by one, then the layer's
@@ -519,6 +504,13 @@ def backend_tile_rows(backend: CostBackend) -> int:
     overlay = getattr(backend.describe(), "overlay", None)
     return int(getattr(overlay, "dm", 1) or 1)
 
+
+
+def _tile_moved(bits: np.ndarray, step: int) -> np.ndarray:
+    """A tile's kernel bits one bit narrower (``step`` -1: its widest kernels lose a bit) or wider (+1: every kernel
+    at its widest bits plus one)."""
+    top = int(bits.max())
+    return np.minimum(bits, top - 1) if step < 0 else np.maximum(bits, top + 1)
 
 def _layer_costs(measurement: Measurement, metric: str, layers: int) -> np.ndarray:
     """Each layer's measured latency or energy (the total split evenly if the backend gives no per-layer figures)."""

@@ -147,12 +147,12 @@ def load_runs(path: Path, overlay: str | None = None) -> list[PipelineRun]:
     return runs
 
 
-
-def runs_as_measurements(runs: list[PipelineRun], clock_hz: float, source: str = "rtlsim") -> Dataset:
+def runs_as_measurements(runs: list[PipelineRun], clock_hz: float) -> Dataset:
     """Sweep runs as the measurements ``autoq calibrate`` fits (latency from the RTL's ``cycles_total`` at
     ``clock_hz``, no power), each keyed by its layer's name."""
     return Dataset(tuple(Sample(run.layer, run.weight_bits, run.act_bits, run.batch, run.cycles / clock_hz,
-                                float("nan"), run.layer.name) for run in runs), source, measured_by=("rtlsim",))
+                                float("nan"), run.layer.name) for run in runs), "rtlsim", measured_by=("rtlsim",))
+
 
 def _run_key(row: dict) -> tuple:
     return (row["overlay"], row["layer"], row["wbits_spec"], row["act_bits"], row["batch"], row["read_latency"],
