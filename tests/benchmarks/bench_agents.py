@@ -83,6 +83,7 @@ def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: i
         "reference_latency_s": env.objective.reference.latency_s,
         "mixed_layers": sum(w > 1 for w in widths) / len(widths),
         "proposals_met_budget": float(np.mean([o.proposal_fits for o in learned])),
+        "distinct_plans": len({o.plan.hash for o in outcomes}),
         "s_per_episode": wall / len(outcomes),
         "front": [(o.accuracy, o.cost.latency_s) for o in learned],
         "test_correct": packed(t.evaluator.correct(selected.plan, "test")),
@@ -252,6 +253,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict], dict]:
                 print(f"budget {budget} seed {seed} {name}: test {result['test_accuracy']:.4f} (val {result['val_accuracy']:.4f}, "
                       f"episode {result['selected_episode']}), latency {result['latency_ratio']:.3f}x, mixed layers "
                       f"{result['mixed_layers']:.2f}, proposals within budget {result['proposals_met_budget']:.2f}, "
+                      f"{result['distinct_plans']} distinct plans scored, "
                       f"{result['s_per_episode']:.2f} s/episode", flush=True)
     description = t.backend.describe()
     return runs, {"task": args.task, "backend": args.backend, "backend_detail": description.detail,
