@@ -218,20 +218,3 @@ def test_one_agent_registry_builds_every_agent_and_feeds_the_cli():
     (search,) = parser._subparsers._group_actions[0].choices.values()
     (agent_option,) = [a for a in search._actions if "--agent" in a.option_strings]
     assert tuple(agent_option.choices) == tuple(AGENTS)
-
-
-def test_autoq_redraws_a_plan_it_proposed_before_instead_of_rescoring_it():
-    def proposals(redraws):
-        torch.manual_seed(0)
-        env = toy_env(TIGHT)
-        agent = AutoQAgent(small_autoq(60, final_noise_sigma=0.001, novelty_redraws=redraws), len(env.network), seed=0)
-        hashes = [agent.propose(env, episode).plan.hash for episode in range(60)]
-        return agent, hashes
-
-    repeating, hashes = proposals(0)
-    assert len(set(hashes)) < len(hashes) - 10  # the decayed policy proposes one plan over and over
-    agent, hashes = proposals(6)
-    assert len(set(hashes)) == len(hashes)
-    clone = AutoQAgent(small_autoq(60), len(toy_env(TIGHT).network), seed=1)
-    clone.load_state_dict(agent.state_dict())
-    assert clone.proposed == agent.proposed and len(clone.proposed) == 60  # a resumed search does not re-propose them

@@ -18,11 +18,6 @@ times the proposal's relative budget overshoot, lambda adapted by dual ascent (`
 step per outcome, in episode order, in ``_remember``, i.e. when the agent learns from it), so the controllers learn
 to meet the budget themselves and enforcement stays the exception.
 
-An episode never re-proposes a plan the agent has proposed before: once the noise has decayed, the policy would
-otherwise propose one plan over and over, and a repeat is scored from the memo and gives the selection nothing new.
-A repeat is redrawn with the noise doubled, up to ``novelty_redraws`` times, so that the search explores around its
-learnt policy instead of re-scoring it.
-
 Defaults are the paper's (actor lr 1e-4, critic lr 1e-3, batch 64, replay 2000, noise 0.5 held for the first
 quarter of the learning episodes, then decayed exponentially, goal_max = action_max = 8), with the schedule
 compressed from the paper's 400 episodes into the episodes the search has.
@@ -35,7 +30,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from autoq.common.plan import QuantPlan
 from autoq.host.rl.actor_critic import ActorCritic
 from autoq.host.rl.noise import NoiseSchedule, truncated_normal
 
@@ -58,7 +52,6 @@ class AutoQConfig(DDPGAgentConfig):
     budget_multiplier: float = 0.0  # lambda's start: reward lost per unit of relative overshoot of a proposal
     budget_lr: float = 0.1  # dual step size of lambda
     budget_clip: float = 0.1  # the constraint residual is clipped to +-budget_clip (lambda moves <= lr * clip)
-    novelty_redraws: int = 6  # redraws of a proposal the agent made before, each with the noise doubled
 
     @property
     def warmup_episodes(self) -> int:
@@ -90,22 +83,11 @@ class AutoQAgent(Agent):
         self.noise = config.noise()
         self.rng = np.random.default_rng(seed)
         self.budget = BudgetMultiplier(config.budget_multiplier, config.budget_lr, config.budget_clip)
-        self.proposed: set[int] = set()  # plan_key of every plan proposed so far
 
     def propose(self, env: QuantEnv, episode: int) -> Proposal:
         cfg = self.config
         learning = episode >= cfg.warmup_episodes
         sigma = self.noise.sigma_at(episode - cfg.warmup_episodes)
-        for redraw in range(cfg.novelty_redraws + 1):
-            proposal = self._roll(env, learning, sigma * 2.0 ** redraw)
-            if plan_key(proposal.plan) not in self.proposed:
-                break
-        self.proposed.add(plan_key(proposal.plan))
-        return proposal
-
-    def _roll(self, env: QuantEnv, learning: bool, sigma: float) -> Proposal:
-        """One pass of the controllers through the layers (uniform actions before ``learning``) at noise ``sigma``."""
-        cfg = self.config
         layer_states: list[np.ndarray] = []
         layer_actions: list[np.ndarray] = []
         kernel_states: list[np.ndarray] = []
@@ -177,17 +159,10 @@ class AutoQAgent(Agent):
 
     def state_dict(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "hlc": self.hlc.state_dict(), "llc": self.llc.state_dict(),
-                "rng": generator_state(self.rng), "budget_multiplier": self.budget.value,
-                "proposed": np.array(sorted(self.proposed), np.uint64)}
+                "rng": generator_state(self.rng), "budget_multiplier": self.budget.value}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.hlc.load_state_dict(state["hlc"])
         self.llc.load_state_dict(state["llc"])
         restore_generator(self.rng, state["rng"])
         self.budget.value = float(state["budget_multiplier"])
-        self.proposed = {int(key) for key in state["proposed"]}
-
-
-def plan_key(plan: QuantPlan) -> int:
-    """64 bits of the plan's hash: a key per proposed plan that keeps a 1,000-episode checkpoint's set at 8 kB."""
-    return int(plan.hash[:16], 16)
