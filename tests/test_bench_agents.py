@@ -1,0 +1,43 @@
+"""The acceptance benchmark of the search (``tests/benchmarks/bench_agents.py``) runs on a fresh clone: every agent on
+the digits task, seeds as separate processes merged afterwards, its figures written and printed."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parent / "benchmarks" / "bench_agents.py"
+AGENTS = ("autoq", "haq", "random", "uniform", "oracle", "oracle-layer")
+
+
+def bench(*args: str) -> str:
+    out = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_the_agents_benchmark_runs_every_agent_and_merges_seeds(tmp_path):
+    files = []
+    for seed in (0, 1):
+        files.append(str(tmp_path / f"seed{seed}.json"))
+        bench("--task", "digits", "--episodes", "4", "--seeds", str(seed), "--budgets", "0.5x", "--agents", *AGENTS,
+              "--json", files[-1])
+    merged = bench("--merge", *files, "--json", str(tmp_path / "all.json"))
+    document = json.loads((tmp_path / "all.json").read_text())
+    runs = document["runs"]
+    assert sorted((r["agent"], r["seed"]) for r in runs) == sorted((a, s) for a in AGENTS for s in (0, 1))
+    for run in runs:
+        assert run["budget"] == "0.5x" and run["latency_ratio"] <= 0.5 + 1e-9  # every selected plan meets the budget
+        assert 0 < run["test_accuracy"] <= 1 and 1 <= run["distinct_plans"] <= run["episodes"] <= 4
+        assert 0 <= run["mixed_layers"] <= 1
+    assert not any(r["mixed_layers"] for r in runs if r["agent"] in ("haq", "uniform", "oracle-layer"))  # layer-wise
+    for agent in AGENTS[1:]:
+        assert f"- vs {agent}: 0.5x " in merged  # autoq minus each agent, paired by seed
+    assert "autoq vs haq at 0.5x" in merged and "autoq vs oracle-layer at 0.5x" in merged
+    twice = subprocess.run([sys.executable, str(SCRIPT), "--merge", files[0], files[0]], capture_output=True, text=True,
+                           timeout=120)
+    assert twice.returncode != 0 and "both hold autoq at seed 0, budget 0.5x" in twice.stderr
