@@ -6,7 +6,8 @@ Not a test: prints tables (and writes ``--json PATH``).
 
 Per agent and budget: test accuracy of the selected plan (mean +- std over seeds: the std is the noise a difference
 must beat), its latency relative to the uniform 8-bit plan, the fraction of its layers that run more than one tile
-width, how often the agent's own proposal met the budget, and whether a selected plan ever came from the warm-up.
+width, how often the agent's own proposal met the budget, and whether a selected plan ever came from the warm-up;
+each run's line also says how many distinct plans it scored.
 Then autoq's test accuracy minus each other agent's, paired by seed, with two noise figures: the std over seeds
 (the search's own randomness) and the standard error from the test images (the paired per-image differences of the
 two selected plans, which is well below the ~0.5 points of one accuracy on 5,000 images, as both plans get most
