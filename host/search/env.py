@@ -505,12 +505,12 @@ def backend_tile_rows(backend: CostBackend) -> int:
     return int(getattr(overlay, "dm", 1) or 1)
 
 
-
 def _tile_moved(bits: np.ndarray, step: int) -> np.ndarray:
     """A tile's kernel bits one bit narrower (``step`` -1: its widest kernels lose a bit) or wider (+1: every kernel
     at its widest bits plus one)."""
     top = int(bits.max())
     return np.minimum(bits, top - 1) if step < 0 else np.maximum(bits, top + 1)
+
 
 def _layer_costs(measurement: Measurement, metric: str, layers: int) -> np.ndarray:
     """Each layer's measured latency or energy (the total split evenly if the backend gives no per-layer figures)."""
