@@ -35,6 +35,13 @@ def test_the_agents_benchmark_runs_every_agent_and_merges_seeds(tmp_path):
         assert 0 < run["test_accuracy"] <= 1 and 1 <= run["distinct_plans"] <= run["episodes"] <= 4
         assert 0 <= run["mixed_layers"] <= 1
     assert not any(r["mixed_layers"] for r in runs if r["agent"] in ("haq", "uniform", "oracle-layer"))  # layer-wise
+    floats = document["float_accuracy"]
+    assert sorted(floats) == ["test", "val", "val_subset"] and all(0 < v <= 1 for v in floats.values())
+    assert f"Float model: {floats['val_subset']:.2%} on the val subset" in merged
+    for agent, row in document["per_budget"]["0.5x"].items():  # each run's share of plans at the float model's accuracy
+        shares = [sum(acc >= floats["val_subset"] for acc, _ in r["front"]) / len(r["front"])
+                  for r in sorted(runs, key=lambda r: r["seed"]) if r["agent"] == agent]
+        assert row["plans_at_float"] == pytest.approx(shares)
     for agent in AGENTS[1:]:
         assert f"- vs {agent}: 0.5x " in merged  # autoq minus each agent, paired by seed
     assert "autoq vs haq at 0.5x" in merged and "autoq vs oracle-layer at 0.5x" in merged

@@ -6,8 +6,10 @@ Not a test: prints tables (and writes ``--json PATH``).
 
 Per agent and budget: test accuracy of the selected plan (mean +- std over seeds: the std is the noise a difference
 must beat), its latency relative to the uniform 8-bit plan, the fraction of its layers that run more than one tile
-width, how often the agent's own proposal met the budget, and whether a selected plan ever came from the warm-up;
-each run's line also says how many distinct plans it scored.
+width, how often the agent's own proposal met the budget, whether a selected plan ever came from the warm-up, and the share of
+its scored plans at least as accurate on the validation subset as the float model (where that share is not zero, the
+budget is at the task's ceiling and the agents can differ by the selection's noise only); each run's line also says
+how many distinct plans it scored.
 Then autoq's test accuracy minus each other agent's, paired by seed, with two noise figures: the std over seeds
 (the search's own randomness) and the standard error from the test images (the paired per-image differences of the
 two selected plans, which is well below the ~0.5 points of one accuracy on 5,000 images, as both plans get most
@@ -35,7 +37,7 @@ import torch
 
 from autoq.common.backend import open_backend
 from autoq.host.cli.search_cmd import DEFAULT_TASK, TASK_EPISODES
-from autoq.host.evaluate import Evaluator
+from autoq.host.evaluate import SEARCH_SPLIT, Evaluator
 from autoq.host.results import select_plan, tile_widths
 from autoq.host.search.agents.base import make_agent
 from autoq.host.search.checkpoint import seed_everything
@@ -58,6 +60,7 @@ class Task:
         self.evaluator = Evaluator.for_task(self.task)
         self.scales = self.evaluator.kernel_scales()
         self.sensitivity = task_sensitivity(self.evaluator)
+        self.float_accuracy = {split: self.evaluator.full_precision_accuracy(split) for split in (SEARCH_SPLIT, "val", "test")}
 
 
 def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: int) -> dict:
@@ -127,18 +130,24 @@ def mean_std(values: list[float]) -> str:
 FIGURES = ("test_accuracy", "val_accuracy", "latency_ratio", "mixed_layers", "proposals_met_budget", "selected_after_warmup")
 
 
-def table(runs: list[dict], agents: list[str], title: str, over: str = "seeds") -> dict:
+def at_float(run: dict, float_accuracy: float) -> float:
+    """Share of the run's scored plans (after its warm-up) at least as accurate on the val subset as the float model."""
+    return float(np.mean([acc >= float_accuracy for acc, _ in run["front"]]))
+
+
+def table(runs: list[dict], agents: list[str], title: str, float_accuracy: float, over: str = "seeds") -> dict:
     print(f"\n{title}\n")
     print(f"| agent | test accuracy (mean +- std over {over}) | val accuracy | latency / 8-bit | mixed-width layers "
-          "| proposals within budget | selected after warm-up |")
-    print("|---|---|---|---|---|---|---|")
+          "| proposals within budget | selected after warm-up | plans at the float model's val-subset accuracy |")
+    print("|---|---|---|---|---|---|---|---|")
     out = {}
     for name in agents:
         mine = [r for r in runs if r["agent"] == name]
         out[name] = row = {k: [float(r[k]) for r in mine] for k in FIGURES}
+        row["plans_at_float"] = [at_float(r, float_accuracy) for r in mine]
         print(f"| {name} | {mean_std(row['test_accuracy'])} | {mean_std(row['val_accuracy'])} | {np.mean(row['latency_ratio']):.3f} | "
               f"{np.mean(row['mixed_layers']):.2f} | {np.mean(row['proposals_met_budget']):.2f} | "
-              f"{int(sum(row['selected_after_warmup']))}/{len(mine)} |")
+              f"{int(sum(row['selected_after_warmup']))}/{len(mine)} | {np.mean(row['plans_at_float']):.2f} |")
     return out
 
 
@@ -147,10 +156,15 @@ def report(runs: list[dict], meta: dict) -> dict:
     seeds, budgets = sorted({r["seed"] for r in runs}), list(dict.fromkeys(r["budget"] for r in runs))
     agents = list(dict.fromkeys(r["agent"] for r in runs))
     head = f"## {meta['task']} on {meta['backend']}: {meta['episodes']} episodes per agent, seeds {seeds}"
-    per_budget = {budget: table([r for r in runs if r["budget"] == budget], agents, f"{head}, latency budget {budget}")
-                  for budget in budgets}
-    summary = (table(runs, agents, f"{head}, all budgets {budgets}", "seeds and budgets") if len(budgets) > 1
-               else per_budget[budgets[0]])
+    floats = meta["float_accuracy"]
+    print(f"Float model: {floats[SEARCH_SPLIT]:.2%} on the val subset, {floats['val']:.2%} on val, {floats['test']:.2%} on "
+          "test. Where an agent's plans reach the float model's val-subset accuracy, the budget is at the task's ceiling: "
+          "the selection then picks among plans the val subset cannot tell apart, and no agent can beat another there "
+          "by more than that selection's noise.")
+    per_budget = {budget: table([r for r in runs if r["budget"] == budget], agents, f"{head}, latency budget {budget}",
+                                floats[SEARCH_SPLIT]) for budget in budgets}
+    summary = (table(runs, agents, f"{head}, all budgets {budgets}", floats[SEARCH_SPLIT], "seeds and budgets")
+               if len(budgets) > 1 else per_budget[budgets[0]])
     print("\nShare of the latency that depends on weight bits (bounds what kernel-wise saves at equal activation bits): "
           + ", ".join(f"{k}: {v:.1%}" for k, v in meta["weight_bit_share"].items()))
     matched: dict[str, dict[str, dict[str, list[float | None]]]] = {}
@@ -197,7 +211,7 @@ def report(runs: list[dict], meta: dict) -> dict:
 def merged(paths: list[str]) -> tuple[list[dict], dict]:
     """The runs and shared figures of several ``--json`` files of one task, backend and episode count."""
     docs = [json.loads(open(path).read()) for path in paths]
-    keys = ("task", "backend", "backend_detail", "overlay", "episodes", "weight_bit_share")
+    keys = ("task", "backend", "backend_detail", "overlay", "episodes", "weight_bit_share", "float_accuracy")
     meta = {k: docs[0][k] for k in keys}
     for path, doc in zip(paths, docs):
         differ = [k for k in keys if doc[k] != meta[k]]
@@ -258,7 +272,8 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict], dict]:
                       f"{result['s_per_episode']:.2f} s/episode", flush=True)
     description = t.backend.describe()
     return runs, {"task": args.task, "backend": args.backend, "backend_detail": description.detail,
-                  "overlay": description.overlay.name, "episodes": episodes, "weight_bit_share": shares}
+                  "overlay": description.overlay.name, "episodes": episodes, "weight_bit_share": shares,
+                  "float_accuracy": t.float_accuracy}
 
 
 if __name__ == "__main__":
