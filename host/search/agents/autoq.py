@@ -38,6 +38,8 @@ from ..rewards import BudgetMultiplier
 from .base import Agent, generator_state, restore_generator
 from .ddpg import DDPGAgentConfig, successors
 
+HLC_OBS_DIM = LAYER_OBS_DIM + 1  # + the budget's headroom
+
 
 @dataclass(frozen=True)
 class AutoQConfig(DDPGAgentConfig):
@@ -78,7 +80,7 @@ class AutoQAgent(Agent):
     def __init__(self, config: AutoQConfig, num_layers: int, seed: int) -> None:
         self.config = config
         # Learn as soon as two episodes' worth of layer decisions exist; a 5-layer net would otherwise wait 13 episodes.
-        self.hlc = ActorCritic(config.actor_critic(LAYER_OBS_DIM, 2, gamma=1.0, learning_starts=min(config.batch_size, 2 * num_layers)))
+        self.hlc = ActorCritic(config.actor_critic(HLC_OBS_DIM, 2, gamma=1.0, learning_starts=min(config.batch_size, 2 * num_layers)))
         self.llc = ActorCritic(config.actor_critic(KERNEL_OBS_DIM, 1, gamma=0.0, learning_starts=config.batch_size))
         self.noise = config.noise()
         self.rng = np.random.default_rng(seed)
@@ -92,7 +94,7 @@ class AutoQAgent(Agent):
         layer_actions: list[np.ndarray] = []
         kernel_states: list[np.ndarray] = []
         kernel_actions: list[np.ndarray] = []
-        observation = env.reset()
+        observation = self.layer_state(env, env.reset())
         while True:
             if learning:
                 layer_action = truncated_normal(self.hlc.act(observation)[0], sigma, self.rng)
@@ -112,7 +114,7 @@ class AutoQAgent(Agent):
             if result.proposal is not None:
                 return dataclasses.replace(result.proposal, memo=(layer_states, layer_actions, kernel_states, kernel_actions))
             assert result.observation is not None  # set on every step but the last
-            observation = result.observation
+            observation = self.layer_state(env, result.observation)
 
     def learn(self, env: QuantEnv, episode: int, proposal: Proposal, outcome: EpisodeOutcome) -> None:
         cfg = self.config
@@ -123,6 +125,12 @@ class AutoQAgent(Agent):
                 self.hlc.update(self.rng)
             for _ in range(cfg.llc_updates_per_layer * len(layer_states)):
                 self.llc.update(self.rng)
+
+    @staticmethod
+    def layer_state(env: QuantEnv, observation: np.ndarray) -> np.ndarray:
+        """The HLC's state: the layer's observation and the budget's headroom for the layers left
+        (``QuantEnv.budget_headroom``), so that the penalty for overshooting depends on what its state shows."""
+        return np.append(observation, np.float32(env.budget_headroom()))
 
     @staticmethod
     def weight_actions(goal_action: float, offsets: np.ndarray) -> np.ndarray:
