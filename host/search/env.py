@@ -8,8 +8,9 @@ the overlay runs: the layer's kernels, sorted by sensitivity (``Sensitivity``), 
 widest kernel for kernels that asked for less. After the last layer it builds the ``QuantPlan`` and scores it.
 
 The outcome keeps the proposal's own cost (``proposed_cost``), so an agent can learn to meet the budget itself (AutoQ
-learns from a Lagrangian reward, ``rewards.BudgetMultiplier``). Only as a last resort is an over-budget proposal
-lowered until it fits: a layer-wise proposal by HAQ's rule (from the last layer, activations
+learns from a Lagrangian reward, ``rewards.BudgetMultiplier``, in a state that carries ``budget_headroom``: the
+estimated share of the budget's margin the layers set so far leave to the rest). Only as a last resort is an
+over-budget proposal lowered until it fits: a layer-wise proposal by HAQ's rule (from the last layer, activations
 first, then all the layer's kernels), a kernel-wise one by the cheapest estimated loss per cost saved, which lowers
 a layer's least sensitive tile first. A kernel-wise proposal that fits with budget to spare is raised by the
 inverse rule (most loss removed per cost added, a layer's most sensitive tile first) until nothing more fits

@@ -1,7 +1,9 @@
 """AutoQ's hierarchical agent (Lou et al., ICLR 2020): two DDPG actor-critics.
 
 * High-level controller (HLC), once per layer: the activation QBN and a *goal*, the average weight QBN the layer's
-  kernels should reach. Its transitions follow the layers (gamma = 1) and carry the episode's extrinsic reward.
+  kernels should reach. Its transitions follow the layers (gamma = 1) and carry the episode's extrinsic reward. Its
+  state is the layer's and the budget's headroom left by the layers already set (``QuantEnv.budget_headroom``), so
+  whether a layer's bits overshoot the budget is something its state shows.
 * Low-level controller (LLC), per kernel: the kernel's weight QBN, conditioned on the goal. A layer's kernels are
   acted on in one batched forward pass (kernel index and weight scale are features), so an episode costs two
   network calls per layer. The LLC's action is an offset from the goal (0.5 = the goal itself), so an untrained
