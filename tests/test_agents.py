@@ -9,7 +9,6 @@ from autoq.common.plan import QuantPlan
 from autoq.host.search.agents.autoq import AutoQAgent, AutoQConfig
 from autoq.host.search.agents.baselines import GreedyAgent, RandomAgent, UniformAgent
 from autoq.host.search.agents.haq import HAQAgent, HAQConfig
-from autoq.host.search.env import LAYER_OBS_DIM
 from autoq.host.search.rewards import BudgetMultiplier, BudgetSpec, CostPoint, RewardSetting, SearchError
 from searchtoys import toy_env
 
@@ -104,21 +103,6 @@ def test_autoq_acts_on_a_layers_kernels_in_one_batched_call():
     assert calls["llc"] == [layer.c_out for layer in env.network]  # one forward pass per layer, all kernels at once
     assert len(agent.llc.buffer) == sum(layer.c_out for layer in env.network)
     assert len(agent.hlc.buffer) == len(env.network)
-
-
-def test_autoq_hlc_state_ends_with_the_budget_headroom_of_the_layers_set():
-    torch.manual_seed(0)
-    env = toy_env(TIGHT)
-    agent = AutoQAgent(small_autoq(10), len(env.network), seed=0)
-    outcome = agent.run_episode(env, 0)
-    states = agent.hlc.buffer.state_dict()["states"]
-    assert states.shape == (len(env.network), LAYER_OBS_DIM + 1)
-    env.reset()
-    for state, layer_plan in zip(states, outcome.proposed.layers):
-        np.testing.assert_allclose(state[:-1], env.observation())
-        assert state[-1] == pytest.approx(env.budget_headroom())
-        env.step(env.action_of(layer_plan.act_bits), env.action_of(layer_plan.weight_bits))
-    assert states[0, -1] == 1.0 and states[-1, -1] < 1.0
 
 
 def test_autoq_llc_reward_mixes_goal_completion_with_extrinsic():

@@ -69,29 +69,6 @@ def test_observations_carry_layer_and_kernel_features():
     assert result.observation[0] > 0.0 and result.observation[-2:].tolist() == pytest.approx([1 / 14, 13 / 14])
 
 
-def test_budget_headroom_is_the_margin_the_layers_set_leave():
-    """The toy backend's layer cost is linear in act bits x the tiles' widest bits, so the estimate is exact there:
-    the headroom must equal the share of the budget's margin over the narrowest plan that the measured cost of the
-    layers set so far (the rest at the narrowest bits) leaves."""
-    env = toy_env(HALF_LATENCY)
-    narrowest = env.measure(QuantPlan.uniform(env.network, env.min_bits, env.min_bits)).latency_s
-    margin = env.objective.limit - narrowest
-    rng = np.random.default_rng(3)
-    env.reset()
-    assert env.budget_headroom() == 1.0
-    set_so_far: list[LayerPlan] = []
-    for layer in env.network[:-1]:
-        result = env.step(rng.uniform(0.0, 0.6), rng.uniform(0.0, 0.6, size=layer.c_out))
-        set_so_far.append(LayerPlan(layer.name, result.weight_bits, result.act_bits))
-        rest = [LayerPlan(l.name, (env.min_bits,) * l.c_out, env.min_bits) for l in env.network[len(set_so_far):]]
-        spent = env.measure(QuantPlan.for_network(env.network, set_so_far + rest)).latency_s - narrowest
-        assert env.budget_headroom() == pytest.approx(float(np.clip(1.0 - spent / margin, 0.0, 1.0)))
-    env.reset()
-    for _ in env.network[:-1]:
-        env.step(1.0, 1.0)  # the widest bits spend more than the whole margin
-    assert env.budget_headroom() == 0.0
-
-
 def test_action_projection_is_haqs_rounding():
     env = toy_env(HALF_LATENCY)  # bits 2..8: 7 equal intervals of [0, 1]
     assert env.bits_of([0.0, 1 / 7 - 1e-9, 1 / 7 + 1e-9, 0.5, 1.0]).tolist() == [2, 2, 3, 5, 8]

@@ -34,9 +34,7 @@ from autoq.host.rl.sealed import Sealed
 from .rewards import SearchError
 
 CHECKPOINT_NAME = "checkpoint.pt"
-#: 6: AutoQ's HLC state gained the budget's headroom (a 5's networks do not fit it); 5: plain pickle, Sealed agent
-#: state in the sidecar (4: torch.save, all inline).
-FORMAT = "autoq-search-checkpoint/6"
+FORMAT = "autoq-search-checkpoint/5"  # 5: plain pickle; Sealed agent state in the sidecar (4: torch.save, all inline)
 _HEADER = FORMAT.encode() + b"\n"
 _DIGEST_HEX = 64  # SHA-256, hex
 _LENGTH_BYTES = 8

@@ -8,9 +8,8 @@ the overlay runs: the layer's kernels, sorted by sensitivity (``Sensitivity``), 
 widest kernel for kernels that asked for less. After the last layer it builds the ``QuantPlan`` and scores it.
 
 The outcome keeps the proposal's own cost (``proposed_cost``), so an agent can learn to meet the budget itself (AutoQ
-learns from a Lagrangian reward, ``rewards.BudgetMultiplier``, in a state that carries ``budget_headroom``: the
-estimated share of the budget's margin the layers set so far leave to the rest). Only as a last resort is an
-over-budget proposal lowered until it fits: a layer-wise proposal by HAQ's rule (from the last layer, activations
+learns from a Lagrangian reward, ``rewards.BudgetMultiplier``). Only as a last resort is an over-budget proposal
+lowered until it fits: a layer-wise proposal by HAQ's rule (from the last layer, activations
 first, then all the layer's kernels), a kernel-wise one by the cheapest estimated loss per cost saved, which lowers
 a layer's least sensitive tile first. A kernel-wise proposal that fits with budget to spare is raised by the
 inverse rule (most loss removed per cost added, a layer's most sensitive tile first) until nothing more fits
@@ -203,16 +202,11 @@ class QuantEnv:
             rank[self.sensitivity.order(i)] = np.arange(layer.c_out) / max(1, layer.c_out - 1)
             self._rank_features.append(rank)
         self.reset()
-        widest = self.measure(QuantPlan.uniform(network, max_bits, max_bits))
-        narrowest = self.measure(QuantPlan.uniform(network, min_bits, min_bits))
-        reference, floor = CostPoint.of(widest), CostPoint.of(narrowest)
+        reference = CostPoint.of(self.measure(QuantPlan.uniform(network, max_bits, max_bits)))
+        floor = CostPoint.of(self.measure(QuantPlan.uniform(network, min_bits, min_bits)))
         self.objective: Objective = setting.resolve(
             reference, floor, evaluator.full_precision_accuracy(), f"all weights and activations at {min_bits} bits"
         )
-        metric = setting.budget.metric if setting.budget else "latency"
-        self._layer_widest = _layer_costs(widest, metric, len(network))
-        self._layer_narrowest = _layer_costs(narrowest, metric, len(network))
-        self._limit = self.objective.limit if self.objective.limit is not None else reference.get(metric)
         from autoq.host.advice import warn_unconstraining_budget  # a budget the widest plan meets: say so
         warn_unconstraining_budget(self.objective, f"all weights and activations at {max_bits} bits")
 
@@ -270,27 +264,6 @@ class QuantEnv:
     def observation(self) -> np.ndarray:
         """Current layer's observation, shape ``(LAYER_OBS_DIM,)``, every entry in [0, 1]."""
         return np.concatenate([self._layer_table[self._position], self._previous]).astype(np.float32)
-
-    def budget_headroom(self) -> float:
-        """The share of the budget's margin over the narrowest plan that the bits set so far leave to the layers
-        not yet set, in [0, 1]: 1 at the first layer, 0 once the layers set are estimated to have spent it all
-        (without a budget the margin is the widest plan's). An estimate for the agent's state, never a
-        measurement: a layer's cost is interpolated between its measured cost in the all-``min_bits`` and the
-        all-``max_bits`` plan, linearly in its activation bits times its tiles' mean widest weight bits (its
-        bit-serial work)."""
-        margin = self._limit - float(self._layer_narrowest.sum())
-        if not margin > 0:
-            return 0.0
-        spent = sum(self._estimated_layer_cost(i, a, w) - self._layer_narrowest[i]
-                    for i, (a, w) in enumerate(zip(self._act_bits, self._weight_bits)))
-        return float(np.clip(1.0 - spent / margin, 0.0, 1.0))
-
-    def _estimated_layer_cost(self, i: int, act_bits: int, weight_bits: Sequence[int]) -> float:
-        bits = np.asarray(weight_bits)
-        work = act_bits * float(np.mean([bits[tile].max() for tile in self.tiles[i]]))
-        low, high = self.min_bits ** 2, self.max_bits ** 2
-        share = (work - low) / (high - low) if high > low else 0.0
-        return float(self._layer_narrowest[i] + share * (self._layer_widest[i] - self._layer_narrowest[i]))
 
     def kernel_observations(self, goal_action: float, act_action: float) -> np.ndarray:
         """One row per kernel of the current layer, shape ``(c_out, KERNEL_OBS_DIM)``, every entry in [0, 1]."""

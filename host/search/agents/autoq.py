@@ -1,9 +1,7 @@
 """AutoQ's hierarchical agent (Lou et al., ICLR 2020): two DDPG actor-critics.
 
 * High-level controller (HLC), once per layer: the activation QBN and a *goal*, the average weight QBN the layer's
-  kernels should reach. Its transitions follow the layers (gamma = 1) and carry the episode's extrinsic reward. Its
-  state is the layer's and the budget's headroom left by the layers already set (``QuantEnv.budget_headroom``), so
-  whether a layer's bits overshoot the budget is something its state shows.
+  kernels should reach. Its transitions follow the layers (gamma = 1) and carry the episode's extrinsic reward.
 * Low-level controller (LLC), per kernel: the kernel's weight QBN, conditioned on the goal. A layer's kernels are
   acted on in one batched forward pass (kernel index and weight scale are features), so an episode costs two
   network calls per layer. The LLC's action is an offset from the goal (0.5 = the goal itself), so an untrained
@@ -39,8 +37,6 @@ from ..env import KERNEL_OBS_DIM, LAYER_OBS_DIM, EpisodeOutcome, Proposal, Quant
 from ..rewards import BudgetMultiplier
 from .base import Agent, generator_state, restore_generator
 from .ddpg import DDPGAgentConfig, successors
-
-HLC_OBS_DIM = LAYER_OBS_DIM + 1  # + the budget's headroom
 
 
 @dataclass(frozen=True)
@@ -82,7 +78,7 @@ class AutoQAgent(Agent):
     def __init__(self, config: AutoQConfig, num_layers: int, seed: int) -> None:
         self.config = config
         # Learn as soon as two episodes' worth of layer decisions exist; a 5-layer net would otherwise wait 13 episodes.
-        self.hlc = ActorCritic(config.actor_critic(HLC_OBS_DIM, 2, gamma=1.0, learning_starts=min(config.batch_size, 2 * num_layers)))
+        self.hlc = ActorCritic(config.actor_critic(LAYER_OBS_DIM, 2, gamma=1.0, learning_starts=min(config.batch_size, 2 * num_layers)))
         self.llc = ActorCritic(config.actor_critic(KERNEL_OBS_DIM, 1, gamma=0.0, learning_starts=config.batch_size))
         self.noise = config.noise()
         self.rng = np.random.default_rng(seed)
@@ -96,7 +92,7 @@ class AutoQAgent(Agent):
         layer_actions: list[np.ndarray] = []
         kernel_states: list[np.ndarray] = []
         kernel_actions: list[np.ndarray] = []
-        observation = self.layer_state(env, env.reset())
+        observation = env.reset()
         while True:
             if learning:
                 layer_action = truncated_normal(self.hlc.act(observation)[0], sigma, self.rng)
@@ -116,7 +112,7 @@ class AutoQAgent(Agent):
             if result.proposal is not None:
                 return dataclasses.replace(result.proposal, memo=(layer_states, layer_actions, kernel_states, kernel_actions))
             assert result.observation is not None  # set on every step but the last
-            observation = self.layer_state(env, result.observation)
+            observation = result.observation
 
     def learn(self, env: QuantEnv, episode: int, proposal: Proposal, outcome: EpisodeOutcome) -> None:
         cfg = self.config
@@ -127,12 +123,6 @@ class AutoQAgent(Agent):
                 self.hlc.update(self.rng)
             for _ in range(cfg.llc_updates_per_layer * len(layer_states)):
                 self.llc.update(self.rng)
-
-    @staticmethod
-    def layer_state(env: QuantEnv, observation: np.ndarray) -> np.ndarray:
-        """The HLC's state: the layer's observation and the budget's headroom for the layers left
-        (``QuantEnv.budget_headroom``), so that the penalty for overshooting depends on what its state shows."""
-        return np.append(observation, np.float32(env.budget_headroom()))
 
     @staticmethod
     def weight_actions(goal_action: float, offsets: np.ndarray) -> np.ndarray:
