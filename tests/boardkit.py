@@ -4,6 +4,7 @@ and the master end of a pty pair as a byte link."""
 from __future__ import annotations
 
 import os
+import random
 import select
 
 import numpy as np
@@ -14,6 +15,7 @@ from autoq.overlay.driver import Counters, EngineDriver
 from autoq.overlay.engine import run_layer
 from autoq.overlay.layout import build_job
 from autoq.overlay.manifest import OverlayConfig
+from autoq.overlay.protocol import MAGIC
 
 TINY = NetworkSpec(
     "tiny",
@@ -94,3 +96,9 @@ class PtyMasterLink:
 
     def close(self) -> None:
         """The test owns the descriptor and closes it."""
+
+
+def junk(size: int) -> bytes:
+    """Seeded random bytes without the frame magic's first byte, so none of them can start a frame (a trailing b"A"
+    of os.urandom is kept as a possible frame start, and ``replace(MAGIC, b"")`` can join a new magic)."""
+    return bytes(b for b in random.Random(size).randbytes(2 * size) if b != MAGIC[0])[:size]

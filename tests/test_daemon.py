@@ -3,7 +3,6 @@ host clients, and every kind of bad input answered with a structured error while
 from __future__ import annotations
 
 import os
-import random
 import socket
 import struct
 import subprocess
@@ -21,7 +20,7 @@ from autoq.overlay.board import Board
 from autoq.overlay.daemon import Daemon, DaemonError
 from autoq.overlay.protocol import MAGIC, Codec, FrameLimits, FrameReader, Message, make_message
 
-from boardkit import TINY, PtyMasterLink, kernel_wise_plan
+from boardkit import TINY, PtyMasterLink, junk, kernel_wise_plan
 
 KEY = b"0123456789abcdef0123456789abcdef"
 AUTOQ = [sys.executable, "-c", "import sys; from autoq.host.cli import main; sys.exit(main(sys.argv[1:]))"]
@@ -128,11 +127,6 @@ def test_cli_serves_on_serial_and_stops_on_sigterm():
         os.close(master)
         os.close(slave)
 
-
-def junk(size: int) -> bytes:
-    """Seeded random bytes without the magic's first byte, so none of them can start a frame: a trailing b"A" of
-    os.urandom would be kept as a possible frame start and cost the next frame a second bad_magic error."""
-    return bytes(b for b in random.Random(size).randbytes(2 * size) if b != MAGIC[0])[:size]
 
 # -- bad input ---------------------------------------------------------------------------------------------------
 def test_random_bytes_get_an_error_then_the_same_connection_serves(daemon):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
 import zlib
 
@@ -25,6 +24,8 @@ from autoq.overlay.protocol import (
     make_message,
     parse_json,
 )
+
+from boardkit import junk
 
 KEY = b"k" * 32
 
@@ -62,7 +63,7 @@ def test_round_trip(codec):
 
 def test_garbage_is_reported_once_then_next_frame_is_read():
     codec = Codec(crc=True)
-    garbage = os.urandom(300).replace(MAGIC, b"")
+    garbage = junk(300)
     reader = reader_for(garbage + codec.encode(Message({"type": "hello", "id": 1})), codec, chunk=64)
     with pytest.raises(FrameError) as exc:
         reader.read()
