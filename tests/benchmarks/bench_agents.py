@@ -84,7 +84,7 @@ def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: i
         "val_subset_accuracy": selected.accuracy, "val_accuracy": selection.val.accuracy,
         "test_accuracy": selection.test.accuracy, "latency_s": selected.cost.latency_s,
         "latency_ratio": selected.cost.latency_s / env.objective.reference.latency_s, "energy_j": selected.cost.energy_j,
-        "reference_latency_s": env.objective.reference.latency_s,
+        "reference_latency_s": env.objective.reference.latency_s, "floor_latency_s": env.objective.floor.latency_s,
         "mixed_layers": sum(w > 1 for w in widths) / len(widths),
         "proposals_met_budget": float(np.mean([o.proposal_fits for o in learned])),
         "distinct_plans": len({o.plan.hash for o in outcomes}),
@@ -184,11 +184,14 @@ def report(runs: list[dict], meta: dict) -> dict:
                                                  for budget, (d, s, e) in paired[other].items()))
         print("\nLatency at matched accuracy: autoq's lowest latency at >= the other's selected val-subset accuracy, / the "
               "other's latency; among the plans of autoq's search at the same budget, and among those of its searches at "
-              "every budget of the seed (a tighter budget's plan can match a looser one's accuracy):\n")
+              "every budget of the seed (a tighter budget's plan can match a looser one's accuracy); beside them the floor "
+              "no search can beat, the cheapest plan the search can reach (every bit at the minimum) / the other's "
+              "latency:\n")
         for other in ("haq", "oracle-layer"):
             if other not in agents:
                 continue
             matched[other] = {"same budget": {}, "every budget": {}}
+            floors: dict[str, list[float]] = {}
             for budget in budgets:
                 for scope, ratios in matched[other].items():
                     ratios[budget] = []
@@ -197,12 +200,17 @@ def report(runs: list[dict], meta: dict) -> dict:
                         mine = [r for r in runs if r["agent"] == "autoq" and r["seed"] == seed
                                 and (scope == "every budget" or r["budget"] == budget)]
                         ratios[budget].append(latency_at_matched_accuracy([p for r in mine for p in r["front"]], b))
+                floors[budget] = [r["floor_latency_s"] / r["latency_s"] for r in runs
+                                  if r["agent"] == other and r["budget"] == budget and "floor_latency_s" in r]
                 line = []
                 for scope, ratios in matched[other].items():
                     reached = [r for r in ratios[budget] if r is not None]
                     line.append(f"{scope} " + (f"{np.mean(reached):.3f} +- {np.std(reached):.3f}" if reached else "never matched")
                                 + f" ({len(reached)} of {len(ratios[budget])} runs)")
+                if floors[budget]:
+                    line.append(f"floor {np.mean(floors[budget]):.3f}")
                 print(f"- autoq vs {other} at {budget}: " + "; ".join(line))
+            matched[other]["floor"] = floors  # type: ignore[assignment]
     return {**meta, "seeds": seeds, "budgets": budgets, "runs": runs, "per_budget": per_budget, "summary": summary,
             "latency_at_matched_accuracy": matched, "paired_test_difference": paired}
 
