@@ -45,6 +45,10 @@ def test_the_agents_benchmark_runs_every_agent_and_merges_seeds(tmp_path):
     for agent in AGENTS[1:]:
         assert f"- vs {agent}: 0.5x " in merged  # autoq minus each agent, paired by seed
     assert "autoq vs haq at 0.5x" in merged and "autoq vs oracle-layer at 0.5x" in merged
+    for other in ("haq", "oracle-layer"):  # the floor: the all-min-bit plan's latency over the other's selected plan's
+        floors = document["latency_at_matched_accuracy"][other]["floor"]["0.5x"]
+        expected = [r["floor_latency_s"] / r["latency_s"] for r in runs if r["agent"] == other]
+        assert floors == pytest.approx(expected) and len(floors) == 2 and all(0 < f <= 1 for f in floors)
     twice = subprocess.run([sys.executable, str(SCRIPT), "--merge", files[0], files[0]], capture_output=True, text=True,
                            timeout=120)
     assert twice.returncode != 0 and "both hold autoq at seed 0, budget 0.5x" in twice.stderr
