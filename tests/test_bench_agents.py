@@ -2,11 +2,13 @@
 the digits task, seeds as separate processes merged afterwards, its figures written and printed."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).parent / "benchmarks" / "bench_agents.py"
@@ -52,3 +54,27 @@ def test_the_agents_benchmark_runs_every_agent_and_merges_seeds(tmp_path):
     twice = subprocess.run([sys.executable, str(SCRIPT), "--merge", files[0], files[0]], capture_output=True, text=True,
                            timeout=120)
     assert twice.returncode != 0 and "both hold autoq at seed 0, budget 0.5x" in twice.stderr
+
+
+def test_latency_at_matched_accuracy_takes_autoq_plans_of_tighter_budgets_and_the_budgets_the_other_ran(capsys):
+    """HAQ run at a looser budget than any autoq run: matched among autoq's plans of every budget of the seed, with
+    no 'same budget' figure (autoq did not run there) and the floor beside it."""
+    spec = importlib.util.spec_from_file_location("bench_agents", SCRIPT)
+    bench_agents = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_agents)
+    correct = bench_agents.packed(np.ones(10, bool))
+
+    def run(agent, budget, latency, front):
+        return {"agent": agent, "seed": 0, "budget": budget, "test_accuracy": 0.8, "val_accuracy": 0.8,
+                "val_subset_accuracy": 0.84, "latency_ratio": latency / 4.0, "latency_s": latency, "floor_latency_s": 0.4,
+                "mixed_layers": 0.0, "proposals_met_budget": 1.0, "selected_after_warmup": True, "front": front,
+                "test_correct": correct}
+
+    runs = [run("autoq", "0.3x", 1.2, [(0.83, 1.1), (0.85, 1.2)]), run("autoq", "0.2x", 0.8, [(0.845, 0.8)]),
+            run("haq", "0.4x", 1.6, [(0.84, 1.6)])]
+    meta = {"task": "t", "backend": "model", "episodes": 1, "weight_bit_share": {}, "float_accuracy":
+            {"val_subset": 0.9, "val": 0.9, "test": 0.9}}
+    matched = bench_agents.report(runs, meta)["latency_at_matched_accuracy"]["haq"]
+    assert matched["same budget"] == {"0.4x": []} and matched["every budget"] == {"0.4x": [0.5]}  # 0.8 / 1.6
+    assert matched["floor"] == {"0.4x": [0.25]}  # the all-min-bit plan's 0.4 / 1.6
+    assert "autoq vs haq at 0.4x: same budget: no autoq run; every budget 0.500" in capsys.readouterr().out

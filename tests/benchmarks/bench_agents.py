@@ -143,6 +143,8 @@ def table(runs: list[dict], agents: list[str], title: str, float_accuracy: float
     out = {}
     for name in agents:
         mine = [r for r in runs if r["agent"] == name]
+        if not mine:  # merged files may hold an agent at some budgets only
+            continue
         out[name] = row = {k: [float(r[k]) for r in mine] for k in FIGURES}
         row["plans_at_float"] = [at_float(r, float_accuracy) for r in mine]
         print(f"| {name} | {mean_std(row['test_accuracy'])} | {mean_std(row['val_accuracy'])} | {np.mean(row['latency_ratio']):.3f} | "
@@ -193,18 +195,23 @@ def report(runs: list[dict], meta: dict) -> dict:
             matched[other] = {"same budget": {}, "every budget": {}}
             floors: dict[str, list[float]] = {}
             for budget in budgets:
+                theirs = [r for r in runs if r["agent"] == other and r["budget"] == budget]
+                if not theirs:
+                    continue
                 for scope, ratios in matched[other].items():
                     ratios[budget] = []
-                    for seed in seeds:
-                        b = next(r for r in runs if r["agent"] == other and r["budget"] == budget and r["seed"] == seed)
-                        mine = [r for r in runs if r["agent"] == "autoq" and r["seed"] == seed
+                    for b in theirs:  # only the seeds autoq ran in this scope: no plans of its is not "never matched"
+                        mine = [r for r in runs if r["agent"] == "autoq" and r["seed"] == b["seed"]
                                 and (scope == "every budget" or r["budget"] == budget)]
-                        ratios[budget].append(latency_at_matched_accuracy([p for r in mine for p in r["front"]], b))
-                floors[budget] = [r["floor_latency_s"] / r["latency_s"] for r in runs
-                                  if r["agent"] == other and r["budget"] == budget and "floor_latency_s" in r]
+                        if mine:
+                            ratios[budget].append(latency_at_matched_accuracy([p for r in mine for p in r["front"]], b))
+                floors[budget] = [r["floor_latency_s"] / r["latency_s"] for r in theirs if "floor_latency_s" in r]
                 line = []
                 for scope, ratios in matched[other].items():
                     reached = [r for r in ratios[budget] if r is not None]
+                    if not ratios[budget]:
+                        line.append(f"{scope}: no autoq run")
+                        continue
                     line.append(f"{scope} " + (f"{np.mean(reached):.3f} +- {np.std(reached):.3f}" if reached else "never matched")
                                 + f" ({len(reached)} of {len(ratios[budget])} runs)")
                 if floors[budget]:
