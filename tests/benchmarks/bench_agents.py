@@ -16,9 +16,10 @@ two selected plans, which is well below the ~0.5 points of one accuracy on 5,000
 images alike). Then latency at matched accuracy: the lowest latency autoq reached among plans at least as accurate (on the
 validation subset) as the other agent's selected plan, as a ratio to that plan's latency (autoq vs haq, autoq vs the
 layer-wise oracle), among the plans of autoq's search at that budget (which all sit at the budget once enforced) and
-among those of its searches at every budget of the seed, printed beside the share of the network's latency that
-depends on weight bits (``autoq.host.tasks.costshare``), which is what a kernel-wise plan can save against a
-layer-wise one at the same activation bits.
+among those of its searches at every budget of the seed, printed beside the floor no plan can beat (the cheapest
+plan the search can reach, every bit at the minimum, as a ratio to the other's latency) and the share of the
+network's latency that depends on weight bits (``autoq.host.tasks.costshare``), which is what a kernel-wise plan can
+save against a layer-wise one at the same activation bits.
 
     python tests/benchmarks/bench_agents.py [--task fashion] [--backend model] [--seeds 0 1 2]
         [--budgets 0.2x 0.25x 0.3x] [--episodes 150] [--agents autoq haq random uniform oracle oracle-layer]
