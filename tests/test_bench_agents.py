@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def test_the_agents_benchmark_runs_every_agent_and_merges_seeds(tmp_path):
     for seed in (0, 1):
         files.append(str(tmp_path / f"seed{seed}.json"))
         bench("--task", "digits", "--episodes", "4", "--seeds", str(seed), "--budgets", "0.5x", "--agents", *AGENTS,
-              "--json", files[-1])
+              "--json", files[-1], *(("--ceiling", "2") if seed else ()))
     merged = bench("--merge", *files, "--json", str(tmp_path / "all.json"))
     document = json.loads((tmp_path / "all.json").read_text())
     runs = document["runs"]
@@ -37,6 +38,9 @@ def test_the_agents_benchmark_runs_every_agent_and_merges_seeds(tmp_path):
         assert 0 < run["test_accuracy"] <= 1 and 1 <= run["distinct_plans"] <= run["episodes"] <= 4
         assert 0 <= run["mixed_layers"] <= 1
     assert not any(r["mixed_layers"] for r in runs if r["agent"] in ("haq", "uniform", "oracle-layer"))  # layer-wise
+    for run in runs:  # --ceiling 2 in seed 1 only: its runs' best plans scored on test
+        assert ("ceiling_test" in run) == (run["seed"] == 1)
+        assert run["seed"] == 0 or 1 <= len(run["ceiling_test"]) <= 2 and all(0 < a <= 1 for a in run["ceiling_test"])
     floats = document["float_accuracy"]
     assert sorted(floats) == ["test", "val", "val_subset"] and all(0 < v <= 1 for v in floats.values())
     assert f"Float model: {floats['val_subset']:.2%} on the val subset" in merged
@@ -47,6 +51,7 @@ def test_the_agents_benchmark_runs_every_agent_and_merges_seeds(tmp_path):
     for agent in AGENTS[1:]:
         assert f"- vs {agent}: 0.5x " in merged  # autoq minus each agent, paired by seed
     assert "autoq vs haq at 0.5x" in merged and "autoq vs oracle-layer at 0.5x" in merged
+    assert "- random at 0.5x: best of 2 plans" in merged and "(1 runs)" in merged
     for other in ("haq", "oracle-layer"):  # the floor: the all-min-bit plan's latency over the other's selected plan's
         floors = document["latency_at_matched_accuracy"][other]["floor"]["0.5x"]
         expected = [r["floor_latency_s"] / r["latency_s"] for r in runs if r["agent"] == other]
@@ -56,12 +61,17 @@ def test_the_agents_benchmark_runs_every_agent_and_merges_seeds(tmp_path):
     assert twice.returncode != 0 and "both hold autoq at seed 0, budget 0.5x" in twice.stderr
 
 
-def test_latency_at_matched_accuracy_takes_autoq_plans_of_tighter_budgets_and_the_budgets_the_other_ran(capsys):
-    """HAQ run at a looser budget than any autoq run: matched among autoq's plans of every budget of the seed, with
-    no 'same budget' figure (autoq did not run there) and the floor beside it."""
+def load_bench_agents():
     spec = importlib.util.spec_from_file_location("bench_agents", SCRIPT)
     bench_agents = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_agents)
+    return bench_agents
+
+
+def test_latency_at_matched_accuracy_takes_autoq_plans_of_tighter_budgets_and_the_budgets_the_other_ran(capsys):
+    """HAQ run at a looser budget than any autoq run: matched among autoq's plans of every budget of the seed, with
+    no 'same budget' figure (autoq did not run there) and the floor beside it."""
+    bench_agents = load_bench_agents()
     correct = bench_agents.packed(np.ones(10, bool))
 
     def run(agent, budget, latency, front):
@@ -78,3 +88,29 @@ def test_latency_at_matched_accuracy_takes_autoq_plans_of_tighter_budgets_and_th
     assert matched["same budget"] == {"0.4x": []} and matched["every budget"] == {"0.4x": [0.5]}  # 0.8 / 1.6
     assert matched["floor"] == {"0.4x": [0.25]}  # the all-min-bit plan's 0.4 / 1.6
     assert "autoq vs haq at 0.4x: same budget: no autoq run; every budget 0.500" in capsys.readouterr().out
+
+
+def test_the_ceiling_scores_the_highest_reward_distinct_plans_on_test_and_is_printed_beside_the_selected(capsys):
+    bench_agents = load_bench_agents()
+    test = {"a": 0.80, "b": 0.86, "c": 0.83, "d": 0.90}
+    asked = []
+
+    class Scores:
+        def score(self, plan, finetune_steps, split):
+            asked.append((plan, finetune_steps, split))
+            return SimpleNamespace(accuracy=test[plan])
+
+    outcomes = [SimpleNamespace(plan=plan, reward=reward)
+                for plan, reward in (("a", 0.5), ("b", 0.9), ("b", 0.9), ("c", 0.7), ("d", 0.1))]
+    assert bench_agents.best_plans_on_test(outcomes, 3, Scores()) == [0.86, 0.83, 0.80]  # "b" once; "d" ranks last
+    assert asked == [("b", 0, "test"), ("c", 0, "test"), ("a", 0, "test")]
+    correct = bench_agents.packed(np.ones(10, bool))
+    runs = [{"agent": "random", "seed": seed, "budget": "0.25x", "test_accuracy": accuracy, "val_accuracy": 0.8,
+             "val_subset_accuracy": 0.84, "latency_ratio": 0.25, "latency_s": 1.0, "mixed_layers": 1.0,
+             "proposals_met_budget": 1.0, "selected_after_warmup": True, "front": [(0.84, 1.0)],
+             "test_correct": correct, "ceiling_test": ceiling}
+            for seed, accuracy, ceiling in ((0, 0.84, [0.84, 0.85]), (1, 0.82, [0.86, 0.82]))]
+    meta = {"task": "t", "backend": "model", "episodes": 1, "weight_bit_share": {}, "float_accuracy":
+            {"val_subset": 0.9, "val": 0.9, "test": 0.9}}
+    bench_agents.report(runs, meta)
+    assert "- random at 0.25x: best of 2 plans 0.8550 +- 0.0050, selected 0.8300 +- 0.0100 (2 runs)" in capsys.readouterr().out

@@ -19,11 +19,13 @@ layer-wise oracle), among the plans of autoq's search at that budget (which all 
 among those of its searches at every budget of the seed, printed beside the floor no plan can beat (the cheapest
 plan the search can reach, every bit at the minimum, as a ratio to the other's latency) and the share of the
 network's latency that depends on weight bits (``autoq.host.tasks.costshare``), which is what a kernel-wise plan can
-save against a layer-wise one at the same activation bits.
+save against a layer-wise one at the same activation bits. With ``--ceiling K``, each run's K highest-reward plans are
+also scored on test, and the best of them is printed beside the selected plan: how much better a plan the search
+found than the one its selection took (a diagnosis, never used to select).
 
     python tests/benchmarks/bench_agents.py [--task fashion] [--backend model] [--seeds 0 1 2]
         [--budgets 0.2x 0.25x 0.3x] [--episodes 150] [--agents autoq haq random uniform oracle oracle-layer]
-        [--json out.json]
+        [--ceiling 20] [--json out.json]
     python tests/benchmarks/bench_agents.py --merge seed0.json seed1.json seed2.json [--json all.json]
 """
 from __future__ import annotations
@@ -64,7 +66,7 @@ class Task:
         self.float_accuracy = {split: self.evaluator.full_precision_accuracy(split) for split in (SEARCH_SPLIT, "val", "test")}
 
 
-def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: int) -> dict:
+def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: int, ceiling: int = 0) -> dict:
     seed_everything(seed)
     env = QuantEnv(t.task.network, t.evaluator, t.backend, setting, kernel_scales=t.scales,
                    sensitivity=t.sensitivity)
@@ -92,7 +94,20 @@ def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: i
         "s_per_episode": wall / len(outcomes),
         "front": [(o.accuracy, o.cost.latency_s) for o in learned],
         "test_correct": packed(t.evaluator.correct(selected.plan, "test")),
+        **({"ceiling_test": best_plans_on_test(learned, ceiling, t.evaluator)} if ceiling else {}),
     }
+
+
+def best_plans_on_test(outcomes: list, count: int, evaluator: Evaluator) -> list[float]:
+    """Test accuracy of the ``count`` highest-reward distinct plans on the search split, best first: how good the plans
+    a search found are, beside the one its selection took. A diagnosis on the test split, never used to select."""
+    best: list = []
+    for outcome in sorted(outcomes, key=lambda o: -o.reward):
+        if len(best) == count:
+            break
+        if all(o.plan != outcome.plan for o in best):
+            best.append(outcome)
+    return [evaluator.score(o.plan, 0, "test").accuracy for o in best]
 
 
 def packed(correct: np.ndarray) -> str:
@@ -169,6 +184,17 @@ def report(runs: list[dict], meta: dict) -> dict:
                if len(budgets) > 1 else per_budget[budgets[0]])
     print("\nShare of the latency that depends on weight bits (bounds what kernel-wise saves at equal activation bits): "
           + ", ".join(f"{k}: {v:.1%}" for k, v in meta["weight_bit_share"].items()))
+    ceilings = [r for r in runs if "ceiling_test" in r]
+    if ceilings:
+        print("\nThe plans each search found, on test (a diagnosis, never used to select): the best test accuracy among a "
+              "run's K highest-reward plans on the val subset, mean +- std over seeds, beside its selected plan's:\n")
+        for budget in budgets:
+            for name in agents:
+                mine = [r for r in ceilings if r["budget"] == budget and r["agent"] == name]
+                if mine:
+                    print(f"- {name} at {budget}: best of {max(len(r['ceiling_test']) for r in mine)} plans "
+                          f"{mean_std([max(r['ceiling_test']) for r in mine])}, selected "
+                          f"{mean_std([r['test_accuracy'] for r in mine])} ({len(mine)} runs)")
     matched: dict[str, dict[str, dict[str, list[float | None]]]] = {}
     paired: dict[str, dict[str, tuple[float, float, float]]] = {}
     if "autoq" in agents:
@@ -252,6 +278,8 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", default=["0.2x", "0.25x", "0.3x"])
     parser.add_argument("--episodes", type=int, help="episodes per agent (default: autoq search's for the task)")
     parser.add_argument("--agents", nargs="+", default=list(AGENTS))
+    parser.add_argument("--ceiling", type=int, default=0, metavar="K",
+                        help="also score each run's K highest-reward plans on test (a diagnosis, never used to select)")
     parser.add_argument("--json", metavar="PATH", help="write every run's figures here")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="print the tables of these --json files together "
                         "(e.g. seeds run as parallel processes) instead of running")
@@ -277,7 +305,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict], dict]:
         setting = RewardSetting.resource_constrained(BudgetSpec.parse("latency", budget))
         for seed in args.seeds:
             for name in args.agents:
-                result = run_agent(t, name, setting, episodes, seed)
+                result = run_agent(t, name, setting, episodes, seed, args.ceiling)
                 result["budget"] = budget
                 runs.append(result)
                 print(f"budget {budget} seed {seed} {name}: test {result['test_accuracy']:.4f} (val {result['val_accuracy']:.4f}, "
