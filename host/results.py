@@ -176,19 +176,25 @@ class Selection(NamedTuple):
     candidates: tuple[tuple[EpisodeRecord, PlanScore, float], ...]
 
 
+def ranked_plans(records: Sequence[EpisodeRecord], warmup_episodes: int, count: int) -> list[EpisodeRecord]:
+    """The ``count`` highest-reward distinct plans on the search split after the warm-up, best first (each plan's
+    first record of its best reward)."""
+    ranked: list[EpisodeRecord] = []
+    for record in sorted(_learned(records, warmup_episodes), key=CRITERIA["reward"][1]):
+        if len(ranked) == count:
+            break
+        if all(r.plan != record.plan for r in ranked):
+            ranked.append(record)
+    return ranked
+
+
 def select_plan(records: Sequence[EpisodeRecord], warmup_episodes: int, objective: Objective,
                 score: Callable[[QuantPlan, str], PlanScore], candidates: int = RESCORED_CANDIDATES) -> Selection:
     """The ``candidates`` highest-reward distinct plans on the search split after the warm-up, re-scored with
     ``score(plan, split)`` on ``val``; the highest reward there wins (ties: the better one on the search split),
     and is scored on ``test``."""
-    ranked: list[EpisodeRecord] = []
-    for record in sorted(_learned(records, warmup_episodes), key=CRITERIA["reward"][1]):
-        if len(ranked) == candidates:
-            break
-        if all(r.plan != record.plan for r in ranked):
-            ranked.append(record)
     rescored = []
-    for record in ranked:
+    for record in ranked_plans(records, warmup_episodes, candidates):
         val = score(record.plan, "val")
         rescored.append((record, val, objective.reward(val.accuracy, record.cost, val.kl)))
     chosen, val, reward = max(rescored, key=lambda c: c[2])  # max keeps the first of equals: the search split's order

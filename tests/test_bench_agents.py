@@ -100,9 +100,12 @@ def test_the_ceiling_scores_the_highest_reward_distinct_plans_on_test_and_is_pri
             asked.append((plan, finetune_steps, split))
             return SimpleNamespace(accuracy=test[plan])
 
-    outcomes = [SimpleNamespace(plan=plan, reward=reward)
-                for plan, reward in (("a", 0.5), ("b", 0.9), ("b", 0.9), ("c", 0.7), ("d", 0.1))]
-    assert bench_agents.best_plans_on_test(outcomes, 3, Scores()) == [0.86, 0.83, 0.80]  # "b" once; "d" ranks last
+    outcomes = [SimpleNamespace(plan=plan, reward=reward, accuracy=0.8, measurement=SimpleNamespace(latency_s=1.0),
+                                episode=episode)
+                for episode, (plan, reward) in enumerate((("w", 2.0), ("a", 0.5), ("b", 0.9), ("b", 0.9), ("c", 0.7),
+                                                          ("d", 0.1)))]
+    # "w" is the warm-up's (episode 0); "b" once; "d" ranks last
+    assert bench_agents.best_plans_on_test(outcomes, 1, 3, Scores()) == [0.86, 0.83, 0.80]
     assert asked == [("b", 0, "test"), ("c", 0, "test"), ("a", 0, "test")]
     correct = bench_agents.packed(np.ones(10, bool))
     runs = [{"agent": "random", "seed": seed, "budget": "0.25x", "test_accuracy": accuracy, "val_accuracy": 0.8,

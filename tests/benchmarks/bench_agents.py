@@ -41,7 +41,7 @@ import torch
 from autoq.common.backend import open_backend
 from autoq.host.cli.search_cmd import DEFAULT_TASK, TASK_EPISODES
 from autoq.host.evaluate import SEARCH_SPLIT, Evaluator
-from autoq.host.results import select_plan, tile_widths
+from autoq.host.results import ranked_plans, select_plan, tile_widths
 from autoq.host.search.agents.base import make_agent
 from autoq.host.search.checkpoint import seed_everything
 from autoq.host.search.env import QuantEnv
@@ -94,20 +94,15 @@ def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: i
         "s_per_episode": wall / len(outcomes),
         "front": [(o.accuracy, o.cost.latency_s) for o in learned],
         "test_correct": packed(t.evaluator.correct(selected.plan, "test")),
-        **({"ceiling_test": best_plans_on_test(learned, ceiling, t.evaluator)} if ceiling else {}),
+        **({"ceiling_test": best_plans_on_test(outcomes, agent.warmup_episodes, ceiling, t.evaluator)} if ceiling else {}),
     }
 
 
-def best_plans_on_test(outcomes: list, count: int, evaluator: Evaluator) -> list[float]:
-    """Test accuracy of the ``count`` highest-reward distinct plans on the search split, best first: how good the plans
-    a search found are, beside the one its selection took. A diagnosis on the test split, never used to select."""
-    best: list = []
-    for outcome in sorted(outcomes, key=lambda o: -o.reward):
-        if len(best) == count:
-            break
-        if all(o.plan != outcome.plan for o in best):
-            best.append(outcome)
-    return [evaluator.score(o.plan, 0, "test").accuracy for o in best]
+def best_plans_on_test(outcomes: list, warmup_episodes: int, count: int, evaluator: Evaluator) -> list[float]:
+    """Test accuracy of the ``count`` highest-reward distinct plans after the warm-up, ranked as the selection ranks its
+    candidates (``ranked_plans``), best first: how good the plans a search found are, beside the one its selection
+    took. A diagnosis on the test split, never used to select."""
+    return [evaluator.score(o.plan, 0, "test").accuracy for o in ranked_plans(outcomes, warmup_episodes, count)]
 
 
 def packed(correct: np.ndarray) -> str:
