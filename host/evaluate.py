@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 #: The held-out splits an evaluator scores on: ``val_subset`` scores episodes, ``val`` selects plans, ``test``
 #: reports them.
 HELD_OUT_SPLITS = (SEARCH_SPLIT, "val", "test")
+#: The images of ``val`` outside ``val_subset`` (none when val is no larger than the subset): a score no episode's
+#: reward has seen, so the best of many plans on it is not biased by having been chosen on it.
+UNSEEN_VAL_SPLIT = "val_rest"
 #: Images of ``val`` every episode is scored on by default (the rest only re-scores the best candidates).
 DEFAULT_SEARCH_IMAGES = 2_000
 
@@ -101,9 +104,10 @@ class Evaluator:
         chosen = order[: config.search_images].sort().values
         rest = order[config.search_images :].sort().values
         #: the parts each split is scored as (``val`` = its subset + the rest), each cached on its own
-        self._parts = {SEARCH_SPLIT: val.subset(chosen), "val_rest": val.subset(rest), "test": test}
-        whole_val = (SEARCH_SPLIT, "val_rest") if len(rest) else (SEARCH_SPLIT,)
-        self._composition = {SEARCH_SPLIT: (SEARCH_SPLIT,), "val": whole_val, "test": ("test",)}
+        self._parts = {SEARCH_SPLIT: val.subset(chosen), UNSEEN_VAL_SPLIT: val.subset(rest), "test": test}
+        whole_val = (SEARCH_SPLIT, UNSEEN_VAL_SPLIT) if len(rest) else (SEARCH_SPLIT,)
+        self._composition = {SEARCH_SPLIT: (SEARCH_SPLIT,), "val": whole_val, "test": ("test",),
+                             **({UNSEEN_VAL_SPLIT: (UNSEEN_VAL_SPLIT,)} if len(rest) else {})}
         self.train = train
         self.calib = calib  # what the activations were calibrated on (and the sensitivity is estimated on)
         self.config = config
@@ -113,6 +117,11 @@ class Evaluator:
         self.evaluations = 0
         self._cache: dict[tuple[str, int, str], _Sums] = {}
         self._float_log_probs: dict[str, torch.Tensor] = {}
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The held-out splits this evaluator scores on (``UNSEEN_VAL_SPLIT`` only where val outgrows its subset)."""
+        return tuple(self._composition)
 
     def split_size(self, split: str) -> int:
         """Images of held-out ``split``."""
@@ -202,7 +211,7 @@ class Evaluator:
 
     def _parts_of(self, split: str) -> tuple[str, ...]:
         if split not in self._composition:
-            raise AutoQError(f"no held-out split {split!r}; choose one of {HELD_OUT_SPLITS}")
+            raise AutoQError(f"no held-out split {split!r}; choose one of {self.splits}")
         return self._composition[split]
 
     def _float(self, part: str) -> torch.Tensor:

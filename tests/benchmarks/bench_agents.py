@@ -40,12 +40,12 @@ import torch
 
 from autoq.common.backend import open_backend
 from autoq.host.cli.search_cmd import DEFAULT_TASK, TASK_EPISODES
-from autoq.host.evaluate import SEARCH_SPLIT, Evaluator
+from autoq.host.evaluate import SEARCH_SPLIT, UNSEEN_VAL_SPLIT, Evaluator
 from autoq.host.results import ranked_plans, select_plan, tile_widths
 from autoq.host.search.agents.base import make_agent
 from autoq.host.search.checkpoint import seed_everything
 from autoq.host.search.env import QuantEnv
-from autoq.host.search.rewards import BudgetSpec, RewardSetting
+from autoq.host.search.rewards import BudgetSpec, Objective, RewardSetting
 from autoq.host.search.sensitivity import task_sensitivity
 from autoq.host.tasks import load_task
 from autoq.host.tasks.costshare import weight_bit_shares
@@ -94,15 +94,26 @@ def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: i
         "s_per_episode": wall / len(outcomes),
         "front": [(o.accuracy, o.cost.latency_s) for o in learned],
         "test_correct": packed(t.evaluator.correct(selected.plan, "test")),
-        **({"ceiling_test": best_plans_on_test(outcomes, agent.warmup_episodes, ceiling, t.evaluator)} if ceiling else {}),
+        **(best_plans(outcomes, agent.warmup_episodes, ceiling, t.evaluator, env.objective) if ceiling else {}),
     }
 
 
-def best_plans_on_test(outcomes: list, warmup_episodes: int, count: int, evaluator: Evaluator) -> list[float]:
-    """Test accuracy of the ``count`` highest-reward distinct plans after the warm-up, ranked as the selection ranks its
-    candidates (``ranked_plans``), best first: how good the plans a search found are, beside the one its selection
-    took. A diagnosis on the test split, never used to select."""
-    return [evaluator.score(o.plan, 0, "test").accuracy for o in ranked_plans(outcomes, warmup_episodes, count)]
+def best_plans(outcomes: list, warmup_episodes: int, count: int, evaluator: Evaluator, objective: Objective) -> dict:
+    """The ``count`` highest-reward distinct plans after the warm-up, ranked as the selection ranks its candidates
+    (``ranked_plans``), best first: ``ceiling_test``, their test accuracies (how good the plans a search found are,
+    beside the one its selection took: a diagnosis, never used to select), and ``ceiling_candidates``, per plan its
+    episode, accuracy, KL and reward on the val subset and on the rest of val (``UNSEEN_VAL_SPLIT``, where there is one) and its
+    per-image test correctness, from which other selection rules can be scored offline."""
+    ranked = ranked_plans(outcomes, warmup_episodes, count)
+    unseen = [evaluator.score(o.plan, 0, UNSEEN_VAL_SPLIT) if UNSEEN_VAL_SPLIT in evaluator.splits else None
+              for o in ranked]
+    return {"ceiling_test": [evaluator.score(o.plan, 0, "test").accuracy for o in ranked],
+            "ceiling_candidates": [
+                {"episode": o.episode, "val_subset_accuracy": o.accuracy, "val_subset_kl": o.kl,
+                 "val_subset_reward": o.reward, "test_correct": packed(evaluator.correct(o.plan, "test")),
+                 **({"val_rest_accuracy": val.accuracy, "val_rest_kl": val.kl,
+                     "val_rest_reward": objective.reward(val.accuracy, o.cost, val.kl)} if val else {})}
+                for o, val in zip(ranked, unseen)]}
 
 
 def packed(correct: np.ndarray) -> str:
