@@ -41,6 +41,9 @@ def test_the_agents_benchmark_runs_every_agent_and_merges_seeds(tmp_path):
     for run in runs:  # --ceiling 2 in seed 1 only: its runs' best plans scored on test
         assert ("ceiling_test" in run) == (run["seed"] == 1)
         assert run["seed"] == 0 or 1 <= len(run["ceiling_test"]) <= 2 and all(0 < a <= 1 for a in run["ceiling_test"])
+        assert run["seed"] == 0 or len(run["ceiling_candidates"]) == len(run["ceiling_test"])
+        # digits' val is within its subset: no unseen val to score the candidates on
+        assert not any("val_rest_reward" in c for c in run.get("ceiling_candidates", ()))
     floats = document["float_accuracy"]
     assert sorted(floats) == ["test", "val", "val_subset"] and all(0 < v <= 1 for v in floats.values())
     assert f"Float model: {floats['val_subset']:.2%} on the val subset" in merged
@@ -90,23 +93,40 @@ def test_latency_at_matched_accuracy_takes_autoq_plans_of_tighter_budgets_and_th
     assert "autoq vs haq at 0.4x: same budget: no autoq run; every budget 0.500" in capsys.readouterr().out
 
 
-def test_the_ceiling_scores_the_highest_reward_distinct_plans_on_test_and_is_printed_beside_the_selected(capsys):
+def test_the_ceiling_scores_the_highest_reward_distinct_plans_on_unseen_val_and_test_and_is_printed(capsys):
     bench_agents = load_bench_agents()
     test = {"a": 0.80, "b": 0.86, "c": 0.83, "d": 0.90}
     asked = []
 
+    unseen = {"a": 0.70, "b": 0.76, "c": 0.73, "d": 0.70}
+
     class Scores:
+        splits = ("val_subset", "val", "val_rest", "test")
+
         def score(self, plan, finetune_steps, split):
             asked.append((plan, finetune_steps, split))
-            return SimpleNamespace(accuracy=test[plan])
+            return SimpleNamespace(accuracy=(test if split == "test" else unseen)[plan], kl=0.01)
 
-    outcomes = [SimpleNamespace(plan=plan, reward=reward, accuracy=0.8, measurement=SimpleNamespace(latency_s=1.0),
-                                episode=episode)
+        def correct(self, plan, split):
+            asked.append((plan, split))
+            return np.arange(10) < 10 * test[plan]
+
+    class Objective:
+        def reward(self, accuracy, cost, kl):
+            return accuracy - kl
+
+    outcomes = [SimpleNamespace(plan=plan, reward=reward, accuracy=0.8, kl=0.02, cost=None, episode=episode,
+                                measurement=SimpleNamespace(latency_s=1.0))
                 for episode, (plan, reward) in enumerate((("w", 2.0), ("a", 0.5), ("b", 0.9), ("b", 0.9), ("c", 0.7),
                                                           ("d", 0.1)))]
     # "w" is the warm-up's (episode 0); "b" once; "d" ranks last
-    assert bench_agents.best_plans_on_test(outcomes, 1, 3, Scores()) == [0.86, 0.83, 0.80]
-    assert asked == [("b", 0, "test"), ("c", 0, "test"), ("a", 0, "test")]
+    found = bench_agents.best_plans(outcomes, 1, 3, Scores(), Objective())
+    assert found["ceiling_test"] == [0.86, 0.83, 0.80]
+    assert [(c["episode"], c["val_subset_reward"], c["val_rest_accuracy"]) for c in found["ceiling_candidates"]] == [
+        (2, 0.9, 0.76), (4, 0.7, 0.73), (1, 0.5, 0.70)]
+    assert [c["val_rest_reward"] for c in found["ceiling_candidates"]] == pytest.approx([0.75, 0.72, 0.69])
+    assert [bench_agents.unpacked(c["test_correct"]).sum() for c in found["ceiling_candidates"]] == [9, 9, 8]
+    assert sorted({split for *_, split in asked}) == ["test", "val_rest"]  # never val or the val subset
     correct = bench_agents.packed(np.ones(10, bool))
     runs = [{"agent": "random", "seed": seed, "budget": "0.25x", "test_accuracy": accuracy, "val_accuracy": 0.8,
              "val_subset_accuracy": 0.84, "latency_ratio": 0.25, "latency_s": 1.0, "mixed_layers": 1.0,

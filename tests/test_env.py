@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from autoq.common.backend import BackendInfo
+from autoq.common.errors import AutoQError
 
 from autoq.common.plan import LayerPlan, QuantPlan
 from autoq.host.search.env import KERNEL_OBS_DIM, LAYER_OBS_DIM, QuantEnv
@@ -227,7 +228,7 @@ def test_one_accuracy_guaranteed_reward_and_its_penalty():
 def test_episodes_are_scored_on_a_seeded_subset_of_val_which_val_extends():
     import torch
 
-    from autoq.host.evaluate import HELD_OUT_SPLITS, Evaluator, EvaluatorConfig
+    from autoq.host.evaluate import HELD_OUT_SPLITS, UNSEEN_VAL_SPLIT, Evaluator, EvaluatorConfig
     from autoq.host.search.env import SEARCH_SPLIT
     from autoq.host.tasks import load_task
 
@@ -250,3 +251,10 @@ def test_episodes_are_scored_on_a_seeded_subset_of_val_which_val_extends():
     assert whole.split_size(SEARCH_SPLIT) == len(task.val) and whole.score(plan, split="val") == whole.score(plan, split=SEARCH_SPLIT)
     direct = whole.score(plan, split="val")  # val scored in one part equals val scored as subset + rest
     assert direct.accuracy == val.accuracy and direct.loss == pytest.approx(val.loss) and direct.kl == pytest.approx(val.kl)
+    assert UNSEEN_VAL_SPLIT in evaluator.splits and UNSEEN_VAL_SPLIT not in whole.splits  # whole's val is its subset
+    assert evaluator.split_size(UNSEEN_VAL_SPLIT) == len(task.val) - 100
+    unseen, count = evaluator.score(plan, split=UNSEEN_VAL_SPLIT), evaluator.evaluations
+    assert evaluator.evaluations == count  # the rest of val was scored (cached) as part of val
+    assert val.accuracy == pytest.approx((100 * scored.accuracy + (len(task.val) - 100) * unseen.accuracy) / len(task.val))
+    with pytest.raises(AutoQError, match="no held-out split 'val_rest'; choose one of \\('val_subset', 'val', 'test'\\)"):
+        whole.score(plan, split=UNSEEN_VAL_SPLIT)
