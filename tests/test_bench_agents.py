@@ -136,4 +136,30 @@ def test_the_ceiling_scores_the_highest_reward_distinct_plans_on_unseen_val_and_
     meta = {"task": "t", "backend": "model", "episodes": 1, "weight_bit_share": {}, "float_accuracy":
             {"val_subset": 0.9, "val": 0.9, "test": 0.9}}
     bench_agents.report(runs, meta)
-    assert "- random at 0.25x: best of 2 plans 0.8550 +- 0.0050, selected 0.8300 +- 0.0100 (2 runs)" in capsys.readouterr().out
+    assert ("- random at 0.25x: best of 2 plans 0.8550 +- 0.0050, their mean 0.8425 +- 0.0025, selected 0.8300 +- 0.0100 "
+            "(2 runs)") in capsys.readouterr().out
+
+
+def test_the_report_reselects_the_ceilings_candidates_on_the_unseen_val_and_pairs_autoq_with_random(capsys):
+    bench_agents = load_bench_agents()
+
+    def candidate(val_rest_reward, right):
+        return {"val_rest_reward": val_rest_reward, "test_correct": bench_agents.packed(np.arange(10) < right)}
+
+    def run(agent, seed, fifth_right):  # the 5th candidate is the best on the unseen val: only K = 20 reaches it
+        candidates = [candidate(0.5, 5), candidate(0.7, 7), candidate(0.6, 9), candidate(0.7, 4), candidate(0.9, fifth_right)]
+        return {"agent": agent, "seed": seed, "budget": "0.25x", "test_accuracy": 0.7, "val_accuracy": 0.8,
+                "val_subset_accuracy": 0.84, "latency_ratio": 0.25, "latency_s": 1.0, "mixed_layers": 1.0,
+                "proposals_met_budget": 1.0, "selected_after_warmup": True, "front": [(0.84, 1.0)],
+                "test_correct": candidates[1]["test_correct"], "ceiling_test": [0.5, 0.7, 0.9, 0.4, fifth_right / 10],
+                "ceiling_candidates": candidates}
+
+    assert bench_agents.unseen_val_choice(run("autoq", 0, 8), 4)["test_correct"] == candidate(0, 7)["test_correct"]
+    runs = [run("autoq", 0, 8), run("autoq", 1, 10), run("random", 1, 6), run("random", 0, 6)]
+    meta = {"task": "t", "backend": "model", "episodes": 1, "weight_bit_share": {}, "float_accuracy":
+            {"val_subset": 0.9, "val": 0.9, "test": 0.9}}
+    bench_agents.report(runs, meta)
+    out = capsys.readouterr().out
+    assert "- 0.25x, K = 4: autoq 0.7000 +- 0.0000; random 0.7000 +- 0.0000 (+0.00 +- 0.00 [+- 0.00])" in out
+    se = 100 * np.sqrt(np.var([0, 0, 1, 1] + [0] * 6, ddof=1) / 10 + np.var([0] * 6 + [1] * 4, ddof=1) / 10) / 2
+    assert f"- 0.25x, K = 20: autoq 0.9000 +- 0.1000; random 0.6000 +- 0.0000 (+30.00 +- 10.00 [+- {se:.2f}])" in out
