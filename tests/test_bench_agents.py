@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
 SCRIPT = Path(__file__).parent / "benchmarks" / "bench_agents.py"
 AGENTS = ("autoq", "haq", "random", "uniform", "oracle", "oracle-layer")
@@ -144,7 +145,8 @@ def test_the_report_reselects_the_ceilings_candidates_on_the_unseen_val_and_pair
     bench_agents = load_bench_agents()
 
     def candidate(val_rest_reward, right):
-        return {"val_rest_reward": val_rest_reward, "test_correct": bench_agents.packed(np.arange(10) < right)}
+        return {"val_subset_reward": right / 10, "val_rest_reward": val_rest_reward,
+                "test_correct": bench_agents.packed(np.arange(10) < right)}
 
     def run(agent, seed, fifth_right):  # the 5th candidate is the best on the unseen val: only K = 20 reaches it
         candidates = [candidate(0.5, 5), candidate(0.7, 7), candidate(0.6, 9), candidate(0.7, 4), candidate(0.9, fifth_right)]
@@ -163,3 +165,8 @@ def test_the_report_reselects_the_ceilings_candidates_on_the_unseen_val_and_pair
     assert "- 0.25x, K = 4: autoq 0.7000 +- 0.0000; random 0.7000 +- 0.0000 (+0.00 +- 0.00 [+- 0.00])" in out
     se = 100 * np.sqrt(np.var([0, 0, 1, 1] + [0] * 6, ddof=1) / 10 + np.var([0] * 6 + [1] * 4, ddof=1) / 10) / 2
     assert f"- 0.25x, K = 20: autoq 0.9000 +- 0.1000; random 0.6000 +- 0.0000 (+30.00 +- 10.00 [+- {se:.2f}])" in out
+    # the subset's reward here is the test accuracy itself (rho 1); val_rest's ranks them less well
+    rest = [spearmanr([0.5, 0.7, 0.6, 0.7, 0.9], [0.5, 0.7, 0.9, 0.4, right / 10])[0] for right in (8, 10)]
+    spread = [100 * np.std([0.5, 0.7, 0.9, 0.4, right / 10]) for right in (8, 10)]
+    assert (f"- autoq at 0.25x: val subset +1.00 to +1.00, val_rest {min(rest):+.2f} to {max(rest):+.2f}; test std "
+            f"{min(spread):.2f} to {max(spread):.2f}") in out

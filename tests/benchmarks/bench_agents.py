@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from autoq.common.backend import open_backend
 from autoq.host.cli.search_cmd import DEFAULT_TASK, TASK_EPISODES
@@ -125,6 +126,11 @@ def unseen_val_choice(run: dict, count: int) -> dict:
     first of equals, as ``select_plan`` keeps it)."""
     candidates = run["ceiling_candidates"][:count]
     return max(candidates, key=lambda c: c["val_rest_reward"])
+
+
+def ranked_together(run: dict, reward: str) -> float:
+    """Spearman's rho of ``run``'s ceiling candidates' ``reward`` with their test accuracy."""
+    return float(spearmanr([c[reward] for c in run["ceiling_candidates"]], run["ceiling_test"])[0])
 
 
 def packed(correct: np.ndarray) -> str:
@@ -230,6 +236,17 @@ def report(runs: list[dict], meta: dict) -> dict:
                 if mine and [c["seed"] for c in mine] == [c["seed"] for c in theirs]:
                     line += " ({:+.2f} +- {:.2f} [+- {:.2f}])".format(*paired_difference(mine, theirs))
                 print(f"- {budget}, K = {count}: {line}")
+        print("\nHow far each reward ranks a run's candidates by their test accuracy (Spearman's rho, lowest to highest "
+              "over runs), beside how much the candidates differ on test (their std, in points, lowest to highest):\n")
+        for budget in budgets:
+            for name in agents:
+                mine = [r for r in rescorable if r["budget"] == budget and r["agent"] == name]
+                if mine:
+                    rho = {key: [ranked_together(r, key) for r in mine] for key in ("val_subset_reward", "val_rest_reward")}
+                    spread = [100 * float(np.std(r["ceiling_test"])) for r in mine]
+                    print(f"- {name} at {budget}: val subset {min(rho['val_subset_reward']):+.2f} to "
+                          f"{max(rho['val_subset_reward']):+.2f}, {UNSEEN_VAL_SPLIT} {min(rho['val_rest_reward']):+.2f} to "
+                          f"{max(rho['val_rest_reward']):+.2f}; test std {min(spread):.2f} to {max(spread):.2f}")
     matched: dict[str, dict[str, dict[str, list[float | None]]]] = {}
     paired: dict[str, dict[str, tuple[float, float, float]]] = {}
     if "autoq" in agents:
