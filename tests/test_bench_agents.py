@@ -88,7 +88,10 @@ def test_latency_at_matched_accuracy_takes_autoq_plans_of_tighter_budgets_and_th
             run("haq", "0.4x", 1.6, [(0.84, 1.6)])]
     meta = {"task": "t", "backend": "model", "episodes": 1, "weight_bit_share": {}, "float_accuracy":
             {"val_subset": 0.9, "val": 0.9, "test": 0.9}}
-    matched = bench_agents.report(runs, meta)["latency_at_matched_accuracy"]["haq"]
+    document = bench_agents.report(runs, meta)
+    assert document["budgets"] == ["0.2x", "0.3x", "0.4x"]  # tightest first, not in the runs' order
+    assert list(document["per_budget"]) == ["0.2x", "0.3x", "0.4x"]
+    matched = document["latency_at_matched_accuracy"]["haq"]
     assert matched["same budget"] == {"0.4x": []} and matched["every budget"] == {"0.4x": [0.5]}  # 0.8 / 1.6
     assert matched["floor"] == {"0.4x": [0.25]}  # the all-min-bit plan's 0.4 / 1.6
     assert "autoq vs haq at 0.4x: same budget: no autoq run; every budget 0.500" in capsys.readouterr().out

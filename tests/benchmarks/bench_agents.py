@@ -192,9 +192,16 @@ def table(runs: list[dict], agents: list[str], title: str, float_accuracy: float
     return out
 
 
+def budget_order(budget: str) -> tuple[bool, float]:
+    """Budgets tightest first: fractions of the 8-bit plan, then absolute ones, each by value (whatever the order
+    of merged files)."""
+    spec = BudgetSpec.parse("latency", budget)
+    return not spec.relative, spec.value
+
+
 def report(runs: list[dict], meta: dict) -> dict:
     """Print the tables of ``runs`` (run here or merged from ``--json`` files); returns the ``--json`` document."""
-    seeds, budgets = sorted({r["seed"] for r in runs}), list(dict.fromkeys(r["budget"] for r in runs))
+    seeds, budgets = sorted({r["seed"] for r in runs}), sorted({r["budget"] for r in runs}, key=budget_order)
     agents = list(dict.fromkeys(r["agent"] for r in runs))
     head = f"## {meta['task']} on {meta['backend']}: {meta['episodes']} episodes per agent, seeds {seeds}"
     floats = meta["float_accuracy"]
