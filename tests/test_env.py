@@ -253,7 +253,8 @@ def test_episodes_are_scored_on_a_seeded_subset_of_val_which_val_extends():
     assert direct.accuracy == val.accuracy and direct.loss == pytest.approx(val.loss) and direct.kl == pytest.approx(val.kl)
     assert UNSEEN_VAL_SPLIT in evaluator.splits and UNSEEN_VAL_SPLIT not in whole.splits  # whole's val is its subset
     assert evaluator.split_size(UNSEEN_VAL_SPLIT) == len(task.val) - 100
-    unseen, count = evaluator.score(plan, split=UNSEEN_VAL_SPLIT), evaluator.evaluations
+    count = evaluator.evaluations
+    unseen = evaluator.score(plan, split=UNSEEN_VAL_SPLIT)
     assert evaluator.evaluations == count  # the rest of val was scored (cached) as part of val
     assert val.accuracy == pytest.approx((100 * scored.accuracy + (len(task.val) - 100) * unseen.accuracy) / len(task.val))
     with pytest.raises(AutoQError, match="no held-out split 'val_rest'; choose one of \\('val_subset', 'val', 'test'\\)"):
