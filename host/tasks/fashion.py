@@ -4,7 +4,10 @@
 Splits (fixed by ``SPLIT_SEED``; every split in a seeded random order, so any prefix is a uniform sample):
 ``val`` and ``test`` are the two halves (5,000 each) of the official 10,000-image test split; ``calib`` is 1,000
 images of the official training split; ``train`` is the rest of it (59,000) with the full set, or the shipped
-22,000 of them without. The data comes from the full IDX set when one is named (``--data fashion-mnist:DIR``) or
+22,000 of them without. With the full set, ``holdout`` (``FashionData.holdout``) is the 37,000 official training
+images outside the shipped 22,000 and ``calib``: the shipped weights never saw them, so a plan scored without
+fine-tuning can be measured on 7.4 times the images of ``test`` (a fine-tune on the full set's ``train`` trains
+on them). The data comes from the full IDX set when one is named (``--data fashion-mnist:DIR``) or
 when Debian's ``dataset-fashion-mnist`` package has installed it at ``DEBIAN_DIR``, else from the subset shipped
 in the package (``data/fashion_*.npz``, official indices kept beside the pixels; licence in
 ``data/fashion_LICENSE.txt``). Both give the same val, test and calib images; ``FashionData.source`` says which
@@ -55,6 +58,7 @@ VAL_SIZE = 5_000
 TEST_SIZE = OFFICIAL_SIZES["test"] - VAL_SIZE
 CALIB_SIZE = 1_000
 SHIPPED_TRAIN_SIZE = 22_000
+HOLDOUT_SIZE = OFFICIAL_SIZES["train"] - CALIB_SIZE - SHIPPED_TRAIN_SIZE
 SHIPPED_TRAIN_FILES = 2  # files under 5 MiB each
 WEIGHTS_FILE = "fashion_cnn.pt"
 RECORD_FILE = "fashion_cnn.json"
@@ -118,7 +122,8 @@ def hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def split_indices() -> dict[str, tuple[str, np.ndarray]]:
     """Each split's official source (``train``/``test``) and the indices it takes from it, in split order.
-    ``train`` here is the shipped part of the train split; with the full set it runs on to the end of the order."""
+    ``train`` here is the shipped part of the train split; with the full set it runs on to the end of the order
+    (``full_train``), and ``holdout`` is that part's rest."""
     test_order = np.random.default_rng(SPLIT_SEED).permutation(OFFICIAL_SIZES["test"])
     train_order = np.random.default_rng(SPLIT_SEED + 1).permutation(OFFICIAL_SIZES["train"])
     return {
@@ -127,6 +132,7 @@ def split_indices() -> dict[str, tuple[str, np.ndarray]]:
         "calib": ("train", train_order[:CALIB_SIZE]),
         "train": ("train", train_order[CALIB_SIZE : CALIB_SIZE + SHIPPED_TRAIN_SIZE]),
         "full_train": ("train", train_order[CALIB_SIZE:]),
+        "holdout": ("train", train_order[CALIB_SIZE + SHIPPED_TRAIN_SIZE :]),
     }
 
 
@@ -180,6 +186,7 @@ class FashionData(NamedTuple):
     splits: SplitSet
     source: str  # what was read, for the task description
     full: bool
+    holdout: Split | None = None  # the full set only (module docstring)
 
 
 def _split(images: np.ndarray, labels: np.ndarray) -> Split:
@@ -216,7 +223,8 @@ def _load(root: Path | None) -> FashionData:
     parts = {split: _split(full[official][0][index], full[official][1][index])
              for split, (official, index) in indices.items() if split != "train"}
     parts["train"] = parts.pop("full_train")
-    return FashionData(SplitSet(**parts), f"full Fashion-MNIST IDX set at {root}", True)
+    holdout = parts.pop("holdout")
+    return FashionData(SplitSet(**parts), f"full Fashion-MNIST IDX set at {root}", True, holdout)
 
 
 def load_data(path: str | Path | None = None) -> FashionData:

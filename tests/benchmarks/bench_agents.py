@@ -48,7 +48,7 @@ from autoq.host.search.checkpoint import seed_everything
 from autoq.host.search.env import QuantEnv
 from autoq.host.search.rewards import BudgetSpec, Objective, RewardSetting
 from autoq.host.search.sensitivity import task_sensitivity
-from autoq.host.tasks import load_task
+from autoq.host.tasks import fashion, load_task
 from autoq.host.tasks.costshare import weight_bit_shares
 
 AGENTS = ("autoq", "haq", "random", "uniform", "oracle", "oracle-layer")
@@ -56,15 +56,25 @@ AGENTS = ("autoq", "haq", "random", "uniform", "oracle", "oracle-layer")
 
 class Task:
     """The task, its evaluator (one accuracy memo for all agents: scores are deterministic), its sensitivity and the
-    cost backend, opened once so that every run is costed alike."""
+    cost backend, opened once so that every run is costed alike. With ``holdout``, a second evaluator whose test
+    split is the Fashion task's holdout (``autoq.host.tasks.fashion``: the full set's training images the shipped
+    weights never saw), calibrated on the same images as the first."""
 
-    def __init__(self, name: str, backend: str) -> None:
+    def __init__(self, name: str, backend: str, holdout: bool = False) -> None:
         self.task = load_task(name)
         self.backend = open_backend(backend)
         self.evaluator = Evaluator.for_task(self.task)
         self.scales = self.evaluator.kernel_scales()
         self.sensitivity = task_sensitivity(self.evaluator)
         self.float_accuracy = {split: self.evaluator.full_precision_accuracy(split) for split in (SEARCH_SPLIT, "val", "test")}
+        self.holdout: Evaluator | None = None
+        if holdout:
+            images = fashion.load_data().holdout if name == fashion.NAME else None
+            if images is None:
+                raise SystemExit(f"--holdout needs the {fashion.NAME} task with the full Fashion-MNIST set (apt-get "
+                                 f"install dataset-fashion-mnist, read from {fashion.DEBIAN_DIR}); task {name!r} "
+                                 f"has {'none' if name != fashion.NAME else 'only the shipped subset'}")
+            self.holdout = Evaluator.for_task(load_task(name)._replace(test=images))  # its own model to quantize
 
 
 def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: int, ceiling: int = 0) -> dict:
@@ -95,6 +105,8 @@ def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: i
         "s_per_episode": wall / len(outcomes),
         "front": [(o.accuracy, o.cost.latency_s) for o in learned],
         "test_correct": packed(t.evaluator.correct(selected.plan, "test")),
+        "plan": selected.plan.to_dict(),
+        **({"holdout_correct": packed(t.holdout.correct(selected.plan, "test"))} if t.holdout else {}),
         **(best_plans(outcomes, agent.warmup_episodes, ceiling, t.evaluator, env.objective) if ceiling else {}),
     }
 
@@ -340,6 +352,8 @@ def main() -> None:
     parser.add_argument("--agents", nargs="+", default=list(AGENTS))
     parser.add_argument("--ceiling", type=int, default=0, metavar="K",
                         help="also score each run's K highest-reward plans on test (a diagnosis, never used to select)")
+    parser.add_argument("--holdout", action="store_true", help="also score each selected plan on the fashion task's "
+                        f"holdout ({fashion.HOLDOUT_SIZE:,} images; needs the full Fashion-MNIST set)")
     parser.add_argument("--json", metavar="PATH", help="write every run's figures here")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="print the tables of these --json files together "
                         "(e.g. seeds run as parallel processes) instead of running")
@@ -357,7 +371,7 @@ def main() -> None:
 def run_all(args: argparse.Namespace) -> tuple[list[dict], dict]:
     episodes = args.episodes or TASK_EPISODES.get(args.task, 200)
     torch.set_num_threads(1)
-    t = Task(args.task, args.backend)
+    t = Task(args.task, args.backend, args.holdout)
     shares = {f"{w}/{a}->{low}": weight_bit_shares(t.task.network, t.backend, w, a, low_bits=low).share
               for w, a, low in ((4, 4, 1), (8, 8, 2))}
     runs: list[dict] = []
@@ -376,7 +390,9 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict], dict]:
     description = t.backend.describe()
     return runs, {"task": args.task, "backend": args.backend, "backend_detail": description.detail,
                   "overlay": description.overlay.name, "episodes": episodes, "weight_bit_share": shares,
-                  "float_accuracy": t.float_accuracy}
+                  "float_accuracy": t.float_accuracy,
+                  **({"holdout": {"images": t.holdout.split_size("test"),
+                                  "float_accuracy": t.holdout.full_precision_accuracy("test")}} if t.holdout else {})}
 
 
 if __name__ == "__main__":
