@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from autoq.common.plan import QuantPlan
+from autoq.host.tasks import load_task
+
 SCRIPT = Path(__file__).parent / "benchmarks" / "bench_agents.py"
 AGENTS = ("autoq", "haq", "random", "uniform", "oracle", "oracle-layer")
 
@@ -32,12 +35,14 @@ def test_the_agents_benchmark_runs_every_agent_and_merges_seeds(tmp_path):
               "--json", files[-1], *(("--ceiling", "2") if seed else ()))
     merged = bench("--merge", *files, "--json", str(tmp_path / "all.json"))
     document = json.loads((tmp_path / "all.json").read_text())
-    runs = document["runs"]
+    runs, network = document["runs"], load_task("digits").network
     assert sorted((r["agent"], r["seed"]) for r in runs) == sorted((a, s) for a in AGENTS for s in (0, 1))
     for run in runs:
         assert run["budget"] == "0.5x" and run["latency_ratio"] <= 0.5 + 1e-9  # every selected plan meets the budget
         assert 0 < run["test_accuracy"] <= 1 and 1 <= run["distinct_plans"] <= run["episodes"] <= 4
         assert 0 <= run["mixed_layers"] <= 1
+        QuantPlan.from_dict(run["plan"]).check(network)  # the selected plan itself, to score again without searching
+        assert "holdout_correct" not in run
     assert not any(r["mixed_layers"] for r in runs if r["agent"] in ("haq", "uniform", "oracle-layer"))  # layer-wise
     for run in runs:  # --ceiling 2 in seed 1 only: its runs' best plans scored on test
         assert ("ceiling_test" in run) == (run["seed"] == 1)
@@ -173,3 +178,45 @@ def test_the_report_reselects_the_ceilings_candidates_on_the_unseen_val_and_pair
     spread = [100 * np.std([0.5, 0.7, 0.9, 0.4, right / 10]) for right in (8, 10)]
     assert (f"- autoq at 0.25x: val subset +1.00 to +1.00, val_rest {min(rest):+.2f} to {max(rest):+.2f}; test std "
             f"{min(spread):.2f} to {max(spread):.2f}") in out
+
+
+def test_the_report_pairs_the_selected_plans_on_the_holdout_and_merging_keeps_one_holdout(capsys, tmp_path):
+    bench_agents = load_bench_agents()
+
+    def run(agent, seed, right):  # 20 holdout images; test figures that the holdout section must not use
+        return {"agent": agent, "seed": seed, "budget": "0.25x", "test_accuracy": 0.5, "val_accuracy": 0.8,
+                "val_subset_accuracy": 0.84, "latency_ratio": 0.25, "latency_s": 1.0, "mixed_layers": 1.0,
+                "proposals_met_budget": 1.0, "selected_after_warmup": True, "front": [(0.84, 1.0)],
+                "test_correct": bench_agents.packed(np.arange(10) < 5),
+                "holdout_correct": bench_agents.packed(np.arange(20) < right)}
+
+    runs = [run("autoq", 0, 16), run("autoq", 1, 18), run("random", 1, 14), run("random", 0, 14)]
+    meta = {"task": "t", "backend": "model", "episodes": 1, "weight_bit_share": {}, "float_accuracy":
+            {"val_subset": 0.9, "val": 0.9, "test": 0.9}, "holdout": {"images": 20, "float_accuracy": 0.95}}
+    bench_agents.report(runs, meta)
+    out = capsys.readouterr().out
+    assert "The selected plans on the holdout (20 official training images" in out and "float model 95.00%" in out
+    assert "- autoq at 0.25x: holdout 0.8500 +- 0.0500, test 0.5000 +- 0.0000 (2 runs)" in out
+    se = 100 * np.sqrt(np.var([1] * 2 + [0] * 18, ddof=1) / 20 + np.var([1] * 4 + [0] * 16, ddof=1) / 20) / 2
+    assert f"- autoq - random at 0.25x: holdout +15.00 +- 5.00 [+- {se:.2f}]" in out
+    bench_agents.report([{k: v for k, v in r.items() if k != "holdout_correct"} for r in runs], meta)
+    assert "on the holdout" not in capsys.readouterr().out  # runs without holdout results print no such section
+
+    document = {**meta, "overlay": "o", "backend_detail": "d", "runs": runs[:2]}
+    files = [tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"]
+    files[0].write_text(json.dumps(document))
+    files[1].write_text(json.dumps({**document, "runs": runs[2:], "holdout": {"images": 20, "float_accuracy": 0.9}}))
+    files[2].write_text(json.dumps({k: v for k, v in {**document, "runs": runs[2:]}.items() if k != "holdout"}))
+    merged_runs, merged_meta = bench_agents.merged([str(files[0]), str(files[2])])
+    assert merged_meta["holdout"] == meta["holdout"] and len(merged_runs) == 4  # a file without one merges in
+    with pytest.raises(SystemExit, match="scored on different holdouts"):
+        bench_agents.merged([str(files[0]), str(files[1])])
+
+
+def test_holdout_needs_the_full_fashion_set(monkeypatch):
+    bench_agents = load_bench_agents()
+    with pytest.raises(SystemExit, match="--holdout needs the fashion task .* task 'digits' has no holdout"):
+        bench_agents.Task("digits", "model", holdout=True)
+    monkeypatch.setattr(bench_agents.fashion, "load_data", lambda: bench_agents.fashion._load(None))  # no full set
+    with pytest.raises(SystemExit, match="apt-get install dataset-fashion-mnist.* task 'fashion' has only the shipped subset"):
+        bench_agents.Task("fashion", "model", holdout=True)

@@ -77,6 +77,10 @@ def test_shipped_subset_sizes_splits_and_licence():
     train_side = np.concatenate([indices["calib"][1], indices["train"][1]])
     assert len(np.unique(train_side)) == len(train_side) and train_side.max() < 60_000
     assert np.array_equal(indices["full_train"][1][: fashion.SHIPPED_TRAIN_SIZE], indices["train"][1])
+    # the holdout: every official training image that neither the shipped weights nor the calibration saw
+    assert indices["holdout"][0] == "train" and len(indices["holdout"][1]) == fashion.HOLDOUT_SIZE == 37_000
+    assert np.array_equal(np.sort(np.concatenate([train_side, indices["holdout"][1]])), np.arange(60_000))
+    assert fashion._load(None).holdout is None  # the shipped subset has none
     splits = fashion.load_shipped_splits()
     assert [len(s) for s in splits] == [sizes["train"], sizes["calib"], sizes["val"], sizes["test"]]
     assert splits.val.x.shape[1:] == fashion.INPUT_SHAPE and splits.val.x.dtype == torch.float32
@@ -95,6 +99,11 @@ def test_full_set_is_read_from_debian_and_matches_the_shipped_subset():
             assert np.array_equal(x, full[official][0][index]) and np.array_equal(y, full[official][1][index])
     data = fashion.load_data()
     assert data.full and str(fashion.DEBIAN_DIR) in data.source and len(data.splits.train) == 59_000
+    holdout_index = fashion.split_indices()["holdout"][1]
+    assert len(data.holdout) == fashion.HOLDOUT_SIZE
+    assert torch.equal(data.holdout.y, torch.from_numpy(full["train"][1][holdout_index]))
+    assert torch.equal(data.holdout.x, fashion.preprocess(full["train"][0][holdout_index]))
+    assert torch.equal(data.holdout.x, data.splits.train.x[fashion.SHIPPED_TRAIN_SIZE:])  # the full train's rest
     shipped = fashion.load_shipped_splits()
     for name in ("calib", "val", "test"):
         assert torch.equal(getattr(data.splits, name).x, getattr(shipped, name).x)

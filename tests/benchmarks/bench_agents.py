@@ -21,11 +21,14 @@ plan the search can reach, every bit at the minimum, as a ratio to the other's l
 network's latency that depends on weight bits (``autoq.host.tasks.costshare``), which is what a kernel-wise plan can
 save against a layer-wise one at the same activation bits. With ``--ceiling K``, each run's K highest-reward plans are
 also scored on test, and the best of them is printed beside the selected plan: how much better a plan the search
-found than the one its selection took (a diagnosis, never used to select).
+found than the one its selection took (a diagnosis, never used to select). With ``--holdout`` (the fashion task
+with the full Fashion-MNIST set), each selected plan is also scored on the 37,000 training images the shipped
+weights never saw, and the differences between agents are printed with that larger split's smaller noise. Every run
+records its selected plan (``plan``, ``QuantPlan.to_dict``), so it can be scored again without searching again.
 
     python tests/benchmarks/bench_agents.py [--task fashion] [--backend model] [--seeds 0 1 2]
         [--budgets 0.2x 0.25x 0.3x] [--episodes 150] [--agents autoq haq random uniform oracle oracle-layer]
-        [--ceiling 20] [--json out.json]
+        [--ceiling 20] [--holdout] [--json out.json]
     python tests/benchmarks/bench_agents.py --merge seed0.json seed1.json seed2.json [--json all.json]
 """
 from __future__ import annotations
@@ -61,20 +64,19 @@ class Task:
     weights never saw), calibrated on the same images as the first."""
 
     def __init__(self, name: str, backend: str, holdout: bool = False) -> None:
+        images = fashion.load_data().holdout if holdout and name == fashion.NAME else None
+        if holdout and images is None:
+            raise SystemExit(f"--holdout needs the {fashion.NAME} task with the full Fashion-MNIST set (apt-get install "
+                             f"dataset-fashion-mnist, read from {fashion.DEBIAN_DIR}); task {name!r} has "
+                             + ("only the shipped subset" if name == fashion.NAME else "no holdout"))
         self.task = load_task(name)
         self.backend = open_backend(backend)
         self.evaluator = Evaluator.for_task(self.task)
         self.scales = self.evaluator.kernel_scales()
         self.sensitivity = task_sensitivity(self.evaluator)
         self.float_accuracy = {split: self.evaluator.full_precision_accuracy(split) for split in (SEARCH_SPLIT, "val", "test")}
-        self.holdout: Evaluator | None = None
-        if holdout:
-            images = fashion.load_data().holdout if name == fashion.NAME else None
-            if images is None:
-                raise SystemExit(f"--holdout needs the {fashion.NAME} task with the full Fashion-MNIST set (apt-get "
-                                 f"install dataset-fashion-mnist, read from {fashion.DEBIAN_DIR}); task {name!r} "
-                                 f"has {'none' if name != fashion.NAME else 'only the shipped subset'}")
-            self.holdout = Evaluator.for_task(load_task(name)._replace(test=images))  # its own model to quantize
+        # its own copy of the model: a model is quantized in place, once
+        self.holdout = Evaluator.for_task(load_task(name)._replace(test=images)) if images is not None else None
 
 
 def run_agent(t: Task, name: str, setting: RewardSetting, episodes: int, seed: int, ceiling: int = 0) -> dict:
@@ -156,13 +158,14 @@ def unpacked(text: str) -> np.ndarray:
     return np.unpackbits(np.frombuffer(base64.b64decode(bits), dtype=np.uint8))[: int(count)].astype(bool)
 
 
-def paired_difference(mine: list[dict], others: list[dict]) -> tuple[float, float, float]:
-    """Test accuracy of ``mine`` minus ``others`` (runs paired by seed), in points: the mean over seeds, its std over
-    seeds, and the standard error of the mean from the test images alone (each seed's paired per-image differences,
-    which cancel the images both plans get right or wrong: the test split's own noise on this difference)."""
+def paired_difference(mine: list[dict], others: list[dict], correct: str = "test_correct") -> tuple[float, float, float]:
+    """Test accuracy (or that of another split's per-image results, ``correct``) of ``mine`` minus ``others`` (runs
+    paired by seed), in points: the mean over seeds, its std over seeds, and the standard error of the mean from the
+    images alone (each seed's paired per-image differences, which cancel the images both plans get right or wrong:
+    the split's own noise on this difference)."""
     diffs, variances = [], []
     for a, b in zip(mine, others):
-        d = unpacked(a["test_correct"]).astype(float) - unpacked(b["test_correct"])
+        d = unpacked(a[correct]).astype(float) - unpacked(b[correct])
         diffs.append(100 * d.mean())
         variances.append((100 * d.std(ddof=1)) ** 2 / len(d))
     return float(np.mean(diffs)), float(np.std(diffs)), float(np.sqrt(sum(variances)) / len(diffs))
@@ -267,6 +270,24 @@ def report(runs: list[dict], meta: dict) -> dict:
                     print(f"- {name} at {budget}: val subset {min(rho['val_subset_reward']):+.2f} to "
                           f"{max(rho['val_subset_reward']):+.2f}, {UNSEEN_VAL_SPLIT} {min(rho['val_rest_reward']):+.2f} to "
                           f"{max(rho['val_rest_reward']):+.2f}; test std {min(spread):.2f} to {max(spread):.2f}")
+    holdout = meta.get("holdout")
+    scored = [r for r in runs if "holdout_correct" in r]
+    if holdout and scored:
+        print(f"\nThe selected plans on the holdout ({holdout['images']:,} official training images the shipped weights "
+              f"never saw, float model {holdout['float_accuracy']:.2%}): accuracy mean +- std over seeds, beside test; "
+              "autoq minus each other agent, paired by seed [+- the holdout images' standard error]:\n")
+        for budget in budgets:
+            by_agent = {name: sorted((r for r in scored if r["budget"] == budget and r["agent"] == name),
+                                     key=lambda r: r["seed"]) for name in agents}
+            for name, mine in by_agent.items():
+                if mine:
+                    print(f"- {name} at {budget}: holdout {mean_std([float(unpacked(r['holdout_correct']).mean()) for r in mine])}, "
+                          f"test {mean_std([r['test_accuracy'] for r in mine])} ({len(mine)} runs)")
+            for other, theirs in by_agent.items():
+                mine = by_agent.get("autoq", [])
+                if other != "autoq" and mine and [r["seed"] for r in mine] == [r["seed"] for r in theirs]:
+                    print("- autoq - {} at {}: holdout {:+.2f} +- {:.2f} [+- {:.2f}]".format(
+                        other, budget, *paired_difference(mine, theirs, "holdout_correct")))
     matched: dict[str, dict[str, dict[str, list[float | None]]]] = {}
     paired: dict[str, dict[str, tuple[float, float, float]]] = {}
     if "autoq" in agents:
@@ -330,6 +351,11 @@ def merged(paths: list[str]) -> tuple[list[dict], dict]:
         differ = [k for k in keys if doc[k] != meta[k]]
         if differ:
             raise SystemExit(f"{path} differs from {paths[0]} in {', '.join(differ)}: not runs of one benchmark")
+    holdouts = {json.dumps(doc["holdout"], sort_keys=True) for doc in docs if "holdout" in doc}
+    if len(holdouts) > 1:
+        raise SystemExit(f"the files were scored on different holdouts ({', '.join(sorted(holdouts))})")
+    if holdouts:
+        meta["holdout"] = json.loads(holdouts.pop())
     runs, seen = [], {}
     for path, doc in zip(paths, docs):
         for run in doc["runs"]:
