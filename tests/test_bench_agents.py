@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from autoq.common.plan import QuantPlan
-from autoq.host.tasks import load_task
+from autoq.host.tasks import fashion, load_task
 
 SCRIPT = Path(__file__).parent / "benchmarks" / "bench_agents.py"
 AGENTS = ("autoq", "haq", "random", "uniform", "oracle", "oracle-layer")
@@ -220,3 +220,11 @@ def test_holdout_needs_the_full_fashion_set(monkeypatch):
     monkeypatch.setattr(bench_agents.fashion, "load_data", lambda: bench_agents.fashion._load(None))  # no full set
     with pytest.raises(SystemExit, match="apt-get install dataset-fashion-mnist.* task 'fashion' has only the shipped subset"):
         bench_agents.Task("fashion", "model", holdout=True)
+
+
+@pytest.mark.skipif(not fashion.has_full_set(fashion.DEBIAN_DIR), reason=f"no Fashion-MNIST IDX set at {fashion.DEBIAN_DIR}")
+def test_the_holdout_evaluator_quantizes_as_the_search_evaluator_does():
+    t = load_bench_agents().Task("fashion", "model", holdout=True)
+    plan = QuantPlan.uniform(t.task.network, 3, 3)
+    assert t.holdout.split_size("test") == fashion.HOLDOUT_SIZE
+    assert t.holdout.score(plan, 0, "val") == t.evaluator.score(plan, 0, "val")  # same model, calibration, plan
