@@ -221,9 +221,9 @@ def _load(root: Path | None) -> FashionData:
         return FashionData(SplitSet(**parts), source, False)
     full = read_full_set(root)
     parts = {split: _split(full[official][0][index], full[official][1][index])
-             for split, (official, index) in indices.items() if split != "train"}
+             for split, (official, index) in indices.items() if split not in ("train", "holdout")}
     parts["train"] = parts.pop("full_train")
-    holdout = parts.pop("holdout")
+    holdout = parts["train"].subset(slice(SHIPPED_TRAIN_SIZE, None))  # a view: the full train's tail is the holdout
     return FashionData(SplitSet(**parts), f"full Fashion-MNIST IDX set at {root}", True, holdout)
 
 

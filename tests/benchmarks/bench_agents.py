@@ -37,6 +37,7 @@ import argparse
 import base64
 import json
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -171,6 +172,15 @@ def paired_difference(mine: list[dict], others: list[dict], correct: str = "test
     return float(np.mean(diffs)), float(np.std(diffs)), float(np.sqrt(sum(variances)) / len(diffs))
 
 
+def paired_by_seed(runs: list[dict], budget: str, other: str, correct: str = "test_correct") -> tuple[float, float, float] | None:
+    """``paired_difference`` of autoq's runs at ``budget`` minus ``other``'s, or None unless both ran the same seeds."""
+    mine, theirs = (sorted((r for r in runs if r["agent"] == name and r["budget"] == budget), key=lambda r: r["seed"])
+                    for name in ("autoq", other))
+    if not mine or [r["seed"] for r in mine] != [r["seed"] for r in theirs]:
+        return None
+    return paired_difference(mine, theirs, correct)
+
+
 def latency_at_matched_accuracy(front: list[tuple[float, float]], other: dict) -> float | None:
     """Lowest latency among the plans of ``front`` (val-subset accuracy, latency) at least as accurate as ``other``'s
     selected plan, relative to that plan's latency."""
@@ -208,6 +218,15 @@ def table(runs: list[dict], agents: list[str], title: str, float_accuracy: float
     return out
 
 
+def grouped(runs: list[dict], budgets: list[str], agents: list[str]) -> Iterator[tuple[str, str, list[dict]]]:
+    """(budget, agent, its runs there) for each budget and agent that has runs, in the order given."""
+    for budget in budgets:
+        for name in agents:
+            mine = [r for r in runs if r["budget"] == budget and r["agent"] == name]
+            if mine:
+                yield budget, name, mine
+
+
 def budget_order(budget: str) -> tuple[bool, float]:
     """Budgets tightest first: fractions of the 8-bit plan, then absolute ones, each by value (whatever the order
     of merged files)."""
@@ -235,14 +254,11 @@ def report(runs: list[dict], meta: dict) -> dict:
         print("\nThe plans each search found, on test (a diagnosis, never used to select): the best test accuracy among a "
               "run's K highest-reward plans on the val subset and their mean, each mean +- std over seeds, beside its selected "
               "plan's:\n")
-        for budget in budgets:
-            for name in agents:
-                mine = [r for r in ceilings if r["budget"] == budget and r["agent"] == name]
-                if mine:
-                    print(f"- {name} at {budget}: best of {max(len(r['ceiling_test']) for r in mine)} plans "
-                          f"{mean_std([max(r['ceiling_test']) for r in mine])}, their mean "
-                          f"{mean_std([float(np.mean(r['ceiling_test'])) for r in mine])}, selected "
-                          f"{mean_std([r['test_accuracy'] for r in mine])} ({len(mine)} runs)")
+        for budget, name, mine in grouped(ceilings, budgets, agents):
+            print(f"- {name} at {budget}: best of {max(len(r['ceiling_test']) for r in mine)} plans "
+                  f"{mean_std([max(r['ceiling_test']) for r in mine])}, their mean "
+                  f"{mean_std([float(np.mean(r['ceiling_test'])) for r in mine])}, selected "
+                  f"{mean_std([r['test_accuracy'] for r in mine])} ({len(mine)} runs)")
     rescorable = [r for r in ceilings if "val_rest_reward" in (r.get("ceiling_candidates") or [{}])[0]]
     if rescorable:
         print("\nSelecting on the val images no episode was scored on instead (a diagnosis: the plan with the highest "
@@ -261,15 +277,12 @@ def report(runs: list[dict], meta: dict) -> dict:
                 print(f"- {budget}, K = {count}: {line}")
         print("\nHow far each reward ranks a run's candidates by their test accuracy (Spearman's rho, lowest to highest "
               "over runs), beside how much the candidates differ on test (their std, in points, lowest to highest):\n")
-        for budget in budgets:
-            for name in agents:
-                mine = [r for r in rescorable if r["budget"] == budget and r["agent"] == name]
-                if mine:
-                    rho = {key: [ranked_together(r, key) for r in mine] for key in ("val_subset_reward", "val_rest_reward")}
-                    spread = [100 * float(np.std(r["ceiling_test"])) for r in mine]
-                    print(f"- {name} at {budget}: val subset {min(rho['val_subset_reward']):+.2f} to "
-                          f"{max(rho['val_subset_reward']):+.2f}, {UNSEEN_VAL_SPLIT} {min(rho['val_rest_reward']):+.2f} to "
-                          f"{max(rho['val_rest_reward']):+.2f}; test std {min(spread):.2f} to {max(spread):.2f}")
+        for budget, name, mine in grouped(rescorable, budgets, agents):
+            rho = {key: [ranked_together(r, key) for r in mine] for key in ("val_subset_reward", "val_rest_reward")}
+            spread = [100 * float(np.std(r["ceiling_test"])) for r in mine]
+            print(f"- {name} at {budget}: val subset {min(rho['val_subset_reward']):+.2f} to "
+                  f"{max(rho['val_subset_reward']):+.2f}, {UNSEEN_VAL_SPLIT} {min(rho['val_rest_reward']):+.2f} to "
+                  f"{max(rho['val_rest_reward']):+.2f}; test std {min(spread):.2f} to {max(spread):.2f}")
     holdout = meta.get("holdout")
     scored = [r for r in runs if "holdout_correct" in r]
     if holdout and scored:
@@ -277,17 +290,13 @@ def report(runs: list[dict], meta: dict) -> dict:
               f"never saw, float model {holdout['float_accuracy']:.2%}): accuracy mean +- std over seeds, beside test; "
               "autoq minus each other agent, paired by seed [+- the holdout images' standard error]:\n")
         for budget in budgets:
-            by_agent = {name: sorted((r for r in scored if r["budget"] == budget and r["agent"] == name),
-                                     key=lambda r: r["seed"]) for name in agents}
-            for name, mine in by_agent.items():
-                if mine:
-                    print(f"- {name} at {budget}: holdout {mean_std([float(unpacked(r['holdout_correct']).mean()) for r in mine])}, "
-                          f"test {mean_std([r['test_accuracy'] for r in mine])} ({len(mine)} runs)")
-            for other, theirs in by_agent.items():
-                mine = by_agent.get("autoq", [])
-                if other != "autoq" and mine and [r["seed"] for r in mine] == [r["seed"] for r in theirs]:
-                    print("- autoq - {} at {}: holdout {:+.2f} +- {:.2f} [+- {:.2f}]".format(
-                        other, budget, *paired_difference(mine, theirs, "holdout_correct")))
+            for _, name, mine in grouped(scored, [budget], agents):
+                print(f"- {name} at {budget}: holdout {mean_std([float(unpacked(r['holdout_correct']).mean()) for r in mine])}, "
+                      f"test {mean_std([r['test_accuracy'] for r in mine])} ({len(mine)} runs)")
+            for other in agents:
+                difference = paired_by_seed(scored, budget, other, "holdout_correct") if other != "autoq" else None
+                if difference is not None:
+                    print("- autoq - {} at {}: holdout {:+.2f} +- {:.2f} [+- {:.2f}]".format(other, budget, *difference))
     matched: dict[str, dict[str, dict[str, list[float | None]]]] = {}
     paired: dict[str, dict[str, tuple[float, float, float]]] = {}
     if "autoq" in agents:
@@ -298,10 +307,9 @@ def report(runs: list[dict], meta: dict) -> dict:
                 continue
             paired[other] = {}
             for budget in budgets:
-                mine = sorted((r for r in runs if r["agent"] == "autoq" and r["budget"] == budget), key=lambda r: r["seed"])
-                theirs = sorted((r for r in runs if r["agent"] == other and r["budget"] == budget), key=lambda r: r["seed"])
-                if [r["seed"] for r in mine] == [r["seed"] for r in theirs]:
-                    paired[other][budget] = paired_difference(mine, theirs)
+                difference = paired_by_seed(runs, budget, other)
+                if difference is not None:
+                    paired[other][budget] = difference
             print(f"- vs {other}: " + "; ".join(f"{budget} {d:+.2f} +- {s:.2f} [+- {e:.2f}]"
                                                  for budget, (d, s, e) in paired[other].items()))
         print("\nLatency at matched accuracy: autoq's lowest latency at >= the other's selected val-subset accuracy, / the "
